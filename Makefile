@@ -1,0 +1,45 @@
+# The README's two commands: `make demo` and `make test`. Everything runs on loopback, no Docker:
+# moto (DynamoDB, DynamoDB Streams, SQS) and the test servers come from .venv, installed here.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+CARGO ?= cargo
+
+.PHONY: test demo venv lint unit servers-selftest integration check-deploy bench chaos clean
+
+$(VENV)/.installed: tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+## test: everything CI runs
+test: lint unit servers-selftest integration check-deploy
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --locked --lib --bins
+
+servers-selftest: venv
+	$(PY) tests/servers/test_nakadi_server.py
+	$(PY) tests/servers/test_streams_fault_server.py
+
+integration: venv
+	$(CARGO) test --locked --test '*'
+
+check-deploy:
+	bash scripts/install-deploy-tools.sh
+	bash scripts/check-deploy.sh
+
+## demo: moto, the Nakadi test server and the relay on loopback; writes sample items and shows the events
+demo: venv
+	$(CARGO) build --locked --release
+	bash scripts/demo.sh
+
+clean:
+	rm -rf target/test-output

@@ -1,0 +1,451 @@
+#!/usr/bin/env bash
+# Checks the deploy and operate artefacts with the real tools, without a cluster:
+#
+#   helm lint --strict               the chart, with defaults and with ci/all-on-values.yaml
+#   helm template                    both renders, plus renders that must be refused
+#   kubernetes-validate --strict     both renders, against Kubernetes $K8S_VERSIONS
+#   rendered-manifest checks         every RELAY_* variable of src/config.rs mapped, security
+#                                    context, probes, grace period, selectors and ports agree
+#   promtool check rules / test rules  files/alerts.yaml, the PrometheusRule render, unit tests
+#   runbooks                         each alert has a runbook_url to its docs/operating.md section
+#   dashboards                       JSON, ${datasource} everywhere, every query parses (promtool)
+#   metric names                     every metric in dashboards/ and alerts.yaml is exported by
+#                                    src/metrics.rs
+#   hadolint                         Dockerfile (and base images pinned by digest)
+#
+# Installs missing tools first (scripts/install-deploy-tools.sh; a no-op once installed).
+# Prints one line per check and exits non-zero when any failed. Renders are kept in
+# test-output/deploy/ for inspection.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
+CHART="helm/dynamodb-nakadi-relay"
+ALL_ON="$CHART/ci/all-on-values.yaml"
+ALERTS="$CHART/files/alerts.yaml"
+OUT="$ROOT/test-output/deploy"
+K8S_VERSIONS="${K8S_VERSIONS:-1.34.0}"
+HELM="$ROOT/.tools/bin/helm"
+VENV="$ROOT/.tools/venv"
+PY="$VENV/bin/python"
+
+start=$SECONDS
+passed=0
+failed=0
+failures=()
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+# run_with FILE NAME CMD...: run, or fail when FILE (made by an earlier check) is missing.
+run_with() {
+  local file="$1"; shift
+  if [[ -s "$file" ]]; then
+    run "$@"
+  else
+    run "$1" bash -c "echo 'not run: ${file#"$ROOT"/} was not produced by an earlier check'; false"
+  fi
+}
+
+# run NAME CMD...: runs a check, its output to $OUT/logs/NAME.log, shown only on failure.
+mkdir -p "$OUT/logs"
+run() {
+  local name="$1"; shift
+  local log="$OUT/logs/${name//[^A-Za-z0-9._-]/_}.log"
+  local t0=$SECONDS
+  if "$@" >"$log" 2>&1; then
+    passed=$((passed + 1))
+    printf 'PASS  %-58s %3ss\n' "$name" "$((SECONDS - t0))"
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    printf 'FAIL  %-58s %3ss\n' "$name" "$((SECONDS - t0))"
+    sed 's/^/      | /' "$log" | tail -n 40
+  fi
+}
+
+echo "check-deploy: installing/verifying tools"
+if ! bash "$ROOT/scripts/install-deploy-tools.sh" >"$OUT/logs/install-deploy-tools.log" 2>&1; then
+  cat "$OUT/logs/install-deploy-tools.log"
+  echo "check-deploy: tools could not be installed"
+  exit 1
+fi
+cat "$OUT/logs/install-deploy-tools.log"
+echo "check-deploy: helm $("$HELM" version --short 2>/dev/null), kubernetes-validate $("$VENV/bin/kubernetes-validate" --version), $("$VENV/bin/hadolint" --version), $(promtool --version 2>&1 | head -n1)"
+echo
+
+# ---- helm ----------------------------------------------------------------------------------------
+# helm lint only logs a template's `fail` in lint mode; treat that (and any warning) as failure.
+helm_lint() {
+  local out
+  out="$("$HELM" lint --strict "$CHART" "$@" 2>&1)"; local rc=$?
+  echo "$out"
+  [[ $rc -eq 0 ]] || return 1
+  ! grep -Eq 'funcMap (fail|required)|\[(WARNING|ERROR)\]' <<<"$out"
+}
+run "helm lint --strict (defaults)" helm_lint
+run "helm lint --strict (ci/all-on-values.yaml)" helm_lint -f "$ALL_ON"
+
+KUBE_VERSION="${K8S_VERSIONS%% *}"
+run "helm template (defaults)" \
+  bash -c "'$HELM' template relay '$CHART' --namespace payments --kube-version '$KUBE_VERSION' > '$OUT/default.yaml'"
+run "helm template (ci/all-on-values.yaml)" \
+  bash -c "'$HELM' template relay '$CHART' --namespace payments --kube-version '$KUBE_VERSION' -f '$ALL_ON' > '$OUT/all-on.yaml'"
+
+# NOTES.txt is rendered only on install: a client-side dry run renders it without a cluster.
+notes_render() {
+  local out
+  out="$("$HELM" install relay "$CHART" --dry-run=client --namespace payments "$@" 2>&1)" || { echo "$out"; return 1; }
+  sed -n '/^NOTES:/,$p' <<<"$out"
+  grep -q 'Operating guide' <<<"$out"
+}
+run "helm install --dry-run=client (NOTES.txt, all-on)" notes_render -f "$ALL_ON"
+
+# must_refuse NAME PATTERN ARGS...: a render the chart must refuse, with PATTERN in its error.
+must_refuse() {
+  local pattern="$1"; shift
+  local out
+  if out="$("$HELM" template relay "$CHART" "$@" 2>&1)"; then
+    echo "rendered, but should have been refused: helm template $*"
+    return 1
+  fi
+  echo "$out"
+  grep -Eq "$pattern" <<<"$out" || { echo "refused, but without /$pattern/"; return 1; }
+}
+run "refuses grace period <= RELAY_SHUTDOWN_TIMEOUT+5s" \
+  must_refuse 'terminationGracePeriodSeconds \(40\) must be at least' \
+  --set config.shutdownTimeout=36s --set terminationGracePeriodSeconds=40
+run "refuses a config key that is no relay setting (schema)" \
+  must_refuse 'workerId|additional' --set config.workerId=fixed
+run "refuses a config key that is no relay setting (template)" \
+  must_refuse 'config.bogus is not a setting of the relay' --set config.bogus=1 --skip-schema-validation
+run "refuses invalid enum and duration values (schema)" \
+  must_refuse 'logFormat|nakadiTimeout' --set config.logFormat=xml --set config.nakadiTimeout=soon
+run "refuses token secret together with a token file" \
+  must_refuse 'not both' --set nakadiToken.existingSecret=tok --set config.nakadiTokenFile=/t
+
+# ---- kubernetes-validate -------------------------------------------------------------------------
+# Strict: unknown fields fail. Only the prometheus-operator kinds have no schema there (WARN);
+# their structure is checked below (selectors, ports, promtool on the rules).
+k8s_validate() {
+  local file="$1" out rc
+  for v in $K8S_VERSIONS; do
+    out="$("$VENV/bin/kubernetes-validate" --strict -k "$v" "$file" 2>&1)"; rc=$?
+    echo "$out"
+    [[ $rc -eq 0 ]] || return 1
+    if grep -E '^(WARN|ERROR|FATAL)' <<<"$out" | grep -Ev 'for kind (ServiceMonitor|PrometheusRule) with api version monitoring.coreos.com/v1 '; then
+      return 1
+    fi
+  done
+}
+run_with "$OUT/default.yaml" "kubernetes-validate --strict -k $K8S_VERSIONS (defaults)" k8s_validate "$OUT/default.yaml"
+run_with "$OUT/all-on.yaml" "kubernetes-validate --strict -k $K8S_VERSIONS (all-on)" k8s_validate "$OUT/all-on.yaml"
+
+# ---- rendered manifests against the relay's own contract -----------------------------------------
+check_manifests() {
+  "$PY" - "$OUT/default.yaml" "$OUT/all-on.yaml" "$ROOT/src/config.rs" "$ALERTS" "$OUT/prometheusrule-spec.yaml" <<'PY'
+import re, sys, yaml
+
+default_file, all_on_file, config_rs, alerts_file, rule_spec_out = sys.argv[1:]
+errors = []
+def check(cond, msg):
+    if not cond:
+        errors.append(msg)
+
+def load(path):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    return by_kind
+
+def seconds(text):
+    units = {"ms": 0.001, "msec": 0.001, "msecs": 0.001, "millis": 0.001, "s": 1, "sec": 1, "secs": 1,
+             "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+             "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600}
+    return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)\s*([a-z]+)", text))
+
+# Every variable the relay reads, from its config parser.
+read_vars = set(re.findall(r'"(RELAY_[A-Z0-9_]+)"', open(config_rs).read()))
+check(len(read_vars) >= 20, f"found only {len(read_vars)} RELAY_* variables in src/config.rs")
+
+def subset(sel, labels):
+    return all(labels.get(k) == v for k, v in sel.items())
+
+for name, path in (("defaults", default_file), ("all-on", all_on_file)):
+    k = load(path)
+    kinds_ok = True
+    for kind in ("Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"):
+        if len(k.get(kind, [])) != 1:
+            kinds_ok = False
+            errors.append(f"{name}: expected one {kind}, got {len(k.get(kind, []))}")
+    if not kinds_ok:
+        continue
+    dep, svc, sa, pdb = k["Deployment"][0], k["Service"][0], k["ServiceAccount"][0], k["PodDisruptionBudget"][0]
+    pod = dep["spec"]["template"]
+    spec = pod["spec"]
+    labels = pod["metadata"]["labels"]
+    (c,) = spec["containers"]
+    env = c.get("env", [])
+    names = [e["name"] for e in env]
+    values = {e["name"]: e.get("value") for e in env}
+    check(len(names) == len(set(names)), f"{name}: duplicate env variables {sorted(n for n in names if names.count(n) > 1)}")
+    for e in env:
+        if e["name"].startswith("RELAY_") and "value" in e:
+            check(e["value"] not in ("", None), f"{name}: {e['name']} rendered empty")
+    wid = [e for e in env if e["name"] == "RELAY_WORKER_ID"]
+    check(wid and wid[0].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+          f"{name}: RELAY_WORKER_ID must come from the pod name (downward API)")
+    # security
+    psc, csc = spec.get("securityContext", {}), c.get("securityContext", {})
+    check(psc.get("runAsNonRoot") is True, f"{name}: pod runAsNonRoot")
+    check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name}: pod seccomp RuntimeDefault")
+    check(csc.get("readOnlyRootFilesystem") is True, f"{name}: readOnlyRootFilesystem")
+    check(csc.get("allowPrivilegeEscalation") is False, f"{name}: allowPrivilegeEscalation false")
+    check(csc.get("capabilities", {}).get("drop") == ["ALL"], f"{name}: capabilities drop ALL")
+    check(csc.get("runAsNonRoot") is True, f"{name}: container runAsNonRoot")
+    check(spec.get("automountServiceAccountToken") is False, f"{name}: automountServiceAccountToken false")
+    # probes, ports
+    check(c["livenessProbe"]["httpGet"]["path"] == "/health/live", f"{name}: liveness probe path")
+    check(c["readinessProbe"]["httpGet"]["path"] == "/health/ready", f"{name}: readiness probe path")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    addr = values.get("RELAY_HTTP_ADDR") or "0.0.0.0:8080"
+    check(ports.get("http") == int(addr.rsplit(":", 1)[1]), f"{name}: containerPort {ports.get('http')} != port of RELAY_HTTP_ADDR {addr}")
+    check(c["livenessProbe"]["httpGet"]["port"] in ports and c["readinessProbe"]["httpGet"]["port"] in ports,
+          f"{name}: probes must use a named container port")
+    check("limits" in c.get("resources", {}) and "requests" in c.get("resources", {}), f"{name}: resources")
+    # graceful shutdown
+    shutdown = seconds(values.get("RELAY_SHUTDOWN_TIMEOUT") or "20s")
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    check(grace > shutdown, f"{name}: terminationGracePeriodSeconds {grace} <= RELAY_SHUTDOWN_TIMEOUT {shutdown}s")
+    # selectors and ports agree
+    check(subset(dep["spec"]["selector"]["matchLabels"], labels), f"{name}: Deployment selector does not match its pods")
+    check(subset(svc["spec"]["selector"], labels), f"{name}: Service selector does not match the pods")
+    check(subset(pdb["spec"]["selector"]["matchLabels"], labels), f"{name}: PDB selector does not match the pods")
+    check(all(p["targetPort"] in ports for p in svc["spec"]["ports"]), f"{name}: Service targetPort not a container port")
+    check(spec["serviceAccountName"] == sa["metadata"]["name"], f"{name}: pods do not use the chart's ServiceAccount")
+    for sm in k.get("ServiceMonitor", []):
+        check(subset(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]), f"{name}: ServiceMonitor selector does not match the Service")
+        svc_ports = {p["name"] for p in svc["spec"]["ports"]}
+        for ep in sm["spec"]["endpoints"]:
+            check(ep.get("port") in svc_ports, f"{name}: ServiceMonitor port {ep.get('port')} not on the Service")
+            check(ep.get("path") == "/metrics", f"{name}: ServiceMonitor path")
+    if name == "defaults":
+        check(not k.get("ServiceMonitor") and not k.get("PrometheusRule"), "defaults: ServiceMonitor/PrometheusRule must be opt-in")
+    if name == "all-on":
+        missing = sorted(read_vars - set(names))
+        check(not missing, f"all-on: RELAY_* variables the relay reads but the chart cannot set: {missing}")
+        unknown = sorted(n for n in names if n.startswith("RELAY_") and n not in read_vars)
+        check(not unknown, f"all-on: the chart sets RELAY_* variables the relay does not read: {unknown}")
+        check(sa["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn", "").startswith("arn:aws:iam::"),
+              "all-on: ServiceAccount lacks the IRSA role annotation")
+        mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+        token = values.get("RELAY_NAKADI_TOKEN_FILE", "")
+        check("nakadi-token" in mounts and token.startswith(mounts.get("nakadi-token", "?") + "/"),
+              "all-on: RELAY_NAKADI_TOKEN_FILE does not point into the mounted token secret")
+        check(all(m.get("readOnly") for m in c.get("volumeMounts", [])), "all-on: every mount read-only")
+        check(k.get("ServiceMonitor") and k.get("PrometheusRule"), "all-on: ServiceMonitor and PrometheusRule expected")
+        for pr in k.get("PrometheusRule", []):
+            source = yaml.safe_load(open(alerts_file))
+            got = pr["spec"]
+            src_alerts = [r["alert"] for g in source["groups"] for r in g["rules"] if "alert" in r]
+            got_alerts = [r["alert"] for g in got["groups"] for r in g["rules"] if "alert" in r]
+            check(src_alerts == got_alerts, f"all-on: PrometheusRule alerts {got_alerts} != alerts.yaml {src_alerts}")
+            src_exprs = [r["expr"] for g in source["groups"] for r in g["rules"]]
+            got_exprs = [r["expr"] for g in got["groups"] for r in g["rules"]]
+            check(src_exprs == got_exprs, "all-on: PrometheusRule expressions differ from alerts.yaml")
+            for g in got["groups"]:
+                for r in g["rules"]:
+                    check(r.get("labels", {}).get("team") == "payments", f"all-on: ruleLabels not applied to {r.get('alert')}")
+                    check(r.get("annotations", {}).get("runbook_url", "").startswith("https://"), f"all-on: runbookBaseUrl not applied to {r.get('alert')}")
+            yaml.safe_dump(got, open(rule_spec_out, "w"), sort_keys=False)
+    print(f"{name}: {len(k.get('Deployment', []))} Deployment, env {len(names)} variables, grace {grace}s > shutdown {shutdown}s")
+
+print(f"RELAY_* variables read by src/config.rs: {len(read_vars)}")
+for e in errors:
+    print("ERROR", e)
+sys.exit(1 if errors else 0)
+PY
+}
+run_with "$OUT/all-on.yaml" "rendered manifests: env 1:1, security, probes, selectors" check_manifests
+
+# ---- alert rules ---------------------------------------------------------------------------------
+run "promtool check rules files/alerts.yaml" promtool check rules "$ALERTS"
+run_with "$OUT/prometheusrule-spec.yaml" "promtool check rules (PrometheusRule as rendered)" promtool check rules "$OUT/prometheusrule-spec.yaml"
+run "promtool test rules ci/alerts_test.yaml" promtool test rules "$CHART/ci/alerts_test.yaml"
+
+check_runbooks() {
+  "$PY" - "$ALERTS" "$ROOT/docs/operating.md" <<'PY'
+import re, sys, yaml
+alerts_file, doc_file = sys.argv[1:]
+doc = open(doc_file).read()
+# GitHub's heading anchors: lower case, punctuation dropped, spaces to '-'.
+anchors = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+           for h in re.findall(r"^#+\s+(.*)$", doc, re.M)}
+errors = []
+rules = [r for g in yaml.safe_load(open(alerts_file))["groups"] for r in g["rules"] if "alert" in r]
+for r in rules:
+    a = r["alert"]
+    url = r.get("annotations", {}).get("runbook_url", "")
+    if url != f"docs/operating.md#{a.lower()}":
+        errors.append(f"{a}: runbook_url {url!r} should be docs/operating.md#{a.lower()}")
+    if a.lower() not in anchors:
+        errors.append(f"{a}: docs/operating.md has no section '{a}'")
+    if r.get("labels", {}).get("severity") not in ("warning", "critical"):
+        errors.append(f"{a}: severity label must be warning or critical")
+    for key in ("summary", "description"):
+        if not r.get("annotations", {}).get(key):
+            errors.append(f"{a}: annotation {key} missing")
+for link in sorted(set(re.findall(r"\]\(#([^)]+)\)", doc))):
+    if link not in anchors:
+        errors.append(f"docs/operating.md links to #{link}, which is no heading")
+print(f"{len(rules)} alerts, each with severity, summary, description and a runbook section")
+for e in errors:
+    print("ERROR", e)
+sys.exit(1 if errors else 0)
+PY
+}
+run "alerts: runbook_url -> docs/operating.md section" check_runbooks
+
+# ---- dashboards and metric names -----------------------------------------------------------------
+# Writes every dashboard query (Grafana variables substituted) into a rules file for promtool,
+# and checks that every metric name used in dashboards/ and alerts.yaml is one src/metrics.rs
+# exports (histograms: with _bucket, _sum, _count).
+check_dashboards() {
+  "$PY" - "$ROOT/dashboards" "$OUT/dashboard-queries.rules.yaml" <<'PY'
+import glob, json, os, re, sys, yaml
+dash_dir, rules_out = sys.argv[1:]
+errors = []
+groups = []
+files = sorted(glob.glob(os.path.join(dash_dir, "*.json")))
+if not files:
+    errors.append("no dashboards/*.json")
+uids = set()
+for f in files:
+    d = json.load(open(f))
+    base = os.path.basename(f)
+    if d.get("uid") in uids:
+        errors.append(f"{base}: duplicate uid {d.get('uid')}")
+    uids.add(d.get("uid"))
+    tvars = {v["name"]: v for v in d.get("templating", {}).get("list", [])}
+    if tvars.get("datasource", {}).get("type") != "datasource" or tvars["datasource"].get("query") != "prometheus":
+        errors.append(f"{base}: needs a Prometheus datasource template variable named 'datasource'")
+    panels = []
+    def walk(ps):
+        for p in ps:
+            panels.append(p)
+            walk(p.get("panels", []))
+    walk(d.get("panels", []))
+    ids = [p["id"] for p in panels]
+    if len(ids) != len(set(ids)):
+        errors.append(f"{base}: duplicate panel ids")
+    rules = []
+    def add(expr, where):
+        e = re.sub(r"\$__(rate_interval|interval|range)\b|\$\{__(rate_interval|interval|range)\}", "5m", expr)
+        e = re.sub(r"\$\{?[A-Za-z_]\w*\}?", ".*", e)
+        rules.append({"record": f"dashboard:{re.sub(r'[^a-zA-Z0-9_]', '_', where)}", "expr": e})
+    for p in panels:
+        if p.get("type") == "row":
+            continue
+        if p.get("datasource", {}).get("uid") != "${datasource}":
+            errors.append(f"{base}: panel {p['id']} '{p.get('title')}' does not use ${{datasource}}")
+        if not p.get("targets"):
+            errors.append(f"{base}: panel {p['id']} '{p.get('title')}' has no query")
+        for t in p.get("targets", []):
+            if t.get("datasource", {}).get("uid") != "${datasource}":
+                errors.append(f"{base}: panel {p['id']} target {t.get('refId')} does not use ${{datasource}}")
+            add(t["expr"], f"{base}_panel_{p['id']}_{t['refId']}")
+    for name, v in tvars.items():
+        if v.get("type") == "query":
+            if v.get("datasource", {}).get("uid") != "${datasource}":
+                errors.append(f"{base}: variable {name} does not use ${{datasource}}")
+            q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
+            m = re.fullmatch(r"label_values\((.+),\s*\w+\)", q.strip())
+            if not m:
+                errors.append(f"{base}: variable {name}: unsupported query {q!r}")
+            else:
+                add(m.group(1), f"{base}_var_{name}")
+    groups.append({"name": base, "rules": rules})
+    print(f"{base}: {len(panels)} panels, {len(rules)} queries")
+yaml.safe_dump({"groups": groups}, open(rules_out, "w"), sort_keys=False)
+for e in errors:
+    print("ERROR", e)
+sys.exit(1 if errors else 0)
+PY
+}
+run "dashboards: JSON, \${datasource}, queries collected" check_dashboards
+run_with "$OUT/dashboard-queries.rules.yaml" "promtool parses every dashboard query" promtool check rules "$OUT/dashboard-queries.rules.yaml"
+
+check_metric_names() {
+  "$PY" - "$ROOT/src/metrics.rs" "$ALERTS" "$OUT/dashboard-queries.rules.yaml" <<'PY'
+import re, sys, yaml
+metrics_rs, alerts_file, dash_rules = sys.argv[1:]
+src = open(metrics_rs).read()
+exported = set(re.findall(r'"(relay_[a-z0-9_]+)"', src))
+histograms = set(re.findall(r'HistogramOpts::new\(\s*"(relay_[a-z0-9_]+)"', src))
+allowed = set(exported)
+for h in histograms:
+    allowed |= {h + "_bucket", h + "_sum", h + "_count"}
+# The names the product promises (DESIGN.md, issue 7): the exporter must have them all.
+promised = """relay_records_read_total relay_events_published_total relay_publish_retries_total
+relay_dlq_sent_total relay_dlq_write_failures_total relay_dlq_redrained_total
+relay_lease_takeovers_total relay_leases_lost_total relay_checkpoints_total
+relay_records_trimmed_total relay_aws_errors_total relay_publish_duration_seconds relay_dlq_depth
+relay_leases_owned relay_workers relay_shards relay_stream_lag_seconds relay_build_info""".split()
+errors = [f"src/metrics.rs does not define {m}" for m in promised if m not in exported]
+
+KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
+            "group_left", "group_right", "inf", "nan", "atan2", "start", "end"}
+def metric_names(expr):
+    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)   # strings
+    e = re.sub(r"\{[^}]*\}", " ", e)                                    # label matchers
+    e = re.sub(r"\[[^\]]*\]", " ", e)                                   # ranges, subqueries
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    names = set()
+    for m in re.finditer(r"(?<![\w.:])([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?", e):
+        name, call = m.group(1), m.group(2)
+        if call or name in KEYWORDS:
+            continue
+        names.add(name)
+    return names
+
+used = {}
+for path, label in ((alerts_file, "alerts.yaml"), (dash_rules, "dashboards")):
+    for g in yaml.safe_load(open(path))["groups"]:
+        for r in g["rules"]:
+            if "__name__" in r["expr"]:
+                errors.append(f"{r.get('alert') or r.get('record')}: select metrics by name, not by __name__, so they can be checked")
+            for n in metric_names(r["expr"]):
+                used.setdefault(n, set()).add(label)
+for n in sorted(used):
+    if n not in allowed:
+        errors.append(f"{n} (used in {', '.join(sorted(used[n]))}) is not exported by src/metrics.rs")
+print("metrics used:", ", ".join(sorted(used)))
+unused = sorted(m for m in exported if m not in used and not any(u.startswith(m) for u in used))
+if unused:
+    print("exported but not on a dashboard or alert:", ", ".join(unused))
+for e in errors:
+    print("ERROR", e)
+sys.exit(1 if errors else 0)
+PY
+}
+run_with "$OUT/dashboard-queries.rules.yaml" "metric names in dashboards/ and alerts.yaml exported" check_metric_names
+
+# ---- Dockerfile ----------------------------------------------------------------------------------
+run "hadolint Dockerfile" "$VENV/bin/hadolint" Dockerfile
+dockerfile_pins() {
+  local bad
+  bad="$(grep -E '^FROM ' Dockerfile | grep -Ev '^FROM [^ ]+:[^ @]+@sha256:[0-9a-f]{64}( AS [a-z-]+)?$')"
+  [[ -z "$bad" ]] || { echo "base image not pinned by tag and digest: $bad"; return 1; }
+  grep -Eq '^USER [0-9]+(:[0-9]+)?$' Dockerfile || { echo "no numeric non-root USER"; return 1; }
+  grep -Eq '^ENTRYPOINT \[' Dockerfile || { echo "ENTRYPOINT not in exec form"; return 1; }
+  grep -Eq 'cargo build --release --locked' Dockerfile || { echo "no cargo build --release --locked"; return 1; }
+  [[ -f .dockerignore ]] || { echo ".dockerignore missing"; return 1; }
+}
+run "Dockerfile: digests, numeric USER, exec ENTRYPOINT" dockerfile_pins
+
+echo
+echo "check-deploy: took $((SECONDS - start))s; renders and logs in ${OUT#"$ROOT"/}/"
+if ((failed)); then
+  printf 'check-deploy: FAILED: %s\n' "${failures[@]}"
+fi
+echo "check-deploy: $passed passed, $failed failed"
+((failed == 0))

@@ -1,0 +1,506 @@
+//! Typed settings from the `RELAY_*` environment variables.
+//!
+//! Every variable is parsed before anything starts, and every problem is collected, so an operator
+//! fixing a deployment sees all of them in one run instead of one per restart. The binary turns a
+//! [`ConfigErrors`] into exit code 2.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::nakadi::{FailureMode, PublisherConfig, TokenSource};
+
+/// Where the stream comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamSource {
+    /// The table's latest stream, looked up with DescribeTable at start.
+    Table(String),
+    Arn(String),
+}
+
+/// Where a shard is read from when its lease has no checkpoint yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialPosition {
+    TrimHorizon,
+    Latest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Timing of the lease protocol; the trade-offs are in docs/DESIGN.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// A lease whose counter has not moved for this long (on the observer's own clock) is expired.
+    pub duration: Duration,
+    /// How often owned leases are renewed and the lease table is read for balancing.
+    pub renew_interval: Duration,
+    /// How often the whole stream is described to find new shards.
+    pub shard_sync_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: StreamSource,
+    pub lease_table: String,
+    pub create_lease_table: bool,
+    pub nakadi: PublisherConfig,
+    pub data_type: String,
+    pub compaction_key: bool,
+    pub dlq_url: String,
+    pub initial_position: InitialPosition,
+    pub http_addr: SocketAddr,
+    pub worker_id: String,
+    pub dlq_redrain_interval: Duration,
+    /// Events per second the re-drain loop may publish, so a full queue does not flood Nakadi.
+    pub dlq_redrain_rate: u32,
+    pub log_format: LogFormat,
+    pub lease: LeaseTiming,
+    /// How long SIGTERM may take: the batch in flight, its checkpoint and the lease release.
+    pub shutdown_timeout: Duration,
+}
+
+/// One variable's problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+/// All problems found in one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  {}: {}", e.variable, e.problem)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads variables and remembers every problem, so parsing never stops at the first one.
+struct Reader<'a> {
+    vars: &'a HashMap<String, String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Reader<'_> {
+    fn fail(&mut self, variable: &'static str, problem: impl Into<String>) {
+        self.errors.push(ConfigError {
+            variable,
+            problem: problem.into(),
+        });
+    }
+
+    /// The value, with surrounding white space removed; an empty value counts as unset, since
+    /// Helm renders unset values as empty strings.
+    fn get(&self, variable: &str) -> Option<&str> {
+        self.vars
+            .get(variable)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&mut self, variable: &'static str) -> String {
+        match self.get(variable) {
+            Some(v) => v.to_owned(),
+            None => {
+                self.fail(variable, "is required but not set");
+                String::new()
+            }
+        }
+    }
+
+    fn parse<T>(
+        &mut self,
+        variable: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> T {
+        match self.get(variable) {
+            None => default,
+            Some(raw) => match parse(raw) {
+                Ok(v) => v,
+                Err(problem) => {
+                    self.fail(variable, format!("{problem} (got {raw:?})"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn bool(&mut self, variable: &'static str, default: bool) -> bool {
+        self.parse(variable, default, |raw| match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err("must be true or false".into()),
+        })
+    }
+
+    fn duration(
+        &mut self,
+        variable: &'static str,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        self.parse(variable, default, |raw| {
+            let d = humantime::parse_duration(raw)
+                .map_err(|e| format!("must be a duration such as 30s or 500ms: {e}"))?;
+            if d < min || d > max {
+                return Err(format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ));
+            }
+            Ok(d)
+        })
+    }
+
+    fn number<T>(&mut self, variable: &'static str, default: T, min: T, max: T) -> T
+    where
+        T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        self.parse(variable, default, |raw| {
+            let n: T = raw.parse().map_err(|_| "must be a whole number".to_string())?;
+            if n < min || n > max {
+                return Err(format!("must be between {min} and {max}"));
+            }
+            Ok(n)
+        })
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigErrors> {
+        Config::from_vars(&std::env::vars().collect())
+    }
+
+    /// Parses the given variables; tests pass their own map instead of touching the environment.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
+        let mut r = Reader {
+            vars,
+            errors: Vec::new(),
+        };
+
+        let source = match (r.get("RELAY_TABLE_NAME"), r.get("RELAY_STREAM_ARN")) {
+            (_, Some(arn)) if !arn.starts_with("arn:") || !arn.contains(":table/") || !arn.contains("/stream/") => {
+                let problem = "must be a DynamoDB stream ARN (arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL)";
+                r.fail("RELAY_STREAM_ARN", problem);
+                StreamSource::Arn(String::new())
+            }
+            (_, Some(arn)) => StreamSource::Arn(arn.to_owned()),
+            (Some(table), None) => StreamSource::Table(table.to_owned()),
+            (None, None) => {
+                r.fail("RELAY_TABLE_NAME", "is required (or set RELAY_STREAM_ARN)");
+                StreamSource::Table(String::new())
+            }
+        };
+        let lease_table = r.required("RELAY_LEASE_TABLE");
+        let create_lease_table = r.bool("RELAY_CREATE_LEASE_TABLE", false);
+
+        let nakadi_url = r.required("RELAY_NAKADI_URL");
+        if !nakadi_url.is_empty() {
+            match reqwest::Url::parse(&nakadi_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => r.fail(
+                    "RELAY_NAKADI_URL",
+                    format!("must be an http(s) URL (got {nakadi_url:?})"),
+                ),
+            }
+        }
+        let event_type = r.required("RELAY_EVENT_TYPE");
+        let data_type = r
+            .get("RELAY_DATA_TYPE")
+            .map(str::to_owned)
+            .unwrap_or_else(|| event_type.clone());
+        let token = token_source(&mut r);
+        let on_failure = r.parse("RELAY_ON_PUBLISH_FAILURE", FailureMode::DeadLetter, |raw| {
+            match raw {
+                "dlq" => Ok(FailureMode::DeadLetter),
+                "block" => Ok(FailureMode::Block),
+                _ => Err("must be dlq or block".into()),
+            }
+        });
+        let nakadi = PublisherConfig {
+            base_url: nakadi_url.trim_end_matches('/').to_owned(),
+            event_type,
+            token,
+            batch_size: r.number("RELAY_NAKADI_BATCH_SIZE", 500, 1, 10_000),
+            batch_bytes: r.number("RELAY_NAKADI_BATCH_BYTES", 4 << 20, 1 << 10, 64 << 20),
+            gzip_min_bytes: r.number("RELAY_NAKADI_GZIP_MIN_BYTES", 16 << 10, 0, usize::MAX),
+            request_timeout: r.duration("RELAY_NAKADI_TIMEOUT", 10 * SECOND, Duration::from_millis(100), 10 * 60 * SECOND),
+            max_attempts: r.number("RELAY_NAKADI_MAX_ATTEMPTS", 8, 1, 1000),
+            max_retry_time: r.duration("RELAY_NAKADI_MAX_RETRY_TIME", 60 * SECOND, Duration::ZERO, HOUR),
+            on_failure,
+        };
+
+        let dlq_url = r.required("RELAY_DLQ_URL");
+        if !dlq_url.is_empty() && reqwest::Url::parse(&dlq_url).is_err() {
+            r.fail("RELAY_DLQ_URL", format!("must be an SQS queue URL (got {dlq_url:?})"));
+        }
+        let initial_position =
+            r.parse("RELAY_INITIAL_POSITION", InitialPosition::TrimHorizon, |raw| match raw {
+                "TRIM_HORIZON" => Ok(InitialPosition::TrimHorizon),
+                "LATEST" => Ok(InitialPosition::Latest),
+                _ => Err("must be TRIM_HORIZON or LATEST".into()),
+            });
+        let compaction_key = r.bool("RELAY_COMPACTION_KEY", false);
+        let http_addr = r.parse("RELAY_HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)), |raw| {
+            raw.parse()
+                .map_err(|_| "must be an address such as 0.0.0.0:8080".into())
+        });
+        let worker_id = r
+            .get("RELAY_WORKER_ID")
+            .map(str::to_owned)
+            .unwrap_or_else(default_worker_id);
+        let dlq_redrain_interval =
+            r.duration("RELAY_DLQ_REDRAIN_INTERVAL", 30 * SECOND, SECOND, HOUR);
+        let dlq_redrain_rate = r.number("RELAY_DLQ_REDRAIN_RATE", 500, 1, 1_000_000);
+        let log_format = r.parse("RELAY_LOG_FORMAT", LogFormat::Json, |raw| match raw {
+            "json" => Ok(LogFormat::Json),
+            "text" => Ok(LogFormat::Text),
+            _ => Err("must be json or text".into()),
+        });
+        let lease = LeaseTiming {
+            duration: r.duration("RELAY_LEASE_DURATION", 10 * SECOND, SECOND, 10 * 60 * SECOND),
+            renew_interval: r.duration("RELAY_LEASE_RENEW_INTERVAL", 3 * SECOND, Duration::from_millis(100), 5 * 60 * SECOND),
+            shard_sync_interval: r.duration("RELAY_SHARD_SYNC_INTERVAL", 60 * SECOND, SECOND, HOUR),
+        };
+        if lease.renew_interval * 2 >= lease.duration {
+            r.fail(
+                "RELAY_LEASE_RENEW_INTERVAL",
+                "must be less than half of RELAY_LEASE_DURATION, or leases expire between renewals",
+            );
+        }
+        let shutdown_timeout =
+            r.duration("RELAY_SHUTDOWN_TIMEOUT", 20 * SECOND, SECOND, 10 * 60 * SECOND);
+
+        if !r.errors.is_empty() {
+            return Err(ConfigErrors(r.errors));
+        }
+        Ok(Config {
+            source,
+            lease_table,
+            create_lease_table,
+            nakadi,
+            data_type,
+            compaction_key,
+            dlq_url,
+            initial_position,
+            http_addr,
+            worker_id,
+            dlq_redrain_interval,
+            dlq_redrain_rate,
+            log_format,
+            lease,
+            shutdown_timeout,
+        })
+    }
+}
+
+/// The Nakadi token: an explicit file, else Zalando's credentials directory when either of its
+/// variables is set, else none (no Authorization header, for a Nakadi without authentication).
+fn token_source(r: &mut Reader<'_>) -> TokenSource {
+    if let Some(file) = r.get("RELAY_NAKADI_TOKEN_FILE") {
+        let path = PathBuf::from(file);
+        if !path.is_file() {
+            r.fail(
+                "RELAY_NAKADI_TOKEN_FILE",
+                format!("{} is not a readable file", path.display()),
+            );
+        }
+        return TokenSource::File(path);
+    }
+    let dir = r.get("CREDENTIALS_DIR").map(PathBuf::from);
+    let name = r.get("RELAY_NAKADI_TOKEN_NAME").map(str::to_owned);
+    if dir.is_none() && name.is_none() {
+        return TokenSource::None;
+    }
+    let dir = dir.unwrap_or_else(|| PathBuf::from("/meta/credentials"));
+    let name = name.unwrap_or_else(|| "nakadi".to_owned());
+    let secret = dir.join(format!("{name}-token-secret"));
+    if !secret.is_file() {
+        r.fail(
+            "RELAY_NAKADI_TOKEN_NAME",
+            format!("{} is not a readable file (CREDENTIALS_DIR convention)", secret.display()),
+        );
+    }
+    TokenSource::CredentialsDir { dir, name }
+}
+
+/// The hostname plus a random suffix: two processes on one host (or a restarted pod whose old
+/// leases have not expired yet) must not share an identity, or one would renew the other's leases.
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn minimal() -> HashMap<String, String> {
+        vars(&[
+            ("RELAY_TABLE_NAME", "orders"),
+            ("RELAY_LEASE_TABLE", "orders-leases"),
+            ("RELAY_NAKADI_URL", "https://nakadi.example.org"),
+            ("RELAY_EVENT_TYPE", "payments.order-changed"),
+            ("RELAY_DLQ_URL", "https://sqs.eu-central-1.amazonaws.com/123/dlq"),
+        ])
+    }
+
+    fn problems(v: &HashMap<String, String>) -> Vec<&'static str> {
+        Config::from_vars(v)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.variable)
+            .collect()
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let c = Config::from_vars(&minimal()).unwrap();
+        assert_eq!(c.source, StreamSource::Table("orders".into()));
+        assert_eq!(c.data_type, "payments.order-changed");
+        assert_eq!(c.initial_position, InitialPosition::TrimHorizon);
+        assert!(matches!(c.nakadi.on_failure, FailureMode::DeadLetter));
+        assert!(matches!(c.nakadi.token, TokenSource::None));
+        assert!(!c.compaction_key);
+        assert!(!c.create_lease_table);
+        assert_eq!(c.http_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.dlq_redrain_interval, Duration::from_secs(30));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.nakadi.batch_size, 500);
+        assert!(!c.worker_id.is_empty());
+    }
+
+    #[test]
+    fn every_required_variable_is_named_when_missing() {
+        assert_eq!(
+            problems(&HashMap::new()),
+            vec![
+                "RELAY_TABLE_NAME",
+                "RELAY_LEASE_TABLE",
+                "RELAY_NAKADI_URL",
+                "RELAY_EVENT_TYPE",
+                "RELAY_DLQ_URL"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let mut v = minimal();
+        v.insert("RELAY_LEASE_TABLE".into(), "  ".into());
+        v.insert("RELAY_DATA_TYPE".into(), "".into());
+        assert_eq!(problems(&v), vec!["RELAY_LEASE_TABLE"]);
+    }
+
+    #[test]
+    fn malformed_values_are_all_reported_at_once() {
+        let table: &[(&str, &str)] = &[
+            ("RELAY_CREATE_LEASE_TABLE", "maybe"),
+            ("RELAY_NAKADI_URL", "nakadi:8080"),
+            ("RELAY_ON_PUBLISH_FAILURE", "drop"),
+            ("RELAY_INITIAL_POSITION", "AT_TIMESTAMP"),
+            ("RELAY_COMPACTION_KEY", "yes please"),
+            ("RELAY_HTTP_ADDR", "8080"),
+            ("RELAY_DLQ_REDRAIN_INTERVAL", "soon"),
+            ("RELAY_LOG_FORMAT", "xml"),
+            ("RELAY_NAKADI_BATCH_SIZE", "0"),
+            ("RELAY_NAKADI_TIMEOUT", "-1s"),
+            ("RELAY_STREAM_ARN", "orders"),
+            ("RELAY_SHUTDOWN_TIMEOUT", "2h"),
+        ];
+        let mut v = minimal();
+        for (k, val) in table {
+            v.insert(k.to_string(), val.to_string());
+        }
+        let errs = Config::from_vars(&v).unwrap_err();
+        let named: Vec<_> = errs.0.iter().map(|e| e.variable).collect();
+        for (k, _) in table {
+            assert!(named.contains(k), "{k} not reported in {errs}");
+        }
+        assert_eq!(named.len(), table.len(), "{errs}");
+        // The message quotes the bad value so the operator sees what the pod really got.
+        assert!(errs.to_string().contains("\"xml\""));
+    }
+
+    #[test]
+    fn stream_arn_wins_over_table_name() {
+        let mut v = minimal();
+        let arn = "arn:aws:dynamodb:eu-central-1:123456789012:table/orders/stream/2026-11-22T00:00:00.000";
+        v.insert("RELAY_STREAM_ARN".into(), arn.into());
+        assert_eq!(
+            Config::from_vars(&v).unwrap().source,
+            StreamSource::Arn(arn.into())
+        );
+    }
+
+    #[test]
+    fn renew_interval_must_leave_room_before_expiry() {
+        let mut v = minimal();
+        v.insert("RELAY_LEASE_DURATION".into(), "4s".into());
+        v.insert("RELAY_LEASE_RENEW_INTERVAL".into(), "2s".into());
+        assert_eq!(problems(&v), vec!["RELAY_LEASE_RENEW_INTERVAL"]);
+    }
+
+    #[test]
+    fn token_file_must_exist() {
+        let mut v = minimal();
+        v.insert("RELAY_NAKADI_TOKEN_FILE".into(), "/nonexistent/token".into());
+        assert_eq!(problems(&v), vec!["RELAY_NAKADI_TOKEN_FILE"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "secret\n").unwrap();
+        v.insert("RELAY_NAKADI_TOKEN_FILE".into(), file.display().to_string());
+        assert!(matches!(
+            Config::from_vars(&v).unwrap().nakadi.token,
+            TokenSource::File(p) if p == file
+        ));
+    }
+
+    #[test]
+    fn credentials_dir_convention() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = minimal();
+        v.insert("CREDENTIALS_DIR".into(), dir.path().display().to_string());
+        assert_eq!(problems(&v), vec!["RELAY_NAKADI_TOKEN_NAME"]);
+        std::fs::write(dir.path().join("nakadi-token-secret"), "t").unwrap();
+        assert!(matches!(
+            Config::from_vars(&v).unwrap().nakadi.token,
+            TokenSource::CredentialsDir { name, .. } if name == "nakadi"
+        ));
+    }
+}

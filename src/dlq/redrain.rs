@@ -1,0 +1,293 @@
+//! The internal re-drain loop: republishes what waits in the DLQ and deletes it once Nakadi took
+//! it. It runs in every pod; SQS's visibility timeout keeps pods from working on the same
+//! message at once.
+//!
+//! Never a busy loop: a round ends when the queue is empty or Nakadi keeps failing, then the loop
+//! waits `RELAY_DLQ_REDRAIN_INTERVAL` (longer, doubling, while Nakadi keeps failing). A rate limit
+//! keeps a full queue from flooding a Nakadi that has just recovered.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName, QueueAttributeName,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::message::{GZIP, decode_gzip, event_from_body};
+use super::writer::DeadLetterQueue;
+use crate::metrics::{self, METRICS};
+use crate::nakadi::{Outcome, PublishContext, Publisher};
+use crate::transform::Event;
+
+/// Long-poll wait of one ReceiveMessage call (SQS allows up to 20 s).
+const RECEIVE_WAIT_SECONDS: i32 = 1;
+/// Longest visibility timeout SQS allows (12 hours).
+const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+
+pub struct Redrainer {
+    pub dlq: DeadLetterQueue,
+    /// A publisher in dead-letter mode even when shards block: a message that fails again stays
+    /// in the queue, so waiting for it here would only stall the loop.
+    pub publisher: Publisher,
+    pub interval: Duration,
+    /// Events per second at most.
+    pub rate: u32,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoundReport {
+    pub published: u64,
+    pub failed: u64,
+    pub undecodable: u64,
+}
+
+impl Redrainer {
+    /// Rounds every interval until `shutdown`. A message in flight when shutdown comes stays in
+    /// the queue and becomes visible again: nothing is lost by stopping anywhere.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut pause = self.interval;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            self.sample_depth().await;
+            let report = self.round(&shutdown).await;
+            if report.published + report.failed + report.undecodable > 0 {
+                info!(?report, "dead-letter re-drain round done");
+            }
+            // Nakadi took nothing it was offered: wait longer before offering again.
+            pause = if report.failed > 0 && report.published == 0 {
+                (pause * 2).min(self.interval * 16)
+            } else {
+                self.interval
+            };
+        }
+    }
+
+    /// Receives and republishes until the queue is empty, Nakadi fails a whole batch, or
+    /// shutdown. Used by the loop and by `redrive --once`.
+    pub async fn round(&self, shutdown: &CancellationToken) -> RoundReport {
+        let mut report = RoundReport::default();
+        let started = Instant::now();
+        while !shutdown.is_cancelled() {
+            let messages = match self.receive().await {
+                Ok(m) if m.is_empty() => break,
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "receiving from the dead-letter queue failed");
+                    break;
+                }
+            };
+            let batch = self.republish(&messages, shutdown).await;
+            report.published += batch.published;
+            report.failed += batch.failed;
+            report.undecodable += batch.undecodable;
+            if batch.published == 0 && batch.failed > 0 {
+                break;
+            }
+            // The rate limit: this round may not have published faster than `rate` per second.
+            let due = Duration::from_secs_f64(report.published as f64 / f64::from(self.rate));
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        report
+    }
+
+    async fn receive(&self) -> Result<Vec<Message>, String> {
+        let out = self
+            .dlq
+            .client()
+            .receive_message()
+            .queue_url(self.dlq.url())
+            .max_number_of_messages(10)
+            .wait_time_seconds(RECEIVE_WAIT_SECONDS)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| {
+                metrics::aws_error("ReceiveMessage", "other");
+                DisplayErrorContext(&e).to_string()
+            })?;
+        Ok(out.messages.unwrap_or_default())
+    }
+
+    async fn republish(&self, messages: &[Message], shutdown: &CancellationToken) -> RoundReport {
+        let mut report = RoundReport::default();
+        let mut events: Vec<Event> = Vec::new();
+        let mut event_messages: Vec<&Message> = Vec::new();
+        let mut keep: Vec<&Message> = Vec::new();
+        for m in messages {
+            match decode(m) {
+                Ok((event_type, event)) if event_type == self.publisher.event_type() => {
+                    events.push(event);
+                    event_messages.push(m);
+                }
+                Ok((event_type, _)) => {
+                    warn!(message_id = m.message_id(), %event_type, "dead letter is for another event type; leaving it");
+                    report.undecodable += 1;
+                    keep.push(m);
+                }
+                Err(why) => {
+                    error!(message_id = m.message_id(), %why, "dead letter cannot be republished; the queue's redrive policy will park it");
+                    report.undecodable += 1;
+                    keep.push(m);
+                }
+            }
+        }
+        let ctx = PublishContext {
+            shard_id: "dlq-redrain",
+        };
+        let mut delete = Vec::new();
+        if !events.is_empty() {
+            let Ok(outcomes) = self.publisher.publish(&events, &ctx, shutdown).await else {
+                // Shutdown: everything stays in the queue and becomes visible again.
+                return report;
+            };
+            for (m, outcome) in event_messages.into_iter().zip(outcomes) {
+                match outcome {
+                    Outcome::Delivered => {
+                        report.published += 1;
+                        delete.push(m);
+                    }
+                    Outcome::Failed(f) => {
+                        warn!(message_id = m.message_id(), reason = %f.reason, "dead letter failed again");
+                        report.failed += 1;
+                        keep.push(m);
+                    }
+                }
+            }
+        }
+        self.delete(&delete).await;
+        self.back_off(&keep).await;
+        metrics::dlq_redrained("published", report.published);
+        metrics::dlq_redrained("failed", report.failed);
+        metrics::dlq_redrained("undecodable", report.undecodable);
+        report
+    }
+
+    /// A message that was published but could not be deleted is received and published again
+    /// later: a duplicate with the same eid, never a loss.
+    async fn delete(&self, messages: &[&Message]) {
+        if messages.is_empty() {
+            return;
+        }
+        let entries = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .build()
+                    .expect("id and handle are set")
+            })
+            .collect();
+        let result = self
+            .dlq
+            .client()
+            .delete_message_batch()
+            .queue_url(self.dlq.url())
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match result {
+            Ok(out) if out.failed().is_empty() => {}
+            Ok(out) => warn!(failed = out.failed().len(), "some re-drained dead letters were not deleted and will be published again"),
+            Err(e) => {
+                metrics::aws_error("DeleteMessageBatch", "other");
+                warn!(error = %DisplayErrorContext(&e), "re-drained dead letters were not deleted and will be published again");
+            }
+        }
+    }
+
+    /// Hides messages that failed again for longer each time they are received, so a message
+    /// Nakadi keeps refusing is retried ever more rarely until the redrive policy parks it.
+    async fn back_off(&self, messages: &[&Message]) {
+        if messages.is_empty() {
+            return;
+        }
+        let entries = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let received: u32 = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                let visibility = self
+                    .interval
+                    .saturating_mul(1u32.checked_shl(received.min(16)).unwrap_or(u32::MAX))
+                    .min(MAX_VISIBILITY);
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .visibility_timeout(visibility.as_secs() as i32)
+                    .build()
+                    .expect("id and handle are set")
+            })
+            .collect();
+        if let Err(e) = self
+            .dlq
+            .client()
+            .change_message_visibility_batch()
+            .queue_url(self.dlq.url())
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            metrics::aws_error("ChangeMessageVisibilityBatch", "other");
+            warn!(error = %DisplayErrorContext(&e), "could not extend the visibility of failed dead letters");
+        }
+    }
+
+    async fn sample_depth(&self) {
+        let result = self
+            .dlq
+            .client()
+            .get_queue_attributes()
+            .queue_url(self.dlq.url())
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                if let Some(depth) = out
+                    .attributes()
+                    .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+                    .and_then(|v| v.parse().ok())
+                {
+                    METRICS.dlq_depth.set(depth);
+                }
+            }
+            Err(e) => {
+                metrics::aws_error("GetQueueAttributes", "other");
+                warn!(error = %DisplayErrorContext(&e), "could not sample the dead-letter queue depth");
+            }
+        }
+    }
+}
+
+fn decode(m: &Message) -> Result<(String, Event), String> {
+    let body = m.body().ok_or("message has no body")?;
+    let gzip = m
+        .message_attributes()
+        .and_then(|a| a.get("content-encoding"))
+        .and_then(|v| v.string_value())
+        == Some(GZIP);
+    if gzip {
+        event_from_body(&decode_gzip(body)?)
+    } else {
+        event_from_body(body)
+    }
+}

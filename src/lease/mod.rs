@@ -1,0 +1,128 @@
+//! The lease table: one lease per shard (owner, fencing counter, checkpoint, lineage), and worker
+//! heartbeats, so several pods share a stream and take over from each other.
+//!
+//! `table` is the DynamoDB access with conditional writes; `coordinator` is the loop that syncs
+//! shards, renews, takes and balances leases and runs a shard worker per owned lease.
+
+pub mod coordinator;
+pub mod table;
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tokio::sync::Mutex;
+
+use crate::stream::{Position, ShardId};
+
+pub use table::{LeaseError, LeaseTable};
+
+/// Where a shard's reading stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkpoint {
+    TrimHorizon,
+    Latest,
+    /// The last record whose event was delivered or dead-lettered.
+    Sequence(String),
+    /// Read to its end; its children may start.
+    ShardEnd,
+}
+
+impl Checkpoint {
+    pub fn parse(s: &str) -> Checkpoint {
+        match s {
+            "TRIM_HORIZON" => Checkpoint::TrimHorizon,
+            "LATEST" => Checkpoint::Latest,
+            "SHARD_END" => Checkpoint::ShardEnd,
+            seq => Checkpoint::Sequence(seq.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Checkpoint::TrimHorizon => "TRIM_HORIZON",
+            Checkpoint::Latest => "LATEST",
+            Checkpoint::ShardEnd => "SHARD_END",
+            Checkpoint::Sequence(seq) => seq,
+        }
+    }
+
+    /// Where reading continues; None for a finished shard.
+    pub fn position(&self) -> Option<Position> {
+        match self {
+            Checkpoint::TrimHorizon => Some(Position::TrimHorizon),
+            Checkpoint::Latest => Some(Position::Latest),
+            Checkpoint::Sequence(seq) => Some(Position::After(seq.clone())),
+            Checkpoint::ShardEnd => None,
+        }
+    }
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A shard lease as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub shard_id: ShardId,
+    pub owner: Option<String>,
+    /// Incremented by every write; a write conditioned on the counter it last saw is how a
+    /// worker proves it still owns the lease (the fencing token).
+    pub counter: u64,
+    pub checkpoint: Checkpoint,
+    pub parent_shard_ids: Vec<ShardId>,
+    pub owner_switches: u64,
+    /// A worker with too few leases asked the owner to hand this one over; the owner finishes
+    /// its page, checkpoints and releases it, so balancing never publishes anything twice.
+    pub handoff_to: Option<String>,
+}
+
+/// A worker's heartbeat item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub worker_id: String,
+    pub counter: u64,
+}
+
+/// A lease this pod owns, shared by its shard worker (checkpoints) and the coordinator
+/// (renewals). Both write the same item, so both go through the one mutex that holds the
+/// counter: neither can use a counter the other has already moved.
+#[derive(Debug)]
+pub struct OwnedLease {
+    pub shard_id: ShardId,
+    pub lease_key: String,
+    state: Mutex<OwnedState>,
+    /// Age of the newest record processed, in ms; 0 when caught up. Read for the lag metric.
+    lag_ms: AtomicI64,
+}
+
+#[derive(Debug, Clone)]
+struct OwnedState {
+    counter: u64,
+    checkpoint: Checkpoint,
+}
+
+impl OwnedLease {
+    pub fn new(shard_id: ShardId, lease_key: String, counter: u64, checkpoint: Checkpoint) -> OwnedLease {
+        OwnedLease {
+            shard_id,
+            lease_key,
+            state: Mutex::new(OwnedState { counter, checkpoint }),
+            lag_ms: AtomicI64::new(0),
+        }
+    }
+
+    pub async fn checkpoint(&self) -> Checkpoint {
+        self.state.lock().await.checkpoint.clone()
+    }
+
+    pub fn set_lag_ms(&self, lag: i64) {
+        self.lag_ms.store(lag.max(0), Ordering::Relaxed);
+    }
+
+    pub fn lag_ms(&self) -> i64 {
+        self.lag_ms.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,30 @@
+//! dynamodb-nakadi-relay: the message relay of a transactional outbox on DynamoDB. It reads a
+//! table's stream directly, turns every record into a Nakadi data change event, publishes it,
+//! and dead-letters what finally fails to SQS, checkpointing only what is safe.
+//!
+//! The map (docs/DESIGN.md tells the design in full):
+//! - [`config`]: the `RELAY_*` variables, all checked at start, every problem reported at once.
+//! - [`app`]: builds the parts, checks the outside systems, owns the shutdown order.
+//! - [`stream`]: DynamoDB Streams calls with typed errors, raw record pages, shard lineage, and
+//!   the shard worker loop (read → transform → publish → dead-letter → checkpoint).
+//! - [`lease`]: the lease table (conditional writes, fencing counter, checkpoints, heartbeats)
+//!   and the coordinator that syncs shards, balances leases and runs the shard workers.
+//! - [`transform`]: pure; a stream record → the Nakadi event (item + JSON Patch).
+//! - [`nakadi`]: the publisher: batching, gzip, token file, Nakadi's responses, retries.
+//! - [`dlq`]: the SQS dead-letter queue writer and the periodic re-drain loop.
+//! - [`http`], [`status`], [`metrics`]: probes, `/status`, Prometheus metrics.
+//! - [`retry`]: backoff with full jitter; [`shutdown`]: signals; [`telemetry`]: logs.
+
+pub mod app;
+pub mod config;
+pub mod dlq;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod nakadi;
+pub mod retry;
+pub mod shutdown;
+pub mod status;
+pub mod stream;
+pub mod telemetry;
+pub mod transform;

@@ -1,0 +1,225 @@
+//! Every metric the relay exports, defined in one place with its help text.
+//!
+//! Call sites use the small functions at the bottom so that names and label values stay
+//! consistent. No metric carries a shard label: DynamoDB rolls shards over every few hours, and
+//! a label per shard would grow the series without bound. Per-shard detail lives in `/status`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// The registry `/metrics` serves. A private registry (not the crate's global default) so that
+/// only what is defined here is exported.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    REGISTRY.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    REGISTRY.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    REGISTRY.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    REGISTRY.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+/// All metrics, created and registered on first use.
+pub struct Metrics {
+    pub records_read: IntCounter,
+    pub events_published: IntCounterVec,
+    pub publish_duration: Histogram,
+    pub publish_retries: IntCounterVec,
+    pub dlq_sent: IntCounterVec,
+    pub dlq_write_failures: IntCounter,
+    pub dlq_redrained: IntCounterVec,
+    pub dlq_depth: IntGauge,
+    pub leases_owned: IntGauge,
+    pub lease_takeovers: IntCounterVec,
+    pub leases_lost: IntCounter,
+    pub workers: IntGauge,
+    pub shards: IntGaugeVec,
+    pub stream_lag: Gauge,
+    pub checkpoints: IntCounter,
+    pub records_trimmed: IntCounter,
+    pub aws_errors: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let publish_duration = Histogram::with_opts(
+        HistogramOpts::new(
+            "relay_publish_duration_seconds",
+            "Duration of one HTTP request publishing a batch to Nakadi.",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ]),
+    )
+    .expect("valid metric");
+    REGISTRY
+        .register(Box::new(publish_duration.clone()))
+        .expect("unique metric");
+    let stream_lag = Gauge::new(
+        "relay_stream_lag_seconds",
+        "Age of the newest record processed, the largest over the shards this pod owns; 0 when caught up.",
+    )
+    .expect("valid metric");
+    REGISTRY
+        .register(Box::new(stream_lag.clone()))
+        .expect("unique metric");
+    let build_info = gauge_vec(
+        "relay_build_info",
+        "Always 1; the version label tells which build runs.",
+        &["version"],
+    );
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    let metrics = Metrics {
+        records_read: counter(
+            "relay_records_read_total",
+            "Stream records read from DynamoDB Streams.",
+        ),
+        events_published: counter_vec(
+            "relay_events_published_total",
+            "Events whose publication ended, by outcome: delivered (Nakadi accepted it) or dead_lettered (sent to the DLQ).",
+            &["outcome"],
+        ),
+        publish_duration,
+        publish_retries: counter_vec(
+            "relay_publish_retries_total",
+            "Events re-sent to Nakadi, by reason (server_error, rate_limited, timeout, connection, partial, aborted, unauthorized, rejected).",
+            &["reason"],
+        ),
+        dlq_sent: counter_vec(
+            "relay_dlq_sent_total",
+            "Messages written to the dead-letter queue, by reason (rejected, retries_exhausted, too_large, malformed_record).",
+            &["reason"],
+        ),
+        dlq_write_failures: counter(
+            "relay_dlq_write_failures_total",
+            "Failed attempts to write to the dead-letter queue; the shard keeps its checkpoint and retries.",
+        ),
+        dlq_redrained: counter_vec(
+            "relay_dlq_redrained_total",
+            "Dead-letter messages handled by the re-drain loop, by outcome (published, failed, undecodable).",
+            &["outcome"],
+        ),
+        dlq_depth: gauge(
+            "relay_dlq_depth",
+            "Approximate number of messages in the dead-letter queue, sampled by the re-drain loop.",
+        ),
+        leases_owned: gauge("relay_leases_owned", "Shard leases this pod owns."),
+        lease_takeovers: counter_vec(
+            "relay_lease_takeovers_total",
+            "Leases this pod took over from a worker that stopped renewing (expired), or asked a busier worker to hand over (balanced).",
+            &["kind"],
+        ),
+        leases_lost: counter(
+            "relay_leases_lost_total",
+            "Leases this pod lost to another worker; the shard stopped without a checkpoint.",
+        ),
+        workers: gauge(
+            "relay_workers",
+            "Live workers this pod sees in the lease table, itself included.",
+        ),
+        shards: gauge_vec(
+            "relay_shards",
+            "Shards of the stream by state (owned, unowned, waiting_for_parent, finished), as this pod sees them.",
+            &["state"],
+        ),
+        stream_lag,
+        checkpoints: counter(
+            "relay_checkpoints_total",
+            "Checkpoints written to the lease table.",
+        ),
+        records_trimmed: counter(
+            "relay_records_trimmed_total",
+            "Times a shard's checkpoint pointed at data the stream had already trimmed; reading continued from TRIM_HORIZON.",
+        ),
+        aws_errors: counter_vec(
+            "relay_aws_errors_total",
+            "Errors from AWS calls, by operation and kind (throttling, expired_iterator, trimmed, not_found, lease_lost, other).",
+            &["operation", "kind"],
+        ),
+        build_info,
+    };
+    // Every known label value starts at 0, so the first dead letter or retry shows in `rate()`
+    // and `increase()` instead of appearing as a new series that alerts cannot see rise.
+    for outcome in ["delivered", "dead_lettered"] {
+        metrics.events_published.with_label_values(&[outcome]);
+    }
+    for reason in ["server_error", "rate_limited", "timeout", "connection", "partial", "aborted", "unauthorized", "rejected"] {
+        metrics.publish_retries.with_label_values(&[reason]);
+    }
+    for reason in ["rejected", "retries_exhausted", "too_large", "malformed_record"] {
+        metrics.dlq_sent.with_label_values(&[reason]);
+    }
+    for outcome in ["published", "failed", "undecodable"] {
+        metrics.dlq_redrained.with_label_values(&[outcome]);
+    }
+    for kind in ["expired", "balanced"] {
+        metrics.lease_takeovers.with_label_values(&[kind]);
+    }
+    for state in ["owned", "unowned", "waiting_for_parent", "finished"] {
+        metrics.shards.with_label_values(&[state]);
+    }
+    metrics
+});
+
+/// The Prometheus text exposition of every registered metric.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&REGISTRY.gather(), &mut buf)
+        .expect("text encoding of gathered metrics cannot fail");
+    String::from_utf8(buf).expect("the text format is UTF-8")
+}
+
+pub fn aws_error(operation: &str, kind: &str) {
+    METRICS
+        .aws_errors
+        .with_label_values(&[operation, kind])
+        .inc();
+}
+
+pub fn publish_retry(reason: &str, events: u64) {
+    METRICS
+        .publish_retries
+        .with_label_values(&[reason])
+        .inc_by(events);
+}
+
+pub fn events_published(outcome: &str, events: u64) {
+    METRICS
+        .events_published
+        .with_label_values(&[outcome])
+        .inc_by(events);
+}
+
+pub fn dlq_sent(reason: &str) {
+    METRICS.dlq_sent.with_label_values(&[reason]).inc();
+}
+
+pub fn dlq_redrained(outcome: &str, messages: u64) {
+    METRICS
+        .dlq_redrained
+        .with_label_values(&[outcome])
+        .inc_by(messages);
+}

@@ -1,0 +1,63 @@
+//! DynamoDB Streams: the API calls with typed errors (`client`), raw record pages (`capture`),
+//! which shard may be read when (`lineage`), and the loop that carries one shard's records to
+//! Nakadi (`worker`).
+
+pub mod capture;
+pub mod client;
+pub mod lineage;
+pub mod worker;
+
+use std::fmt;
+
+pub use client::{Position, StreamError, StreamsClient};
+
+/// A shard's id, e.g. `shardId-00000001700000000000-0a1b2c3d`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(String);
+
+impl ShardId {
+    pub fn new(id: impl Into<String>) -> ShardId {
+        ShardId(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A shard as DescribeStream lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    pub id: ShardId,
+    pub parent: Option<ShardId>,
+    /// Closed shards have an ending sequence number; the open ones are still being written.
+    pub closed: bool,
+}
+
+impl Shard {
+    fn from_sdk(s: &aws_sdk_dynamodbstreams::types::Shard) -> Option<Shard> {
+        Some(Shard {
+            id: ShardId::new(s.shard_id()?),
+            parent: s.parent_shard_id().map(ShardId::new),
+            closed: s
+                .sequence_number_range()
+                .and_then(|r| r.ending_sequence_number())
+                .is_some(),
+        })
+    }
+}
+
+/// What DescribeStream tells about the whole stream.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub view_type: Option<String>,
+    /// Key attribute names, hash key first.
+    pub key_attributes: Vec<String>,
+    pub shards: Vec<Shard>,
+}

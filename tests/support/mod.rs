@@ -1,0 +1,607 @@
+//! Starts the real parts for integration tests: moto (DynamoDB, DynamoDB Streams, SQS), the
+//! Nakadi test server, and the relay binary, each on a free loopback port, each stopped when
+//! its handle is dropped. A missing dependency fails the test with a message saying how to get
+//! it; nothing is skipped.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, StreamSpecification, StreamViewType,
+};
+use serde_json::Value;
+
+pub const REGION: &str = "eu-central-1";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The project's virtualenv python, installed by `make test`.
+pub fn python() -> PathBuf {
+    let python = repo_root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make test` (it installs moto and the test servers' dependencies into .venv)",
+        python.display()
+    );
+    python
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("binding a loopback port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Where a test's logs go: target/test-output/<name>/.
+pub fn output_dir(test: &str) -> PathBuf {
+    let dir = repo_root().join("target/test-output").join(test);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Polls `check` every 50 ms until it returns Some, or panics with `what` at the deadline.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_for_every(what, timeout, Duration::from_millis(50), check).await
+}
+
+/// `wait_for` with another polling interval, for checks that read a lot.
+pub async fn wait_for_every<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// A child process killed on drop.
+pub struct Process {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.name);
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let name = self.name.clone();
+        wait_for(&format!("{name} to exit"), timeout, || {
+            let status = self.child.try_wait().expect("polling a child");
+            async move { status }
+        })
+        .await
+    }
+}
+
+/// Starts a test server that prints `LISTENING <port>` first.
+fn spawn_listening(name: &str, mut cmd: Command, log: &Path) -> (Process, u16) {
+    let stderr = std::fs::File::create(log).unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("LISTENING ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{name} did not start (printed {line:?}); see {}", log.display()));
+    (
+        Process {
+            child,
+            name: name.into(),
+        },
+        port,
+    )
+}
+
+pub struct Moto {
+    pub process: Process,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub async fn start(test: &str) -> Moto {
+        let port = free_port();
+        let log = output_dir(test).join("moto.log");
+        let child = Command::new(python())
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting moto");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let url = format!("{endpoint}/moto-api/");
+        wait_for("moto to answer", Duration::from_secs(30), || {
+            let req = http.get(&url).send();
+            async move { req.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+        Moto {
+            process: Process {
+                child,
+                name: "moto".into(),
+            },
+            endpoint,
+        }
+    }
+
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .load()
+            .await
+    }
+
+    pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk_config().await)
+    }
+
+    /// A table with a NEW_AND_OLD_IMAGES stream keyed by `pk` (string); returns the stream ARN.
+    pub async fn create_table(&self, table: &str) -> String {
+        let ddb = self.dynamodb().await;
+        let out = ddb
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .expect("creating the table");
+        out.table_description()
+            .and_then(|t| t.latest_stream_arn())
+            .expect("the table has a stream")
+            .to_owned()
+    }
+
+    pub async fn create_queue(&self, name: &str, attributes: &[(&str, &str)]) -> String {
+        let mut req = self.sqs().await.create_queue().queue_name(name);
+        for (k, v) in attributes {
+            req = req.attributes(aws_sdk_sqs::types::QueueAttributeName::from(*k), *v);
+        }
+        req.send()
+            .await
+            .expect("creating the queue")
+            .queue_url()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+pub struct Nakadi {
+    pub process: Process,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Nakadi {
+    pub fn start(test: &str, extra_args: &[&str]) -> Nakadi {
+        let mut cmd = Command::new(python());
+        cmd.arg(repo_root().join("tests/servers/nakadi_server.py"))
+            .args(["--port", "0"])
+            .args(extra_args);
+        let (process, port) = spawn_listening("nakadi test server", cmd, &output_dir(test).join("nakadi.log"));
+        Nakadi {
+            process,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Every accepted event, in arrival order, numbers exact.
+    pub async fn events(&self) -> Vec<Value> {
+        let body = self
+            .http
+            .get(format!("{}/_test/events", self.url))
+            .send()
+            .await
+            .expect("reading the Nakadi test server")
+            .text()
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn fault(&self, rule: Value) {
+        let r = self
+            .http
+            .post(format!("{}/_test/faults", self.url))
+            .json(&rule)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    pub async fn clear_faults(&self) {
+        self.http
+            .delete(format!("{}/_test/faults", self.url))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// The relay binary, configured for moto and the Nakadi test server.
+pub struct Relay {
+    pub process: Process,
+    pub http: String,
+    pub log: PathBuf,
+}
+
+pub fn base_env(moto: &Moto, nakadi: &Nakadi, stream_arn: &str, lease_table: &str, dlq_url: &str) -> HashMap<String, String> {
+    [
+        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_REGION", REGION),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("RELAY_STREAM_ARN", stream_arn),
+        ("RELAY_LEASE_TABLE", lease_table),
+        ("RELAY_CREATE_LEASE_TABLE", "true"),
+        ("RELAY_NAKADI_URL", nakadi.url.as_str()),
+        ("RELAY_EVENT_TYPE", "payments.order-changed"),
+        ("RELAY_DLQ_URL", dlq_url),
+        ("RELAY_LOG_FORMAT", "json"),
+        ("RELAY_LEASE_RENEW_INTERVAL", "500ms"),
+        ("RELAY_LEASE_DURATION", "3s"),
+        ("RELAY_NAKADI_MAX_RETRY_TIME", "2s"),
+        ("RELAY_DLQ_REDRAIN_INTERVAL", "1s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+impl Relay {
+    /// Starts the relay; `name` distinguishes several relays of one test in the logs.
+    pub fn start(test: &str, name: &str, env: &HashMap<String, String>) -> Relay {
+        let port = free_port();
+        let log = output_dir(test).join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_dynamodb-nakadi-relay"))
+            .env_clear()
+            .envs(env)
+            .env("RELAY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("RELAY_WORKER_ID", name)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting the relay binary");
+        Relay {
+            process: Process {
+                child,
+                name: name.into(),
+            },
+            http: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("{}{path}", self.http)).await.ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.text().await.ok()?))
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_for("the relay to be ready", Duration::from_secs(60), || async {
+            self.get("/health/ready").await.filter(|(s, _)| *s == 200).map(|_| ())
+        })
+        .await;
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A DynamoDB attribute value as the event must show it (DESIGN.md's table): the test's own
+/// oracle, independent of the relay's transform.
+pub fn expected_json(v: &AttributeValue) -> Value {
+    match v {
+        AttributeValue::S(s) => Value::String(s.clone()),
+        AttributeValue::N(n) => serde_json::from_str(n).unwrap(),
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::Null(_) => Value::Null,
+        AttributeValue::M(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), expected_json(v))).collect()),
+        AttributeValue::L(l) => Value::Array(l.iter().map(expected_json).collect()),
+        AttributeValue::Ss(ss) => {
+            let mut ss = ss.clone();
+            ss.sort();
+            Value::Array(ss.into_iter().map(Value::String).collect())
+        }
+        other => panic!("the tests do not write {other:?}"),
+    }
+}
+
+pub fn item_json(item: &HashMap<String, AttributeValue>) -> Value {
+    Value::Object(item.iter().map(|(k, v)| (k.clone(), expected_json(v))).collect())
+}
+
+/// Every record of the table's stream (one shard on moto), as (eventID, sequence number).
+pub async fn stream_records(moto: &Moto, stream_arn: &str) -> Vec<(String, String)> {
+    let streams = aws_sdk_dynamodbstreams::Client::new(&moto.sdk_config().await);
+    let desc = streams.describe_stream().stream_arn(stream_arn).send().await.unwrap();
+    let mut records = Vec::new();
+    for shard in desc.stream_description().unwrap().shards() {
+        let mut it = streams
+            .get_shard_iterator()
+            .stream_arn(stream_arn)
+            .shard_id(shard.shard_id().unwrap())
+            .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator
+            .unwrap();
+        loop {
+            let out = streams.get_records().shard_iterator(&it).send().await.unwrap();
+            if out.records().is_empty() {
+                break;
+            }
+            for r in out.records() {
+                records.push((
+                    r.event_id().unwrap().to_owned(),
+                    r.dynamodb().unwrap().sequence_number().unwrap().to_owned(),
+                ));
+            }
+            match out.next_shard_iterator {
+                Some(next) => it = next,
+                None => break,
+            }
+        }
+    }
+    records
+}
+
+/// The checkpoints of the shard leases in the lease table.
+pub async fn checkpoints(moto: &Moto, lease_table: &str) -> Vec<String> {
+    let out = moto.dynamodb().await.scan().table_name(lease_table).send().await.unwrap();
+    out.items()
+        .iter()
+        .filter(|i| i.get("kind").and_then(|k| k.as_s().ok()).map(String::as_str) == Some("shard"))
+        .filter_map(|i| i.get("checkpoint").and_then(|c| c.as_s().ok()).cloned())
+        .collect()
+}
+
+/// Messages in a queue (visible and in flight).
+pub async fn queue_depth(moto: &Moto, url: &str) -> usize {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = moto
+        .sqs()
+        .await
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let attrs = out.attributes().unwrap();
+    [A::ApproximateNumberOfMessages, A::ApproximateNumberOfMessagesNotVisible]
+        .iter()
+        .map(|a| attrs.get(a).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0))
+        .sum()
+}
+
+/// A TCP proxy in front of a server that can be switched off: while down it cuts open
+/// connections and closes new ones at once, as an unreachable service looks to a client.
+pub struct FaultProxy {
+    pub url: String,
+    down: tokio::sync::watch::Sender<bool>,
+}
+
+impl FaultProxy {
+    pub async fn start(target: &str) -> FaultProxy {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (down, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if *watch.borrow() {
+                    continue;
+                }
+                let target = target.clone();
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = watch.wait_for(|down| *down) => {}
+                        }
+                    }
+                });
+            }
+        });
+        FaultProxy { url, down }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
+    }
+}
+
+/// The DynamoDB Streams fault server (tests/servers/streams_fault_server.py).
+pub struct StreamsFault {
+    pub process: Process,
+    pub ctl: StreamsControl,
+}
+
+/// Its control API; cheap to clone into a writer task.
+#[derive(Clone)]
+pub struct StreamsControl {
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl StreamsFault {
+    pub fn start(test: &str) -> StreamsFault {
+        let mut cmd = Command::new(python());
+        cmd.arg(repo_root().join("tests/servers/streams_fault_server.py"))
+            .args(["--port", "0"]);
+        let (process, port) = spawn_listening("streams fault server", cmd, &output_dir(test).join("streams.log"));
+        StreamsFault {
+            process,
+            ctl: StreamsControl {
+                url: format!("http://127.0.0.1:{port}"),
+                http: reqwest::Client::new(),
+            },
+        }
+    }
+}
+
+impl StreamsControl {
+    pub async fn call(&self, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}/_test/{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}/_test/{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A NEW_AND_OLD_IMAGES stream keyed by `pk`, with small DescribeStream pages.
+    pub async fn create_stream(&self, shards: usize, page_size: usize) -> String {
+        let v = self
+            .call(
+                "streams",
+                serde_json::json!({"table": "orders", "shards": shards, "describe_page_size": page_size,
+                       "key_schema": [{"AttributeName": "pk", "KeyType": "HASH"}]}),
+            )
+            .await;
+        v["stream_arn"].as_str().unwrap().to_owned()
+    }
+
+    /// Appends one change per (key, seq): `seq` in the new image tells the write order per key.
+    /// Returns (shard id, event id) per record.
+    pub async fn write(&self, stream_arn: &str, writes: &[(String, u64)]) -> Vec<(String, String)> {
+        let records: Vec<Value> = writes
+            .iter()
+            .map(|(key, seq)| {
+                let image = |s: u64| serde_json::json!({"pk": {"S": key}, "seq": {"N": s.to_string()}});
+                let mut r = serde_json::json!({"key": key, "keys": {"pk": {"S": key}}, "new_image": image(*seq),
+                                   "event_name": if *seq == 0 { "INSERT" } else { "MODIFY" }});
+                if *seq > 0 {
+                    r["old_image"] = image(seq - 1);
+                }
+                r
+            })
+            .collect();
+        let v = self.call("records", serde_json::json!({"stream_arn": stream_arn, "records": records})).await;
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["shard_id"].as_str().unwrap().to_owned(), r["event_id"].as_str().unwrap().to_owned()))
+            .collect()
+    }
+}
+
+/// Env for a relay reading the fault server's stream, with moto for the lease table and SQS.
+pub fn fault_env(moto: &Moto, nakadi: &Nakadi, streams: &StreamsFault, stream_arn: &str, dlq_url: &str) -> HashMap<String, String> {
+    let mut env = base_env(moto, nakadi, stream_arn, "relay-leases", dlq_url);
+    env.insert("AWS_ENDPOINT_URL_DYNAMODB_STREAMS".into(), streams.ctl.url.clone());
+    env
+}
+
+/// Per key, the `seq` values of the events in arrival order, first arrival of each eid only;
+/// and the set of eids.
+pub fn per_key_sequences(events: &[Value]) -> (HashMap<String, Vec<u64>>, std::collections::HashSet<String>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for e in events {
+        let eid = e["metadata"]["eid"].as_str().unwrap().to_owned();
+        if !seen.insert(eid) {
+            continue;
+        }
+        let item = &e["data"]["item"];
+        let key = item["pk"].as_str().unwrap().to_owned();
+        let seq = item["seq"].as_u64().unwrap();
+        per_key.entry(key).or_default().push(seq);
+    }
+    (per_key, seen)
+}
