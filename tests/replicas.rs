@@ -59,7 +59,7 @@ impl Writer {
     async fn finish(self) -> Vec<Written> {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.await.unwrap();
-        self.written()
+        std::mem::take(&mut *self.log.lock().unwrap())
     }
 }
 
@@ -315,7 +315,7 @@ async fn expired_iterators_are_reopened_after_the_checkpoint() {
     let duplicates = check_complete_and_ordered(&s.nakadi, &written).await;
     assert_eq!(duplicates, 0, "reopening must continue after the checkpoint");
     let (_, m) = relay.get("/metrics").await.unwrap();
-    assert!(metric(&m, "relay_aws_errors_total{kind="expired_iterator",operation="GetRecords"}") >= 1.0, "{m}");
+    assert!(metric(&m, r#"relay_aws_errors_total{kind="expired_iterator",operation="GetRecords"}"#) >= 1.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +328,7 @@ async fn throttling_backs_off_and_loses_nothing() {
     written.extend(write_some(&s, 1, 20).await);
     check_complete_and_ordered(&s.nakadi, &written).await;
     let (_, m) = relay.get("/metrics").await.unwrap();
-    assert!(metric(&m, "relay_aws_errors_total{kind="throttling",operation="GetRecords"}") >= 1.0, "{m}");
+    assert!(metric(&m, r#"relay_aws_errors_total{kind="throttling",operation="GetRecords"}"#) >= 1.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

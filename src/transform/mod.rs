@@ -1,0 +1,142 @@
+//! Pure: a DynamoDB stream record → the Nakadi data change event (DESIGN.md, "The event").
+//!
+//! ```json
+//! {"metadata":{"eid":"…","occurred_at":"2026-11-22T06:16:10.123Z","partition_compaction_key":"…"},
+//!  "data_op":"U","data_type":"…","data":{"item":{…},"patch":[…]}}
+//! ```
+//!
+//! The event is exact and deterministic: numbers keep DynamoDB's digits (never an f64), sets are
+//! sorted so their order never makes a patch, object keys are sorted by name, so one record
+//! always gives the same bytes.
+//!
+//! Two paths keep the same contract. [`transform`] parses the wire record borrowing from it,
+//! writes the event in one pass and diffs the two images as it goes (`wire`, `event`).
+//! [`transform_reference`] is the straightforward one (`serde_json::Value` images,
+//! `json_patch::diff`, serde for the envelope): the property tests hold the fast path to its
+//! bytes, and the fast path hands it every record it does not take, so failures are explained
+//! in one place.
+
+mod event;
+mod number;
+mod reference;
+mod timestamp;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use uuid::Uuid;
+
+/// Nakadi's limit for one event's serialized size, in bytes.
+pub const MAX_EVENT_BYTES: usize = 999_000;
+
+/// What a deployment sets for every event it builds.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    /// `data_type` of every event (RELAY_DATA_TYPE, default the event type name).
+    pub data_type: String,
+    /// Key attribute names in key-schema order (hash, then range) when RELAY_COMPACTION_KEY=true;
+    /// None: no partition_compaction_key.
+    ///
+    /// One name: the key is that attribute's value as a string (S as is, N its digits, B its
+    /// base64). Two: the compact JSON array text of both values, e.g. `["order-42",17]`. That
+    /// cannot collide: JSON text is unambiguous, so two different (hash, range) pairs never give
+    /// the same array, whatever `"`, `,` or `|` the values contain, and a table's events are all
+    /// of one form.
+    pub compaction_key: Option<Vec<String>>,
+}
+
+/// One Nakadi event ready to publish, with where it came from. Also rebuilt from DLQ messages.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// `metadata.eid`: [`eid_for`] the record's eventID.
+    pub eid: Uuid,
+    /// The serialized Nakadi event, a JSON object.
+    pub body: bytes::Bytes,
+    /// The stream record's `dynamodb.SequenceNumber`.
+    pub sequence_number: String,
+    /// The stream record's `eventID`.
+    pub event_id: String,
+    /// `ApproximateCreationDateTime` in milliseconds since the epoch (for lag).
+    pub created_at_ms: i64,
+}
+
+/// A record that could not become an event: the caller dead-letters it with the raw record.
+#[derive(Debug)]
+pub struct TransformFailure {
+    /// Whatever could be read of the record.
+    pub sequence_number: Option<String>,
+    pub event_id: Option<String>,
+    /// Its `Display` is the DLQ message's reason.
+    pub error: TransformError,
+}
+
+/// Why a record cannot become an event. None of these is retryable: the record is what it is.
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    /// Not the JSON of a stream record, or a field the event needs is missing or mistyped.
+    #[error("malformed record: {0}")]
+    Malformed(String),
+    /// An attribute value without an exact JSON form: an N that is not a number, a B that is not
+    /// base64, an unknown type. `path` is the JSON Pointer of the attribute in the image.
+    #[error("{image} attribute {path}: {problem}")]
+    Attribute {
+        image: &'static str,
+        path: String,
+        problem: String,
+    },
+    #[error("eventName {0:?} is not INSERT, MODIFY or REMOVE")]
+    UnknownEventName(String),
+    /// The record lacks the image its event is made of; streams of any view type other than
+    /// NEW_AND_OLD_IMAGES produce these.
+    #[error("{event_name} record without {image}: the stream's view type must be NEW_AND_OLD_IMAGES")]
+    MissingImage {
+        event_name: &'static str,
+        image: &'static str,
+    },
+    /// `ApproximateCreationDateTime` (as received) is not a time in the years 0000 to 9999.
+    #[error("ApproximateCreationDateTime {0} is out of range")]
+    Timestamp(String),
+    /// `partition_compaction_key` cannot be made from the item.
+    #[error("partition_compaction_key: {0}")]
+    CompactionKey(String),
+}
+
+/// The namespace of eids: UUID v5 of the name `urn:dynamodb-nakadi-relay:eid` in the URL
+/// namespace (`Uuid::new_v5(&Uuid::NAMESPACE_URL, b"urn:dynamodb-nakadi-relay:eid")`), so anyone
+/// can derive it again.
+///
+/// It is fixed forever: an eid must be the same on every retry, re-drain and replay, also across
+/// relay versions, or consumers that drop duplicates by eid see a replayed record as new. A
+/// namespace of its own keeps the relay's eids apart from UUID v5s other systems make of the same
+/// eventIDs.
+pub const EID_NAMESPACE: Uuid = Uuid::from_u128(0x567b5df6_5f14_5551_95be_61791ea4d717);
+
+/// The eid of the record with this `eventID`: UUID v5 of it under [`EID_NAMESPACE`].
+pub fn eid_for(event_id: &str) -> Uuid {
+    Uuid::new_v5(&EID_NAMESPACE, event_id.as_bytes())
+}
+
+/// `raw` is one element of the `Records` array of a DynamoDB Streams GetRecords response, as the
+/// raw JSON of the wire protocol (e.g. `{"eventID":"..","eventName":"MODIFY","dynamodb":
+/// {"ApproximateCreationDateTime":1.763794570123E9,"Keys":{..},"NewImage":{"id":{"S":"a"},
+/// "n":{"N":"1.50"}},"OldImage":{..},"SequenceNumber":"..","SizeBytes":..,
+/// "StreamViewType":"NEW_AND_OLD_IMAGES"},"eventSource":"aws:dynamodb",..}`).
+///
+/// `item` is the new image (the old one for REMOVE); `patch` turns the old image (`{}` if none)
+/// into the new one (`{}` if none). INSERT needs the new image, REMOVE the old one, MODIFY both:
+/// a MODIFY patch from `{}` would claim every attribute was added. The event's size is not
+/// checked here: the publisher holds it to [`MAX_EVENT_BYTES`].
+pub fn transform(raw: &str, settings: &EventSettings) -> Result<Event, TransformFailure> {
+    match event::build(raw, settings) {
+        Some(event) => Ok(event),
+        None => transform_reference(raw, settings),
+    }
+}
+
+/// The same contract on the straightforward path (`serde_json::Value` images, `json_patch::diff`,
+/// serde for the envelope): the reference the fast path is property-tested against, and the one
+/// that explains records the fast path does not take.
+pub fn transform_reference(raw: &str, settings: &EventSettings) -> Result<Event, TransformFailure> {
+    reference::transform(raw, settings)
+}

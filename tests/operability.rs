@@ -1,0 +1,129 @@
+//! What Kubernetes and Prometheus see: probes through SIGTERM and outages, and a real
+//! Prometheus server scraping the relay and evaluating every dashboard and alert expression.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::json;
+use support::*;
+
+async fn put(moto: &Moto, range: std::ops::Range<usize>) {
+    let ddb = moto.dynamodb().await;
+    for i in range {
+        ddb.put_item()
+            .table_name("orders")
+            .item("pk", AttributeValue::S(format!("order-{i}")))
+            .item("amount", AttributeValue::N(format!("{i}.50")))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+struct Env {
+    moto: Moto,
+    nakadi: Nakadi,
+    env: HashMap<String, String>,
+}
+
+async fn setup(test: &str) -> Env {
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    let arn = moto.create_table("orders").await;
+    let dlq = moto.create_queue("relay-dlq", &[]).await;
+    let env = base_env(&moto, &nakadi, &arn, "relay-leases", &dlq);
+    Env { moto, nakadi, env }
+}
+
+async fn lease_owner(moto: &Moto) -> Option<String> {
+    let out = moto.dynamodb().await.scan().table_name("relay-leases").send().await.ok()?;
+    out.items()
+        .iter()
+        .filter(|i| i.get("kind").and_then(|k| k.as_s().ok()).map(String::as_str) == Some("shard"))
+        .find_map(|i| i.get("owner").and_then(|o| o.as_s().ok()).cloned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_503_on_sigterm_before_the_leases_are_released() {
+    let test = "probes_sigterm";
+    let t = setup(test).await;
+    // A slow Nakadi keeps a page in flight, so the drain takes a while.
+    t.nakadi.fault(json!({"latency_ms": 1500})).await;
+    let mut relay = Relay::start(test, "relay-1", &t.env);
+    relay.wait_ready().await;
+    put(&t.moto, 0..5).await;
+    wait_for("a publish request in flight", Duration::from_secs(30), || async {
+        let (_, m) = relay.get("/metrics").await?;
+        m.contains("relay_records_read_total 5").then_some(())
+    })
+    .await;
+    relay.process.signal("TERM");
+    let (ready, owner) = wait_for("readiness 503 during the drain", Duration::from_secs(10), || async {
+        let (code, _) = relay.get("/health/ready").await?;
+        (code == 503).then_some(code)?;
+        Some((code, lease_owner(&t.moto).await))
+    })
+    .await;
+    assert_eq!(ready, 503);
+    assert_eq!(owner.as_deref(), Some("relay-1"), "the lease was released before readiness turned 503");
+    let status = relay.process.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(lease_owner(&t.moto).await, None, "the lease is released on exit");
+    assert_eq!(t.nakadi.events().await.len(), 5, "the page in flight was finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_stays_200_while_nakadi_and_aws_are_unreachable() {
+    let test = "probes_outage";
+    let mut t = setup(test).await;
+    let aws = FaultProxy::start(&t.moto.endpoint).await;
+    t.env.insert("AWS_ENDPOINT_URL".into(), aws.url.clone());
+    let relay = Relay::start(test, "relay-1", &t.env);
+    relay.wait_ready().await;
+    aws.set_down(true);
+    drop(t.nakadi); // Nakadi gone too
+    put(&t.moto, 0..3).await;
+    // Observe for several coordinator rounds (500 ms each in tests): every probe answers 200.
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut probes = 0;
+    while Instant::now() < until {
+        let (live, _) = relay.get("/health/live").await.expect("the HTTP server answers");
+        assert_eq!(live, 200, "liveness failed during the outage");
+        let (ready, _) = relay.get("/health/ready").await.unwrap();
+        assert_eq!(ready, 200, "readiness must not follow Nakadi or a passing AWS outage");
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(probes >= 10);
+    let (_, m) = relay.get("/metrics").await.unwrap();
+    assert!(m.contains("relay_aws_errors_total"), "AWS errors are counted: {m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
+    let test = "prometheus_scrape";
+    let t = setup(test).await;
+    let relay = Relay::start(test, "relay-1", &t.env);
+    relay.wait_ready().await;
+    // Some traffic, including a rejected event, so publish and DLQ series have data.
+    put(&t.moto, 0..20).await;
+    t.nakadi.fault(json!({"status": 422, "times": 1})).await;
+    put(&t.moto, 20..25).await;
+    let addr = relay.http.trim_start_matches("http://").to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg(repo_root().join("scripts/check-promql.sh"))
+            .arg(addr)
+            .output()
+            .expect("running scripts/check-promql.sh (make test installs prometheus)")
+    })
+    .await
+    .unwrap();
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    std::fs::write(output_dir(test).join("check-promql.log"), &report).unwrap();
+    assert!(out.status.success(), "check-promql failed:\n{report}");
+}
