@@ -18,7 +18,9 @@ const INSERT_1KB: &str = include_str!("../tests/fixtures/transform/order-insert.
 fn big_modify(lines: usize) -> String {
     let mut record: Value = serde_json::from_str(MODIFY_1KB).unwrap();
     for (image, quantity) in [("OldImage", "1"), ("NewImage", "2")] {
-        let items = record["dynamodb"][image]["line_items"]["L"].as_array_mut().unwrap();
+        let items = record["dynamodb"][image]["line_items"]["L"]
+            .as_array_mut()
+            .unwrap();
         let template = items[0].clone();
         items.clear();
         for i in 0..lines {
@@ -46,12 +48,21 @@ fn bench(c: &mut Criterion) {
     for (name, raw) in records {
         let fast = transform(raw, &settings).unwrap();
         let reference = transform_reference(raw, &settings).unwrap();
-        assert_eq!(fast.body, reference.body, "{name}: both paths give the same event");
-        println!("{name}: record {} bytes, event {} bytes", raw.len(), fast.body.len());
+        assert_eq!(
+            fast.body, reference.body,
+            "{name}: both paths give the same event"
+        );
+        println!(
+            "{name}: record {} bytes, event {} bytes",
+            raw.len(),
+            fast.body.len()
+        );
 
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Elements(1));
-        group.bench_function("fast", |b| b.iter(|| transform(black_box(raw), &settings).unwrap()));
+        group.bench_function("fast", |b| {
+            b.iter(|| transform(black_box(raw), &settings).unwrap())
+        });
         group.bench_function("reference", |b| {
             b.iter(|| transform_reference(black_box(raw), &settings).unwrap())
         });

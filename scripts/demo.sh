@@ -13,12 +13,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-MOTO_PORT=$(free_port)
-"$PY" -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" >"$OUT/moto.log" 2>&1 & pids+=($!)
+coproc MOTO { "$PY" tests/servers/moto_server.py --port 0 2>"$OUT/moto.log"; }
+pids+=("$MOTO_PID")
+read -r _ MOTO_PORT <&"${MOTO[0]}"
 coproc NAKADI { "$PY" tests/servers/nakadi_server.py --port 0; }
 pids+=("$NAKADI_PID")
 read -r _ NAKADI_PORT <&"${NAKADI[0]}"
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null && break; sleep 0.1; done
 
 export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=eu-central-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
 DLQ_URL=$("$PY" - <<'PY'

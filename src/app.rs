@@ -20,7 +20,7 @@ use crate::config::{Config, StreamSource};
 use crate::dlq::{DeadLetterQueue, Redrainer};
 use crate::lease::LeaseTable;
 use crate::lease::coordinator::Coordinator;
-use crate::nakadi::{FailureMode, Publisher};
+use crate::nakadi::{FailureMode, NakadiError, Publisher, PublisherConfig, TokenSource};
 use crate::status::StatusBoard;
 use crate::stream::StreamsClient;
 use crate::stream::worker::Pipeline;
@@ -85,12 +85,24 @@ pub async fn redrainer(config: &Config, aws: &AwsClients) -> Result<Redrainer, S
         .map_err(|e| startup("RELAY_DLQ_URL", e))?;
     let mut nakadi = config.nakadi.clone();
     nakadi.on_failure = FailureMode::DeadLetter;
-    let publisher = Publisher::new(nakadi).map_err(|e| startup("RELAY_NAKADI_TOKEN_FILE", e))?;
+    let publisher = publisher(nakadi)?;
     Ok(Redrainer {
         dlq,
         publisher,
         interval: config.dlq_redrain_interval,
         rate: config.dlq_redrain_rate,
+    })
+}
+
+/// The publisher, with a start-up error naming the setting behind the problem.
+fn publisher(config: PublisherConfig) -> Result<Publisher, StartupError> {
+    let token_variable = match config.token {
+        TokenSource::CredentialsDir { .. } => "RELAY_NAKADI_TOKEN_NAME",
+        _ => "RELAY_NAKADI_TOKEN_FILE",
+    };
+    Publisher::new(config).map_err(|e| match e {
+        NakadiError::InvalidUrl { .. } | NakadiError::Client(_) => startup("RELAY_NAKADI_URL", e),
+        _ => startup(token_variable, e),
     })
 }
 
@@ -123,7 +135,7 @@ impl App {
             .await
             .map_err(|e| startup("RELAY_LEASE_TABLE", e))?;
         let redrainer = redrainer(&config, &aws).await?;
-        let publisher = Publisher::new(config.nakadi.clone()).map_err(|e| startup("RELAY_NAKADI_TOKEN_FILE", e))?;
+        let publisher = publisher(config.nakadi.clone())?;
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|e| startup("RELAY_HTTP_ADDR", format!("cannot listen on {}: {e}", config.http_addr)))?;

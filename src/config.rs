@@ -278,8 +278,8 @@ impl Config {
             _ => Err("must be json or text".into()),
         });
         let lease = LeaseTiming {
-            duration: r.duration("RELAY_LEASE_DURATION", 10 * SECOND, SECOND, 10 * 60 * SECOND),
-            renew_interval: r.duration("RELAY_LEASE_RENEW_INTERVAL", 3 * SECOND, Duration::from_millis(100), 5 * 60 * SECOND),
+            duration: r.duration("RELAY_LEASE_DURATION", 6 * SECOND, SECOND, 10 * 60 * SECOND),
+            renew_interval: r.duration("RELAY_LEASE_RENEW_INTERVAL", 2 * SECOND, Duration::from_millis(100), 5 * 60 * SECOND),
             shard_sync_interval: r.duration("RELAY_SHARD_SYNC_INTERVAL", 60 * SECOND, SECOND, HOUR),
         };
         if lease.renew_interval * 2 >= lease.duration {

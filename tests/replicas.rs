@@ -193,8 +193,7 @@ async fn three_relays_balance_and_take_over_a_killed_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_over_within_a_round_and_publishes_nothing_twice() {
     let test = "replicas_sigterm";
-    let mut s = setup(test, 8).await;
-    s.env.insert("RELAY_LEASE_RENEW_INTERVAL".into(), "1s".into());
+    let s = setup(test, 8).await;
     let mut relays: Vec<Relay> = (1..=2).map(|i| Relay::start(test, &format!("relay-{i}"), &s.env)).collect();
     for r in &relays {
         r.wait_ready().await;
@@ -247,7 +246,7 @@ async fn splits_keep_per_key_order_across_parent_and_child() {
             (writer.written().len() >= before + 300).then_some(())
         })
         .await;
-        let split = s.streams.ctl.call("split-all", json!({"stream_arn": s.arn})).await;
+        let split = s.streams.ctl.call("split-all", json!({"stream_arn": s.arn, "children": 2})).await;
         println!("split round {round}: {}", split["children"]);
     }
     let before = writer.written().len();

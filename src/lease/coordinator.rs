@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
+use rand::seq::SliceRandom;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -213,12 +214,23 @@ impl Coordinator {
             .is_some_and(|(_, at)| now.duration_since(*at) >= self.timing.duration)
     }
 
+    /// Workers whose heartbeat moves, this pod included. A worker with an expired lease has
+    /// stopped renewing and counts as gone even if its heartbeat has not expired yet (it beats
+    /// before it renews, so it expires up to a round later): otherwise the survivors would keep
+    /// their old share for one more round before taking its leases.
     fn live_workers(&self, snapshot: &Snapshot, now: Instant) -> usize {
+        let stalled: HashSet<&str> = snapshot
+            .leases
+            .iter()
+            .filter(|l| self.expired(&format!("shard:{}", l.shard_id), now))
+            .filter_map(|l| l.owner.as_deref())
+            .collect();
         let others = snapshot
             .workers
             .iter()
             .filter(|w| w.worker_id != self.pipeline.worker_id)
             .filter(|w| !self.expired(&format!("worker:{}", w.worker_id), now))
+            .filter(|w| !stalled.contains(w.worker_id.as_str()))
             .count();
         others + 1
     }
@@ -290,34 +302,15 @@ impl Coordinator {
             .copied()
             .filter(|l| !self.running.contains_key(&l.shard_id) && !owner_live(l))
             .collect();
+        // In random order, so pods starting together do not all race for the same leases.
+        candidates.shuffle(&mut rand::rng());
         candidates.sort_by_key(|l| l.owner.is_some());
         let to_take: Vec<&Lease> = candidates
             .into_iter()
             .take(target.saturating_sub(self.running.len()))
             .collect();
-        let awaiting_handoff = snapshot.leases.iter().any(|l| l.handoff_to.as_deref() == Some(me.as_str()) && l.owner.is_some());
-        if to_take.is_empty() && !awaiting_handoff {
-            // Balancing: ask the busiest live worker for one lease per round while it has at
-            // least two more than this pod.
-            let mut per_owner: HashMap<&str, Vec<&Lease>> = HashMap::new();
-            for l in active.iter().copied().filter(|l| owner_live(l)) {
-                per_owner.entry(l.owner.as_deref().unwrap_or_default()).or_default().push(l);
-            }
-            if let Some((_, leases)) = per_owner
-                .into_iter()
-                .max_by_key(|(owner, leases)| (leases.len(), *owner))
-                .filter(|(_, leases)| leases.len() >= self.running.len() + 2)
-            {
-                if let Some(lease) = leases.iter().find(|l| l.handoff_to.is_none()) {
-                    match self.pipeline.leases.request_handoff(lease, &me).await {
-                        Ok(()) => {
-                            METRICS.lease_takeovers.with_label_values(&["balanced"]).inc();
-                            info!(shard_id = %lease.shard_id, from = lease.owner.as_deref(), "asked for a lease to balance the load");
-                        }
-                        Err(e) => info!(shard_id = %lease.shard_id, error = %e, "asking for a lease failed"),
-                    }
-                }
-            }
+        if to_take.is_empty() {
+            self.balance(&active, target, &owner_live).await;
         }
         for lease in to_take {
             match self.pipeline.leases.take(lease, &me).await {
@@ -335,6 +328,38 @@ impl Coordinator {
                 }
                 Err(e) => warn!(shard_id = %lease.shard_id, error = %e, "taking a lease failed"),
             }
+        }
+    }
+
+    /// Asks busier workers for leases until this pod would have its share: each request goes to
+    /// the worker that has the most while it has at least two more than this pod, counting the
+    /// requests already made, so pods end within one lease of the mean and never ask for more
+    /// than they lack.
+    async fn balance(&self, active: &[&Lease], target: usize, owner_live: &impl Fn(&Lease) -> bool) {
+        let me = self.pipeline.worker_id.as_str();
+        let mut mine = self.running.len()
+            + active.iter().filter(|l| l.handoff_to.as_deref() == Some(me) && l.owner.is_some()).count();
+        let mut per_owner: HashMap<&str, Vec<&Lease>> = HashMap::new();
+        for l in active.iter().copied().filter(|l| owner_live(l) && l.handoff_to.is_none()) {
+            per_owner.entry(l.owner.as_deref().unwrap_or_default()).or_default().push(l);
+        }
+        while mine < target {
+            let Some((owner, leases)) = per_owner
+                .iter_mut()
+                .max_by_key(|(owner, leases)| (leases.len(), **owner))
+                .filter(|(_, leases)| leases.len() >= mine + 2)
+            else {
+                return;
+            };
+            let lease = leases.pop().expect("a busiest worker has leases");
+            match self.pipeline.leases.request_handoff(lease, me).await {
+                Ok(()) => {
+                    METRICS.lease_takeovers.with_label_values(&["balanced"]).inc();
+                    info!(shard_id = %lease.shard_id, from = %owner, "asked for a lease to balance the load");
+                }
+                Err(e) => info!(shard_id = %lease.shard_id, error = %e, "asking for a lease failed"),
+            }
+            mine += 1;
         }
     }
 
@@ -439,11 +464,15 @@ impl Coordinator {
             .leases
             .iter()
             .map(|l| {
+                // The snapshot was read before this round took or released anything: what this
+                // pod runs now is fresher.
+                let mine = self.running.contains_key(&l.shard_id);
+                let owner = if mine { Some(self.pipeline.worker_id.clone()) } else { l.owner.clone() };
                 let state = if l.checkpoint == Checkpoint::ShardEnd {
                     "finished"
                 } else if !lineage.may_start(&l.parent_shard_ids) {
                     "waiting_for_parent"
-                } else if l.owner.is_some() && !self.expired(&format!("shard:{}", l.shard_id), now) {
+                } else if mine || (l.owner.is_some() && !self.expired(&format!("shard:{}", l.shard_id), now)) {
                     "owned"
                 } else {
                     "unowned"
@@ -452,7 +481,7 @@ impl Coordinator {
                 ShardStatus {
                     shard_id: l.shard_id.to_string(),
                     state,
-                    owner: l.owner.clone(),
+                    owner,
                     checkpoint: l.checkpoint.to_string(),
                     parent_shard_ids: l.parent_shard_ids.iter().map(ToString::to_string).collect(),
                     lag_seconds: self

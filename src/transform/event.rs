@@ -39,8 +39,11 @@ pub(crate) fn build(raw: &str, settings: &EventSettings) -> Option<Event> {
         ops: 0,
     };
     w.out.extend_from_slice(br#"{"metadata":{"eid":""#);
-    w.out
-        .extend_from_slice(eid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+    w.out.extend_from_slice(
+        eid.hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .as_bytes(),
+    );
     w.out.extend_from_slice(br#"","occurred_at":""#);
     timestamp::write(created_at_ms, &mut w.out)?;
     w.out.push(b'"');
@@ -242,7 +245,10 @@ impl<'t, 'a> Writer<'t, 'a> {
             while n < new.len() && new[n].name < field.name {
                 n += 1;
             }
-            if new.get(n).is_none_or(|new_field| new_field.name != field.name) {
+            if new
+                .get(n)
+                .is_none_or(|new_field| new_field.name != field.name)
+            {
                 self.path.push(Step::Name(&field.name.text));
                 self.op(b"remove", None);
                 self.path.pop();
@@ -304,32 +310,46 @@ fn write_index(out: &mut Vec<u8>, index: usize) {
 /// Escapes `bytes` (UTF-8) for the inside of a JSON string exactly as serde_json does; with
 /// `pointer`, first as a JSON Pointer reference token (`~` → `~0`, `/` → `~1`, RFC 6901).
 fn escape(out: &mut Vec<u8>, bytes: &[u8], pointer: bool) {
+    // Bit 1: JSON escapes the byte; bit 2: a pointer token does. A table lookup per byte, as
+    // most bytes need nothing and are copied in runs.
+    const CLASS: [u8; 256] = {
+        let mut class = [0u8; 256];
+        let mut b = 0;
+        while b < 0x20 {
+            class[b] = 1;
+            b += 1;
+        }
+        class[b'"' as usize] = 1;
+        class[b'\\' as usize] = 1;
+        class[b'~' as usize] = 2;
+        class[b'/' as usize] = 2;
+        class
+    };
+    let mask = if pointer { 3 } else { 1 };
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => {
+        if CLASS[usize::from(b)] & mask == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        start = i + 1;
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            b'~' => out.extend_from_slice(b"~0"),
+            b'/' => out.extend_from_slice(b"~1"),
+            _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(&bytes[start..i]);
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(b >> 4)]);
                 out.push(HEX[usize::from(b & 0xf)]);
-                start = i + 1;
-                continue;
             }
-            b'~' if pointer => b"~0",
-            b'/' if pointer => b"~1",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escaped);
-        start = i + 1;
+        }
     }
     out.extend_from_slice(&bytes[start..]);
 }
@@ -350,7 +370,12 @@ mod tests {
         for c in (0u8..0x80).map(char::from) {
             let s = c.to_string();
             let serde = serde_json::to_string(&s).unwrap();
-            assert_eq!(format!("\"{}\"", escaped(&s, false)), serde, "{:#x}", c as u32);
+            assert_eq!(
+                format!("\"{}\"", escaped(&s, false)),
+                serde,
+                "{:#x}",
+                c as u32
+            );
         }
     }
 

@@ -89,7 +89,9 @@ pub enum TransformError {
     UnknownEventName(String),
     /// The record lacks the image its event is made of; streams of any view type other than
     /// NEW_AND_OLD_IMAGES produce these.
-    #[error("{event_name} record without {image}: the stream's view type must be NEW_AND_OLD_IMAGES")]
+    #[error(
+        "{event_name} record without {image}: the stream's view type must be NEW_AND_OLD_IMAGES"
+    )]
     MissingImage {
         event_name: &'static str,
         image: &'static str,

@@ -111,7 +111,15 @@ impl<'a> Decimal<'a> {
 
     /// Orders by value: `-1 < -0.5 < 0 = -0 < 1E-130 < 1 = 1.0 < 1E+125`.
     pub(crate) fn cmp_value(&self, other: &Decimal<'_>) -> Ordering {
-        let sign = |d: &Decimal<'_>| if d.is_zero() { 0 } else if d.negative { -1 } else { 1 };
+        let sign = |d: &Decimal<'_>| {
+            if d.is_zero() {
+                0
+            } else if d.negative {
+                -1
+            } else {
+                1
+            }
+        };
         let (a, b) = (sign(self), sign(other));
         if a != b || a == 0 {
             return a.cmp(&b);
@@ -120,14 +128,22 @@ impl<'a> Decimal<'a> {
             .scientific_exponent()
             .cmp(&other.scientific_exponent())
             .then_with(|| cmp_digits(self.significant(), other.significant()));
-        if a < 0 { magnitude.reverse() } else { magnitude }
+        if a < 0 {
+            magnitude.reverse()
+        } else {
+            magnitude
+        }
     }
 
     /// The value × 1000, rounded half away from zero to an integer; `None` outside `i64`.
     /// Timestamps come as epoch seconds printed from a double (`1.763794570123E9`), so rounding,
     /// not truncating, undoes float noise such as `…570.12299999`.
     pub(crate) fn millis(&self) -> Option<i64> {
-        let digits = self.int.iter().chain(self.frac).map(|d| i64::from(d - b'0'));
+        let digits = self
+            .int
+            .iter()
+            .chain(self.frac)
+            .map(|d| i64::from(d - b'0'));
         if self.is_zero() {
             return Some(0);
         }
@@ -217,8 +233,20 @@ mod tests {
     #[test]
     fn grammar() {
         for ok in [
-            "0", "-0", "1", "-1", "10", "1.5", "0.000", "1e5", "1E5", "1e+5", "1E-130", "-1.25e-7",
-            "12345678901234567890123456789012345678", "9.9999999999999999999999999999999999999E+125",
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "10",
+            "1.5",
+            "0.000",
+            "1e5",
+            "1E5",
+            "1e+5",
+            "1E-130",
+            "-1.25e-7",
+            "12345678901234567890123456789012345678",
+            "9.9999999999999999999999999999999999999E+125",
         ] {
             assert!(Decimal::parse(ok).is_some(), "{ok}");
         }
@@ -250,8 +278,23 @@ mod tests {
     #[test]
     fn ordering_by_value() {
         let ascending = [
-            "-1E+125", "-100", "-99.5", "-1", "-0.5", "-1E-130", "0", "1E-130", "0.001", "0.5",
-            "1", "1.0000000000000000000000000000000000001", "2", "10", "99.99", "1E+2", "1E+125",
+            "-1E+125",
+            "-100",
+            "-99.5",
+            "-1",
+            "-0.5",
+            "-1E-130",
+            "0",
+            "1E-130",
+            "0.001",
+            "0.5",
+            "1",
+            "1.0000000000000000000000000000000000001",
+            "2",
+            "10",
+            "99.99",
+            "1E+2",
+            "1E+125",
         ];
         for (i, a) in ascending.iter().enumerate() {
             for (j, b) in ascending.iter().enumerate() {
@@ -259,7 +302,13 @@ mod tests {
                 assert_eq!(x.cmp_value(&y), i.cmp(&j), "{a} vs {b}");
             }
         }
-        for (a, b) in [("0", "-0"), ("1", "1.000"), ("100", "1e2"), ("0.1", "1E-1"), ("0", "0e5")] {
+        for (a, b) in [
+            ("0", "-0"),
+            ("1", "1.000"),
+            ("100", "1e2"),
+            ("0.1", "1E-1"),
+            ("0", "0e5"),
+        ] {
             let (x, y) = (Decimal::parse(a).unwrap(), Decimal::parse(b).unwrap());
             assert_eq!(x.cmp_value(&y), Ordering::Equal, "{a} = {b}");
         }
@@ -314,7 +363,10 @@ mod tests {
         for (k, c) in digits.bytes().enumerate() {
             fixed[(200 - point + k as i64) as usize] = c;
         }
-        (if d.negative { -1 } else { 1 }, String::from_utf8(fixed).unwrap())
+        (
+            if d.negative { -1 } else { 1 },
+            String::from_utf8(fixed).unwrap(),
+        )
     }
 
     fn number_text() -> impl Strategy<Value = String> {
@@ -322,7 +374,11 @@ mod tests {
             any::<bool>(),
             "(0|[1-9][0-9]{0,19})",
             proptest::option::of("[0-9]{1,19}"),
-            proptest::option::of((-60i32..60, prop::sample::select(vec!["e", "E"]), prop::sample::select(vec!["", "+"]))),
+            proptest::option::of((
+                -60i32..60,
+                prop::sample::select(vec!["e", "E"]),
+                prop::sample::select(vec!["", "+"]),
+            )),
         )
             .prop_map(|(neg, int, frac, exp)| {
                 let mut s = String::new();

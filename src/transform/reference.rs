@@ -84,7 +84,7 @@ fn build(
         .and_then(|d| d.millis())
         .ok_or_else(|| TransformError::Timestamp(created.clone()))?;
     let occurred_at =
-        timestamp::reference(created_at_ms).ok_or_else(|| TransformError::Timestamp(created))?;
+        timestamp::reference(created_at_ms).ok_or(TransformError::Timestamp(created))?;
 
     let new = image(dynamodb, "NewImage")?;
     let old = image(dynamodb, "OldImage")?;
@@ -105,7 +105,10 @@ fn build(
         .transpose()?;
 
     let empty = Value::Object(Map::new());
-    let patch = json_patch::diff(old.as_ref().unwrap_or(&empty), new.as_ref().unwrap_or(&empty));
+    let patch = json_patch::diff(
+        old.as_ref().unwrap_or(&empty),
+        new.as_ref().unwrap_or(&empty),
+    );
     let eid = eid_for(event_id);
     let envelope = Envelope {
         metadata: Metadata {
@@ -115,7 +118,10 @@ fn build(
         },
         data_op,
         data_type: &settings.data_type,
-        data: Data { item, patch: &patch },
+        data: Data {
+            item,
+            patch: &patch,
+        },
     };
     let body = serde_json::to_vec(&envelope).expect("a Value and strings always serialize");
     Ok(Event {
@@ -136,7 +142,9 @@ fn compaction_key(item: &Value, names: &[String]) -> Result<String, TransformErr
         ))),
     };
     match names {
-        [] => Err(TransformError::CompactionKey("no key attributes configured".into())),
+        [] => Err(TransformError::CompactionKey(
+            "no key attributes configured".into(),
+        )),
         [name] => Ok(match value(name)? {
             Value::String(s) => s,
             other => other.to_string(),
@@ -148,14 +156,22 @@ fn compaction_key(item: &Value, names: &[String]) -> Result<String, TransformErr
     }
 }
 
-fn image(dynamodb: &Map<String, Value>, name: &'static str) -> Result<Option<Value>, TransformError> {
+fn image(
+    dynamodb: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<Value>, TransformError> {
     match dynamodb.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(attributes)) => {
-            let mut path = Path { image: name, tokens: Vec::new() };
+            let mut path = Path {
+                image: name,
+                tokens: Vec::new(),
+            };
             Ok(Some(Value::Object(fields(attributes, &mut path)?)))
         }
-        Some(_) => Err(TransformError::Malformed(format!("{name} is not a map of attribute values"))),
+        Some(_) => Err(TransformError::Malformed(format!(
+            "{name} is not a map of attribute values"
+        ))),
     }
 }
 
@@ -187,10 +203,18 @@ impl Path {
     }
 }
 
-fn fields(attributes: &Map<String, Value>, path: &mut Path) -> Result<Map<String, Value>, TransformError> {
+fn fields(
+    attributes: &Map<String, Value>,
+    path: &mut Path,
+) -> Result<Map<String, Value>, TransformError> {
     attributes
         .iter()
-        .map(|(name, value)| Ok((name.clone(), path.at(name.clone(), |p| attribute(value, p))?)))
+        .map(|(name, value)| {
+            Ok((
+                name.clone(),
+                path.at(name.clone(), |p| attribute(value, p))?,
+            ))
+        })
         .collect()
 }
 
@@ -222,7 +246,12 @@ fn attribute(value: &Value, path: &mut Path) -> Result<Value, TransformError> {
         "SS" => {
             let mut members = set_members(inner, path)?;
             members.sort();
-            Value::Array(members.into_iter().map(|m| Value::String(m.to_owned())).collect())
+            Value::Array(
+                members
+                    .into_iter()
+                    .map(|m| Value::String(m.to_owned()))
+                    .collect(),
+            )
         }
         "NS" => {
             let mut members = set_members(inner, path)?
@@ -241,20 +270,30 @@ fn attribute(value: &Value, path: &mut Path) -> Result<Value, TransformError> {
                 .map(|(i, m)| path.at(i.to_string(), |p| binary(m, p)))
                 .collect::<Result<Vec<_>, _>>()?;
             members.sort_by(|a, b| a.1.cmp(&b.1));
-            Value::Array(members.into_iter().map(|(text, _)| Value::String(text)).collect())
+            Value::Array(
+                members
+                    .into_iter()
+                    .map(|(text, _)| Value::String(text))
+                    .collect(),
+            )
         }
         other => return Err(path.error(format!("unknown attribute type {other:?}"))),
     })
 }
 
 fn set_members<'v>(set: &'v Value, path: &mut Path) -> Result<Vec<&'v str>, TransformError> {
-    let members = set.as_array().ok_or_else(|| path.error("a set that is not an array"))?;
+    let members = set
+        .as_array()
+        .ok_or_else(|| path.error("a set that is not an array"))?;
     members
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            m.as_str()
-                .ok_or_else(|| path.at(i.to_string(), |p| p.error("a set member that is not a string")))
+            m.as_str().ok_or_else(|| {
+                path.at(i.to_string(), |p| {
+                    p.error("a set member that is not a string")
+                })
+            })
         })
         .collect()
 }

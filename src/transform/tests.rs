@@ -60,14 +60,32 @@ fn event(raw: &str, settings: &EventSettings) -> Event {
     let reference = transform_reference(raw, settings)
         .unwrap_or_else(|f| panic!("reference failed: {}\n{raw}", f.error));
     let fast = event::build(raw, settings).expect("the fast path takes the record");
-    assert_eq!(text(&fast), text(&reference), "fast vs reference for\n{raw}");
     assert_eq!(
-        (&fast.eid, &fast.sequence_number, &fast.event_id, fast.created_at_ms),
-        (&reference.eid, &reference.sequence_number, &reference.event_id, reference.created_at_ms)
+        text(&fast),
+        text(&reference),
+        "fast vs reference for\n{raw}"
+    );
+    assert_eq!(
+        (
+            &fast.eid,
+            &fast.sequence_number,
+            &fast.event_id,
+            fast.created_at_ms
+        ),
+        (
+            &reference.eid,
+            &reference.sequence_number,
+            &reference.event_id,
+            reference.created_at_ms
+        )
     );
     let body: Value = serde_json::from_slice(&fast.body).unwrap();
     if let Err(e) = SCHEMA.validate(&body) {
-        panic!("invalid by the schema: {e} at {}\n{}", e.instance_path(), text(&fast));
+        panic!(
+            "invalid by the schema: {e} at {}\n{}",
+            e.instance_path(),
+            text(&fast)
+        );
     }
     fast
 }
@@ -134,7 +152,10 @@ fn the_event_is_exactly_so() {
 fn eids_are_fixed_forever() {
     let derived = Uuid::new_v5(&Uuid::NAMESPACE_URL, b"urn:dynamodb-nakadi-relay:eid");
     assert_eq!(EID_NAMESPACE, derived);
-    assert_eq!(eid_for("e1").to_string(), "e6d05ca3-204b-57d8-bd8e-4379276fdeeb");
+    assert_eq!(
+        eid_for("e1").to_string(),
+        "e6d05ca3-204b-57d8-bd8e-4379276fdeeb"
+    );
     assert_eq!(
         eid_for("c81e728d9d4c2f636f067f89cc14862c").to_string(),
         "daffa7a8-567c-556e-9970-edd38f462cf5"
@@ -148,16 +169,48 @@ fn every_attribute_type_and_edge() {
         ("S", r#"{"S":"hello"}"#, r#""hello""#),
         ("empty S", r#"{"S":""}"#, r#""""#),
         ("astral plane", r#"{"S":"😀 𝄞"}"#, r#""😀 𝄞""#),
-        ("astral plane as surrogate escapes", r#"{"S":"\ud83d\ude00"}"#, r#""😀""#),
-        ("escapes", r#"{"S":"q\"b\\n\n\t\u0001\u001f\/é\u00e9"}"#, r#""q\"b\\n\n\t\u0001\u001f/éé""#),
-        ("DEL and U+2028 stay raw", "{\"S\":\"\u{7f}\u{2028}\"}", "\"\u{7f}\u{2028}\""),
-        ("38 digits", r#"{"N":"12345678901234567890123456789012345678"}"#, "12345678901234567890123456789012345678"),
-        ("38 digits, negative fraction", r#"{"N":"-0.12345678901234567890123456789012345678"}"#, "-0.12345678901234567890123456789012345678"),
+        (
+            "astral plane as surrogate escapes",
+            r#"{"S":"\ud83d\ude00"}"#,
+            r#""😀""#,
+        ),
+        (
+            "escapes",
+            r#"{"S":"q\"b\\n\n\t\u0001\u001f\/é\u00e9"}"#,
+            r#""q\"b\\n\n\t\u0001\u001f/éé""#,
+        ),
+        (
+            "DEL and U+2028 stay raw",
+            "{\"S\":\"\u{7f}\u{2028}\"}",
+            "\"\u{7f}\u{2028}\"",
+        ),
+        (
+            "38 digits",
+            r#"{"N":"12345678901234567890123456789012345678"}"#,
+            "12345678901234567890123456789012345678",
+        ),
+        (
+            "38 digits, negative fraction",
+            r#"{"N":"-0.12345678901234567890123456789012345678"}"#,
+            "-0.12345678901234567890123456789012345678",
+        ),
         ("1E+125", r#"{"N":"1E+125"}"#, "1e+125"),
         ("1E-130", r#"{"N":"1E-130"}"#, "1e-130"),
-        ("largest", r#"{"N":"9.9999999999999999999999999999999999999E+125"}"#, "9.9999999999999999999999999999999999999e+125"),
-        ("smallest negative", r#"{"N":"-9.9999999999999999999999999999999999999E+125"}"#, "-9.9999999999999999999999999999999999999e+125"),
-        ("many decimals", r#"{"N":"-123.45600000000000000000000000000000001"}"#, "-123.45600000000000000000000000000000001"),
+        (
+            "largest",
+            r#"{"N":"9.9999999999999999999999999999999999999E+125"}"#,
+            "9.9999999999999999999999999999999999999e+125",
+        ),
+        (
+            "smallest negative",
+            r#"{"N":"-9.9999999999999999999999999999999999999E+125"}"#,
+            "-9.9999999999999999999999999999999999999e+125",
+        ),
+        (
+            "many decimals",
+            r#"{"N":"-123.45600000000000000000000000000000001"}"#,
+            "-123.45600000000000000000000000000000001",
+        ),
         ("digits as sent", r#"{"N":"1.50"}"#, "1.50"),
         ("zero", r#"{"N":"0"}"#, "0"),
         ("exponent without sign", r#"{"N":"5e3"}"#, "5e+3"),
@@ -166,32 +219,68 @@ fn every_attribute_type_and_edge() {
         ("BOOL true", r#"{"BOOL":true}"#, "true"),
         ("BOOL false", r#"{"BOOL":false}"#, "false"),
         ("NULL", r#"{"NULL":true}"#, "null"),
-        ("M, keys sorted", r#"{"M":{"b":{"N":"2"},"a":{"S":"x"},"B":{"NULL":true}}}"#, r#"{"B":null,"a":"x","b":2}"#),
+        (
+            "M, keys sorted",
+            r#"{"M":{"b":{"N":"2"},"a":{"S":"x"},"B":{"NULL":true}}}"#,
+            r#"{"B":null,"a":"x","b":2}"#,
+        ),
         ("empty M", r#"{"M":{}}"#, "{}"),
-        ("NULL and BOOL in L", r#"{"L":[{"NULL":true},{"BOOL":false},{"BOOL":true},{"S":"x"},{"L":[]}]}"#, r#"[null,false,true,"x",[]]"#),
+        (
+            "NULL and BOOL in L",
+            r#"{"L":[{"NULL":true},{"BOOL":false},{"BOOL":true},{"S":"x"},{"L":[]}]}"#,
+            r#"[null,false,true,"x",[]]"#,
+        ),
         ("empty L", r#"{"L":[]}"#, "[]"),
         // U+FF5E before U+1F600: code point order, where UTF-16 order would swap them.
-        ("SS reversed", r#"{"SS":["😀","～","é","c","b","a","Z",""]}"#, r#"["","Z","a","b","c","é","～","😀"]"#),
-        ("NS reversed", r#"{"NS":["1E+125","100","99.5","10","1E-130","0","-1","-1E+125"]}"#, "[-1e+125,-1,0,1e-130,10,99.5,100,1e+125]"),
-        ("NS, 38 digits differing in the last", r#"{"NS":["1.0000000000000000000000000000000000002","1.0000000000000000000000000000000000001"]}"#, "[1.0000000000000000000000000000000000001,1.0000000000000000000000000000000000002]"),
-        ("BS reversed, by bytes not by text", r#"{"BS":["/w==","gA==","AQ==","AA=="]}"#, r#"["AA==","AQ==","gA==","/w=="]"#),
+        (
+            "SS reversed",
+            r#"{"SS":["😀","～","é","c","b","a","Z",""]}"#,
+            r#"["","Z","a","b","c","é","～","😀"]"#,
+        ),
+        (
+            "NS reversed",
+            r#"{"NS":["1E+125","100","99.5","10","1E-130","0","-1","-1E+125"]}"#,
+            "[-1e+125,-1,0,1e-130,10,99.5,100,1e+125]",
+        ),
+        (
+            "NS, 38 digits differing in the last",
+            r#"{"NS":["1.0000000000000000000000000000000000002","1.0000000000000000000000000000000000001"]}"#,
+            "[1.0000000000000000000000000000000000001,1.0000000000000000000000000000000000002]",
+        ),
+        (
+            "BS reversed, by bytes not by text",
+            r#"{"BS":["/w==","gA==","AQ==","AA=="]}"#,
+            r#"["AA==","AQ==","gA==","/w=="]"#,
+        ),
     ];
     for (label, attribute, want) in cases {
         let raw = record("INSERT", None, Some(&format!(r#"{{"a":{attribute}}}"#)));
         let e = event(&raw, &settings());
         assert_eq!(item_text(&e), format!(r#"{{"a":{want}}}"#), "{label}");
-        assert_eq!(patch_text(&e), format!(r#"{{"op":"add","path":"/a","value":{want}}}"#), "{label}");
+        assert_eq!(
+            patch_text(&e),
+            format!(r#"{{"op":"add","path":"/a","value":{want}}}"#),
+            "{label}"
+        );
     }
 }
 
 #[test]
 fn attribute_names_sort_by_code_point_and_escape_in_paths() {
     let names = ["z", "a/b", "m~n", "with space", "ünï", "", "A", "q\"", "~1"];
-    let old: serde_json::Map<String, Value> =
-        names.iter().map(|n| (n.to_string(), json!({"N": "1"}))).collect();
-    let new: serde_json::Map<String, Value> =
-        names.iter().map(|n| (n.to_string(), json!({"N": "2"}))).collect();
-    let raw = record("MODIFY", Some(&image(&Value::Object(old))), Some(&image(&Value::Object(new))));
+    let old: serde_json::Map<String, Value> = names
+        .iter()
+        .map(|n| (n.to_string(), json!({"N": "1"})))
+        .collect();
+    let new: serde_json::Map<String, Value> = names
+        .iter()
+        .map(|n| (n.to_string(), json!({"N": "2"})))
+        .collect();
+    let raw = record(
+        "MODIFY",
+        Some(&image(&Value::Object(old))),
+        Some(&image(&Value::Object(new))),
+    );
     let e = event(&raw, &settings());
     assert_eq!(
         item_text(&e),
@@ -203,13 +292,30 @@ fn attribute_names_sort_by_code_point_and_escape_in_paths() {
         .iter()
         .map(|op| op["path"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(paths, ["/", "/A", "/a~1b", "/m~0n", "/q\"", "/with space", "/z", "/~01", "/ünï"]);
+    assert_eq!(
+        paths,
+        [
+            "/",
+            "/A",
+            "/a~1b",
+            "/m~0n",
+            "/q\"",
+            "/with space",
+            "/z",
+            "/~01",
+            "/ünï"
+        ]
+    );
     assert!(patch_text(&e).contains(r#""path":"/q\"""#));
 }
 
 #[test]
 fn escaped_names_on_the_wire() {
-    let raw = record("INSERT", None, Some(r#"{"a\/b":{"S":"x"},"\u00fc":{"S":"y"},"t\tab":{"S":"z"}}"#));
+    let raw = record(
+        "INSERT",
+        None,
+        Some(r#"{"a\/b":{"S":"x"},"\u00fc":{"S":"y"},"t\tab":{"S":"z"}}"#),
+    );
     let e = event(&raw, &settings());
     assert_eq!(item_text(&e), r#"{"a/b":"x","t\tab":"z","ü":"y"}"#);
     assert!(patch_text(&e).contains(r#""path":"/a~1b""#));
@@ -220,29 +326,96 @@ fn escaped_names_on_the_wire() {
 fn patches() {
     let cases: &[(&str, &str, &str, &str)] = &[
         ("unchanged", r#"{"a":{"S":"x"}}"#, r#"{"a":{"S":"x"}}"#, ""),
-        ("replace", r#"{"a":{"S":"x"}}"#, r#"{"a":{"S":"y"}}"#, r#"{"op":"replace","path":"/a","value":"y"}"#),
-        ("add, then remove", r#"{"a":{"S":"x"},"b":{"N":"1"}}"#, r#"{"c":{"BOOL":true},"a":{"S":"x"}}"#,
-            r#"{"op":"add","path":"/c","value":true},{"op":"remove","path":"/b"}"#),
-        ("type change", r#"{"a":{"S":"1"}}"#, r#"{"a":{"N":"1"}}"#, r#"{"op":"replace","path":"/a","value":1}"#),
-        ("map to list", r#"{"a":{"M":{}}}"#, r#"{"a":{"L":[]}}"#, r#"{"op":"replace","path":"/a","value":[]}"#),
-        ("numbers compare by their digits", r#"{"a":{"N":"1"}}"#, r#"{"a":{"N":"1.0"}}"#, r#"{"op":"replace","path":"/a","value":1.0}"#),
-        ("exponent spelling is no change", r#"{"a":{"N":"1E2"}}"#, r#"{"a":{"N":"1e+2"}}"#, ""),
-        ("S and B of the same text are the same JSON", r#"{"a":{"S":"AQ=="}}"#, r#"{"a":{"B":"AQ=="}}"#, ""),
-        ("set and list of the same JSON", r#"{"a":{"SS":["x"]}}"#, r#"{"a":{"L":[{"S":"x"}]}}"#, ""),
-        ("nested map", r#"{"m":{"M":{"x":{"N":"1"},"y":{"N":"1"}}}}"#, r#"{"m":{"M":{"x":{"N":"2"},"y":{"N":"1"}}}}"#,
-            r#"{"op":"replace","path":"/m/x","value":2}"#),
-        ("list grows", r#"{"l":{"L":[{"N":"1"}]}}"#, r#"{"l":{"L":[{"N":"1"},{"N":"2"},{"N":"3"}]}}"#,
-            r#"{"op":"add","path":"/l/1","value":2},{"op":"add","path":"/l/2","value":3}"#),
-        ("list shrinks", r#"{"l":{"L":[{"N":"1"},{"N":"2"},{"N":"3"}]}}"#, r#"{"l":{"L":[{"N":"9"}]}}"#,
-            r#"{"op":"replace","path":"/l/0","value":9},{"op":"remove","path":"/l/1"},{"op":"remove","path":"/l/1"}"#),
-        ("list of maps", r#"{"l":{"L":[{"M":{"q":{"N":"1"}}},{"M":{"q":{"N":"1"}}}]}}"#, r#"{"l":{"L":[{"M":{"q":{"N":"1"}}},{"M":{"q":{"N":"2"}}}]}}"#,
-            r#"{"op":"replace","path":"/l/1/q","value":2}"#),
-        ("set order only", r#"{"s":{"SS":["a","b","c"]},"n":{"NS":["3","1","2"]},"b":{"BS":["AQ==","AA=="]}}"#,
-            r#"{"s":{"SS":["c","a","b"]},"n":{"NS":["2","3","1"]},"b":{"BS":["AA==","AQ=="]}}"#, ""),
-        ("set member added", r#"{"s":{"SS":["a","c"]}}"#, r#"{"s":{"SS":["c","b","a"]}}"#,
-            r#"{"op":"replace","path":"/s/1","value":"b"},{"op":"add","path":"/s/2","value":"c"}"#),
-        ("everything removed", r#"{"a":{"S":"x"},"b":{"S":"y"}}"#, "{}",
-            r#"{"op":"remove","path":"/a"},{"op":"remove","path":"/b"}"#),
+        (
+            "replace",
+            r#"{"a":{"S":"x"}}"#,
+            r#"{"a":{"S":"y"}}"#,
+            r#"{"op":"replace","path":"/a","value":"y"}"#,
+        ),
+        (
+            "add, then remove",
+            r#"{"a":{"S":"x"},"b":{"N":"1"}}"#,
+            r#"{"c":{"BOOL":true},"a":{"S":"x"}}"#,
+            r#"{"op":"add","path":"/c","value":true},{"op":"remove","path":"/b"}"#,
+        ),
+        (
+            "type change",
+            r#"{"a":{"S":"1"}}"#,
+            r#"{"a":{"N":"1"}}"#,
+            r#"{"op":"replace","path":"/a","value":1}"#,
+        ),
+        (
+            "map to list",
+            r#"{"a":{"M":{}}}"#,
+            r#"{"a":{"L":[]}}"#,
+            r#"{"op":"replace","path":"/a","value":[]}"#,
+        ),
+        (
+            "numbers compare by their digits",
+            r#"{"a":{"N":"1"}}"#,
+            r#"{"a":{"N":"1.0"}}"#,
+            r#"{"op":"replace","path":"/a","value":1.0}"#,
+        ),
+        (
+            "exponent spelling is no change",
+            r#"{"a":{"N":"1E2"}}"#,
+            r#"{"a":{"N":"1e+2"}}"#,
+            "",
+        ),
+        (
+            "S and B of the same text are the same JSON",
+            r#"{"a":{"S":"AQ=="}}"#,
+            r#"{"a":{"B":"AQ=="}}"#,
+            "",
+        ),
+        (
+            "set and list of the same JSON",
+            r#"{"a":{"SS":["x"]}}"#,
+            r#"{"a":{"L":[{"S":"x"}]}}"#,
+            "",
+        ),
+        (
+            "nested map",
+            r#"{"m":{"M":{"x":{"N":"1"},"y":{"N":"1"}}}}"#,
+            r#"{"m":{"M":{"x":{"N":"2"},"y":{"N":"1"}}}}"#,
+            r#"{"op":"replace","path":"/m/x","value":2}"#,
+        ),
+        (
+            "list grows",
+            r#"{"l":{"L":[{"N":"1"}]}}"#,
+            r#"{"l":{"L":[{"N":"1"},{"N":"2"},{"N":"3"}]}}"#,
+            r#"{"op":"add","path":"/l/1","value":2},{"op":"add","path":"/l/2","value":3}"#,
+        ),
+        (
+            "list shrinks",
+            r#"{"l":{"L":[{"N":"1"},{"N":"2"},{"N":"3"}]}}"#,
+            r#"{"l":{"L":[{"N":"9"}]}}"#,
+            r#"{"op":"replace","path":"/l/0","value":9},{"op":"remove","path":"/l/1"},{"op":"remove","path":"/l/1"}"#,
+        ),
+        (
+            "list of maps",
+            r#"{"l":{"L":[{"M":{"q":{"N":"1"}}},{"M":{"q":{"N":"1"}}}]}}"#,
+            r#"{"l":{"L":[{"M":{"q":{"N":"1"}}},{"M":{"q":{"N":"2"}}}]}}"#,
+            r#"{"op":"replace","path":"/l/1/q","value":2}"#,
+        ),
+        (
+            "set order only",
+            r#"{"s":{"SS":["a","b","c"]},"n":{"NS":["3","1","2"]},"b":{"BS":["AQ==","AA=="]}}"#,
+            r#"{"s":{"SS":["c","a","b"]},"n":{"NS":["2","3","1"]},"b":{"BS":["AA==","AQ=="]}}"#,
+            "",
+        ),
+        (
+            "set member added",
+            r#"{"s":{"SS":["a","c"]}}"#,
+            r#"{"s":{"SS":["c","b","a"]}}"#,
+            r#"{"op":"replace","path":"/s/1","value":"b"},{"op":"add","path":"/s/2","value":"c"}"#,
+        ),
+        (
+            "everything removed",
+            r#"{"a":{"S":"x"},"b":{"S":"y"}}"#,
+            "{}",
+            r#"{"op":"remove","path":"/a"},{"op":"remove","path":"/b"}"#,
+        ),
     ];
     for (label, old, new, want) in cases {
         let e = event(&record("MODIFY", Some(old), Some(new)), &settings());
@@ -266,7 +439,10 @@ fn assert_patch_applies(e: &Event, old: &str, new: &str) {
     let patch: json_patch::Patch = serde_json::from_str(&format!("[{}]", patch_text(e))).unwrap();
     json_patch::patch(&mut doc, &patch).unwrap();
     assert_eq!(doc, want);
-    assert_eq!(serde_json::to_string(&doc).unwrap(), serde_json::to_string(&want).unwrap());
+    assert_eq!(
+        serde_json::to_string(&doc).unwrap(),
+        serde_json::to_string(&want).unwrap()
+    );
 }
 
 #[test]
@@ -282,7 +458,10 @@ fn insert_and_remove() {
     let remove = event(&record("REMOVE", Some(item), None), &settings());
     assert_eq!(body(&remove)["data_op"], "D");
     assert_eq!(item_text(&remove), r#"{"id":"a","n":1}"#);
-    assert_eq!(patch_text(&remove), r#"{"op":"remove","path":"/id"},{"op":"remove","path":"/n"}"#);
+    assert_eq!(
+        patch_text(&remove),
+        r#"{"op":"remove","path":"/id"},{"op":"remove","path":"/n"}"#
+    );
 }
 
 fn nested(depth: usize, leaf: &str) -> String {
@@ -299,7 +478,10 @@ fn nesting_30_and_32_levels_deep() {
         let (old, new) = (nested(depth, "old"), nested(depth, "new"));
         let e = event(&record("MODIFY", Some(&old), Some(&new)), &settings());
         let path = "/n".repeat(depth + 1);
-        assert_eq!(patch_text(&e), format!(r#"{{"op":"replace","path":"{path}","value":"new"}}"#));
+        assert_eq!(
+            patch_text(&e),
+            format!(r#"{{"op":"replace","path":"{path}","value":"new"}}"#)
+        );
         assert_patch_applies(&e, &old, &new);
     }
 }
@@ -307,23 +489,46 @@ fn nesting_30_and_32_levels_deep() {
 #[test]
 fn a_350_kb_item() {
     let attributes: serde_json::Map<String, Value> = (0..350)
-        .map(|i| (format!("attr_{i:03}"), json!({"S": format!("{i:03}-{}", "x".repeat(996))})))
+        .map(|i| {
+            (
+                format!("attr_{i:03}"),
+                json!({"S": format!("{i:03}-{}", "x".repeat(996))}),
+            )
+        })
         .collect();
     let mut changed = attributes.clone();
     changed.insert("attr_123".into(), json!({"N": "42"}));
-    let (old, new) = (image(&Value::Object(attributes)), image(&Value::Object(changed)));
+    let (old, new) = (
+        image(&Value::Object(attributes)),
+        image(&Value::Object(changed)),
+    );
     let insert = event(&record("INSERT", None, Some(&old)), &settings());
-    assert!(insert.body.len() > 700_000, "item and its adds: {}", insert.body.len());
+    assert!(
+        insert.body.len() > 700_000,
+        "item and its adds: {}",
+        insert.body.len()
+    );
     let modify = event(&record("MODIFY", Some(&old), Some(&new)), &settings());
     assert!(modify.body.len() > 350_000);
-    assert_eq!(patch_text(&modify), r#"{"op":"replace","path":"/attr_123","value":42}"#);
+    assert_eq!(
+        patch_text(&modify),
+        r#"{"op":"replace","path":"/attr_123","value":42}"#
+    );
     assert_patch_applies(&modify, &old, &new);
 }
 
 #[test]
 fn the_same_record_gives_the_same_bytes_whatever_the_wire_order() {
-    let a = record("MODIFY", Some(r#"{"x":{"N":"1"},"s":{"SS":["b","a"]}}"#), Some(r#"{"y":{"BOOL":true},"x":{"N":"2"},"s":{"SS":["a","b"]}}"#));
-    let b = record("MODIFY", Some(r#"{"s":{"SS":["a","b"]},"x":{"N":"1"}}"#), Some(r#"{"s":{"SS":["b","a"]},"x":{"N":"2"},"y":{"BOOL":true}}"#));
+    let a = record(
+        "MODIFY",
+        Some(r#"{"x":{"N":"1"},"s":{"SS":["b","a"]}}"#),
+        Some(r#"{"y":{"BOOL":true},"x":{"N":"2"},"s":{"SS":["a","b"]}}"#),
+    );
+    let b = record(
+        "MODIFY",
+        Some(r#"{"s":{"SS":["a","b"]},"x":{"N":"1"}}"#),
+        Some(r#"{"s":{"SS":["b","a"]},"x":{"N":"2"},"y":{"BOOL":true}}"#),
+    );
     let first = transform(&a, &settings()).unwrap();
     assert_eq!(first.body, transform(&a, &settings()).unwrap().body);
     assert_eq!(first.body, transform(&b, &settings()).unwrap().body);
@@ -336,7 +541,11 @@ fn compaction_keys() {
     let key = |settings: &EventSettings| {
         body(&event(&raw, settings))["metadata"]["partition_compaction_key"].clone()
     };
-    assert_eq!(key(&settings()), Value::Null, "absent without RELAY_COMPACTION_KEY");
+    assert_eq!(
+        key(&settings()),
+        Value::Null,
+        "absent without RELAY_COMPACTION_KEY"
+    );
     assert!(!text(&event(&raw, &settings())).contains("partition_compaction_key"));
     assert_eq!(key(&keyed(&["id"])), "order-42");
     assert_eq!(key(&keyed(&["n"])), "17");
@@ -346,7 +555,10 @@ fn compaction_keys() {
     assert_eq!(key(&keyed(&["id", "n"])), r#"["order-42",17]"#);
     assert_eq!(key(&keyed(&["q", "b"])), r#"["say \"hi\"","AAEC/w=="]"#);
     let removed = event(&record("REMOVE", Some(item), None), &keyed(&["id"]));
-    assert_eq!(body(&removed)["metadata"]["partition_compaction_key"], "order-42");
+    assert_eq!(
+        body(&removed)["metadata"]["partition_compaction_key"],
+        "order-42"
+    );
     assert!(
         text(&event(&raw, &keyed(&["id", "n"])))
             .starts_with(r#"{"metadata":{"eid":"e6d05ca3-204b-57d8-bd8e-4379276fdeeb","occurred_at":"2025-11-22T06:16:10.100Z","partition_compaction_key":"[\"order-42\",17]"},"data_op":"C""#)
@@ -362,10 +574,22 @@ fn compaction_keys() {
     assert_ne!(pair("a|b", "c"), pair("a", "b|c"));
 
     for (names, want) in [
-        (&["missing"][..], "partition_compaction_key: key attribute \"missing\" is not a string, number or binary of the item"),
-        (&["m"][..], "partition_compaction_key: key attribute \"m\" is not a string, number or binary of the item"),
-        (&["id", "missing"][..], "partition_compaction_key: key attribute \"missing\" is not a string, number or binary of the item"),
-        (&[][..], "partition_compaction_key: no key attributes configured"),
+        (
+            &["missing"][..],
+            "partition_compaction_key: key attribute \"missing\" is not a string, number or binary of the item",
+        ),
+        (
+            &["m"][..],
+            "partition_compaction_key: key attribute \"m\" is not a string, number or binary of the item",
+        ),
+        (
+            &["id", "missing"][..],
+            "partition_compaction_key: key attribute \"missing\" is not a string, number or binary of the item",
+        ),
+        (
+            &[][..],
+            "partition_compaction_key: no key attributes configured",
+        ),
     ] {
         assert_fails(&raw, &keyed(names), Some("100"), Some("e1"), want);
     }
@@ -373,8 +597,17 @@ fn compaction_keys() {
 
 /// Both paths fail alike, the fast path leaves the record to the reference, and the failure
 /// carries what could be read.
-fn assert_fails(raw: &str, settings: &EventSettings, seq: Option<&str>, id: Option<&str>, reason: &str) {
-    assert!(event::build(raw, settings).is_none(), "the fast path took {raw}");
+fn assert_fails(
+    raw: &str,
+    settings: &EventSettings,
+    seq: Option<&str>,
+    id: Option<&str>,
+    reason: &str,
+) {
+    assert!(
+        event::build(raw, settings).is_none(),
+        "the fast path took {raw}"
+    );
     let failure = transform(raw, settings).expect_err(raw);
     let reference = transform_reference(raw, settings).expect_err(raw);
     assert_eq!(failure.error.to_string(), reference.error.to_string());
@@ -454,17 +687,87 @@ fn malformed_records_fail_with_what_could_be_read() {
 fn the_reference_builds_what_the_fast_path_leaves() {
     // Repeated names are JSON, never sent by DynamoDB: the fast path leaves them to the
     // reference, which keeps the last, as a JSON object is usually read.
-    let raw = record("INSERT", None, Some(r#"{"a":{"S":"first"},"b":{"M":{"c":{"N":"1"},"c":{"N":"2"}}},"a":{"S":"last"}}"#));
+    let raw = record(
+        "INSERT",
+        None,
+        Some(r#"{"a":{"S":"first"},"b":{"M":{"c":{"N":"1"},"c":{"N":"2"}}},"a":{"S":"last"}}"#),
+    );
     assert!(event::build(&raw, &settings()).is_none());
     let e = transform(&raw, &settings()).unwrap();
-    assert_eq!(text(&e), text(&transform_reference(&raw, &settings()).unwrap()));
+    assert_eq!(
+        text(&e),
+        text(&transform_reference(&raw, &settings()).unwrap())
+    );
     assert_eq!(item_text(&e), r#"{"a":"last","b":{"c":2}}"#);
+}
+
+/// The record with its old image before its new one on the wire.
+fn old_first(raw: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Record<'a> {
+        #[serde(borrow)]
+        dynamodb: Images<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Images<'a> {
+        #[serde(borrow)]
+        new_image: &'a serde_json::value::RawValue,
+        #[serde(borrow)]
+        old_image: &'a serde_json::value::RawValue,
+    }
+    let images = serde_json::from_str::<Record>(raw).unwrap().dynamodb;
+    let new_part = format!(r#","NewImage":{}"#, images.new_image.get());
+    let old_part = format!(r#","OldImage":{}"#, images.old_image.get());
+    let swapped = raw.replacen(
+        &format!("{new_part}{old_part}"),
+        &format!("{old_part}{new_part}"),
+        1,
+    );
+    assert_ne!(swapped, raw);
+    swapped
+}
+
+#[test]
+fn image_order_on_the_wire_does_not_matter() {
+    let raw = fixture("modify").trim_end();
+    assert!(raw.find("NewImage") < raw.find("OldImage"));
+    let swapped = old_first(raw);
+    assert!(swapped.find("OldImage") < swapped.find("NewImage"));
+    assert_eq!(
+        event(raw, &settings()).body,
+        event(&swapped, &settings()).body
+    );
+}
+
+#[test]
+fn a_remove_with_a_new_image_is_left_to_the_reference() {
+    // Never sent by DynamoDB; the fast path reads an old image against the new one.
+    let raw = record(
+        "REMOVE",
+        Some(r#"{"a":{"N":"1"}}"#),
+        Some(r#"{"a":{"N":"1"}}"#),
+    );
+    assert!(event::build(&raw, &settings()).is_none());
+    let e = transform(&raw, &settings()).unwrap();
+    assert_eq!(
+        text(&e),
+        text(&transform_reference(&raw, &settings()).unwrap())
+    );
+    assert_eq!(item_text(&e), r#"{"a":1}"#);
 }
 
 #[test]
 fn escapes_and_whitespace_on_the_wire_stay_on_the_fast_path() {
-    let raw = record("MODIF\\u0059", Some(r#"{"a":{"N":"1"}}"#), Some(r#" { "a" : { "N" : "2" } , "b\u00e9" : { "S" : "x\n" } } "#));
-    let e = event(&raw.replace(r#""eventID":"e1""#, "\n\t\"eventID\" : \"e1\" "), &settings());
+    let raw = record(
+        "MODIF\\u0059",
+        Some(r#"{"a":{"N":"1"}}"#),
+        Some(r#" { "a" : { "N" : "2" } , "b\u00e9" : { "S" : "x\n" } } "#),
+    );
+    let e = event(
+        &raw.replace(r#""eventID":"e1""#, "\n\t\"eventID\" : \"e1\" "),
+        &settings(),
+    );
     assert_eq!(body(&e)["data_op"], "U");
     assert_eq!(item_text(&e), r#"{"a":2,"bé":"x\n"}"#);
 }
@@ -487,9 +790,16 @@ fn order_records() {
         assert_eq!(b["data_op"], data_op);
         assert_eq!(b["metadata"]["occurred_at"], "2025-11-22T06:16:10.123Z");
         assert_eq!(b["metadata"]["eid"], "daffa7a8-567c-556e-9970-edd38f462cf5");
-        assert_eq!(b["metadata"]["partition_compaction_key"], "ord-7f3c9a2e-5b1d-4e8f-9a6c-2d4b8e1f0a37");
+        assert_eq!(
+            b["metadata"]["partition_compaction_key"],
+            "ord-7f3c9a2e-5b1d-4e8f-9a6c-2d4b8e1f0a37"
+        );
         assert_eq!(b["data"]["item"]["total_amount"].to_string(), "149.85");
-        assert!(item_text(&e).len() > 900, "an item of about 1 KB: {}", item_text(&e).len());
+        assert!(
+            item_text(&e).len() > 900,
+            "an item of about 1 KB: {}",
+            item_text(&e).len()
+        );
     }
     let modify = event(fixture("modify").trim_end(), &settings());
     let patch = body(&modify)["data"]["patch"].clone();
@@ -604,9 +914,10 @@ proptest! {
     fn the_patch_turns_old_into_new(old in attributes(), new in attributes()) {
         let (old, new) = (image(&old), image(&new));
         // `event` holds the fast path to the reference's bytes and to the schema.
-        let e = event(&record("MODIFY", Some(&old), Some(&new)), &settings());
+        let raw = record("MODIFY", Some(&old), Some(&new));
+        let e = event(&raw, &settings());
         assert_patch_applies(&e, &old, &new);
-        prop_assert_eq!(&e.body, &transform(&record("MODIFY", Some(&old), Some(&new)), &settings()).unwrap().body);
+        prop_assert_eq!(&e.body, &event(&old_first(&raw), &settings()).body);
     }
 
     #[test]
@@ -619,8 +930,10 @@ proptest! {
             _ => { target.insert(name, value); }
         }
         let (old, new) = (image(&old), image(&new));
-        let e = event(&record("MODIFY", Some(&old), Some(&new)), &settings());
+        let raw = record("MODIFY", Some(&old), Some(&new));
+        let e = event(&raw, &settings());
         assert_patch_applies(&e, &old, &new);
+        prop_assert_eq!(&e.body, &event(&old_first(&raw), &settings()).body);
     }
 
     #[test]

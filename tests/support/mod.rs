@@ -141,28 +141,12 @@ pub struct Moto {
 
 impl Moto {
     pub async fn start(test: &str) -> Moto {
-        let port = free_port();
-        let log = output_dir(test).join("moto.log");
-        let child = Command::new(python())
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting moto");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let url = format!("{endpoint}/moto-api/");
-        wait_for("moto to answer", Duration::from_secs(30), || {
-            let req = http.get(&url).send();
-            async move { req.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-        })
-        .await;
+        let mut cmd = Command::new(python());
+        cmd.arg(repo_root().join("tests/servers/moto_server.py")).args(["--port", "0"]);
+        let (process, port) = spawn_listening("moto", cmd, &output_dir(test).join("moto.log"));
         Moto {
-            process: Process {
-                child,
-                name: "moto".into(),
-            },
-            endpoint,
+            process,
+            endpoint: format!("http://127.0.0.1:{port}"),
         }
     }
 
@@ -240,6 +224,9 @@ pub struct Nakadi {
     pub process: Process,
     pub url: String,
     http: reqwest::Client,
+    /// Events read so far: each call fetches only what arrived since, so polling a server that
+    /// holds tens of thousands of events stays cheap for both sides.
+    seen: tokio::sync::Mutex<Vec<Value>>,
 }
 
 impl Nakadi {
@@ -253,14 +240,16 @@ impl Nakadi {
             process,
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
+            seen: tokio::sync::Mutex::new(Vec::new()),
         }
     }
 
     /// Every accepted event, in arrival order, numbers exact.
     pub async fn events(&self) -> Vec<Value> {
+        let mut seen = self.seen.lock().await;
         let body = self
             .http
-            .get(format!("{}/_test/events", self.url))
+            .get(format!("{}/_test/events?offset={}", self.url, seen.len()))
             .send()
             .await
             .expect("reading the Nakadi test server")
@@ -268,7 +257,8 @@ impl Nakadi {
             .await
             .unwrap();
         let v: Value = serde_json::from_str(&body).unwrap();
-        v["events"].as_array().cloned().unwrap_or_default()
+        seen.extend(v["events"].as_array().cloned().unwrap_or_default());
+        seen.clone()
     }
 
     pub async fn fault(&self, rule: Value) {
@@ -528,7 +518,7 @@ impl StreamsControl {
             .json(&body)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+            .unwrap_or_else(|e| panic!("{path}: {e:?}"));
         assert!(r.status().is_success(), "{path}: {}", r.status());
         r.json().await.unwrap()
     }
