@@ -113,7 +113,10 @@ impl App {
         let aws = AwsClients::from_env().await;
         let (stream_arn, source_var) = match &config.source {
             StreamSource::Arn(arn) => (arn.clone(), "RELAY_STREAM_ARN"),
-            StreamSource::Table(table) => (latest_stream(&aws.dynamodb, table).await?, "RELAY_TABLE_NAME"),
+            StreamSource::Table(table) => (
+                latest_stream(&aws.dynamodb, table).await?,
+                "RELAY_TABLE_NAME",
+            ),
         };
         let streams = StreamsClient::new(aws.streams.clone());
         let info = streams
@@ -129,16 +132,23 @@ impl App {
                 ),
             ));
         }
-        let leases = LeaseTable::new(aws.dynamodb.clone(), config.lease_table.clone(), stream_arn.clone());
+        let leases = LeaseTable::new(
+            aws.dynamodb.clone(),
+            config.lease_table.clone(),
+            stream_arn.clone(),
+        );
         leases
             .ensure_exists(config.create_lease_table)
             .await
             .map_err(|e| startup("RELAY_LEASE_TABLE", e))?;
         let redrainer = redrainer(&config, &aws).await?;
         let publisher = publisher(config.nakadi.clone())?;
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|e| startup("RELAY_HTTP_ADDR", format!("cannot listen on {}: {e}", config.http_addr)))?;
+        let listener = TcpListener::bind(config.http_addr).await.map_err(|e| {
+            startup(
+                "RELAY_HTTP_ADDR",
+                format!("cannot listen on {}: {e}", config.http_addr),
+            )
+        })?;
         let settings = EventSettings {
             data_type: config.data_type.clone(),
             compaction_key: config.compaction_key.then(|| info.key_attributes.clone()),
@@ -164,7 +174,9 @@ impl App {
 
     /// Where the HTTP server listens (tests bind port 0).
     pub fn http_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub async fn run_until_stopped(self, stop_signal: impl std::future::Future<Output = ()>) {
@@ -177,7 +189,11 @@ impl App {
             http = %self.http_addr(),
             "relay started"
         );
-        let http = tokio::spawn(crate::http::serve(self.listener, self.status.clone(), http_stop.clone()));
+        let http = tokio::spawn(crate::http::serve(
+            self.listener,
+            self.status.clone(),
+            http_stop.clone(),
+        ));
         let redrain = tokio::spawn(self.redrainer.run(shutdown.clone()));
         let coordinator = Coordinator::new(
             self.pipeline.clone(),
@@ -202,7 +218,10 @@ impl App {
             let deadline = deadline.clone();
             async move {
                 tokio::time::sleep(timeout).await;
-                tracing::warn!(?timeout, "drain deadline passed; stopping pages in flight without checkpoint");
+                tracing::warn!(
+                    ?timeout,
+                    "drain deadline passed; stopping pages in flight without checkpoint"
+                );
                 deadline.cancel();
             }
         });
@@ -217,15 +236,33 @@ impl App {
     }
 }
 
-async fn latest_stream(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> Result<String, StartupError> {
+async fn latest_stream(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<String, StartupError> {
     let out = dynamodb
         .describe_table()
         .table_name(table)
         .send()
         .await
-        .map_err(|e| startup("RELAY_TABLE_NAME", format!("table {table}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(&e))))?;
+        .map_err(|e| {
+            startup(
+                "RELAY_TABLE_NAME",
+                format!(
+                    "table {table}: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                ),
+            )
+        })?;
     out.table()
         .and_then(|t| t.latest_stream_arn())
         .map(str::to_owned)
-        .ok_or_else(|| startup("RELAY_TABLE_NAME", format!("table {table} has no stream; enable one with view type NEW_AND_OLD_IMAGES")))
+        .ok_or_else(|| {
+            startup(
+                "RELAY_TABLE_NAME",
+                format!(
+                    "table {table} has no stream; enable one with view type NEW_AND_OLD_IMAGES"
+                ),
+            )
+        })
 }

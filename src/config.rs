@@ -140,10 +140,12 @@ impl Reader<'_> {
     }
 
     fn bool(&mut self, variable: &'static str, default: bool) -> bool {
-        self.parse(variable, default, |raw| match raw.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => Ok(true),
-            "false" | "0" | "no" => Ok(false),
-            _ => Err("must be true or false".into()),
+        self.parse(variable, default, |raw| {
+            match raw.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err("must be true or false".into()),
+            }
         })
     }
 
@@ -173,7 +175,9 @@ impl Reader<'_> {
         T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
     {
         self.parse(variable, default, |raw| {
-            let n: T = raw.parse().map_err(|_| "must be a whole number".to_string())?;
+            let n: T = raw
+                .parse()
+                .map_err(|_| "must be a whole number".to_string())?;
             if n < min || n > max {
                 return Err(format!("must be between {min} and {max}"));
             }
@@ -199,7 +203,11 @@ impl Config {
         };
 
         let source = match (r.get("RELAY_TABLE_NAME"), r.get("RELAY_STREAM_ARN")) {
-            (_, Some(arn)) if !arn.starts_with("arn:") || !arn.contains(":table/") || !arn.contains("/stream/") => {
+            (_, Some(arn))
+                if !arn.starts_with("arn:")
+                    || !arn.contains(":table/")
+                    || !arn.contains("/stream/") =>
+            {
                 let problem = "must be a DynamoDB stream ARN (arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL)";
                 r.fail("RELAY_STREAM_ARN", problem);
                 StreamSource::Arn(String::new())
@@ -230,13 +238,16 @@ impl Config {
             .map(str::to_owned)
             .unwrap_or_else(|| event_type.clone());
         let token = token_source(&mut r);
-        let on_failure = r.parse("RELAY_ON_PUBLISH_FAILURE", FailureMode::DeadLetter, |raw| {
-            match raw {
-                "dlq" => Ok(FailureMode::DeadLetter),
-                "block" => Ok(FailureMode::Block),
-                _ => Err("must be dlq or block".into()),
-            }
-        });
+        let on_failure =
+            r.parse(
+                "RELAY_ON_PUBLISH_FAILURE",
+                FailureMode::DeadLetter,
+                |raw| match raw {
+                    "dlq" => Ok(FailureMode::DeadLetter),
+                    "block" => Ok(FailureMode::Block),
+                    _ => Err("must be dlq or block".into()),
+                },
+            );
         let nakadi = PublisherConfig {
             base_url: nakadi_url.trim_end_matches('/').to_owned(),
             event_type,
@@ -244,27 +255,47 @@ impl Config {
             batch_size: r.number("RELAY_NAKADI_BATCH_SIZE", 500, 1, 10_000),
             batch_bytes: r.number("RELAY_NAKADI_BATCH_BYTES", 4 << 20, 1 << 10, 64 << 20),
             gzip_min_bytes: r.number("RELAY_NAKADI_GZIP_MIN_BYTES", 16 << 10, 0, usize::MAX),
-            request_timeout: r.duration("RELAY_NAKADI_TIMEOUT", 10 * SECOND, Duration::from_millis(100), 10 * 60 * SECOND),
+            request_timeout: r.duration(
+                "RELAY_NAKADI_TIMEOUT",
+                10 * SECOND,
+                Duration::from_millis(100),
+                10 * 60 * SECOND,
+            ),
             max_attempts: r.number("RELAY_NAKADI_MAX_ATTEMPTS", 8, 1, 1000),
-            max_retry_time: r.duration("RELAY_NAKADI_MAX_RETRY_TIME", 60 * SECOND, Duration::ZERO, HOUR),
+            max_retry_time: r.duration(
+                "RELAY_NAKADI_MAX_RETRY_TIME",
+                60 * SECOND,
+                Duration::ZERO,
+                HOUR,
+            ),
             on_failure,
         };
 
         let dlq_url = r.required("RELAY_DLQ_URL");
         if !dlq_url.is_empty() && reqwest::Url::parse(&dlq_url).is_err() {
-            r.fail("RELAY_DLQ_URL", format!("must be an SQS queue URL (got {dlq_url:?})"));
+            r.fail(
+                "RELAY_DLQ_URL",
+                format!("must be an SQS queue URL (got {dlq_url:?})"),
+            );
         }
-        let initial_position =
-            r.parse("RELAY_INITIAL_POSITION", InitialPosition::TrimHorizon, |raw| match raw {
+        let initial_position = r.parse(
+            "RELAY_INITIAL_POSITION",
+            InitialPosition::TrimHorizon,
+            |raw| match raw {
                 "TRIM_HORIZON" => Ok(InitialPosition::TrimHorizon),
                 "LATEST" => Ok(InitialPosition::Latest),
                 _ => Err("must be TRIM_HORIZON or LATEST".into()),
-            });
+            },
+        );
         let compaction_key = r.bool("RELAY_COMPACTION_KEY", false);
-        let http_addr = r.parse("RELAY_HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)), |raw| {
-            raw.parse()
-                .map_err(|_| "must be an address such as 0.0.0.0:8080".into())
-        });
+        let http_addr = r.parse(
+            "RELAY_HTTP_ADDR",
+            SocketAddr::from(([0, 0, 0, 0], 8080)),
+            |raw| {
+                raw.parse()
+                    .map_err(|_| "must be an address such as 0.0.0.0:8080".into())
+            },
+        );
         let worker_id = r
             .get("RELAY_WORKER_ID")
             .map(str::to_owned)
@@ -279,7 +310,12 @@ impl Config {
         });
         let lease = LeaseTiming {
             duration: r.duration("RELAY_LEASE_DURATION", 6 * SECOND, SECOND, 10 * 60 * SECOND),
-            renew_interval: r.duration("RELAY_LEASE_RENEW_INTERVAL", 2 * SECOND, Duration::from_millis(100), 5 * 60 * SECOND),
+            renew_interval: r.duration(
+                "RELAY_LEASE_RENEW_INTERVAL",
+                2 * SECOND,
+                Duration::from_millis(100),
+                5 * 60 * SECOND,
+            ),
             shard_sync_interval: r.duration("RELAY_SHARD_SYNC_INTERVAL", 60 * SECOND, SECOND, HOUR),
         };
         if lease.renew_interval * 2 >= lease.duration {
@@ -288,8 +324,12 @@ impl Config {
                 "must be less than half of RELAY_LEASE_DURATION, or leases expire between renewals",
             );
         }
-        let shutdown_timeout =
-            r.duration("RELAY_SHUTDOWN_TIMEOUT", 20 * SECOND, SECOND, 10 * 60 * SECOND);
+        let shutdown_timeout = r.duration(
+            "RELAY_SHUTDOWN_TIMEOUT",
+            20 * SECOND,
+            SECOND,
+            10 * 60 * SECOND,
+        );
 
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));
@@ -338,7 +378,10 @@ fn token_source(r: &mut Reader<'_>) -> TokenSource {
     if !secret.is_file() {
         r.fail(
             "RELAY_NAKADI_TOKEN_NAME",
-            format!("{} is not a readable file (CREDENTIALS_DIR convention)", secret.display()),
+            format!(
+                "{} is not a readable file (CREDENTIALS_DIR convention)",
+                secret.display()
+            ),
         );
     }
     TokenSource::CredentialsDir { dir, name }
@@ -374,7 +417,10 @@ mod tests {
             ("RELAY_LEASE_TABLE", "orders-leases"),
             ("RELAY_NAKADI_URL", "https://nakadi.example.org"),
             ("RELAY_EVENT_TYPE", "payments.order-changed"),
-            ("RELAY_DLQ_URL", "https://sqs.eu-central-1.amazonaws.com/123/dlq"),
+            (
+                "RELAY_DLQ_URL",
+                "https://sqs.eu-central-1.amazonaws.com/123/dlq",
+            ),
         ])
     }
 
@@ -478,7 +524,10 @@ mod tests {
     #[test]
     fn token_file_must_exist() {
         let mut v = minimal();
-        v.insert("RELAY_NAKADI_TOKEN_FILE".into(), "/nonexistent/token".into());
+        v.insert(
+            "RELAY_NAKADI_TOKEN_FILE".into(),
+            "/nonexistent/token".into(),
+        );
         assert_eq!(problems(&v), vec!["RELAY_NAKADI_TOKEN_FILE"]);
 
         let dir = tempfile::tempdir().unwrap();

@@ -24,7 +24,11 @@ pub fn router(status: Arc<StatusBoard>) -> Router {
 
 /// Serves until `stop`. The server is stopped last, after the leases were released, so that
 /// readiness answers 503 through the whole drain.
-pub async fn serve(listener: TcpListener, status: Arc<StatusBoard>, stop: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    status: Arc<StatusBoard>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(status))
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
@@ -32,7 +36,10 @@ pub async fn serve(listener: TcpListener, status: Arc<StatusBoard>, stop: Cancel
 
 async fn metrics_text() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         metrics::render(),
     )
         .into_response()

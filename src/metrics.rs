@@ -17,25 +17,33 @@ pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
 fn counter(name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    REGISTRY.register(Box::new(c.clone())).expect("unique metric");
+    REGISTRY
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    REGISTRY.register(Box::new(c.clone())).expect("unique metric");
+    REGISTRY
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    REGISTRY.register(Box::new(g.clone())).expect("unique metric");
+    REGISTRY
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    REGISTRY.register(Box::new(g.clone())).expect("unique metric");
+    REGISTRY
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
@@ -165,10 +173,24 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for outcome in ["delivered", "dead_lettered"] {
         metrics.events_published.with_label_values(&[outcome]);
     }
-    for reason in ["server_error", "rate_limited", "timeout", "connection", "partial", "aborted", "unauthorized", "rejected"] {
+    for reason in [
+        "server_error",
+        "rate_limited",
+        "timeout",
+        "connection",
+        "partial",
+        "aborted",
+        "unauthorized",
+        "rejected",
+    ] {
         metrics.publish_retries.with_label_values(&[reason]);
     }
-    for reason in ["rejected", "retries_exhausted", "too_large", "malformed_record"] {
+    for reason in [
+        "rejected",
+        "retries_exhausted",
+        "too_large",
+        "malformed_record",
+    ] {
         metrics.dlq_sent.with_label_values(&[reason]);
     }
     for outcome in ["published", "failed", "undecodable"] {

@@ -80,7 +80,11 @@ impl StatusBoard {
     }
 
     pub fn live(&self) -> bool {
-        self.last_round.read().expect("status lock poisoned").elapsed() < STUCK_AFTER
+        self.last_round
+            .read()
+            .expect("status lock poisoned")
+            .elapsed()
+            < STUCK_AFTER
     }
 
     pub fn publish(&self, shards: Vec<ShardStatus>, workers: usize, leases_owned: usize) {

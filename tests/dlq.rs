@@ -27,7 +27,13 @@ async fn setup(test: &str, queue_attributes: &[(&str, &str)]) -> Env {
     let mut env = base_env(&moto, &nakadi, &stream_arn, "relay-leases", &dlq);
     env.insert("RELAY_NAKADI_MAX_ATTEMPTS".into(), "3".into());
     env.insert("RELAY_NAKADI_MAX_RETRY_TIME".into(), "1s".into());
-    Env { moto, nakadi, stream_arn, dlq, env }
+    Env {
+        moto,
+        nakadi,
+        stream_arn,
+        dlq,
+        env,
+    }
 }
 
 async fn put(moto: &Moto, keys: std::ops::Range<usize>, extra: &[(&str, AttributeValue)]) {
@@ -40,12 +46,20 @@ async fn put(moto: &Moto, keys: std::ops::Range<usize>, extra: &[(&str, Attribut
         for (k, v) in extra {
             item.insert(k.to_string(), v.clone());
         }
-        ddb.put_item().table_name("orders").set_item(Some(item)).send().await.unwrap();
+        ddb.put_item()
+            .table_name("orders")
+            .set_item(Some(item))
+            .send()
+            .await
+            .unwrap();
     }
 }
 
 fn eids(events: &[Value]) -> Vec<String> {
-    events.iter().map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned()).collect()
+    events
+        .iter()
+        .map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 async fn expected_eids(t: &Env) -> HashSet<String> {
@@ -57,7 +71,12 @@ async fn expected_eids(t: &Env) -> HashSet<String> {
 }
 
 async fn last_sequence(t: &Env) -> String {
-    stream_records(&t.moto, &t.stream_arn).await.last().unwrap().1.clone()
+    stream_records(&t.moto, &t.stream_arn)
+        .await
+        .last()
+        .unwrap()
+        .1
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,28 +88,41 @@ async fn nakadi_down_everything_waits_in_sqs_then_is_redrained_with_first_eids()
     let relay = Relay::start(test, "relay-1", &t.env);
     relay.wait_ready().await;
     let last = last_sequence(&t).await;
-    wait_for("every event in the DLQ and the checkpoint past it", Duration::from_secs(60), || async {
-        let cps = checkpoints(&t.moto, "relay-leases").await;
-        (queue_depth(&t.moto, &t.dlq).await == 50 && cps == vec![last.clone()]).then_some(())
-    })
+    wait_for(
+        "every event in the DLQ and the checkpoint past it",
+        Duration::from_secs(60),
+        || async {
+            let cps = checkpoints(&t.moto, "relay-leases").await;
+            (queue_depth(&t.moto, &t.dlq).await == 50 && cps == vec![last.clone()]).then_some(())
+        },
+    )
     .await;
     assert!(t.nakadi.events().await.is_empty());
 
     t.nakadi.clear_faults().await;
-    let events = wait_for("the re-drain to publish everything", Duration::from_secs(60), || async {
-        let events = t.nakadi.events().await;
-        (events.len() >= 50).then_some(events)
-    })
+    let events = wait_for(
+        "the re-drain to publish everything",
+        Duration::from_secs(60),
+        || async {
+            let events = t.nakadi.events().await;
+            (events.len() >= 50).then_some(events)
+        },
+    )
     .await;
-    wait_for("the queue to end empty", Duration::from_secs(30), || async {
-        (queue_depth(&t.moto, &t.dlq).await == 0).then_some(())
-    })
+    wait_for(
+        "the queue to end empty",
+        Duration::from_secs(30),
+        || async { (queue_depth(&t.moto, &t.dlq).await == 0).then_some(()) },
+    )
     .await;
     let got: HashSet<String> = eids(&events).into_iter().collect();
     assert_eq!(got.len(), events.len(), "an event was published twice");
     assert_eq!(got, expected_eids(&t).await);
     let (_, metrics) = relay.get("/metrics").await.unwrap();
-    assert!(metrics.contains("relay_dlq_redrained_total{outcome=\"published\"} 50"), "{metrics}");
+    assert!(
+        metrics.contains("relay_dlq_redrained_total{outcome=\"published\"} 50"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,10 +139,15 @@ async fn one_rejected_event_goes_to_the_dlq_with_its_reason_and_the_rest_flows()
     let relay = Relay::start(test, "relay-1", &env);
     relay.wait_ready().await;
     let last = records.last().unwrap().1.clone();
-    wait_for("19 events published and the checkpoint at the end", Duration::from_secs(60), || async {
-        let n = t.nakadi.events().await.len();
-        (n == 19 && checkpoints(&t.moto, "relay-leases").await == vec![last.clone()]).then_some(())
-    })
+    wait_for(
+        "19 events published and the checkpoint at the end",
+        Duration::from_secs(60),
+        || async {
+            let n = t.nakadi.events().await.len();
+            (n == 19 && checkpoints(&t.moto, "relay-leases").await == vec![last.clone()])
+                .then_some(())
+        },
+    )
     .await;
     assert!(!eids(&t.nakadi.events().await).contains(&rejected));
     let msgs = t
@@ -130,7 +167,13 @@ async fn one_rejected_event_goes_to_the_dlq_with_its_reason_and_the_rest_flows()
     assert_eq!(body["event"]["metadata"]["eid"], rejected.as_str());
     assert_eq!(body["event_type"], "payments.order-changed");
     assert_eq!(body["failure"]["status"], 422);
-    assert!(body["failure"]["reason"].as_str().unwrap().contains("rejected by test rule"), "{body}");
+    assert!(
+        body["failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rejected by test rule"),
+        "{body}"
+    );
     assert_eq!(body["source"]["sequence_number"], records[7].1.as_str());
     assert_eq!(
         msgs[0].message_attributes().unwrap()["reason"].string_value(),
@@ -158,15 +201,23 @@ async fn sqs_unreachable_too_nothing_is_checkpointed_until_both_come_back() {
     t.nakadi.fault(json!({"status": 503})).await;
     sqs.set_down(true);
     put(&t.moto, 10..30, &[]).await;
-    wait_for("the relay to fail writing to the DLQ", Duration::from_secs(60), || async {
-        let (_, m) = relay.get("/metrics").await?;
-        m.lines()
-            .find(|l| l.starts_with("relay_dlq_write_failures_total "))
-            .filter(|l| !l.ends_with(" 0"))
-            .map(|_| ())
-    })
+    wait_for(
+        "the relay to fail writing to the DLQ",
+        Duration::from_secs(60),
+        || async {
+            let (_, m) = relay.get("/metrics").await?;
+            m.lines()
+                .find(|l| l.starts_with("relay_dlq_write_failures_total "))
+                .filter(|l| !l.ends_with(" 0"))
+                .map(|_| ())
+        },
+    )
     .await;
-    assert_eq!(checkpoints(&t.moto, "relay-leases").await, checkpoint_before, "checkpoint moved although nothing was delivered");
+    assert_eq!(
+        checkpoints(&t.moto, "relay-leases").await,
+        checkpoint_before,
+        "checkpoint moved although nothing was delivered"
+    );
 
     sqs.set_down(false);
     t.nakadi.clear_faults().await;
@@ -186,7 +237,9 @@ async fn a_600_kb_event_round_trips_through_a_256_kib_queue() {
     let t = setup(test, &[("MaximumMessageSize", "262144")]).await;
     t.nakadi.fault(json!({"status": 503})).await;
     // An INSERT carries the item twice (item and patch): a 300 KB item makes a ~600 KB event.
-    let big: String = (0..300_000).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    let big: String = (0..300_000)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
     put(&t.moto, 0..1, &[("blob", AttributeValue::S(big.clone()))]).await;
     let relay = Relay::start(test, "relay-1", &t.env);
     relay.wait_ready().await;
@@ -202,7 +255,10 @@ async fn a_600_kb_event_round_trips_through_a_256_kib_queue() {
     .await;
     assert!(serde_json::to_string(&events[0]).unwrap().len() > 600_000);
     assert_eq!(events[0]["data"]["item"]["blob"], big.as_str());
-    assert_eq!(eids(&events), expected_eids(&t).await.into_iter().collect::<Vec<_>>());
+    assert_eq!(
+        eids(&events),
+        expected_eids(&t).await.into_iter().collect::<Vec<_>>()
+    );
     drop(relay);
 }
 
@@ -217,18 +273,31 @@ async fn block_mode_keeps_order_and_never_dead_letters() {
     let relay = Relay::start(test, "relay-1", &env);
     relay.wait_ready().await;
     // Well past the attempts and retry time after which dlq mode would give up.
-    wait_for("the relay to retry many times", Duration::from_secs(60), || async {
-        let (_, m) = relay.get("/metrics").await?;
-        let retries: f64 = m
-            .lines()
-            .find_map(|l| l.strip_prefix("relay_publish_retries_total{reason=\"server_error\"} "))?
-            .parse()
-            .ok()?;
-        (retries >= 8.0 * 30.0).then_some(())
-    })
+    wait_for(
+        "the relay to retry many times",
+        Duration::from_secs(60),
+        || async {
+            let (_, m) = relay.get("/metrics").await?;
+            let retries: f64 = m
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("relay_publish_retries_total{reason=\"server_error\"} ")
+                })?
+                .parse()
+                .ok()?;
+            (retries >= 8.0 * 30.0).then_some(())
+        },
+    )
     .await;
-    assert_eq!(queue_depth(&t.moto, &t.dlq).await, 0, "block mode dead-lettered");
-    assert_eq!(checkpoints(&t.moto, "relay-leases").await, vec!["TRIM_HORIZON".to_string()]);
+    assert_eq!(
+        queue_depth(&t.moto, &t.dlq).await,
+        0,
+        "block mode dead-lettered"
+    );
+    assert_eq!(
+        checkpoints(&t.moto, "relay-leases").await,
+        vec!["TRIM_HORIZON".to_string()]
+    );
 
     t.nakadi.clear_faults().await;
     let events = wait_for("every event", Duration::from_secs(60), || async {
@@ -236,7 +305,10 @@ async fn block_mode_keeps_order_and_never_dead_letters() {
         (events.len() >= 30).then_some(events)
     })
     .await;
-    let order: Vec<String> = events.iter().map(|e| e["data"]["item"]["seq"].to_string()).collect();
+    let order: Vec<String> = events
+        .iter()
+        .map(|e| e["data"]["item"]["seq"].to_string())
+        .collect();
     let expected: Vec<String> = (0..30).map(|i| i.to_string()).collect();
     assert_eq!(order, expected, "stream order");
     assert_eq!(queue_depth(&t.moto, &t.dlq).await, 0);

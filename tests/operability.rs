@@ -40,10 +40,22 @@ async fn setup(test: &str) -> Env {
 }
 
 async fn lease_owner(moto: &Moto) -> Option<String> {
-    let out = moto.dynamodb().await.scan().table_name("relay-leases").send().await.ok()?;
+    let out = moto
+        .dynamodb()
+        .await
+        .scan()
+        .table_name("relay-leases")
+        .send()
+        .await
+        .ok()?;
     out.items()
         .iter()
-        .filter(|i| i.get("kind").and_then(|k| k.as_s().ok()).map(String::as_str) == Some("shard"))
+        .filter(|i| {
+            i.get("kind")
+                .and_then(|k| k.as_s().ok())
+                .map(String::as_str)
+                == Some("shard")
+        })
         .find_map(|i| i.get("owner").and_then(|o| o.as_s().ok()).cloned())
 }
 
@@ -56,24 +68,44 @@ async fn readiness_turns_503_on_sigterm_before_the_leases_are_released() {
     let mut relay = Relay::start(test, "relay-1", &t.env);
     relay.wait_ready().await;
     put(&t.moto, 0..5).await;
-    wait_for("a publish request in flight", Duration::from_secs(30), || async {
-        let (_, m) = relay.get("/metrics").await?;
-        m.contains("relay_records_read_total 5").then_some(())
-    })
+    wait_for(
+        "a publish request in flight",
+        Duration::from_secs(30),
+        || async {
+            let (_, m) = relay.get("/metrics").await?;
+            m.contains("relay_records_read_total 5").then_some(())
+        },
+    )
     .await;
     relay.process.signal("TERM");
-    let (ready, owner) = wait_for("readiness 503 during the drain", Duration::from_secs(10), || async {
-        let (code, _) = relay.get("/health/ready").await?;
-        (code == 503).then_some(code)?;
-        Some((code, lease_owner(&t.moto).await))
-    })
+    let (ready, owner) = wait_for(
+        "readiness 503 during the drain",
+        Duration::from_secs(10),
+        || async {
+            let (code, _) = relay.get("/health/ready").await?;
+            (code == 503).then_some(code)?;
+            Some((code, lease_owner(&t.moto).await))
+        },
+    )
     .await;
     assert_eq!(ready, 503);
-    assert_eq!(owner.as_deref(), Some("relay-1"), "the lease was released before readiness turned 503");
+    assert_eq!(
+        owner.as_deref(),
+        Some("relay-1"),
+        "the lease was released before readiness turned 503"
+    );
     let status = relay.process.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0));
-    assert_eq!(lease_owner(&t.moto).await, None, "the lease is released on exit");
-    assert_eq!(t.nakadi.events().await.len(), 5, "the page in flight was finished");
+    assert_eq!(
+        lease_owner(&t.moto).await,
+        None,
+        "the lease is released on exit"
+    );
+    assert_eq!(
+        t.nakadi.events().await.len(),
+        5,
+        "the page in flight was finished"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,16 +123,25 @@ async fn liveness_stays_200_while_nakadi_and_aws_are_unreachable() {
     let until = Instant::now() + Duration::from_secs(5);
     let mut probes = 0;
     while Instant::now() < until {
-        let (live, _) = relay.get("/health/live").await.expect("the HTTP server answers");
+        let (live, _) = relay
+            .get("/health/live")
+            .await
+            .expect("the HTTP server answers");
         assert_eq!(live, 200, "liveness failed during the outage");
         let (ready, _) = relay.get("/health/ready").await.unwrap();
-        assert_eq!(ready, 200, "readiness must not follow Nakadi or a passing AWS outage");
+        assert_eq!(
+            ready, 200,
+            "readiness must not follow Nakadi or a passing AWS outage"
+        );
         probes += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(probes >= 10);
     let (_, m) = relay.get("/metrics").await.unwrap();
-    assert!(m.contains("relay_aws_errors_total"), "AWS errors are counted: {m}");
+    assert!(
+        m.contains("relay_aws_errors_total"),
+        "AWS errors are counted: {m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +164,11 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
     })
     .await
     .unwrap();
-    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(output_dir(test).join("check-promql.log"), &report).unwrap();
     assert!(out.status.success(), "check-promql failed:\n{report}");
 }

@@ -31,19 +31,40 @@ fn item(key: &str, version: u32, rng: &mut impl rand::Rng) -> HashMap<String, At
     let mut item = HashMap::from([
         ("pk".to_string(), s(key)),
         ("version".to_string(), n(&version.to_string())),
-        ("amount".to_string(), n(&format!("{}.{:02}", rng.random_range(0..100_000), rng.random_range(0..100)))),
-        ("precise".to_string(), n("12345678901234567890.123456789012345678")),
-        ("status".to_string(), s(["open", "paid", "shipped"][rng.random_range(0..3)])),
+        (
+            "amount".to_string(),
+            n(&format!(
+                "{}.{:02}",
+                rng.random_range(0..100_000),
+                rng.random_range(0..100)
+            )),
+        ),
+        (
+            "precise".to_string(),
+            n("12345678901234567890.123456789012345678"),
+        ),
+        (
+            "status".to_string(),
+            s(["open", "paid", "shipped"][rng.random_range(0..3)]),
+        ),
         ("a/b~c".to_string(), s("escaped in pointers")),
         (
             "lines".to_string(),
             AttributeValue::L(
                 (0..rng.random_range(0..4))
-                    .map(|i| AttributeValue::M(HashMap::from([("sku".to_string(), s(&format!("sku-{i}"))), ("qty".to_string(), n(&rng.random_range(1..5).to_string()))])))
+                    .map(|i| {
+                        AttributeValue::M(HashMap::from([
+                            ("sku".to_string(), s(&format!("sku-{i}"))),
+                            ("qty".to_string(), n(&rng.random_range(1..5).to_string())),
+                        ]))
+                    })
                     .collect(),
             ),
         ),
-        ("tags".to_string(), AttributeValue::Ss(vec!["z".into(), "a".into(), format!("v{}", version % 3)])),
+        (
+            "tags".to_string(),
+            AttributeValue::Ss(vec!["z".into(), "a".into(), format!("v{}", version % 3)]),
+        ),
     ]);
     if rng.random_bool(0.5) {
         item.insert("note".to_string(), s("ünïcødé 💳"));
@@ -51,7 +72,13 @@ fn item(key: &str, version: u32, rng: &mut impl rand::Rng) -> HashMap<String, At
     item
 }
 
-async fn write_changes(ddb: &aws_sdk_dynamodb::Client, table: &str, count: usize, keys: usize, seed: u64) -> Vec<Write> {
+async fn write_changes(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    count: usize,
+    keys: usize,
+    seed: u64,
+) -> Vec<Write> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut state: HashMap<String, u32> = HashMap::new();
     let mut writes = Vec::with_capacity(count);
@@ -59,15 +86,33 @@ async fn write_changes(ddb: &aws_sdk_dynamodb::Client, table: &str, count: usize
         let key = format!("order-{seed}-{}", rng.random_range(0..keys));
         let exists = state.contains_key(&key);
         if exists && rng.random_bool(0.15) {
-            ddb.delete_item().table_name(table).key("pk", s(&key)).send().await.unwrap();
+            ddb.delete_item()
+                .table_name(table)
+                .key("pk", s(&key))
+                .send()
+                .await
+                .unwrap();
             state.remove(&key);
-            writes.push(Write { key, op: "D", after: None });
+            writes.push(Write {
+                key,
+                op: "D",
+                after: None,
+            });
         } else {
             let version = state.get(&key).map_or(0, |v| v + 1);
             let it = item(&key, version, &mut rng);
-            ddb.put_item().table_name(table).set_item(Some(it.clone())).send().await.unwrap();
+            ddb.put_item()
+                .table_name(table)
+                .set_item(Some(it.clone()))
+                .send()
+                .await
+                .unwrap();
             state.insert(key.clone(), version);
-            writes.push(Write { key, op: if exists { "U" } else { "C" }, after: Some(item_json(&it)) });
+            writes.push(Write {
+                key,
+                op: if exists { "U" } else { "C" },
+                after: Some(item_json(&it)),
+            });
         }
     }
     writes
@@ -76,9 +121,16 @@ async fn write_changes(ddb: &aws_sdk_dynamodb::Client, table: &str, count: usize
 /// Checks that the events are exactly the writes: one event per write, per key in write order,
 /// with the right op, item and a patch that turns the previous state into the new one.
 fn check_exactly_once(events: &[Value], writes: &[Write]) {
-    let eids: HashSet<&str> = events.iter().map(|e| e["metadata"]["eid"].as_str().unwrap()).collect();
+    let eids: HashSet<&str> = events
+        .iter()
+        .map(|e| e["metadata"]["eid"].as_str().unwrap())
+        .collect();
     assert_eq!(eids.len(), events.len(), "an event was published twice");
-    assert_eq!(events.len(), writes.len(), "events published vs changes written");
+    assert_eq!(
+        events.len(),
+        writes.len(),
+        "events published vs changes written"
+    );
     let mut per_key: HashMap<&str, Vec<&Value>> = HashMap::new();
     for e in events {
         let key = e["data"]["item"]["pk"].as_str().expect("item has pk");
@@ -89,7 +141,9 @@ fn check_exactly_once(events: &[Value], writes: &[Write]) {
         expected.entry(&w.key).or_default().push(w);
     }
     for (key, ws) in expected {
-        let got = per_key.get(key).unwrap_or_else(|| panic!("no events for {key}"));
+        let got = per_key
+            .get(key)
+            .unwrap_or_else(|| panic!("no events for {key}"));
         assert_eq!(got.len(), ws.len(), "events for {key}");
         let mut state = json!({});
         for (e, w) in got.iter().zip(ws) {
@@ -97,10 +151,14 @@ fn check_exactly_once(events: &[Value], writes: &[Write]) {
             let new_state = w.after.clone().unwrap_or(json!({}));
             let item = w.after.as_ref().unwrap_or(&state);
             assert_eq!(&e["data"]["item"], item, "item of {key}");
-            let patch: json_patch::Patch = serde_json::from_value(e["data"]["patch"].clone()).unwrap();
+            let patch: json_patch::Patch =
+                serde_json::from_value(e["data"]["patch"].clone()).unwrap();
             let mut patched = state.clone();
             json_patch::patch(&mut patched, &patch).unwrap();
-            assert_eq!(patched, new_state, "patch of {key} does not turn the previous state into the new one");
+            assert_eq!(
+                patched, new_state,
+                "patch of {key} does not turn the previous state into the new one"
+            );
             state = new_state;
         }
     }
@@ -120,7 +178,12 @@ async fn setup(test: &str) -> Env {
     let stream_arn = moto.create_table(&table).await;
     let dlq = moto.create_queue("relay-dlq", &[]).await;
     let env = base_env(&moto, &nakadi, &stream_arn, "relay-leases", &dlq);
-    Env { moto, nakadi, table, env }
+    Env {
+        moto,
+        nakadi,
+        table,
+        env,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +199,10 @@ async fn every_change_arrives_exactly_once_with_item_and_patch() {
     .await;
     check_exactly_once(&events, &writes);
     let (_, metrics) = relay.get("/metrics").await.unwrap();
-    assert!(metrics.contains("relay_records_read_total 1000"), "{metrics}");
+    assert!(
+        metrics.contains("relay_records_read_total 1000"),
+        "{metrics}"
+    );
     let (status, body) = relay.get("/status").await.unwrap();
     assert_eq!(status, 200);
     let report: Value = serde_json::from_str(&body).unwrap();
@@ -166,20 +232,35 @@ async fn sigterm_halfway_and_restart_loses_and_repeats_nothing() {
     .await;
     first.process.signal("TERM");
     let status = first.process.wait_exit(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM; log:\n{}", first.logs());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; log:\n{}",
+        first.logs()
+    );
     let at_stop = t.nakadi.events().await;
-    let eids: HashSet<_> = at_stop.iter().map(|e| e["metadata"]["eid"].clone()).collect();
+    let eids: HashSet<_> = at_stop
+        .iter()
+        .map(|e| e["metadata"]["eid"].clone())
+        .collect();
     assert_eq!(eids.len(), at_stop.len(), "duplicates before the restart");
-    assert!(at_stop.len() < 600, "the first relay should have stopped before the end");
+    assert!(
+        at_stop.len() < 600,
+        "the first relay should have stopped before the end"
+    );
 
     writes.extend(writer.await.unwrap());
     t.nakadi.clear_faults().await;
     let second = Relay::start(test, "relay-2", &env);
     second.wait_ready().await;
-    let events = wait_for("all events after the restart", Duration::from_secs(120), || async {
-        let events = t.nakadi.events().await;
-        (events.len() >= writes.len()).then_some(events)
-    })
+    let events = wait_for(
+        "all events after the restart",
+        Duration::from_secs(120),
+        || async {
+            let events = t.nakadi.events().await;
+            (events.len() >= writes.len()).then_some(events)
+        },
+    )
     .await;
     check_exactly_once(&events, &writes);
 }
@@ -209,9 +290,17 @@ fn each_required_variable_missing_exits_2_naming_it() {
 async fn missing_table_lease_table_or_queue_exits_2_naming_the_setting() {
     let t = setup("missing_resources").await;
     let cases: &[(&str, &str, &str)] = &[
-        ("RELAY_STREAM_ARN", "arn:aws:dynamodb:eu-central-1:123456789012:table/nope/stream/2026-01-01T00:00:00.000", "RELAY_STREAM_ARN"),
+        (
+            "RELAY_STREAM_ARN",
+            "arn:aws:dynamodb:eu-central-1:123456789012:table/nope/stream/2026-01-01T00:00:00.000",
+            "RELAY_STREAM_ARN",
+        ),
         ("RELAY_CREATE_LEASE_TABLE", "false", "RELAY_LEASE_TABLE"),
-        ("RELAY_DLQ_URL", &format!("{}/123456789012/nope", t.moto.endpoint), "RELAY_DLQ_URL"),
+        (
+            "RELAY_DLQ_URL",
+            &format!("{}/123456789012/nope", t.moto.endpoint),
+            "RELAY_DLQ_URL",
+        ),
     ];
     for (var, value, named) in cases {
         let mut env = t.env.clone();

@@ -37,14 +37,17 @@ impl Writer {
         let handle = tokio::spawn(async move {
             let mut seq = 0u64;
             while !flag.load(Ordering::SeqCst) {
-                let batch: Vec<(String, u64)> = (0..keys).map(|k| (format!("key-{k:03}"), seq)).collect();
+                let batch: Vec<(String, u64)> =
+                    (0..keys).map(|k| (format!("key-{k:03}"), seq)).collect();
                 let at = Instant::now();
                 let written = ctl.write(&stream_arn, &batch).await;
-                out.lock().unwrap().extend(
-                    written
-                        .into_iter()
-                        .map(|(shard, event_id)| Written { at, shard, eid: eid_for(&event_id).to_string() }),
-                );
+                out.lock()
+                    .unwrap()
+                    .extend(written.into_iter().map(|(shard, event_id)| Written {
+                        at,
+                        shard,
+                        eid: eid_for(&event_id).to_string(),
+                    }));
                 seq += 1;
                 tokio::time::sleep(every).await;
             }
@@ -64,7 +67,12 @@ impl Writer {
 }
 
 /// Whether, on each of `shards`, some record written after `since` has arrived.
-fn progressed(written: &[Written], arrived: &HashSet<String>, shards: &HashSet<String>, since: Instant) -> bool {
+fn progressed(
+    written: &[Written],
+    arrived: &HashSet<String>,
+    shards: &HashSet<String>,
+    since: Instant,
+) -> bool {
     shards.iter().all(|shard| {
         written
             .iter()
@@ -85,7 +93,10 @@ fn shards_of(status: &Value, owner: &str) -> HashSet<String> {
 /// Every readable shard is owned by one of `owners`.
 fn all_owned_by(status: &Value, owners: &[&str]) -> bool {
     status["shards"].as_array().unwrap().iter().all(|sh| {
-        !(sh["state"] == "owned" || sh["state"] == "unowned") || owners.iter().any(|o| sh["owner"] == *o && sh["state"] == "owned")
+        !(sh["state"] == "owned" || sh["state"] == "unowned")
+            || owners
+                .iter()
+                .any(|o| sh["owner"] == *o && sh["state"] == "owned")
     })
 }
 
@@ -95,22 +106,38 @@ async fn status(relay: &Relay) -> Option<Value> {
 }
 
 async fn arrived_eids(nakadi: &Nakadi) -> HashSet<String> {
-    nakadi.events().await.iter().map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned()).collect()
+    nakadi
+        .events()
+        .await
+        .iter()
+        .map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Everything written arrived, and per key in write order (first arrival of each eid).
 async fn check_complete_and_ordered(nakadi: &Nakadi, written: &[Written]) -> usize {
     let expected: HashSet<String> = written.iter().map(|w| w.eid.clone()).collect();
-    let events = wait_for_every("every written record at Nakadi", Duration::from_secs(120), Duration::from_millis(500), || async {
-        let events = nakadi.events().await;
-        let got: HashSet<String> = events.iter().map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned()).collect();
-        expected.is_subset(&got).then_some(events)
-    })
+    let events = wait_for_every(
+        "every written record at Nakadi",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || async {
+            let events = nakadi.events().await;
+            let got: HashSet<String> = events
+                .iter()
+                .map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned())
+                .collect();
+            expected.is_subset(&got).then_some(events)
+        },
+    )
     .await;
     let (per_key, eids) = per_key_sequences(&events);
     assert_eq!(eids, expected, "events that were never written");
     for (key, seqs) in &per_key {
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{key} out of write order: {seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{key} out of write order: {seqs:?}"
+        );
     }
     events.len() - eids.len()
 }
@@ -131,7 +158,13 @@ async fn setup(test: &str, shards: usize) -> Setup {
     let arn = streams.ctl.create_stream(shards, 5).await;
     let dlq = moto.create_queue("relay-dlq", &[]).await;
     let env = fault_env(&moto, &nakadi, &streams, &arn, &dlq);
-    Setup { moto, nakadi, streams, arn, env }
+    Setup {
+        moto,
+        nakadi,
+        streams,
+        arn,
+        env,
+    }
 }
 
 fn owned(status: &Value) -> usize {
@@ -145,25 +178,44 @@ async fn three_relays_balance_and_take_over_a_killed_one() {
     // The default lease timing, so the takeover time measured is the one users get.
     s.env.remove("RELAY_LEASE_DURATION");
     s.env.remove("RELAY_LEASE_RENEW_INTERVAL");
-    let mut relays: Vec<Relay> = (1..=3).map(|i| Relay::start(test, &format!("relay-{i}"), &s.env)).collect();
+    let mut relays: Vec<Relay> = (1..=3)
+        .map(|i| Relay::start(test, &format!("relay-{i}"), &s.env))
+        .collect();
     for r in &relays {
         r.wait_ready().await;
     }
     let started = Instant::now();
-    wait_for_every("each relay to own 4 ± 1 of 12 leases", Duration::from_secs(30), Duration::from_millis(250), || async {
-        let mut counts = Vec::new();
-        for r in &relays {
-            counts.push(owned(&status(r).await?));
-        }
-        (counts.iter().sum::<usize>() == 12 && counts.iter().all(|c| (3..=5).contains(c))).then_some(())
-    })
+    wait_for_every(
+        "each relay to own 4 ± 1 of 12 leases",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let mut counts = Vec::new();
+            for r in &relays {
+                counts.push(owned(&status(r).await?));
+            }
+            (counts.iter().sum::<usize>() == 12 && counts.iter().all(|c| (3..=5).contains(c)))
+                .then_some(())
+        },
+    )
     .await;
-    println!("balanced 12 leases over 3 relays in {:?}", started.elapsed());
+    println!(
+        "balanced 12 leases over 3 relays in {:?}",
+        started.elapsed()
+    );
 
-    let writer = Writer::start(s.streams.ctl.clone(), s.arn.clone(), 24, Duration::from_millis(100));
-    wait_for_every("first events", Duration::from_secs(30), Duration::from_millis(250), || async {
-        (s.nakadi.events().await.len() >= 200).then_some(())
-    })
+    let writer = Writer::start(
+        s.streams.ctl.clone(),
+        s.arn.clone(),
+        24,
+        Duration::from_millis(100),
+    );
+    wait_for_every(
+        "first events",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async { (s.nakadi.events().await.len() >= 200).then_some(()) },
+    )
     .await;
     let mut victim = relays.pop().unwrap();
     let victim_shards = shards_of(&status(&victim).await.unwrap(), "relay-3");
@@ -172,21 +224,33 @@ async fn three_relays_balance_and_take_over_a_killed_one() {
     let killed = Instant::now();
     victim.process.wait_exit(Duration::from_secs(5)).await;
 
-    let took = wait_for_every("the killed relay's shards owned and progressing again", Duration::from_secs(30), Duration::from_millis(200), || async {
-        let st = status(&relays[0]).await?;
-        if !all_owned_by(&st, &["relay-1", "relay-2"]) {
-            return None;
-        }
-        let arrived = arrived_eids(&s.nakadi).await;
-        progressed(&writer.written(), &arrived, &victim_shards, killed).then(|| killed.elapsed())
-    })
+    let took = wait_for_every(
+        "the killed relay's shards owned and progressing again",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let st = status(&relays[0]).await?;
+            if !all_owned_by(&st, &["relay-1", "relay-2"]) {
+                return None;
+            }
+            let arrived = arrived_eids(&s.nakadi).await;
+            progressed(&writer.written(), &arrived, &victim_shards, killed)
+                .then(|| killed.elapsed())
+        },
+    )
     .await;
-    println!("SIGKILL takeover: {} shards owned and progressing again after {took:?}", victim_shards.len());
+    println!(
+        "SIGKILL takeover: {} shards owned and progressing again after {took:?}",
+        victim_shards.len()
+    );
     assert!(took <= Duration::from_secs(15), "takeover took {took:?}");
 
     let written = writer.finish().await;
     let duplicates = check_complete_and_ordered(&s.nakadi, &written).await;
-    println!("{} records, {duplicates} published twice (pages in flight at the kill)", written.len());
+    println!(
+        "{} records, {duplicates} published twice (pages in flight at the kill)",
+        written.len()
+    );
     drop(s.moto);
 }
 
@@ -194,20 +258,35 @@ async fn three_relays_balance_and_take_over_a_killed_one() {
 async fn sigterm_hands_over_within_a_round_and_publishes_nothing_twice() {
     let test = "replicas_sigterm";
     let s = setup(test, 8).await;
-    let mut relays: Vec<Relay> = (1..=2).map(|i| Relay::start(test, &format!("relay-{i}"), &s.env)).collect();
+    let mut relays: Vec<Relay> = (1..=2)
+        .map(|i| Relay::start(test, &format!("relay-{i}"), &s.env))
+        .collect();
     for r in &relays {
         r.wait_ready().await;
     }
-    wait_for_every("4 leases each", Duration::from_secs(30), Duration::from_millis(250), || async {
-        let a = owned(&status(&relays[0]).await?);
-        let b = owned(&status(&relays[1]).await?);
-        (a == 4 && b == 4).then_some(())
-    })
+    wait_for_every(
+        "4 leases each",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let a = owned(&status(&relays[0]).await?);
+            let b = owned(&status(&relays[1]).await?);
+            (a == 4 && b == 4).then_some(())
+        },
+    )
     .await;
-    let writer = Writer::start(s.streams.ctl.clone(), s.arn.clone(), 16, Duration::from_millis(50));
-    wait_for_every("first events", Duration::from_secs(30), Duration::from_millis(250), || async {
-        (s.nakadi.events().await.len() >= 200).then_some(())
-    })
+    let writer = Writer::start(
+        s.streams.ctl.clone(),
+        s.arn.clone(),
+        16,
+        Duration::from_millis(50),
+    );
+    wait_for_every(
+        "first events",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async { (s.nakadi.events().await.len() >= 200).then_some(()) },
+    )
     .await;
     let mut leaving = relays.pop().unwrap();
     let its_shards = shards_of(&status(&leaving).await.unwrap(), "relay-2");
@@ -215,60 +294,99 @@ async fn sigterm_hands_over_within_a_round_and_publishes_nothing_twice() {
     let status_code = leaving.process.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status_code.code(), Some(0), "{}", leaving.logs());
     let exited = Instant::now();
-    let took = wait_for_every("relay-1 to continue relay-2's shards", Duration::from_secs(10), Duration::from_millis(100), || async {
-        let st = status(&relays[0]).await?;
-        if !all_owned_by(&st, &["relay-1"]) {
-            return None;
-        }
-        let arrived = arrived_eids(&s.nakadi).await;
-        progressed(&writer.written(), &arrived, &its_shards, exited).then(|| exited.elapsed())
-    })
+    let took = wait_for_every(
+        "relay-1 to continue relay-2's shards",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let st = status(&relays[0]).await?;
+            if !all_owned_by(&st, &["relay-1"]) {
+                return None;
+            }
+            let arrived = arrived_eids(&s.nakadi).await;
+            progressed(&writer.written(), &arrived, &its_shards, exited).then(|| exited.elapsed())
+        },
+    )
     .await;
-    println!("SIGTERM hand-over: relay-1 continued {} shards {took:?} after relay-2 exited", its_shards.len());
+    println!(
+        "SIGTERM hand-over: relay-1 continued {} shards {took:?} after relay-2 exited",
+        its_shards.len()
+    );
     assert!(took <= Duration::from_secs(2), "hand-over took {took:?}");
     let written = writer.finish().await;
     let duplicates = check_complete_and_ordered(&s.nakadi, &written).await;
-    assert_eq!(duplicates, 0, "events published twice across a graceful hand-over");
+    assert_eq!(
+        duplicates, 0,
+        "events published twice across a graceful hand-over"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn splits_keep_per_key_order_across_parent_and_child() {
     let test = "replicas_splits";
     let s = setup(test, 4).await;
-    let relays: Vec<Relay> = (1..=2).map(|i| Relay::start(test, &format!("relay-{i}"), &s.env)).collect();
+    let relays: Vec<Relay> = (1..=2)
+        .map(|i| Relay::start(test, &format!("relay-{i}"), &s.env))
+        .collect();
     for r in &relays {
         r.wait_ready().await;
     }
-    let writer = Writer::start(s.streams.ctl.clone(), s.arn.clone(), 16, Duration::from_millis(50));
+    let writer = Writer::start(
+        s.streams.ctl.clone(),
+        s.arn.clone(),
+        16,
+        Duration::from_millis(50),
+    );
     for round in 1..=2 {
         let before = writer.written().len();
-        wait_for_every("writes before the split", Duration::from_secs(30), Duration::from_millis(100), || async {
-            (writer.written().len() >= before + 300).then_some(())
-        })
+        wait_for_every(
+            "writes before the split",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async { (writer.written().len() >= before + 300).then_some(()) },
+        )
         .await;
-        let split = s.streams.ctl.call("split-all", json!({"stream_arn": s.arn, "children": 2})).await;
+        let split = s
+            .streams
+            .ctl
+            .call("split-all", json!({"stream_arn": s.arn, "children": 2}))
+            .await;
         println!("split round {round}: {}", split["children"]);
     }
     let before = writer.written().len();
-    wait_for_every("writes after the last split", Duration::from_secs(30), Duration::from_millis(100), || async {
-        (writer.written().len() >= before + 300).then_some(())
-    })
+    wait_for_every(
+        "writes after the last split",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { (writer.written().len() >= before + 300).then_some(()) },
+    )
     .await;
     let written = writer.finish().await;
     check_complete_and_ordered(&s.nakadi, &written).await;
-    let st = wait_for_every("parents finished and children owned", Duration::from_secs(30), Duration::from_millis(250), || async {
-        let st = status(&relays[0]).await?;
-        let states: Vec<&str> = st["shards"].as_array()?.iter().map(|sh| sh["state"].as_str().unwrap()).collect();
-        let finished = states.iter().filter(|s| **s == "finished").count();
-        let owned = states.iter().filter(|s| **s == "owned").count();
-        (finished == 4 + 8 && owned == 16).then_some(st)
-    })
+    let st = wait_for_every(
+        "parents finished and children owned",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let st = status(&relays[0]).await?;
+            let states: Vec<&str> = st["shards"]
+                .as_array()?
+                .iter()
+                .map(|sh| sh["state"].as_str().unwrap())
+                .collect();
+            let finished = states.iter().filter(|s| **s == "finished").count();
+            let owned = states.iter().filter(|s| **s == "owned").count();
+            (finished == 4 + 8 && owned == 16).then_some(st)
+        },
+    )
     .await;
     assert_eq!(st["shards"].as_array().unwrap().len(), 4 + 8 + 16);
     for r in &relays {
         wait_for("lag back to zero", Duration::from_secs(30), || async {
             let (_, m) = r.get("/metrics").await?;
-            m.lines().any(|l| l == "relay_stream_lag_seconds 0").then_some(())
+            m.lines()
+                .any(|l| l == "relay_stream_lag_seconds 0")
+                .then_some(())
         })
         .await;
     }
@@ -280,22 +398,31 @@ async fn single_relay(test: &str) -> (Setup, Relay, Vec<Written>) {
     let relay = Relay::start(test, "relay-1", &s.env);
     relay.wait_ready().await;
     let written = write_some(&s, 0, 20).await;
-    wait_for_every("the first records", Duration::from_secs(30), Duration::from_millis(100), || async {
-        (arrived_eids(&s.nakadi).await.len() == written.len()).then_some(())
-    })
+    wait_for_every(
+        "the first records",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { (arrived_eids(&s.nakadi).await.len() == written.len()).then_some(()) },
+    )
     .await;
     (s, relay, written)
 }
 
 async fn write_some(s: &Setup, first_seq: u64, keys: usize) -> Vec<Written> {
-    let batch: Vec<(String, u64)> = (0..keys).map(|k| (format!("key-{k:03}"), first_seq)).collect();
+    let batch: Vec<(String, u64)> = (0..keys)
+        .map(|k| (format!("key-{k:03}"), first_seq))
+        .collect();
     let at = Instant::now();
     s.streams
         .ctl
         .write(&s.arn, &batch)
         .await
         .into_iter()
-        .map(|(shard, event_id)| Written { at, shard, eid: eid_for(&event_id).to_string() })
+        .map(|(shard, event_id)| Written {
+            at,
+            shard,
+            eid: eid_for(&event_id).to_string(),
+        })
         .collect()
 }
 
@@ -309,12 +436,24 @@ fn metric(metrics: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_iterators_are_reopened_after_the_checkpoint() {
     let (s, relay, mut written) = single_relay("replicas_expired").await;
-    s.streams.ctl.call("expire-iterators", json!({"stream_arn": s.arn})).await;
+    s.streams
+        .ctl
+        .call("expire-iterators", json!({"stream_arn": s.arn}))
+        .await;
     written.extend(write_some(&s, 1, 20).await);
     let duplicates = check_complete_and_ordered(&s.nakadi, &written).await;
-    assert_eq!(duplicates, 0, "reopening must continue after the checkpoint");
+    assert_eq!(
+        duplicates, 0,
+        "reopening must continue after the checkpoint"
+    );
     let (_, m) = relay.get("/metrics").await.unwrap();
-    assert!(metric(&m, r#"relay_aws_errors_total{kind="expired_iterator",operation="GetRecords"}"#) >= 1.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            r#"relay_aws_errors_total{kind="expired_iterator",operation="GetRecords"}"#
+        ) >= 1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,12 +461,21 @@ async fn throttling_backs_off_and_loses_nothing() {
     let (s, relay, mut written) = single_relay("replicas_throttled").await;
     s.streams
         .ctl
-        .call("throttle", json!({"operation": "GetRecords", "times": 12, "error": "LimitExceededException"}))
+        .call(
+            "throttle",
+            json!({"operation": "GetRecords", "times": 12, "error": "LimitExceededException"}),
+        )
         .await;
     written.extend(write_some(&s, 1, 20).await);
     check_complete_and_ordered(&s.nakadi, &written).await;
     let (_, m) = relay.get("/metrics").await.unwrap();
-    assert!(metric(&m, r#"relay_aws_errors_total{kind="throttling",operation="GetRecords"}"#) >= 1.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            r#"relay_aws_errors_total{kind="throttling",operation="GetRecords"}"#
+        ) >= 1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,16 +489,32 @@ async fn trimmed_checkpoint_continues_from_trim_horizon_and_counts_it() {
     let kept = write_some(&s, 2, 20).await;
     let shards: HashSet<&String> = first.iter().map(|w| &w.shard).collect();
     for shard in shards {
-        let trim = first.iter().chain(&lost).filter(|w| &w.shard == shard).count();
-        s.streams.ctl.call("trim", json!({"stream_arn": s.arn, "shard_id": shard, "count": trim})).await;
+        let trim = first
+            .iter()
+            .chain(&lost)
+            .filter(|w| &w.shard == shard)
+            .count();
+        s.streams
+            .ctl
+            .call(
+                "trim",
+                json!({"stream_arn": s.arn, "shard_id": shard, "count": trim}),
+            )
+            .await;
     }
     let relay = Relay::start(test, "relay-2", &s.env);
     relay.wait_ready().await;
     let expected: Vec<Written> = first.iter().chain(&kept).cloned().collect();
     check_complete_and_ordered(&s.nakadi, &expected).await;
     let arrived = arrived_eids(&s.nakadi).await;
-    assert!(lost.iter().all(|w| !arrived.contains(&w.eid)), "trimmed records cannot arrive");
+    assert!(
+        lost.iter().all(|w| !arrived.contains(&w.eid)),
+        "trimmed records cannot arrive"
+    );
     let (_, m) = relay.get("/metrics").await.unwrap();
     assert!(metric(&m, "relay_records_trimmed_total") >= 1.0, "{m}");
-    assert!(relay.logs().contains("trimmed"), "an ERROR log names the trimmed data");
+    assert!(
+        relay.logs().contains("trimmed"),
+        "an ERROR log names the trimmed data"
+    );
 }

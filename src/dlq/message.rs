@@ -81,8 +81,8 @@ impl DeadLetter {
         event: &Event,
         failure: &Failure,
     ) -> DeadLetter {
-        let raw: &RawValue = serde_json::from_slice(&event.body)
-            .expect("events are serialized JSON objects");
+        let raw: &RawValue =
+            serde_json::from_slice(&event.body).expect("events are serialized JSON objects");
         let message = Message {
             event: Some(raw),
             record: None,
@@ -122,7 +122,8 @@ impl DeadLetter {
         let record: &RawValue = match serde_json::from_str(raw_record) {
             Ok(raw) => raw,
             Err(_) => {
-                as_string = serde_json::value::to_raw_value(raw_record).expect("a string serializes");
+                as_string =
+                    serde_json::value::to_raw_value(raw_record).expect("a string serializes");
                 &as_string
             }
         };
@@ -160,7 +161,8 @@ pub const GZIP: &str = "gzip";
 /// Compresses a body too large for the queue: gzip, then base64, since SQS bodies are text.
 pub fn encode_gzip(body: &str) -> String {
     let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::default());
-    gz.write_all(body.as_bytes()).expect("writing to memory cannot fail");
+    gz.write_all(body.as_bytes())
+        .expect("writing to memory cannot fail");
     BASE64.encode(gz.finish().expect("writing to memory cannot fail"))
 }
 
@@ -233,7 +235,13 @@ mod tests {
 
     #[test]
     fn event_round_trips_through_the_message_exactly() {
-        let letter = DeadLetter::from_event("arn:s", &ShardId::new("shard-1"), "et", &event(), &failure());
+        let letter = DeadLetter::from_event(
+            "arn:s",
+            &ShardId::new("shard-1"),
+            "et",
+            &event(),
+            &failure(),
+        );
         assert_eq!(letter.reason, "rejected");
         let v: serde_json::Value = serde_json::from_str(&letter.body).unwrap();
         assert_eq!(v["source"]["shard_id"], "shard-1");
@@ -269,7 +277,11 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&letter.body).unwrap();
             assert!(v.get("event").is_none());
             assert_eq!(v["source"]["sequence_number"], "7");
-            assert!(event_from_body(&letter.body).unwrap_err().contains("could not become an event"));
+            assert!(
+                event_from_body(&letter.body)
+                    .unwrap_err()
+                    .contains("could not become an event")
+            );
         }
     }
 }

@@ -202,7 +202,10 @@ impl Redrainer {
             .await;
         match result {
             Ok(out) if out.failed().is_empty() => {}
-            Ok(out) => warn!(failed = out.failed().len(), "some re-drained dead letters were not deleted and will be published again"),
+            Ok(out) => warn!(
+                failed = out.failed().len(),
+                "some re-drained dead letters were not deleted and will be published again"
+            ),
             Err(e) => {
                 metrics::aws_error("DeleteMessageBatch", "other");
                 warn!(error = %DisplayErrorContext(&e), "re-drained dead letters were not deleted and will be published again");

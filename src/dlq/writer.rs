@@ -83,7 +83,9 @@ impl DeadLetterQueue {
         let mut batch: Vec<(SendMessageBatchRequestEntry, usize)> = Vec::new();
         let mut batch_bytes = 0;
         for (entry, size) in entries {
-            if batch.len() == MAX_ENTRIES || (batch_bytes + size > self.max_bytes && !batch.is_empty()) {
+            if batch.len() == MAX_ENTRIES
+                || (batch_bytes + size > self.max_bytes && !batch.is_empty())
+            {
                 self.send_batch(std::mem::take(&mut batch)).await?;
                 batch_bytes = 0;
             }
@@ -99,7 +101,11 @@ impl DeadLetterQueue {
         Ok(())
     }
 
-    fn entry(&self, i: usize, letter: &DeadLetter) -> Result<(SendMessageBatchRequestEntry, usize), DlqError> {
+    fn entry(
+        &self,
+        i: usize,
+        letter: &DeadLetter,
+    ) -> Result<(SendMessageBatchRequestEntry, usize), DlqError> {
         let attr = |v: &str| {
             MessageAttributeValue::builder()
                 .data_type("String")
@@ -136,7 +142,10 @@ impl DeadLetterQueue {
         Ok((entry, size))
     }
 
-    async fn send_batch(&self, batch: Vec<(SendMessageBatchRequestEntry, usize)>) -> Result<(), DlqError> {
+    async fn send_batch(
+        &self,
+        batch: Vec<(SendMessageBatchRequestEntry, usize)>,
+    ) -> Result<(), DlqError> {
         let total = batch.len();
         let out = self
             .client

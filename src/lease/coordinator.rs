@@ -11,6 +11,7 @@
 //!    pods end within one lease of the mean. The owner hands a requested lease over gracefully
 //!    (finishes its page, checkpoints, releases), so balancing publishes nothing twice,
 //! 5. starts a shard worker per newly owned lease and publishes status and metrics.
+//!
 //! On shutdown it lets the workers finish their pages (renewing meanwhile), releases their leases
 //! and removes its heartbeat, so the other pods continue at their next round.
 
@@ -180,7 +181,9 @@ impl Coordinator {
                         r.cancel_lost();
                     }
                 }
-                Err(e) => warn!(shard_id = %shard, error = %e, "renewing a lease failed; it may expire"),
+                Err(e) => {
+                    warn!(shard_id = %shard, error = %e, "renewing a lease failed; it may expire")
+                }
             }
         }
     }
@@ -287,13 +290,15 @@ impl Coordinator {
         let active: Vec<&Lease> = snapshot
             .leases
             .iter()
-            .filter(|l| l.checkpoint != Checkpoint::ShardEnd && lineage.may_start(&l.parent_shard_ids))
+            .filter(|l| {
+                l.checkpoint != Checkpoint::ShardEnd && lineage.may_start(&l.parent_shard_ids)
+            })
             .collect();
         let target = active.len().div_ceil(live_workers);
         let owner_live = |l: &Lease| {
-            l.owner.as_deref().is_some_and(|o| {
-                o != me && !self.expired(&format!("shard:{}", l.shard_id), now)
-            })
+            l.owner
+                .as_deref()
+                .is_some_and(|o| o != me && !self.expired(&format!("shard:{}", l.shard_id), now))
         };
         // Free, expired, or ours in the table but not running here (this pod restarted under
         // the same worker id): free ones first, they need no takeover.
@@ -316,7 +321,10 @@ impl Coordinator {
             match self.pipeline.leases.take(lease, &me).await {
                 Ok(owned) => {
                     if lease.owner.as_deref().is_some_and(|o| o != me) {
-                        METRICS.lease_takeovers.with_label_values(&["expired"]).inc();
+                        METRICS
+                            .lease_takeovers
+                            .with_label_values(&["expired"])
+                            .inc();
                         info!(shard_id = %lease.shard_id, from = lease.owner.as_deref(), "took over an expired lease");
                     } else {
                         info!(shard_id = %lease.shard_id, checkpoint = %lease.checkpoint, "took a lease");
@@ -335,13 +343,28 @@ impl Coordinator {
     /// the worker that has the most while it has at least two more than this pod, counting the
     /// requests already made, so pods end within one lease of the mean and never ask for more
     /// than they lack.
-    async fn balance(&self, active: &[&Lease], target: usize, owner_live: &impl Fn(&Lease) -> bool) {
+    async fn balance(
+        &self,
+        active: &[&Lease],
+        target: usize,
+        owner_live: &impl Fn(&Lease) -> bool,
+    ) {
         let me = self.pipeline.worker_id.as_str();
         let mut mine = self.running.len()
-            + active.iter().filter(|l| l.handoff_to.as_deref() == Some(me) && l.owner.is_some()).count();
+            + active
+                .iter()
+                .filter(|l| l.handoff_to.as_deref() == Some(me) && l.owner.is_some())
+                .count();
         let mut per_owner: HashMap<&str, Vec<&Lease>> = HashMap::new();
-        for l in active.iter().copied().filter(|l| owner_live(l) && l.handoff_to.is_none()) {
-            per_owner.entry(l.owner.as_deref().unwrap_or_default()).or_default().push(l);
+        for l in active
+            .iter()
+            .copied()
+            .filter(|l| owner_live(l) && l.handoff_to.is_none())
+        {
+            per_owner
+                .entry(l.owner.as_deref().unwrap_or_default())
+                .or_default()
+                .push(l);
         }
         while mine < target {
             let Some((owner, leases)) = per_owner
@@ -354,10 +377,15 @@ impl Coordinator {
             let lease = leases.pop().expect("a busiest worker has leases");
             match self.pipeline.leases.request_handoff(lease, me).await {
                 Ok(()) => {
-                    METRICS.lease_takeovers.with_label_values(&["balanced"]).inc();
+                    METRICS
+                        .lease_takeovers
+                        .with_label_values(&["balanced"])
+                        .inc();
                     info!(shard_id = %lease.shard_id, from = %owner, "asked for a lease to balance the load");
                 }
-                Err(e) => info!(shard_id = %lease.shard_id, error = %e, "asking for a lease failed"),
+                Err(e) => {
+                    info!(shard_id = %lease.shard_id, error = %e, "asking for a lease failed")
+                }
             }
             mine += 1;
         }
@@ -456,10 +484,11 @@ impl Coordinator {
     fn publish_status(&self, snapshot: &Snapshot, live_workers: usize) {
         let lineage = self.lineage(snapshot);
         let now = Instant::now();
-        let mut counts: HashMap<&'static str, i64> = ["owned", "unowned", "waiting_for_parent", "finished"]
-            .into_iter()
-            .map(|s| (s, 0))
-            .collect();
+        let mut counts: HashMap<&'static str, i64> =
+            ["owned", "unowned", "waiting_for_parent", "finished"]
+                .into_iter()
+                .map(|s| (s, 0))
+                .collect();
         let shards: Vec<ShardStatus> = snapshot
             .leases
             .iter()
@@ -467,12 +496,18 @@ impl Coordinator {
                 // The snapshot was read before this round took or released anything: what this
                 // pod runs now is fresher.
                 let mine = self.running.contains_key(&l.shard_id);
-                let owner = if mine { Some(self.pipeline.worker_id.clone()) } else { l.owner.clone() };
+                let owner = if mine {
+                    Some(self.pipeline.worker_id.clone())
+                } else {
+                    l.owner.clone()
+                };
                 let state = if l.checkpoint == Checkpoint::ShardEnd {
                     "finished"
                 } else if !lineage.may_start(&l.parent_shard_ids) {
                     "waiting_for_parent"
-                } else if mine || (l.owner.is_some() && !self.expired(&format!("shard:{}", l.shard_id), now)) {
+                } else if mine
+                    || (l.owner.is_some() && !self.expired(&format!("shard:{}", l.shard_id), now))
+                {
                     "owned"
                 } else {
                     "unowned"
@@ -494,10 +529,16 @@ impl Coordinator {
         for (state, n) in counts {
             METRICS.shards.with_label_values(&[state]).set(n);
         }
-        let lag = self.running.values().map(|r| r.lease.lag_ms()).max().unwrap_or(0);
+        let lag = self
+            .running
+            .values()
+            .map(|r| r.lease.lag_ms())
+            .max()
+            .unwrap_or(0);
         METRICS.stream_lag.set(lag as f64 / 1000.0);
         METRICS.leases_owned.set(self.running.len() as i64);
         METRICS.workers.set(live_workers as i64);
-        self.status.publish(shards, live_workers, self.running.len());
+        self.status
+            .publish(shards, live_workers, self.running.len());
     }
 }

@@ -105,11 +105,19 @@ struct OwnedState {
 }
 
 impl OwnedLease {
-    pub fn new(shard_id: ShardId, lease_key: String, counter: u64, checkpoint: Checkpoint) -> OwnedLease {
+    pub fn new(
+        shard_id: ShardId,
+        lease_key: String,
+        counter: u64,
+        checkpoint: Checkpoint,
+    ) -> OwnedLease {
         OwnedLease {
             shard_id,
             lease_key,
-            state: Mutex::new(OwnedState { counter, checkpoint }),
+            state: Mutex::new(OwnedState {
+                counter,
+                checkpoint,
+            }),
             lag_ms: AtomicI64::new(0),
         }
     }

@@ -40,10 +40,16 @@ impl LeaseError {
         R: std::fmt::Debug + Send + Sync + 'static,
     {
         let (kind, classified) = match err.code() {
-            Some("ConditionalCheckFailedException") => ("lease_lost", LeaseError::Lost(key.to_owned())),
+            Some("ConditionalCheckFailedException") => {
+                ("lease_lost", LeaseError::Lost(key.to_owned()))
+            }
             code => {
                 let kind = match code {
-                    Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded") => "throttling",
+                    Some(
+                        "ProvisionedThroughputExceededException"
+                        | "ThrottlingException"
+                        | "RequestLimitExceeded",
+                    ) => "throttling",
                     Some("ResourceNotFoundException") => "not_found",
                     _ => "other",
                 };
@@ -108,7 +114,13 @@ impl LeaseTable {
 
     /// Checks the table exists, creating it (on-demand billing) when asked to.
     pub async fn ensure_exists(&self, create: bool) -> Result<(), LeaseError> {
-        match self.client.describe_table().table_name(&self.table).send().await {
+        match self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(e) if e.code() == Some("ResourceNotFoundException") => {
                 if !create {
@@ -182,7 +194,11 @@ impl LeaseTable {
                 .await
                 .map_err(|e| LeaseError::from_sdk("Scan", &self.table, e))?;
             for item in out.items() {
-                match item.get("kind").and_then(|v| v.as_s().ok()).map(String::as_str) {
+                match item
+                    .get("kind")
+                    .and_then(|v| v.as_s().ok())
+                    .map(String::as_str)
+                {
                     Some(KIND_WORKER) => {
                         if let Some(hb) = parse_heartbeat(item) {
                             snapshot.workers.push(hb);
@@ -417,7 +433,9 @@ impl LeaseTable {
 }
 
 fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
-    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
 }
 
 fn get_n(item: &HashMap<String, AttributeValue>, name: &str) -> Option<u64> {

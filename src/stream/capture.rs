@@ -149,7 +149,10 @@ struct RawPage<'a> {
 }
 
 impl RecordsPage {
-    pub fn parse(body: Bytes, next_iterator: Option<String>) -> Result<RecordsPage, serde_json::Error> {
+    pub fn parse(
+        body: Bytes,
+        next_iterator: Option<String>,
+    ) -> Result<RecordsPage, serde_json::Error> {
         let page: RawPage<'_> = serde_json::from_slice(&body)?;
         let base = body.as_ptr() as usize;
         // Offsets instead of borrowed slices, so the page can own its body.
@@ -195,7 +198,10 @@ mod tests {
         );
         let page = RecordsPage::parse(body, Some("it".into())).unwrap();
         let records: Vec<_> = page.records().collect();
-        assert_eq!(records, vec![r#"{"eventID":"a","n":{"N":"1.50"}}"#, r#"{"eventID":"b"}"#]);
+        assert_eq!(
+            records,
+            vec![r#"{"eventID":"a","n":{"N":"1.50"}}"#, r#"{"eventID":"b"}"#]
+        );
         assert_eq!(page.next_iterator.as_deref(), Some("it"));
     }
 

@@ -47,7 +47,10 @@ impl StreamError {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug + Send + Sync + 'static,
     {
-        let message = format!("{}", aws_sdk_dynamodbstreams::error::DisplayErrorContext(&err));
+        let message = format!(
+            "{}",
+            aws_sdk_dynamodbstreams::error::DisplayErrorContext(&err)
+        );
         let classified = match err.code() {
             Some("ExpiredIteratorException") => StreamError::ExpiredIterator,
             Some("TrimmedDataAccessException") => StreamError::Trimmed,
@@ -139,7 +142,12 @@ impl StreamsClient {
             .map_err(|e| StreamError::from_sdk("DescribeStream", e))?;
         Ok(out
             .stream_description
-            .map(|d| d.shards().iter().filter_map(Shard::from_sdk).collect::<Vec<_>>())
+            .map(|d| {
+                d.shards()
+                    .iter()
+                    .filter_map(Shard::from_sdk)
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default()
             .into_iter()
             .filter(|s| s.parent.as_ref() == Some(parent))

@@ -58,8 +58,16 @@ mod tests {
             (&[], true, "a root shard starts at once"),
             (std::slice::from_ref(&a), true, "parent read to its end"),
             (std::slice::from_ref(&b), false, "parent still being read"),
-            (std::slice::from_ref(&c), false, "parent listed but not leased yet"),
-            (std::slice::from_ref(&gone), true, "parent trimmed away and its lease deleted"),
+            (
+                std::slice::from_ref(&c),
+                false,
+                "parent listed but not leased yet",
+            ),
+            (
+                std::slice::from_ref(&gone),
+                true,
+                "parent trimmed away and its lease deleted",
+            ),
             (&[a.clone(), b.clone()], false, "every parent must be done"),
         ];
         for (parents, expected, why) in table {

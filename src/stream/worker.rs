@@ -110,7 +110,8 @@ impl ShardWorker {
                     };
                     match opened {
                         Ok(it) => it,
-                        Err(e) => match self.on_stream_error(e, &mut position, &mut failures).await {
+                        Err(e) => match self.on_stream_error(e, &mut position, &mut failures).await
+                        {
                             Some(exit) => return exit,
                             None => continue,
                         },
@@ -283,7 +284,11 @@ impl ShardWorker {
         let p = &self.pipeline;
         let mut attempt = 0;
         loop {
-            match p.leases.checkpoint(&self.lease, &p.worker_id, checkpoint).await {
+            match p
+                .leases
+                .checkpoint(&self.lease, &p.worker_id, checkpoint)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(LeaseError::Lost(_)) => {
                     warn!(%checkpoint, "lease lost; stopping without checkpoint");
@@ -319,16 +324,26 @@ impl ShardWorker {
         }
         self.lease.set_lag_ms(0);
         let p = &self.pipeline;
-        match p.streams.children(&p.stream_arn, &self.lease.shard_id).await {
+        match p
+            .streams
+            .children(&p.stream_arn, &self.lease.shard_id)
+            .await
+        {
             Ok(children) => {
                 for child in children {
                     let parents = [self.lease.shard_id.clone()];
-                    if let Err(e) = p.leases.create(&child.id, &parents, &Checkpoint::TrimHorizon).await {
+                    if let Err(e) = p
+                        .leases
+                        .create(&child.id, &parents, &Checkpoint::TrimHorizon)
+                        .await
+                    {
                         warn!(child = %child.id, error = %e, "creating a child lease failed; the next shard sync does it");
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "listing child shards failed; the next shard sync finds them"),
+            Err(e) => {
+                warn!(error = %e, "listing child shards failed; the next shard sync finds them")
+            }
         }
         ShardExit::Finished
     }

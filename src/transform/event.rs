@@ -9,7 +9,7 @@
 use bytes::Bytes;
 
 use crate::transform::number::Decimal;
-use crate::transform::wire::{self, Field, Json, Name, Span, Text, Tree};
+use crate::transform::wire::{self, Field, Item, Json, Name, Span, Text, Tree};
 use crate::transform::{Event, EventSettings, eid_for, timestamp};
 
 /// The event for `raw`, or `None` when the record is not one the fast path takes: the caller
@@ -118,7 +118,7 @@ impl<'t, 'a> Writer<'t, 'a> {
                     if i > 0 {
                         self.out.push(b',');
                     }
-                    self.value(item);
+                    self.value(&item.value);
                 }
                 self.out.push(b']');
             }
@@ -258,10 +258,10 @@ impl<'t, 'a> Writer<'t, 'a> {
 
     /// Index by index; a longer new list adds at its tail, a shorter one removes the old tail,
     /// each removal at the same index, as `json_patch::diff` does.
-    fn diff_items(&mut self, old: &'t [Json<'a>], new: &'t [Json<'a>]) {
+    fn diff_items(&mut self, old: &'t [Item<'a>], new: &'t [Item<'a>]) {
         for (i, (old, new)) in old.iter().zip(new).enumerate() {
             self.path.push(Step::Index(i));
-            self.diff(old, new);
+            self.diff(&old.value, &new.value);
             self.path.pop();
         }
         self.path.push(Step::Index(new.len().min(old.len())));
@@ -269,9 +269,9 @@ impl<'t, 'a> Writer<'t, 'a> {
             self.op(b"remove", None);
         }
         self.path.pop();
-        for (i, value) in new.iter().enumerate().skip(old.len()) {
+        for (i, item) in new.iter().enumerate().skip(old.len()) {
             self.path.push(Step::Index(i));
-            self.op(b"add", Some(value));
+            self.op(b"add", Some(&item.value));
             self.path.pop();
         }
     }

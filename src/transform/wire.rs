@@ -114,9 +114,10 @@ pub(crate) enum Json<'a> {
     Null,
     Object(Span),
     Array(Span),
-    /// In an old image: the same wire text as the new image's attribute of this name, so the
-    /// same value. Such an attribute is not parsed twice, and the diff knows it has no change
-    /// without looking into it: most attributes of a MODIFY are unchanged.
+    /// In an old image: the same wire text as the new image's value at the same place (the
+    /// attribute of the same name, the item at the same index), so the same value. It is not
+    /// read twice, and the diff knows it has no change without looking into it: most of a
+    /// MODIFY's old image is unchanged.
     Unchanged,
 }
 
@@ -125,8 +126,34 @@ pub(crate) enum Json<'a> {
 pub(crate) struct Field<'a> {
     pub name: Name<'a>,
     pub value: Json<'a>,
-    /// The value's wire text, to recognize an unchanged attribute of the old image.
+    /// The value's wire text, to recognize an unchanged value in the old image.
     raw: &'a str,
+}
+
+/// An item of an array.
+#[derive(Debug)]
+pub(crate) struct Item<'a> {
+    pub value: Json<'a>,
+    /// The item's wire text, to recognize an unchanged item in the old image.
+    raw: &'a str,
+}
+
+/// The new image's value an old image's value is read against, when it is a map or a list.
+#[derive(Debug, Clone, Copy)]
+enum Twin {
+    Object(Span),
+    Array(Span),
+    Other,
+}
+
+impl Twin {
+    fn of(value: &Json<'_>) -> Twin {
+        match value {
+            Json::Object(span) => Twin::Object(*span),
+            Json::Array(span) => Twin::Array(*span),
+            _ => Twin::Other,
+        }
+    }
 }
 
 /// Where an object's fields or an array's items are in the [`Tree`].
@@ -142,7 +169,7 @@ pub(crate) struct Span {
 #[derive(Debug, Default)]
 pub(crate) struct Tree<'a> {
     fields: Vec<Field<'a>>,
-    items: Vec<Json<'a>>,
+    items: Vec<Item<'a>>,
 }
 
 impl<'a> Tree<'a> {
@@ -151,7 +178,7 @@ impl<'a> Tree<'a> {
         &self.fields[span.start..span.start + span.len]
     }
 
-    pub(crate) fn items(&self, span: Span) -> &[Json<'a>] {
+    pub(crate) fn items(&self, span: Span) -> &[Item<'a>] {
         &self.items[span.start..span.start + span.len]
     }
 }
@@ -207,7 +234,7 @@ struct Parser<'a> {
     /// tree together, after those of the objects inside it.
     open_fields: Vec<Field<'a>>,
     /// The same for arrays.
-    open_items: Vec<Json<'a>>,
+    open_items: Vec<Item<'a>>,
     tree: Tree<'a>,
 }
 
@@ -355,7 +382,8 @@ impl<'a> Parser<'a> {
         self.fields(twin).map(Some)
     }
 
-    /// A map of attribute names to attribute values (an image, or the value of an `M`).
+    /// A map of attribute names to attribute values (an image, or the value of an `M`), read
+    /// against the fields of `twin` when it is part of an old image.
     fn fields(&mut self, twin: Option<Span>) -> Option<Span> {
         let base = self.open_fields.len();
         self.members(|p, name| {
@@ -363,8 +391,15 @@ impl<'a> Parser<'a> {
             p.whitespace();
             let start = p.at;
             let value = match twin {
-                Some(twin) if p.unchanged(twin, &name) => Json::Unchanged,
-                _ => p.attribute()?,
+                Some(twin) => {
+                    let fields = p.tree.fields(twin);
+                    let twin = fields
+                        .binary_search_by(|f| f.name.cmp(&name))
+                        .ok()
+                        .map(|i| (fields[i].raw, Twin::of(&fields[i].value)));
+                    p.old_attribute(twin)?
+                }
+                None => p.attribute(Twin::Other)?,
             };
             let raw = &p.text[start..p.at];
             p.open_fields.push(Field { name, value, raw });
@@ -384,27 +419,49 @@ impl<'a> Parser<'a> {
         })
     }
 
-    /// Whether the attribute value here is the same wire text as `twin`'s attribute `name`; if
-    /// so, steps over it. That text was read and checked already, and a JSON value followed by
-    /// `,` or `}` ends where that value ends, so it is exactly that value.
-    fn unchanged(&mut self, twin: Span, name: &Name<'_>) -> bool {
-        let twin = self.tree.fields(twin);
-        let Ok(i) = twin.binary_search_by(|f| f.name.cmp(name)) else {
-            return false;
+    /// The items of an `L`, read against the items of `twin` when it is part of an old image.
+    fn list(&mut self, twin: Option<Span>) -> Option<Span> {
+        let base = self.open_items.len();
+        let mut index = 0;
+        self.elements(|p| {
+            p.whitespace();
+            let start = p.at;
+            let value = match twin {
+                Some(twin) => {
+                    let items = p.tree.items(twin);
+                    let twin = items.get(index).map(|i| (i.raw, Twin::of(&i.value)));
+                    p.old_attribute(twin)?
+                }
+                None => p.attribute(Twin::Other)?,
+            };
+            index += 1;
+            let raw = &p.text[start..p.at];
+            p.open_items.push(Item { value, raw });
+            Some(())
+        })?;
+        Some(self.close_array(base))
+    }
+
+    /// A value of an old image whose twin in the new image has the wire text `raw`.
+    ///
+    /// The same text here makes it [`Json::Unchanged`]: that text was read and checked already,
+    /// and a JSON value followed by `,`, `}` or `]` ends where that value ends, so it is exactly
+    /// that value. Otherwise a map or list is read member by member against its twin's.
+    fn old_attribute(&mut self, twin: Option<(&'a str, Twin)>) -> Option<Json<'a>> {
+        let Some((raw, twin)) = twin else {
+            return self.attribute(Twin::Other);
         };
-        let raw = twin[i].raw.as_bytes();
         let end = self.at + raw.len();
-        let same = self.bytes[self.at..].starts_with(raw) && {
-            let rest = &self.bytes[end..];
-            let next = rest
+        if self.bytes[self.at..].starts_with(raw.as_bytes()) {
+            let next = self.bytes[end..]
                 .iter()
                 .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-            matches!(next, Some(b',' | b'}'))
-        };
-        if same {
-            self.at = end;
+            if matches!(next, Some(b',' | b'}' | b']')) {
+                self.at = end;
+                return Some(Json::Unchanged);
+            }
         }
-        same
+        self.attribute(twin)
     }
 
     /// Moves the items from `base` on to the tree as one array.
@@ -417,8 +474,9 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// One attribute value, `{"<type>": <value>}`, to its JSON form.
-    fn attribute(&mut self) -> Option<Json<'a>> {
+    /// One attribute value, `{"<type>": <value>}`, to its JSON form. In an old image, `twin` is
+    /// the new image's value at the same place.
+    fn attribute(&mut self, twin: Twin) -> Option<Json<'a>> {
         self.expect(b'{')?;
         self.enter()?;
         self.expect(b'"')?;
@@ -439,49 +497,65 @@ impl<'a> Parser<'a> {
                 self.boolean()?;
                 Json::Null
             }
-            b"M" => Json::Object(self.fields(None)?),
-            b"L" => {
-                let base = self.open_items.len();
-                self.elements(|p| {
-                    let item = p.attribute()?;
-                    p.open_items.push(item);
-                    Some(())
-                })?;
-                Json::Array(self.close_array(base))
-            }
+            b"M" => Json::Object(self.fields(match twin {
+                Twin::Object(span) => Some(span),
+                _ => None,
+            })?),
+            b"L" => Json::Array(self.list(match twin {
+                Twin::Array(span) => Some(span),
+                _ => None,
+            })?),
+            // Set members are items whose raw text is their string, never an attribute value's:
+            // no item of an old list matches one.
             b"SS" => {
                 let base = self.open_items.len();
                 self.elements(|p| {
-                    let member = p.string()?;
-                    p.open_items.push(Json::String(member));
+                    p.whitespace();
+                    let start = p.at;
+                    let value = Json::String(p.string()?);
+                    let raw = &p.text[start..p.at];
+                    p.open_items.push(Item { value, raw });
                     Some(())
                 })?;
-                self.open_items[base..]
-                    .sort_unstable_by(|a, b| set_text(a).as_bytes().cmp(set_text(b).as_bytes()));
+                self.open_items[base..].sort_unstable_by(|a, b| {
+                    set_text(&a.value)
+                        .as_bytes()
+                        .cmp(set_text(&b.value).as_bytes())
+                });
                 Json::Array(self.close_array(base))
             }
             b"NS" => {
                 let base = self.open_items.len();
                 self.elements(|p| {
-                    let member = number_attribute(p.string()?)?;
-                    p.open_items.push(Json::Number(member));
+                    p.whitespace();
+                    let start = p.at;
+                    let value = Json::Number(number_attribute(p.string()?)?);
+                    let raw = &p.text[start..p.at];
+                    p.open_items.push(Item { value, raw });
                     Some(())
                 })?;
-                self.open_items[base..]
-                    .sort_unstable_by(|a, b| number::cmp_members(set_text(a), set_text(b)));
+                self.open_items[base..].sort_unstable_by(|a, b| {
+                    number::cmp_members(set_text(&a.value), set_text(&b.value))
+                });
                 Json::Array(self.close_array(base))
             }
             b"BS" => {
                 let mut members = Vec::new();
                 self.elements(|p| {
+                    p.whitespace();
+                    let start = p.at;
                     let member = p.string()?;
-                    members.push((STANDARD.decode(member.as_bytes()).ok()?, member));
+                    let raw = &p.text[start..p.at];
+                    members.push((STANDARD.decode(member.as_bytes()).ok()?, member, raw));
                     Some(())
                 })?;
                 members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 let base = self.open_items.len();
                 self.open_items
-                    .extend(members.into_iter().map(|(_, m)| Json::String(m)));
+                    .extend(members.into_iter().map(|(_, member, raw)| Item {
+                        value: Json::String(member),
+                        raw,
+                    }));
                 Json::Array(self.close_array(base))
             }
             _ => return None,

@@ -60,7 +60,12 @@ where
 }
 
 /// `wait_for` with another polling interval, for checks that read a lot.
-pub async fn wait_for_every<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut check: F) -> T
+pub async fn wait_for_every<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -70,7 +75,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(every).await;
     }
 }
@@ -124,7 +132,12 @@ fn spawn_listening(name: &str, mut cmd: Command, log: &Path) -> (Process, u16) {
         .trim()
         .strip_prefix("LISTENING ")
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{name} did not start (printed {line:?}); see {}", log.display()));
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} did not start (printed {line:?}); see {}",
+                log.display()
+            )
+        });
     (
         Process {
             child,
@@ -142,7 +155,8 @@ pub struct Moto {
 impl Moto {
     pub async fn start(test: &str) -> Moto {
         let mut cmd = Command::new(python());
-        cmd.arg(repo_root().join("tests/servers/moto_server.py")).args(["--port", "0"]);
+        cmd.arg(repo_root().join("tests/servers/moto_server.py"))
+            .args(["--port", "0"]);
         let (process, port) = spawn_listening("moto", cmd, &output_dir(test).join("moto.log"));
         Moto {
             process,
@@ -235,7 +249,11 @@ impl Nakadi {
         cmd.arg(repo_root().join("tests/servers/nakadi_server.py"))
             .args(["--port", "0"])
             .args(extra_args);
-        let (process, port) = spawn_listening("nakadi test server", cmd, &output_dir(test).join("nakadi.log"));
+        let (process, port) = spawn_listening(
+            "nakadi test server",
+            cmd,
+            &output_dir(test).join("nakadi.log"),
+        );
         Nakadi {
             process,
             url: format!("http://127.0.0.1:{port}"),
@@ -288,7 +306,13 @@ pub struct Relay {
     pub log: PathBuf,
 }
 
-pub fn base_env(moto: &Moto, nakadi: &Nakadi, stream_arn: &str, lease_table: &str, dlq_url: &str) -> HashMap<String, String> {
+pub fn base_env(
+    moto: &Moto,
+    nakadi: &Nakadi,
+    stream_arn: &str,
+    lease_table: &str,
+    dlq_url: &str,
+) -> HashMap<String, String> {
     [
         ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
         ("AWS_REGION", REGION),
@@ -343,7 +367,10 @@ impl Relay {
 
     pub async fn wait_ready(&self) {
         wait_for("the relay to be ready", Duration::from_secs(60), || async {
-            self.get("/health/ready").await.filter(|(s, _)| *s == 200).map(|_| ())
+            self.get("/health/ready")
+                .await
+                .filter(|(s, _)| *s == 200)
+                .map(|_| ())
         })
         .await;
     }
@@ -361,7 +388,11 @@ pub fn expected_json(v: &AttributeValue) -> Value {
         AttributeValue::N(n) => serde_json::from_str(n).unwrap(),
         AttributeValue::Bool(b) => Value::Bool(*b),
         AttributeValue::Null(_) => Value::Null,
-        AttributeValue::M(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), expected_json(v))).collect()),
+        AttributeValue::M(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), expected_json(v)))
+                .collect(),
+        ),
         AttributeValue::L(l) => Value::Array(l.iter().map(expected_json).collect()),
         AttributeValue::Ss(ss) => {
             let mut ss = ss.clone();
@@ -373,13 +404,22 @@ pub fn expected_json(v: &AttributeValue) -> Value {
 }
 
 pub fn item_json(item: &HashMap<String, AttributeValue>) -> Value {
-    Value::Object(item.iter().map(|(k, v)| (k.clone(), expected_json(v))).collect())
+    Value::Object(
+        item.iter()
+            .map(|(k, v)| (k.clone(), expected_json(v)))
+            .collect(),
+    )
 }
 
 /// Every record of the table's stream (one shard on moto), as (eventID, sequence number).
 pub async fn stream_records(moto: &Moto, stream_arn: &str) -> Vec<(String, String)> {
     let streams = aws_sdk_dynamodbstreams::Client::new(&moto.sdk_config().await);
-    let desc = streams.describe_stream().stream_arn(stream_arn).send().await.unwrap();
+    let desc = streams
+        .describe_stream()
+        .stream_arn(stream_arn)
+        .send()
+        .await
+        .unwrap();
     let mut records = Vec::new();
     for shard in desc.stream_description().unwrap().shards() {
         let mut it = streams
@@ -393,7 +433,12 @@ pub async fn stream_records(moto: &Moto, stream_arn: &str) -> Vec<(String, Strin
             .shard_iterator
             .unwrap();
         loop {
-            let out = streams.get_records().shard_iterator(&it).send().await.unwrap();
+            let out = streams
+                .get_records()
+                .shard_iterator(&it)
+                .send()
+                .await
+                .unwrap();
             if out.records().is_empty() {
                 break;
             }
@@ -414,10 +459,22 @@ pub async fn stream_records(moto: &Moto, stream_arn: &str) -> Vec<(String, Strin
 
 /// The checkpoints of the shard leases in the lease table.
 pub async fn checkpoints(moto: &Moto, lease_table: &str) -> Vec<String> {
-    let out = moto.dynamodb().await.scan().table_name(lease_table).send().await.unwrap();
+    let out = moto
+        .dynamodb()
+        .await
+        .scan()
+        .table_name(lease_table)
+        .send()
+        .await
+        .unwrap();
     out.items()
         .iter()
-        .filter(|i| i.get("kind").and_then(|k| k.as_s().ok()).map(String::as_str) == Some("shard"))
+        .filter(|i| {
+            i.get("kind")
+                .and_then(|k| k.as_s().ok())
+                .map(String::as_str)
+                == Some("shard")
+        })
         .filter_map(|i| i.get("checkpoint").and_then(|c| c.as_s().ok()).cloned())
         .collect()
 }
@@ -436,10 +493,18 @@ pub async fn queue_depth(moto: &Moto, url: &str) -> usize {
         .await
         .unwrap();
     let attrs = out.attributes().unwrap();
-    [A::ApproximateNumberOfMessages, A::ApproximateNumberOfMessagesNotVisible]
-        .iter()
-        .map(|a| attrs.get(a).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0))
-        .sum()
+    [
+        A::ApproximateNumberOfMessages,
+        A::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .map(|a| {
+        attrs
+            .get(a)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+    })
+    .sum()
 }
 
 /// A TCP proxy in front of a server that can be switched off: while down it cuts open
@@ -457,7 +522,9 @@ impl FaultProxy {
         let (down, watch) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 if *watch.borrow() {
                     continue;
                 }
@@ -499,7 +566,11 @@ impl StreamsFault {
         let mut cmd = Command::new(python());
         cmd.arg(repo_root().join("tests/servers/streams_fault_server.py"))
             .args(["--port", "0"]);
-        let (process, port) = spawn_listening("streams fault server", cmd, &output_dir(test).join("streams.log"));
+        let (process, port) = spawn_listening(
+            "streams fault server",
+            cmd,
+            &output_dir(test).join("streams.log"),
+        );
         StreamsFault {
             process,
             ctl: StreamsControl {
@@ -561,26 +632,47 @@ impl StreamsControl {
                 r
             })
             .collect();
-        let v = self.call("records", serde_json::json!({"stream_arn": stream_arn, "records": records})).await;
+        let v = self
+            .call(
+                "records",
+                serde_json::json!({"stream_arn": stream_arn, "records": records}),
+            )
+            .await;
         v["records"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| (r["shard_id"].as_str().unwrap().to_owned(), r["event_id"].as_str().unwrap().to_owned()))
+            .map(|r| {
+                (
+                    r["shard_id"].as_str().unwrap().to_owned(),
+                    r["event_id"].as_str().unwrap().to_owned(),
+                )
+            })
             .collect()
     }
 }
 
 /// Env for a relay reading the fault server's stream, with moto for the lease table and SQS.
-pub fn fault_env(moto: &Moto, nakadi: &Nakadi, streams: &StreamsFault, stream_arn: &str, dlq_url: &str) -> HashMap<String, String> {
+pub fn fault_env(
+    moto: &Moto,
+    nakadi: &Nakadi,
+    streams: &StreamsFault,
+    stream_arn: &str,
+    dlq_url: &str,
+) -> HashMap<String, String> {
     let mut env = base_env(moto, nakadi, stream_arn, "relay-leases", dlq_url);
-    env.insert("AWS_ENDPOINT_URL_DYNAMODB_STREAMS".into(), streams.ctl.url.clone());
+    env.insert(
+        "AWS_ENDPOINT_URL_DYNAMODB_STREAMS".into(),
+        streams.ctl.url.clone(),
+    );
     env
 }
 
 /// Per key, the `seq` values of the events in arrival order, first arrival of each eid only;
 /// and the set of eids.
-pub fn per_key_sequences(events: &[Value]) -> (HashMap<String, Vec<u64>>, std::collections::HashSet<String>) {
+pub fn per_key_sequences(
+    events: &[Value],
+) -> (HashMap<String, Vec<u64>>, std::collections::HashSet<String>) {
     let mut seen = std::collections::HashSet::new();
     let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
     for e in events {
