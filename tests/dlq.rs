@@ -313,3 +313,49 @@ async fn block_mode_keeps_order_and_never_dead_letters() {
     assert_eq!(order, expected, "stream order");
     assert_eq!(queue_depth(&t.moto, &t.dlq).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_once_republishes_the_queue_and_exits() {
+    let test = "dlq_redrive_once";
+    let t = setup(test, &[]).await;
+    t.nakadi.fault(json!({"status": 503})).await;
+    put(&t.moto, 0..12, &[]).await;
+    let mut env = t.env.clone();
+    env.insert("RELAY_DLQ_REDRAIN_INTERVAL".into(), "1h".into());
+    let mut relay = Relay::start(test, "relay-1", &env);
+    relay.wait_ready().await;
+    wait_for(
+        "every event in the DLQ",
+        Duration::from_secs(60),
+        || async { (queue_depth(&t.moto, &t.dlq).await == 12).then_some(()) },
+    )
+    .await;
+    relay.process.signal("TERM");
+    relay.process.wait_exit(Duration::from_secs(30)).await;
+    t.nakadi.clear_faults().await;
+
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dynamodb-nakadi-relay"))
+            .args(["redrive", "--once"])
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        report,
+        json!({"published": 12, "failed": 0, "undecodable": 0})
+    );
+    assert_eq!(queue_depth(&t.moto, &t.dlq).await, 0);
+    let got: HashSet<String> = eids(&t.nakadi.events().await).into_iter().collect();
+    assert_eq!(got, expected_eids(&t).await);
+}

@@ -9,12 +9,17 @@
 //! sorted so their order never makes a patch, object keys are sorted by name, so one record
 //! always gives the same bytes.
 //!
-//! Two paths keep the same contract. [`transform`] parses the wire record borrowing from it,
-//! writes the event in one pass and diffs the two images as it goes (`wire`, `event`).
-//! [`transform_reference`] is the straightforward one (`serde_json::Value` images,
-//! `json_patch::diff`, serde for the envelope): the property tests hold the fast path to its
-//! bytes, and the fast path hands it every record it does not take, so failures are explained
-//! in one place.
+//! Two paths keep the same contract. [`transform`] parses the wire record borrowing from it
+//! into a small tree (`wire`), reading the old image against the new one so that what did not
+//! change is compared as text and not read twice, then writes the event in one pass, diffing as
+//! it goes (`event`). [`transform_reference`] is the straightforward one (`serde_json::Value`
+//! images, `json_patch::diff`, serde for the envelope): the property tests hold the fast path to
+//! its bytes, and the fast path hands it every record it does not take, so failures are
+//! explained in one place.
+//!
+//! What bounds the fast path is reading the new image: every byte of it is scanned, every value
+//! becomes a tree node and every object is sorted by name, as the event needs. The old image
+//! costs little when little changed, the writing is mostly copying slices of the record.
 
 mod event;
 mod number;

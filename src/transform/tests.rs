@@ -411,6 +411,18 @@ fn patches() {
             r#"{"op":"replace","path":"/s/1","value":"b"},{"op":"add","path":"/s/2","value":"c"}"#,
         ),
         (
+            "spelled differently, same JSON",
+            r#"{"m":{"M":{"b":{"N":"1E2"},"a":{"S":"\u0078"}}},"l":{"L":[ {"S":"y"} ]}}"#,
+            r#"{"l":{"L":[{"S":"y"}]},"m":{"M":{"a":{"S":"x"},"b":{"N":"1e+2"}}}}"#,
+            "",
+        ),
+        (
+            "deep in one item of a list of maps",
+            r#"{"l":{"L":[{"M":{"q":{"N":"1"},"r":{"L":[{"S":"a"},{"S":"b"}]}}},{"M":{"q":{"N":"1"}}}]}}"#,
+            r#"{"l":{"L":[{"M":{"q":{"N":"1"},"r":{"L":[{"S":"a"},{"S":"c"}]}}},{"M":{"q":{"N":"1"}}}]}}"#,
+            r#"{"op":"replace","path":"/l/0/r/1","value":"c"}"#,
+        ),
+        (
             "everything removed",
             r#"{"a":{"S":"x"},"b":{"S":"y"}}"#,
             "{}",

@@ -3,7 +3,8 @@
 //! Attribute values turn into their JSON form while they are read: numbers checked and spelled as
 //! serde_json spells them, binaries checked, sets sorted, object fields sorted by name. What is
 //! left is a small JSON tree whose strings are mostly slices of the record, which the event writer
-//! serializes and diffs without building anything else.
+//! serializes and diffs without building anything else. An old image is read against the new one
+//! ([`Json::Unchanged`]).
 //!
 //! A parser of its own, not serde visitors: the record is all small objects (`{"S":"…"}` per
 //! value), and with serde_json's per-key visitor calls, parsing took more than half of the whole
