@@ -30,7 +30,7 @@ servers-selftest: venv
 	$(PY) tests/servers/test_streams_fault_server.py
 
 integration: venv
-	$(CARGO) test --locked --test '*'
+	$(CARGO) test --locked --test '*' -- --test-threads=1
 
 check-deploy:
 	bash scripts/install-deploy-tools.sh
@@ -38,7 +38,7 @@ check-deploy:
 
 ## demo: moto, the Nakadi test server and the relay on loopback; writes sample items and shows the events
 demo: venv
-	$(CARGO) build --locked --release
+	$(CARGO) build --locked
 	bash scripts/demo.sh
 
 clean:

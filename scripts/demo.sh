@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-RELAY=target/release/dynamodb-nakadi-relay
+RELAY=target/debug/dynamodb-nakadi-relay
 OUT=target/demo
 mkdir -p "$OUT"
 
@@ -13,14 +13,21 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-coproc MOTO { "$PY" tests/servers/moto_server.py --port 0 2>"$OUT/moto.log"; }
-pids+=("$MOTO_PID")
-read -r _ MOTO_PORT <&"${MOTO[0]}"
-coproc NAKADI { "$PY" tests/servers/nakadi_server.py --port 0; }
-pids+=("$NAKADI_PID")
-read -r _ NAKADI_PORT <&"${NAKADI[0]}"
+# Starts a test server on a free port and prints the port it announces (`LISTENING <port>`).
+start_server() {
+  local name=$1; shift
+  "$PY" "$@" --port 0 >"$OUT/$name.port" 2>"$OUT/$name.log" & pids+=($!)
+  for _ in $(seq 300); do
+    grep -q LISTENING "$OUT/$name.port" 2>/dev/null && break
+    sleep 0.1
+  done
+  awk '/LISTENING/ {print $2; exit}' "$OUT/$name.port"
+}
+MOTO_PORT=$(start_server moto tests/servers/moto_server.py)
+NAKADI_PORT=$(start_server nakadi tests/servers/nakadi_server.py)
+[ -n "$MOTO_PORT" ] && [ -n "$NAKADI_PORT" ] || { echo "test servers did not start; see $OUT/*.log"; exit 1; }
 
-export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=eu-central-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
+export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=eu-central-1 AWS_DEFAULT_REGION=eu-central-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
 DLQ_URL=$("$PY" - <<'PY'
 import boto3
 ddb = boto3.client("dynamodb")
