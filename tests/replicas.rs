@@ -167,6 +167,19 @@ async fn setup(test: &str, shards: usize) -> Setup {
     }
 }
 
+/// Starts continuous writes and waits until the relays are publishing them.
+async fn start_writing(s: &Setup, keys: usize, every: Duration) -> Writer {
+    let writer = Writer::start(s.streams.ctl.clone(), s.arn.clone(), keys, every);
+    wait_for_every(
+        "first events",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async { (s.nakadi.events().await.len() >= 200).then_some(()) },
+    )
+    .await;
+    writer
+}
+
 fn owned(status: &Value) -> usize {
     status["leases_owned"].as_u64().unwrap() as usize
 }
@@ -204,19 +217,7 @@ async fn three_relays_balance_and_take_over_a_killed_one() {
         started.elapsed()
     );
 
-    let writer = Writer::start(
-        s.streams.ctl.clone(),
-        s.arn.clone(),
-        24,
-        Duration::from_millis(100),
-    );
-    wait_for_every(
-        "first events",
-        Duration::from_secs(30),
-        Duration::from_millis(250),
-        || async { (s.nakadi.events().await.len() >= 200).then_some(()) },
-    )
-    .await;
+    let writer = start_writing(&s, 24, Duration::from_millis(100)).await;
     let mut victim = relays.pop().unwrap();
     let victim_shards = shards_of(&status(&victim).await.unwrap(), "relay-3");
     assert!(!victim_shards.is_empty());
@@ -275,19 +276,7 @@ async fn sigterm_hands_over_within_a_round_and_publishes_nothing_twice() {
         },
     )
     .await;
-    let writer = Writer::start(
-        s.streams.ctl.clone(),
-        s.arn.clone(),
-        16,
-        Duration::from_millis(50),
-    );
-    wait_for_every(
-        "first events",
-        Duration::from_secs(30),
-        Duration::from_millis(250),
-        || async { (s.nakadi.events().await.len() >= 200).then_some(()) },
-    )
-    .await;
+    let writer = start_writing(&s, 16, Duration::from_millis(50)).await;
     let mut leaving = relays.pop().unwrap();
     let its_shards = shards_of(&status(&leaving).await.unwrap(), "relay-2");
     leaving.process.signal("TERM");
