@@ -575,7 +575,13 @@ impl StreamsFault {
             process,
             ctl: StreamsControl {
                 url: format!("http://127.0.0.1:{port}"),
-                http: reqwest::Client::new(),
+                // A fresh connection per call: Python's http.server may close an idle
+                // keep-alive connection just as a POST is sent on it, and a POST of records
+                // cannot be retried blindly.
+                http: reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap(),
             },
         }
     }
