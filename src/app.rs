@@ -153,6 +153,17 @@ impl App {
             data_type: config.data_type.clone(),
             compaction_key: config.compaction_key.then(|| info.key_attributes.clone()),
         };
+        if let Some(key) = settings
+            .compaction_key
+            .iter()
+            .flatten()
+            .find(|k| config.filter.drop_attributes.contains(k))
+        {
+            return Err(startup(
+                "RELAY_DROP_ATTRIBUTES",
+                format!("drops the key attribute {key:?}, which RELAY_COMPACTION_KEY needs"),
+            ));
+        }
         let status = Arc::new(StatusBoard::new(&config.worker_id, &stream_arn));
         let pipeline = Arc::new(Pipeline {
             stream_arn,
@@ -162,6 +173,7 @@ impl App {
             publisher,
             dlq: redrainer.dlq.clone(),
             settings,
+            filter: config.filter.clone(),
         });
         Ok(App {
             config,

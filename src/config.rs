@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::filter::{EventNames, Filter, TtlDeletes};
 use crate::nakadi::{FailureMode, PublisherConfig, TokenSource};
 
 /// Where the stream comes from.
@@ -52,6 +53,8 @@ pub struct Config {
     pub nakadi: PublisherConfig,
     pub data_type: String,
     pub compaction_key: bool,
+    /// Which records become events, and without which attributes.
+    pub filter: Filter,
     pub dlq_url: String,
     pub initial_position: InitialPosition,
     pub http_addr: SocketAddr,
@@ -288,6 +291,25 @@ impl Config {
             },
         );
         let compaction_key = r.bool("RELAY_COMPACTION_KEY", false);
+        let filter = Filter {
+            ttl_deletes: r.parse("RELAY_TTL_DELETES", TtlDeletes::Publish, |raw| match raw {
+                "publish" => Ok(TtlDeletes::Publish),
+                "skip" => Ok(TtlDeletes::Skip),
+                "mark" => Ok(TtlDeletes::Mark),
+                _ => Err("must be publish, skip or mark".into()),
+            }),
+            event_names: r.parse("RELAY_EVENT_NAMES", EventNames::ALL, EventNames::parse),
+            drop_attributes: r
+                .get("RELAY_DROP_ATTRIBUTES")
+                .map(|raw| {
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
         let http_addr = r.parse(
             "RELAY_HTTP_ADDR",
             SocketAddr::from(([0, 0, 0, 0], 8080)),
@@ -341,6 +363,7 @@ impl Config {
             nakadi,
             data_type,
             compaction_key,
+            filter,
             dlq_url,
             initial_position,
             http_addr,
@@ -442,6 +465,7 @@ mod tests {
         assert!(matches!(c.nakadi.on_failure, FailureMode::DeadLetter));
         assert!(matches!(c.nakadi.token, TokenSource::None));
         assert!(!c.compaction_key);
+        assert!(c.filter.is_pass_through());
         assert!(!c.create_lease_table);
         assert_eq!(c.http_addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.dlq_redrain_interval, Duration::from_secs(30));
@@ -487,6 +511,8 @@ mod tests {
             ("RELAY_NAKADI_TIMEOUT", "-1s"),
             ("RELAY_STREAM_ARN", "orders"),
             ("RELAY_SHUTDOWN_TIMEOUT", "2h"),
+            ("RELAY_TTL_DELETES", "drop"),
+            ("RELAY_EVENT_NAMES", "INSERT,UPSERT"),
         ];
         let mut v = minimal();
         for (k, val) in table {
@@ -500,6 +526,27 @@ mod tests {
         assert_eq!(named.len(), table.len(), "{errs}");
         // The message quotes the bad value so the operator sees what the pod really got.
         assert!(errs.to_string().contains("\"xml\""));
+    }
+
+    #[test]
+    fn filter_variables() {
+        let mut v = minimal();
+        v.insert("RELAY_TTL_DELETES".into(), "mark".into());
+        v.insert("RELAY_EVENT_NAMES".into(), "INSERT, REMOVE".into());
+        v.insert("RELAY_DROP_ATTRIBUTES".into(), " email, ,iban ".into());
+        let f = Config::from_vars(&v).unwrap().filter;
+        assert_eq!(f.ttl_deletes, TtlDeletes::Mark);
+        assert_eq!(
+            f.event_names,
+            EventNames {
+                insert: true,
+                modify: false,
+                remove: true
+            }
+        );
+        assert_eq!(f.drop_attributes, vec!["email", "iban"]);
+        v.insert("RELAY_EVENT_NAMES".into(), ",".into());
+        assert_eq!(problems(&v), vec!["RELAY_EVENT_NAMES"]);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`lease`]: the lease table (conditional writes, fencing counter, checkpoints, heartbeats)
 //!   and the coordinator that syncs shards, balances leases and runs the shard workers.
 //! - [`transform`]: pure; a stream record → the Nakadi event (item + JSON Patch).
+//! - [`filter`]: the configured filters in front of it (TTL deletions, event names, dropped
+//!   attributes).
 //! - [`nakadi`]: the publisher: batching, gzip, token file, Nakadi's responses, retries.
 //! - [`dlq`]: the SQS dead-letter queue writer and the periodic re-drain loop.
 //! - [`http`], [`status`], [`metrics`]: probes, `/status`, Prometheus metrics.
@@ -18,6 +20,7 @@
 pub mod app;
 pub mod config;
 pub mod dlq;
+pub mod filter;
 pub mod http;
 pub mod lease;
 pub mod metrics;

@@ -65,6 +65,7 @@ pub struct Metrics {
     pub stream_lag: Gauge,
     pub checkpoints: IntCounter,
     pub records_trimmed: IntCounter,
+    pub records_filtered: IntCounterVec,
     pub aws_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
@@ -161,6 +162,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "relay_records_trimmed_total",
             "Times a shard's checkpoint pointed at data the stream had already trimmed; reading continued from TRIM_HORIZON.",
         ),
+        records_filtered: counter_vec(
+            "relay_records_filtered_total",
+            "Stream records not published because the configured filter skips them, by reason (ttl_delete, event_name); their checkpoints move on.",
+            &["reason"],
+        ),
         aws_errors: counter_vec(
             "relay_aws_errors_total",
             "Errors from AWS calls, by operation and kind (throttling, expired_iterator, trimmed, not_found, lease_lost, other).",
@@ -195,6 +201,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
     for outcome in ["published", "failed", "undecodable"] {
         metrics.dlq_redrained.with_label_values(&[outcome]);
+    }
+    for skip in crate::filter::Skip::ALL {
+        metrics.records_filtered.with_label_values(&[skip.label()]);
     }
     for kind in ["expired", "balanced"] {
         metrics.lease_takeovers.with_label_values(&[kind]);

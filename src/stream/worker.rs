@@ -15,11 +15,12 @@ use tracing::{Instrument, error, info, info_span, warn};
 use super::capture::RecordsPage;
 use super::{Position, StreamError, StreamsClient};
 use crate::dlq::{DeadLetter, DeadLetterQueue};
+use crate::filter::{Filter, Filtered};
 use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease};
 use crate::metrics::{self, METRICS};
 use crate::nakadi::{Outcome, PublishContext, Publisher};
 use crate::retry::Backoff;
-use crate::transform::{self, EventSettings};
+use crate::transform::EventSettings;
 
 /// What every shard worker of this pod shares.
 pub struct Pipeline {
@@ -30,6 +31,7 @@ pub struct Pipeline {
     pub publisher: Publisher,
     pub dlq: DeadLetterQueue,
     pub settings: EventSettings,
+    pub filter: Filter,
 }
 
 /// Why a shard worker ended.
@@ -204,13 +206,16 @@ impl ShardWorker {
         let mut last_seq = None;
         let mut newest_ms = None;
         for raw in page.records() {
-            match transform::transform(raw, &p.settings) {
-                Ok(event) => {
+            match p.filter.apply(raw, &p.settings) {
+                Filtered::Event(event) => {
                     last_seq = Some(event.sequence_number.clone());
                     newest_ms = Some(event.created_at_ms);
                     events.push(event);
                 }
-                Err(failure) => {
+                Filtered::Skipped {
+                    sequence_number, ..
+                } => last_seq = Some(sequence_number),
+                Filtered::Failed { raw, failure } => {
                     error!(
                         sequence_number = failure.sequence_number.as_deref(),
                         error = %failure.error,
@@ -223,7 +228,7 @@ impl ShardWorker {
                         &p.stream_arn,
                         &self.lease.shard_id,
                         p.publisher.event_type(),
-                        raw,
+                        &raw,
                         &failure,
                     ));
                 }
