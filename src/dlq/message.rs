@@ -285,3 +285,187 @@ mod tests {
         }
     }
 }
+
+/// What the re-drain loop reads back is what was written, and what it cannot read is refused
+/// without a panic (one bad message must not stop the loop for all the others).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// An event body as the transform writes it: `metadata.eid` and any data, numbers with
+    /// their exact digits.
+    fn event() -> impl Strategy<Value = Event> {
+        let leaf = prop_oneof![
+            any::<String>().prop_map(Value::String),
+            "-?[1-9][0-9]{0,37}(\\.[0-9]{1,10})?(E[+-]?[0-9]{1,3})?"
+                .prop_map(|n| serde_json::from_str(&n).unwrap()),
+            any::<bool>().prop_map(Value::Bool),
+            Just(Value::Null),
+        ];
+        let data = leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        (any::<u128>(), data, any::<String>(), any::<String>()).prop_map(
+            |(eid, item, sequence_number, event_id)| {
+                let eid = Uuid::from_u128(eid);
+                let body = json!({"metadata": {"eid": eid, "occurred_at": "2026-11-22T06:16:10.123Z"},
+                                  "data_op": "U", "data_type": "t", "data": {"item": item, "patch": []}});
+                Event {
+                    eid,
+                    body: Bytes::from(serde_json::to_vec(&body).unwrap()),
+                    sequence_number,
+                    event_id,
+                    created_at_ms: 0,
+                }
+            },
+        )
+    }
+
+    fn failure() -> impl Strategy<Value = Failure> {
+        (
+            prop_oneof![
+                Just(FailureKind::Rejected),
+                Just(FailureKind::RetriesExhausted),
+                Just(FailureKind::TooLarge),
+            ],
+            any::<String>(),
+            prop::option::of(any::<u16>()),
+            any::<u32>(),
+            0i64..253_402_300_799,
+        )
+            .prop_map(|(kind, reason, status, attempts, at)| Failure {
+                kind,
+                reason,
+                status,
+                attempts,
+                first_failed_at: OffsetDateTime::from_unix_timestamp(at).unwrap(),
+                last_failed_at: OffsetDateTime::from_unix_timestamp(at).unwrap(),
+            })
+    }
+
+    /// Byte edits of a valid body: deletions, insertions and replacements at random places.
+    fn garble(text: &str, edits: &[(usize, u8, u8)]) -> String {
+        let mut b = text.as_bytes().to_vec();
+        for &(at, op, byte) in edits {
+            if b.is_empty() {
+                break;
+            }
+            let at = at % b.len();
+            match op % 3 {
+                0 => {
+                    b.remove(at);
+                }
+                1 => b.insert(at, byte),
+                _ => b[at] = byte,
+            }
+        }
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    /// What the re-drain loop would publish from any body it gets: the event's own eid.
+    fn check_any_body(body: &str) {
+        if let Ok((_, event)) = event_from_body(body) {
+            let v: Value = serde_json::from_slice(&event.body).expect("a published event is JSON");
+            assert_eq!(
+                v["metadata"]["eid"]
+                    .as_str()
+                    .and_then(|e| Uuid::parse_str(e).ok()),
+                Some(event.eid),
+                "{body}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn an_event_round_trips_through_its_dead_letter_byte_for_byte(
+            event in event(),
+            failure in failure(),
+            shard in any::<String>(),
+            event_type in any::<String>(),
+        ) {
+            let letter = DeadLetter::from_event("arn:s", &ShardId::new(&shard), &event_type, &event, &failure);
+            prop_assert_eq!(letter.reason, reason_label(&failure.kind));
+            prop_assert_eq!(letter.eid, Some(event.eid.to_string()));
+            let (back_type, back) = event_from_body(&letter.body).unwrap();
+            prop_assert_eq!(back_type, event_type);
+            prop_assert_eq!(&back.body, &event.body);
+            prop_assert_eq!(back.eid, event.eid);
+            prop_assert_eq!(back.sequence_number, event.sequence_number);
+            prop_assert_eq!(back.event_id, event.event_id);
+            let v: Value = serde_json::from_str(&letter.body).unwrap();
+            prop_assert_eq!(&v["failure"]["reason"], &json!(failure.reason));
+            prop_assert_eq!(&v["failure"]["status"], &json!(failure.status));
+            prop_assert_eq!(&v["source"]["shard_id"], &json!(shard));
+        }
+
+        #[test]
+        fn a_malformed_record_is_kept_whole(raw in prop_oneof![any::<String>(), event().prop_map(|e| String::from_utf8(e.body.to_vec()).unwrap())]) {
+            let failure = TransformFailure {
+                sequence_number: Some("7".into()),
+                event_id: None,
+                error: crate::transform::TransformError::Malformed("test".into()),
+            };
+            let letter = DeadLetter::malformed("arn:s", &ShardId::new("s"), "et", &raw, &failure);
+            let v: Value = serde_json::from_str(&letter.body).unwrap();
+            let kept = serde_json::from_str::<Value>(&raw).unwrap_or(Value::String(raw.clone()));
+            prop_assert_eq!(&v["record"], &kept);
+            prop_assert!(event_from_body(&letter.body).is_err());
+        }
+
+        #[test]
+        fn gzip_round_trips_any_body(body in any::<String>()) {
+            prop_assert_eq!(decode_gzip(&encode_gzip(&body)).unwrap(), body);
+        }
+
+        #[test]
+        fn decoding_never_panics_on_any_text(body in any::<String>()) {
+            check_any_body(&body);
+            let _ = decode_gzip(&body);
+        }
+
+        #[test]
+        fn decoding_never_panics_on_garbled_bodies(
+            event in event(),
+            failure in failure(),
+            edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8),
+        ) {
+            let letter = DeadLetter::from_event("arn:s", &ShardId::new("s"), "et", &event, &failure);
+            check_any_body(&garble(&letter.body, &edits));
+            let _ = decode_gzip(&garble(&encode_gzip(&letter.body), &edits));
+        }
+
+        #[test]
+        fn decoding_never_panics_on_odd_messages(
+            event in prop_oneof![Just(None), Just(Some(json!(null))), Just(Some(json!("e"))), Just(Some(json!({"metadata": {}}))),
+                                 Just(Some(json!({"metadata": {"eid": "not-a-uuid"}}))), Just(Some(json!({"metadata": {"eid": 5}}))),
+                                 "[0-9a-fA-F-]{0,40}".prop_map(|e| Some(json!({"metadata": {"eid": e}})))],
+            record in prop::option::of(Just(json!({"dynamodb": {}}))),
+            status in prop_oneof![Just(json!(422)), Just(json!(null)), Just(json!(-1)), Just(json!(70000)), Just(json!("x"))],
+            attempts in prop_oneof![Just(json!(1)), Just(json!(-1)), Just(json!(1e20)), Just(json!(null))],
+            source in prop_oneof![Just(json!({"stream_arn": "a", "shard_id": "s"})), Just(json!({})), Just(json!(null)),
+                                  Just(json!({"stream_arn": "a", "shard_id": "s", "sequence_number": 5}))],
+        ) {
+            let mut m = json!({"event_type": "et", "source": source,
+                               "failure": {"reason": "r", "status": status, "attempts": attempts,
+                                           "first_failed_at": "t", "last_failed_at": "t"}});
+            if let Some(e) = event {
+                m["event"] = e;
+            }
+            if let Some(r) = record {
+                m["record"] = r;
+            }
+            check_any_body(&m.to_string());
+        }
+    }
+}

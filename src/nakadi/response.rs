@@ -519,3 +519,164 @@ mod tests {
         }
     }
 }
+
+/// Whatever comes back from the network: no panic, and the verdict is the failure table's.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn body() -> impl Strategy<Value = Body> {
+        prop_oneof![
+            4 => prop::collection::vec(any::<u8>(), 0..300).prop_map(|b| Body::Read(Bytes::from(b))),
+            4 => any::<String>().prop_map(|s| Body::Read(Bytes::from(s))),
+            2 => items_json().prop_map(|(_, text)| Body::Read(Bytes::from(text))),
+            1 => Just(Body::TooLarge),
+            1 => any::<String>().prop_map(Body::Broken),
+        ]
+    }
+
+    /// A 207/422 item array as Nakadi writes it, and the items it must parse into.
+    fn items_json() -> impl Strategy<Value = (Vec<BatchItem>, String)> {
+        let status = prop_oneof![
+            Just(("submitted".to_owned(), PublishingStatus::Submitted)),
+            Just(("failed".to_owned(), PublishingStatus::Failed)),
+            Just(("aborted".to_owned(), PublishingStatus::Aborted)),
+            "[a-z]{1,10}"
+                .prop_filter("a known status", |s| {
+                    !["submitted", "failed", "aborted"].contains(&s.as_str())
+                })
+                .prop_map(|s| (s, PublishingStatus::Unknown)),
+        ];
+        let item = (
+            prop::option::of(any::<u128>().prop_map(|n| Uuid::from_u128(n).to_string())),
+            status,
+            prop::option::of(any::<String>()),
+            prop::option::of(any::<String>()),
+        );
+        prop::collection::vec(item, 0..8).prop_map(|items| {
+            let mut parsed = Vec::new();
+            let mut wire = Vec::new();
+            for (eid, (text, status), step, detail) in items {
+                let mut w = json!({"publishing_status": text});
+                for (key, value) in [("eid", &eid), ("step", &step), ("detail", &detail)] {
+                    if let Some(v) = value {
+                        w[key] = json!(v);
+                    }
+                }
+                wire.push(w);
+                parsed.push(BatchItem {
+                    eid,
+                    publishing_status: status,
+                    step,
+                    detail,
+                });
+            }
+            (parsed, serde_json::to_string(&wire).unwrap())
+        })
+    }
+
+    fn imf_fixdate(t: time::OffsetDateTime) -> String {
+        let format = time::macros::format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        );
+        t.format(&format).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_answer_gets_the_verdict_of_the_failure_table(
+            status in 0u16..1000,
+            retry_after in prop::option::of(0u64..400),
+            body in body(),
+        ) {
+            let retry_after = retry_after.map(Duration::from_secs);
+            let verdict = classify(status, retry_after, &body);
+            let retry_reason = match &verdict {
+                Verdict::Retry { reason, retry_after: r, detail } => {
+                    prop_assert_eq!(*r, retry_after);
+                    prop_assert!(!detail.is_empty());
+                    Some(*reason)
+                }
+                _ => None,
+            };
+            match status {
+                207 => prop_assert!(
+                    matches!(verdict, Verdict::Partial(_))
+                        || retry_reason == Some(RetryReason::ServerError),
+                    "{:?}", verdict
+                ),
+                200..=299 => prop_assert_eq!(&verdict, &Verdict::Delivered),
+                401 => prop_assert_eq!(retry_reason, Some(RetryReason::Unauthorized)),
+                408 => prop_assert_eq!(retry_reason, Some(RetryReason::Timeout)),
+                429 => prop_assert_eq!(retry_reason, Some(RetryReason::RateLimited)),
+                422 => prop_assert!(
+                    matches!(verdict, Verdict::Invalid(_) | Verdict::Rejected { .. })
+                        || retry_reason == Some(RetryReason::ServerError),
+                    "{:?}", verdict
+                ),
+                500..=599 => prop_assert_eq!(retry_reason, Some(RetryReason::ServerError)),
+                _ => prop_assert!(
+                    matches!(&verdict, Verdict::Rejected { reason } if !reason.is_empty()),
+                    "{:?}", verdict
+                ),
+            }
+        }
+
+        #[test]
+        fn item_arrays_as_nakadi_writes_them_parse_back_exactly((items, text) in items_json()) {
+            let body = Body::Read(Bytes::from(text));
+            prop_assert_eq!(classify(207, None, &body), Verdict::Partial(items.clone()));
+            prop_assert_eq!(classify(422, None, &body), Verdict::Invalid(items.clone()));
+            for item in &items {
+                let eid = item.eid.as_deref().map(|e| Uuid::parse_str(e).unwrap());
+                prop_assert_eq!(item.eid(), eid);
+                prop_assert!(!item.reason().trim().is_empty());
+            }
+        }
+
+        /// A reason built from a body that is not a Problem is one short line, whatever the
+        /// body: it goes into every DLQ message and log line of the request.
+        #[test]
+        fn reasons_from_foreign_bodies_are_one_short_line(
+            status in 400u16..600,
+            bytes in prop::collection::vec(any::<u8>(), 0..5000),
+        ) {
+            let body = Body::Read(Bytes::from(bytes));
+            prop_assume!(!matches!(parse::<Problem>(&body), Ok(p) if p.title.is_some() || p.detail.is_some()));
+            let reason = summary(status, &body);
+            prop_assert!(reason.len() <= 60 + 3 * 200, "{} bytes", reason.len());
+            prop_assert!(!reason.chars().any(char::is_control), "{:?}", reason);
+        }
+
+        #[test]
+        fn retry_after_never_panics_and_never_exceeds_the_cap(value in any::<String>()) {
+            if let Some(wait) = parse_retry_after(&value, SystemTime::now()) {
+                prop_assert!(wait <= MAX_RETRY_AFTER);
+            }
+        }
+
+        #[test]
+        fn retry_after_round_trips_seconds_and_dates(
+            secs in any::<u64>(),
+            now in 0i64..253_402_300_000,
+            ahead in -1000i64..1000,
+        ) {
+            let now_time = SystemTime::UNIX_EPOCH + Duration::from_secs(now as u64);
+            prop_assert_eq!(
+                parse_retry_after(&secs.to_string(), now_time),
+                Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+            );
+            let at = time::OffsetDateTime::from_unix_timestamp(now + ahead).unwrap();
+            prop_assume!(at.year() >= 1 && at.year() <= 9999);
+            prop_assert_eq!(
+                parse_retry_after(&imf_fixdate(at), now_time),
+                Some(Duration::from_secs(ahead.max(0) as u64).min(MAX_RETRY_AFTER))
+            );
+        }
+    }
+}
