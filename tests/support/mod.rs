@@ -338,9 +338,15 @@ pub fn base_env(
 impl Relay {
     /// Starts the relay; `name` distinguishes several relays of one test in the logs.
     pub fn start(test: &str, name: &str, env: &HashMap<String, String>) -> Relay {
+        Relay::start_in(test, name, env, &repo_root())
+    }
+
+    /// `start` with another working directory, where a relative path would be written.
+    pub fn start_in(test: &str, name: &str, env: &HashMap<String, String>, dir: &Path) -> Relay {
         let port = free_port();
         let log = output_dir(test).join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_dynamodb-nakadi-relay"))
+            .current_dir(dir)
             .env_clear()
             .envs(env)
             .env("RELAY_HTTP_ADDR", format!("127.0.0.1:{port}"))

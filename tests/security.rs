@@ -1,0 +1,573 @@
+//! Security properties of the relay as deployed:
+//! - the Nakadi token never leaves the process: not in logs (at debug level, through 401s, a
+//!   rotation and an unusable token file), metrics, `/status`, the health endpoints, dead
+//!   letters or the lease table, and no panic happens on the way;
+//! - the relay writes nothing to disk, so the read-only root filesystem of the chart holds, and
+//!   the image and the chart agree on one numeric non-root user;
+//! - the IAM policy of the docs grants exactly the AWS actions the relay's source calls.
+//!
+//! The rest of the hardening of the rendered chart (runAsNonRoot, readOnlyRootFilesystem,
+//! capabilities, seccomp, read-only mounts) is checked by scripts/check-deploy.sh; the
+//! dependencies' licenses by `make deny`.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use dynamodb_nakadi_relay::transform::eid_for;
+use serde_json::{Value, json};
+use support::*;
+
+/// Recognizable, and unlike anything the relay would print by itself.
+const TOKEN_A: &str = "tok-A-7f3c91d2e8b4a6051c";
+const TOKEN_B: &str = "tok-B-2b9e04f7a1c3d58e6f";
+/// Written with a byte no header may hold: the relay must refuse it without quoting it.
+const TOKEN_BAD: &str = "tok-BAD-5d1a8c7e3f90b246";
+
+fn replace_file(path: &Path, content: &[u8]) {
+    // As Kubernetes rotates a mounted secret: a new file renamed over the old one.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn put(moto: &Moto, keys: std::ops::Range<usize>) {
+    let ddb = moto.dynamodb().await;
+    for i in keys {
+        ddb.put_item()
+            .table_name("orders")
+            .item("pk", AttributeValue::S(format!("order-{i}")))
+            .item("amount", AttributeValue::N(format!("{i}.50")))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// The sum of a metric's series, all labels.
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn nakadi_requests(nakadi: &Nakadi) -> Vec<Value> {
+    reqwest::get(format!("{}/_test/requests", nakadi.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Every dead letter in the queue, left in it (visibility 0).
+async fn dead_letters(moto: &Moto, dlq: &str) -> Vec<String> {
+    let out = moto
+        .sqs()
+        .await
+        .receive_message()
+        .queue_url(dlq)
+        .max_number_of_messages(10)
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap();
+    out.messages()
+        .iter()
+        .filter_map(|m| m.body().map(str::to_owned))
+        .collect()
+}
+
+/// Regular files the process holds open for writing, except `allowed` (its stderr log).
+fn files_open_for_writing(pid: u32, allowed: &Path) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        if !target.is_absolute() || target.starts_with("/dev") || target == allowed {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(0);
+        // O_WRONLY or O_RDWR.
+        if flags & 0o3 != 0 {
+            found.push(format!("{} (flags {flags:o})", target.display()));
+        }
+    }
+    found
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_leaves_the_process_and_nothing_is_written_to_disk() {
+    let test = "security_token";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &["--token", TOKEN_A]);
+    let arn = moto.create_table("orders").await;
+    let dlq = moto.create_queue("relay-dlq", &[]).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    replace_file(&token_file, TOKEN_A.as_bytes());
+    // Where a relay that wrote files would put them: its working directory, $TMPDIR and $HOME.
+    let (cwd, tmp, home) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+
+    let mut env = base_env(&moto, &nakadi, &arn, "relay-leases", &dlq);
+    env.insert(
+        "RELAY_NAKADI_TOKEN_FILE".into(),
+        token_file.display().to_string(),
+    );
+    // Every crate at debug: what an operator hunting a problem turns on.
+    env.insert("RUST_LOG".into(), "debug".into());
+    env.insert("RELAY_NAKADI_MAX_ATTEMPTS".into(), "3".into());
+    env.insert("TMPDIR".into(), tmp.path().display().to_string());
+    env.insert("HOME".into(), home.path().display().to_string());
+    let mut relay = Relay::start_in(test, "relay-1", &env, cwd.path());
+    let pid = relay.process.child.id();
+    let mut written_to = Vec::new();
+    relay.wait_ready().await;
+
+    // 1. The token works.
+    put(&moto, 0..5).await;
+    wait_for("5 events published", Duration::from_secs(60), || async {
+        (nakadi.events().await.len() >= 5).then_some(())
+    })
+    .await;
+    written_to.extend(files_open_for_writing(pid, &relay.log));
+
+    // 2. Nakadi moves to another token before the file does: 401s, re-reads of the file, and
+    //    finally dead letters (which carry the whole event and the failure).
+    let http = reqwest::Client::new();
+    http.post(format!("{}/_test/token", nakadi.url))
+        .json(&json!({"token": TOKEN_B}))
+        .send()
+        .await
+        .unwrap();
+    put(&moto, 5..10).await;
+    wait_for(
+        "the 401-refused events in the DLQ",
+        Duration::from_secs(60),
+        || async {
+            let (_, m) = relay.get("/metrics").await?;
+            (metric(&m, "relay_dlq_sent_total") >= 5.0).then_some(())
+        },
+    )
+    .await;
+    let letters = dead_letters(&moto, &dlq).await;
+    assert!(!letters.is_empty(), "the dead letters are read");
+    written_to.extend(files_open_for_writing(pid, &relay.log));
+
+    // 3. A token file that cannot be a header: refused, the old token kept, nothing quoted.
+    let mut bad = TOKEN_BAD.as_bytes().to_vec();
+    bad.push(0x07);
+    replace_file(&token_file, &bad);
+    wait_for(
+        "the unusable token file refused",
+        Duration::from_secs(30),
+        || async {
+            relay
+                .logs()
+                .contains("re-reading the Nakadi token failed")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // 4. The file catches up: the re-drain publishes the dead letters.
+    replace_file(&token_file, TOKEN_B.as_bytes());
+    let records = stream_records(&moto, &arn).await;
+    let expected: HashSet<String> = records
+        .iter()
+        .map(|(id, _)| eid_for(id).to_string())
+        .collect();
+    wait_for(
+        "every event at Nakadi and the DLQ empty",
+        Duration::from_secs(60),
+        || async {
+            let got: HashSet<String> = nakadi
+                .events()
+                .await
+                .iter()
+                .map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned())
+                .collect();
+            (got == expected && queue_depth(&moto, &dlq).await == 0).then_some(())
+        },
+    )
+    .await;
+    written_to.extend(files_open_for_writing(pid, &relay.log));
+
+    let mut exposed: BTreeMap<&str, String> = BTreeMap::new();
+    for path in ["/metrics", "/status", "/health/live", "/health/ready"] {
+        let (_, body) = relay.get(path).await.expect(path);
+        exposed.insert(path, body);
+    }
+    exposed.insert("dead letters", letters.join("\n"));
+    let leases = moto
+        .dynamodb()
+        .await
+        .scan()
+        .table_name("relay-leases")
+        .send()
+        .await
+        .unwrap();
+    exposed.insert("lease table", format!("{:?}", leases.items()));
+    relay.process.signal("TERM");
+    let status = relay.process.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", relay.logs());
+    let logs = relay.logs();
+    exposed.insert("log", logs.clone());
+
+    // The scenario happened as planned, or the checks below would prove nothing.
+    let requests = nakadi_requests(&nakadi).await;
+    let auth: HashSet<&str> = requests
+        .iter()
+        .filter_map(|r| r["authorization"].as_str())
+        .collect();
+    assert_eq!(auth, HashSet::from(["ok", "wrong"]), "{requests:?}");
+    assert!(
+        logs.contains("read a new Nakadi token"),
+        "the rotation was read"
+    );
+    assert!(
+        logs.lines().count() > 100,
+        "debug logging was on: {} lines",
+        logs.lines().count()
+    );
+    assert!(
+        exposed["/metrics"].contains("relay_publish_retries_total{reason=\"unauthorized\"}"),
+        "{}",
+        exposed["/metrics"]
+    );
+
+    for (what, text) in &exposed {
+        for token in [TOKEN_A, TOKEN_B, TOKEN_BAD] {
+            assert!(
+                !text.contains(token),
+                "the token {token} appears in {what}: {}",
+                text.lines()
+                    .filter(|l| l.contains(token))
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+    assert!(!logs.contains("panicked"), "a panic: {logs}");
+    assert!(
+        written_to.is_empty(),
+        "files open for writing: {written_to:?}"
+    );
+    for dir in [&cwd, &tmp, &home] {
+        assert_eq!(
+            entries(dir.path()),
+            Vec::<PathBuf>::new(),
+            "the relay wrote into {}",
+            dir.path().display()
+        );
+    }
+}
+
+/// The `USER` of the Dockerfile's final stage as (uid, gid).
+fn image_user() -> (u32, u32) {
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    let final_stage = dockerfile
+        .rsplit_once("\nFROM ")
+        .expect("a multi-stage Dockerfile")
+        .1;
+    let base = final_stage.lines().next().unwrap();
+    assert!(
+        base.contains(":nonroot@sha256:"),
+        "the runtime base is distroless's nonroot variant, pinned: {base}"
+    );
+    let user = final_stage
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("USER "))
+        .last()
+        .expect("the final stage sets USER");
+    let (uid, gid) = user
+        .trim()
+        .split_once(':')
+        .unwrap_or_else(|| panic!("USER {user} names uid:gid"));
+    let parse = |id: &str| {
+        id.parse::<u32>().unwrap_or_else(|_| {
+            panic!("USER {user} must be numeric, so runAsNonRoot can verify it")
+        })
+    };
+    (parse(uid), parse(gid))
+}
+
+fn helm_template(values: &[&str]) -> String {
+    let helm = repo_root().join(".tools/bin/helm");
+    assert!(
+        helm.exists(),
+        "{} is missing: run `make check-deploy` (scripts/install-deploy-tools.sh installs it)",
+        helm.display()
+    );
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", "relay", "helm/dynamodb-nakadi-relay"])
+        .current_dir(repo_root());
+    for v in values {
+        cmd.args(["-f", v]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_image_and_the_chart_run_as_one_numeric_non_root_user_without_writable_volumes() {
+    let (uid, gid) = image_user();
+    assert_ne!(uid, 0, "the image runs as root");
+    assert_ne!(gid, 0, "the image runs with group root");
+    for values in [
+        &[][..],
+        &["helm/dynamodb-nakadi-relay/ci/all-on-values.yaml"][..],
+    ] {
+        let rendered = helm_template(values);
+        let ids = |key: &str| -> Vec<u32> {
+            rendered
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix(key))
+                .map(|v| v.trim().parse().unwrap())
+                .collect()
+        };
+        assert!(
+            !ids("runAsUser:").is_empty() && ids("runAsUser:").iter().all(|&u| u == uid),
+            "{values:?}: runAsUser {:?}, the image's user {uid}",
+            ids("runAsUser:")
+        );
+        assert!(
+            ids("runAsGroup:").iter().all(|&g| g == gid),
+            "{values:?}: runAsGroup {:?}, the image's group {gid}",
+            ids("runAsGroup:")
+        );
+        // The relay writes nothing: a scratch volume would only be a place to write to.
+        for writable in ["emptyDir", "hostPath"] {
+            assert!(
+                !rendered.contains(writable),
+                "{values:?}: a {writable} volume"
+            );
+        }
+    }
+}
+
+/// The AWS operations of an SDK crate, from the module names of its `operation` folder.
+fn sdk_operations(crate_name: &str) -> BTreeSet<String> {
+    let lock = std::fs::read_to_string(repo_root().join("Cargo.lock")).unwrap();
+    let version = lock
+        .split("[[package]]")
+        .find_map(|p| {
+            p.contains(&format!("name = \"{crate_name}\"\n"))
+                .then(|| p.split("version = \"").nth(1)?.split('"').next())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("{crate_name} in Cargo.lock"));
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let registries = std::fs::read_dir(cargo_home.join("registry/src")).unwrap();
+    let dir = registries
+        .flatten()
+        .map(|r| {
+            r.path()
+                .join(format!("{crate_name}-{version}/src/operation"))
+        })
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| panic!("the sources of {crate_name} {version} in {cargo_home:?}"));
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// `name` of every `.name()` call in the relay's non-test source, with the file it is in.
+fn zero_argument_calls() -> Vec<(String, PathBuf)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs")
+                && p.file_name().is_some_and(|n| n != "tests.rs")
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&repo_root().join("src"), &mut files);
+    let mut calls = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let bytes = code.as_bytes();
+        for (i, _) in code.match_indices('.') {
+            let name: String = code[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                .collect();
+            if !name.is_empty() && bytes.get(i + 1 + name.len()..i + 3 + name.len()) == Some(b"()")
+            {
+                calls.push((name, file.clone()));
+            }
+        }
+    }
+    calls
+}
+
+fn pascal(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The one IAM policy document in the README or the operating guide it links to.
+fn documented_policy() -> Value {
+    let mut policies = Vec::new();
+    for doc in ["README.md", "docs/operating.md"] {
+        let text = std::fs::read_to_string(repo_root().join(doc)).unwrap();
+        for block in text.split("```json").skip(1) {
+            let block = block.split("```").next().unwrap();
+            if block.contains("\"Statement\"") {
+                policies.push(serde_json::from_str::<Value>(block).unwrap_or_else(|e| {
+                    panic!("the IAM policy in {doc} is not JSON ({e}): {block}")
+                }));
+            }
+        }
+    }
+    assert_eq!(policies.len(), 1, "one IAM policy in the docs");
+    policies.pop().unwrap()
+}
+
+#[test]
+fn the_documented_iam_policy_grants_exactly_the_actions_the_relay_calls() {
+    // The IAM prefix of each SDK: DynamoDB Streams' actions are dynamodb:*.
+    let sdks = [
+        ("aws-sdk-dynamodb", "dynamodb"),
+        ("aws-sdk-dynamodbstreams", "dynamodb"),
+        ("aws-sdk-sqs", "sqs"),
+    ];
+    let operations: Vec<(&str, BTreeSet<String>)> = sdks
+        .iter()
+        .map(|(c, prefix)| (*prefix, sdk_operations(c)))
+        .collect();
+    let streams_ops = &operations[1].1;
+    // (action, called from a stream module) for every SDK call in the source.
+    let mut called: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, file) in zero_argument_calls() {
+        let prefixes: BTreeSet<&str> = operations
+            .iter()
+            .filter(|(_, ops)| ops.contains(&name))
+            .map(|(p, _)| *p)
+            .collect();
+        assert!(
+            prefixes.len() <= 1,
+            ".{name}() in {} is an operation of two services",
+            file.display()
+        );
+        let Some(prefix) = prefixes.first() else {
+            continue;
+        };
+        // SQS authorizes its batch calls with the single action (SendMessageBatch needs
+        // sqs:SendMessage).
+        let op = match (*prefix, name.strip_suffix("_batch")) {
+            ("sqs", Some(single)) => single,
+            _ => &name,
+        };
+        called
+            .entry(format!("{prefix}:{}", pascal(op)))
+            .or_default()
+            .insert(
+                file.strip_prefix(repo_root())
+                    .unwrap()
+                    .display()
+                    .to_string(),
+            );
+    }
+    assert!(
+        called.contains_key("dynamodb:GetRecords") && called.contains_key("sqs:SendMessage"),
+        "the source scan found the relay's calls: {called:?}"
+    );
+
+    let policy = documented_policy();
+    let mut granted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for statement in policy["Statement"].as_array().unwrap() {
+        assert_eq!(statement["Effect"], "Allow", "{statement}");
+        let resource = statement["Resource"].as_str().unwrap().to_owned();
+        assert!(
+            !resource.contains(":*:") && resource != "*",
+            "a wildcard resource: {statement}"
+        );
+        let actions: Vec<String> = match &statement["Action"] {
+            Value::String(a) => vec![a.clone()],
+            Value::Array(a) => a.iter().map(|a| a.as_str().unwrap().to_owned()).collect(),
+            other => panic!("Action {other}"),
+        };
+        for action in actions {
+            assert!(!action.contains('*'), "a wildcard action: {action}");
+            let op = action.split_once(':').unwrap().1;
+            let is_stream_op = streams_ops.iter().any(|o| pascal(o) == op);
+            let on_stream = resource.contains("/stream/");
+            assert_eq!(
+                is_stream_op, on_stream,
+                "{action} granted on {resource}: stream actions belong on the stream, others not"
+            );
+            granted.entry(action).or_default().push(resource.clone());
+        }
+    }
+
+    let called_set: BTreeSet<&String> = called.keys().collect();
+    let granted_set: BTreeSet<&String> = granted.keys().collect();
+    let missing: Vec<_> = called_set.difference(&granted_set).collect();
+    let unused: Vec<_> = granted_set.difference(&called_set).collect();
+    assert!(
+        missing.is_empty() && unused.is_empty(),
+        "called but not granted: {:?}\ngranted but never called: {unused:?}",
+        missing
+            .iter()
+            .map(|a| (a, &called[**a]))
+            .collect::<HashMap<_, _>>()
+    );
+}
