@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: test demo venv lint unit servers-selftest integration check-deploy bench chaos clean
+.PHONY: test demo venv lint unit servers-selftest integration check-deploy bench chaos deny clean
 
 $(VENV)/.installed: tests/requirements.txt
 	python3 -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/.installed: tests/requirements.txt
 venv: $(VENV)/.installed
 
 ## test: everything CI runs
-test: lint unit servers-selftest check-deploy integration
+test: lint unit servers-selftest check-deploy deny integration
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -35,6 +35,17 @@ integration: venv
 check-deploy:
 	bash scripts/install-deploy-tools.sh
 	bash scripts/check-deploy.sh
+
+## deny: licenses and bans of every dependency against deny.toml (cargo-deny, pinned, in .tools/)
+deny:
+	bash scripts/install-cargo-deny.sh
+	$(CARGO) fetch --locked
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(CARGO) deny --offline check licenses bans
+
+## chaos: the long chaos run (10,000 records, 6 kills, about 4 minutes); a short one runs in `make test`
+chaos: venv
+	CHAOS_RECORDS=$${CHAOS_RECORDS:-10000} CHAOS_KILLS=$${CHAOS_KILLS:-6} \
+		$(CARGO) test --locked --test chaos -- --test-threads=1 --nocapture
 
 ## demo: moto, the Nakadi test server and the relay on loopback; writes sample items and shows the events
 demo: venv
