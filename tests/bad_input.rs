@@ -81,7 +81,8 @@ fn assert_json_eq(got: &Value, want: &Value, what: &str) {
 
 fn shorten(s: &str) -> String {
     if s.len() > 3000 {
-        format!("{}…({} bytes)", &s[..s.floor_char_boundary(3000)], s.len())
+        let end = (0..=3000).rev().find(|&i| s.is_char_boundary(i)).unwrap();
+        format!("{}…({} bytes)", &s[..end], s.len())
     } else {
         s.to_owned()
     }
@@ -545,14 +546,16 @@ const WRONG: &[(&str, Option<&str>)] = &[
     ("RELAY_SHUTDOWN_TIMEOUT", Some("x")),
 ];
 
+/// (the variable the message must name, the changes to the valid config, whether the message
+/// must quote the value).
+type Case<'a> = (&'a str, Vec<(&'a str, Option<&'a str>)>, bool);
+
 #[test]
 fn every_configuration_variable_wrong_in_every_way_exits_2_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let dir_path = dir.path().display().to_string();
     let missing_file = dir.path().join("absent").display().to_string();
-    // (the variable the message must name, the changes to the valid config, whether the message
-    // must quote the value): the cases whose problem is a file or another variable.
-    let mut cases: Vec<(&str, Vec<(&str, Option<&str>)>, bool)> = WRONG
+    let mut cases: Vec<Case> = WRONG
         .iter()
         .map(|&(var, value)| {
             // The stream ARN's message shows the expected format instead of the value.
@@ -560,6 +563,7 @@ fn every_configuration_variable_wrong_in_every_way_exits_2_naming_it() {
             (var, vec![(var, value)], quoted)
         })
         .collect();
+    // The cases whose problem is a file or another variable.
     cases.extend([
         (
             "RELAY_NAKADI_TOKEN_FILE",

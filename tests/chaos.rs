@@ -487,17 +487,16 @@ async fn nothing_is_lost_under_kills_flapping_nakadi_sqs_outages_and_token_rotat
                         .fault(json!({"drop_connection": true, "times": times}))
                         .await
                 }
-                "sqs_outage" => {
-                    if sqs_restore.as_ref().is_none_or(|h| h.is_finished()) {
-                        let down = Duration::from_millis(chaos.rng.random_range(1000..6000));
-                        sqs.set_down(true);
-                        let sqs = sqs.clone();
-                        sqs_restore = Some(tokio::spawn(async move {
-                            // The outage's length is the scenario, not a wait for a condition.
-                            tokio::time::sleep(down).await;
-                            sqs.set_down(false);
-                        }));
-                    }
+                // One outage at a time: a second would be ended early by the first's restore.
+                "sqs_outage" if sqs_restore.as_ref().is_none_or(|h| h.is_finished()) => {
+                    let down = Duration::from_millis(chaos.rng.random_range(1000..6000));
+                    sqs.set_down(true);
+                    let sqs = sqs.clone();
+                    sqs_restore = Some(tokio::spawn(async move {
+                        // The outage's length is the scenario, not a wait for a condition.
+                        tokio::time::sleep(down).await;
+                        sqs.set_down(false);
+                    }));
                 }
                 "token_rotation" => {
                     token_no += 1;

@@ -311,8 +311,8 @@ fn image_user() -> (u32, u32) {
     );
     let user = final_stage
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("USER "))
         .expect("the final stage sets USER");
     let (uid, gid) = user
         .trim()
