@@ -1,14 +1,15 @@
 //! Chaos: three relays over an 8-shard stream (the DynamoDB Streams fault server), continuous
 //! writes, and for the whole run random SIGKILLs and restarts of relays, SIGTERMs, Nakadi
 //! flapping (503 and 429 bursts, 207 partials, latency, latency past the relay's timeout, dropped
-//! connections), SQS outages (a fault proxy between the relays and moto's SQS) and token
-//! rotation. At the end, once the DLQ has drained, the eids at the Nakadi test server are compared
-//! with every record written: nothing may be lost, and the duplicates must stay within a bound
-//! computed from what the run did (see `Bound`).
+//! connections), SQS outages (a fault proxy between the relays and moto's SQS), token rotation,
+//! and DynamoDB Streams faults (throttling and 500s, expired iterators, shard rollovers). At the
+//! end, once the DLQ has drained, the eids at the Nakadi test server are compared with every
+//! record of the stream: nothing may be lost, and every duplicate must be explained by what the
+//! run did (see `Bound`).
 //!
-//! Short form by default (runs in `make test`); the long form is `make chaos`:
-//! `CHAOS_RECORDS=10000 CHAOS_KILLS=5`. `CHAOS_SEED` replays a run's choice of actions (the
-//! timing of the processes is not replayable).
+//! Short form by default (about 1,200 records and 2 kills, runs in `make test`); the long form is
+//! `make chaos`: `CHAOS_RECORDS=10000 CHAOS_KILLS=6`. `CHAOS_SEED` replays a run's choice of
+//! actions (the timing of the processes is not replayable).
 
 mod support;
 
