@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: test demo venv lint unit servers-selftest integration check-deploy bench chaos deny clean
+.PHONY: test demo venv lint unit servers-selftest integration check-deploy bench bench-smoke chaos deny clean
 
 $(VENV)/.installed: tests/requirements.txt
 	python3 -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/.installed: tests/requirements.txt
 venv: $(VENV)/.installed
 
 ## test: everything CI runs
-test: lint unit servers-selftest check-deploy deny integration
+test: lint unit servers-selftest check-deploy deny integration bench-smoke
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -35,6 +35,20 @@ integration: venv
 check-deploy:
 	bash scripts/install-deploy-tools.sh
 	bash scripts/check-deploy.sh
+
+## bench: the performance table (docs/performance.md): release build, about 10 minutes
+bench: $(VENV)/.bench-installed
+	$(CARGO) build --release --locked
+	$(PY) benches/run.py --relay $${CARGO_TARGET_DIR:-target}/release/dynamodb-nakadi-relay
+
+## bench-smoke: every part of the bench briefly, on the debug build: proves the scripts work
+bench-smoke: $(VENV)/.bench-installed
+	$(CARGO) build --locked
+	$(PY) benches/run.py --smoke --relay $${CARGO_TARGET_DIR:-target}/debug/dynamodb-nakadi-relay
+
+$(VENV)/.bench-installed: $(VENV)/.installed benches/requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r benches/requirements.txt
+	touch $@
 
 ## deny: licenses and bans of every dependency against deny.toml (cargo-deny, pinned, in .tools/)
 deny:

@@ -64,7 +64,9 @@ Control API (JSON):
                            arrival order; ?event_type=X filters; ?offset=&limit=
                            page (count stays the total); ?meta=1 wraps each
                            event as {"seq","event_type","eid","flow_id",
-                           "received_at","event": <raw>}
+                           "received_at","received_epoch","event": <raw>};
+                           received_epoch is the same instant in Unix seconds
+                           with microseconds, for latency measurements
   GET    /_test/requests   [{"seq","event_type","status","events","eids",
                            "flow_id","gzip","authorization","fault"}] where
                            authorization is ok|missing|wrong, or "unchecked"
@@ -599,8 +601,8 @@ class Handler(BaseHTTPRequestHandler):
         # Built as text so every event goes out exactly as it came in.
         if meta:
             parts = [
-                '{"seq":%d,"event_type":%s,"eid":%s,"flow_id":%s,"received_at":"%s","event":%s}'
-                % (seq, json.dumps(et), json.dumps(eid), json.dumps(flow), rfc3339(at), raw)
+                '{"seq":%d,"event_type":%s,"eid":%s,"flow_id":%s,"received_at":"%s","received_epoch":%.6f,"event":%s}'
+                % (seq, json.dumps(et), json.dumps(eid), json.dumps(flow), rfc3339(at), at, raw)
                 for seq, et, raw, eid, flow, at in events
             ]
         else:

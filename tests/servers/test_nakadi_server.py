@@ -419,6 +419,7 @@ def flow_id_is_recorded_and_echoed(ctx):
     eq(meta["event_type"], ET, "events meta event_type")
     eq(meta["seq"], 1, "events meta seq")
     check(meta["received_at"].endswith("Z") and "T" in meta["received_at"], meta["received_at"])
+    check(abs(meta["received_epoch"] - time.time()) < 60, f"received_epoch {meta['received_epoch']}")
 
 
 def full_event():
