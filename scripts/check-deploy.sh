@@ -22,6 +22,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 CHART="helm/dynamodb-nakadi-relay"
 ALL_ON="$CHART/ci/all-on-values.yaml"
+TABLES="$CHART/ci/tables-values.yaml"
 ALERTS="$CHART/files/alerts.yaml"
 OUT="$ROOT/test-output/deploy"
 K8S_VERSIONS="${K8S_VERSIONS:-1.34.0}"
@@ -89,6 +90,8 @@ run "helm template (defaults)" \
   bash -c "'$HELM' template relay '$CHART' --namespace payments --kube-version '$KUBE_VERSION' > '$OUT/default.yaml'"
 run "helm template (ci/all-on-values.yaml)" \
   bash -c "'$HELM' template relay '$CHART' --namespace payments --kube-version '$KUBE_VERSION' -f '$ALL_ON' > '$OUT/all-on.yaml'"
+run "helm template (ci/tables-values.yaml)" \
+  bash -c "'$HELM' template relay '$CHART' --namespace payments --kube-version '$KUBE_VERSION' -f '$TABLES' > '$OUT/tables.yaml'"
 
 # NOTES.txt is rendered only on install: a client-side dry run renders it without a cluster.
 notes_render() {
@@ -119,6 +122,8 @@ run "refuses a config key that is no relay setting (template)" \
   must_refuse 'config.bogus is not a setting of the relay' --set config.bogus=1 --skip-schema-validation
 run "refuses invalid enum and duration values (schema)" \
   must_refuse 'logFormat|nakadiTimeout' --set config.logFormat=xml --set config.nakadiTimeout=soon
+run "refuses tables together with single-table settings" \
+  must_refuse 'config.tableName is set per table' -f "$TABLES" --set config.tableName=orders
 run "refuses token secret together with a token file" \
   must_refuse 'not both' --set nakadiToken.existingSecret=tok --set config.nakadiTokenFile=/t
 
@@ -138,13 +143,14 @@ k8s_validate() {
 }
 run_with "$OUT/default.yaml" "kubernetes-validate --strict -k $K8S_VERSIONS (defaults)" k8s_validate "$OUT/default.yaml"
 run_with "$OUT/all-on.yaml" "kubernetes-validate --strict -k $K8S_VERSIONS (all-on)" k8s_validate "$OUT/all-on.yaml"
+run_with "$OUT/tables.yaml" "kubernetes-validate --strict -k $K8S_VERSIONS (tables)" k8s_validate "$OUT/tables.yaml"
 
 # ---- rendered manifests against the relay's own contract -----------------------------------------
 check_manifests() {
-  "$PY" - "$OUT/default.yaml" "$OUT/all-on.yaml" "$ROOT/src/config.rs" "$ALERTS" "$OUT/prometheusrule-spec.yaml" <<'PY'
-import re, sys, yaml
+  "$PY" - "$OUT/default.yaml" "$OUT/all-on.yaml" "$ROOT/src/config.rs" "$ALERTS" "$OUT/prometheusrule-spec.yaml" "$OUT/tables.yaml" "$TABLES" <<'PY'
+import re, sys, tomllib, yaml
 
-default_file, all_on_file, config_rs, alerts_file, rule_spec_out = sys.argv[1:]
+default_file, all_on_file, config_rs, alerts_file, rule_spec_out, tables_file, tables_values = sys.argv[1:]
 errors = []
 def check(cond, msg):
     if not cond:
@@ -231,7 +237,8 @@ for name, path in (("defaults", default_file), ("all-on", all_on_file)):
     if name == "defaults":
         check(not k.get("ServiceMonitor") and not k.get("PrometheusRule"), "defaults: ServiceMonitor/PrometheusRule must be opt-in")
     if name == "all-on":
-        missing = sorted(read_vars - set(names))
+        # RELAY_TABLES_FILE replaces the single-table variables, so only the tables render sets it.
+        missing = sorted(read_vars - set(names) - {"RELAY_TABLES_FILE"})
         check(not missing, f"all-on: RELAY_* variables the relay reads but the chart cannot set: {missing}")
         unknown = sorted(n for n in names if n.startswith("RELAY_") and n not in read_vars)
         check(not unknown, f"all-on: the chart sets RELAY_* variables the relay does not read: {unknown}")
@@ -258,6 +265,27 @@ for name, path in (("defaults", default_file), ("all-on", all_on_file)):
                     check(r.get("annotations", {}).get("runbook_url", "").startswith("https://"), f"all-on: runbookBaseUrl not applied to {r.get('alert')}")
             yaml.safe_dump(got, open(rule_spec_out, "w"), sort_keys=False)
     print(f"{name}: {len(k.get('Deployment', []))} Deployment, env {len(names)} variables, grace {grace}s > shutdown {shutdown}s")
+
+# The tables render: the file the relay reads is .Values.tables, mounted where the variable points.
+k = load(tables_file)
+(dep,) = k["Deployment"]
+(cm,) = k.get("ConfigMap", [None])
+(c,) = dep["spec"]["template"]["spec"]["containers"]
+values = {e["name"]: e.get("value") for e in c.get("env", [])}
+mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+tables_path = values.get("RELAY_TABLES_FILE") or ""
+check(cm is not None, "tables: no ConfigMap rendered")
+check("tables" in mounts and mounts["tables"].get("readOnly") and tables_path == mounts["tables"]["mountPath"] + "/tables.toml",
+      f"tables: RELAY_TABLES_FILE {tables_path!r} is not the mounted tables.toml")
+single = {"RELAY_TABLE_NAME", "RELAY_STREAM_ARN", "RELAY_EVENT_TYPE", "RELAY_DATA_TYPE"} & set(values)
+check(not single, f"tables: single-table variables set too: {sorted(single)}")
+if cm is not None:
+    rendered = tomllib.loads(cm["data"]["tables.toml"])
+    check(rendered == {"table": yaml.safe_load(open(tables_values))["tables"]},
+          f"tables: tables.toml does not hold .Values.tables: {rendered}")
+check("checksum/tables" in dep["spec"]["template"]["metadata"].get("annotations", {}),
+      "tables: pods do not roll when the tables change")
+print(f"tables: {len(rendered['table']) if cm else 0} tables in {tables_path}")
 
 print(f"RELAY_* variables read by src/config.rs: {len(read_vars)}")
 for e in errors:

@@ -6,6 +6,7 @@
 //! `App::run_until_stopped` runs until the signal, then: not ready → workers finish their pages
 //! and checkpoint → leases released → re-drain loop and HTTP server stopped.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +14,15 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{Config, StreamSource};
+use crate::config::{Config, StreamSource, TableConfig};
 use crate::dlq::{DeadLetterQueue, Redrainer};
 use crate::lease::LeaseTable;
 use crate::lease::coordinator::Coordinator;
+use crate::metrics::TableMetrics;
 use crate::nakadi::{FailureMode, NakadiError, Publisher, PublisherConfig, TokenSource};
 use crate::status::StatusBoard;
 use crate::stream::StreamsClient;
@@ -43,7 +46,8 @@ fn startup(variable: &'static str, message: impl std::fmt::Display) -> StartupEr
 
 pub struct App {
     config: Config,
-    pipeline: Arc<Pipeline>,
+    /// One per table, in the order of `config.tables` (and of the status board's slots).
+    pipelines: Vec<Arc<Pipeline>>,
     status: Arc<StatusBoard>,
     listener: TcpListener,
     redrainer: Redrainer,
@@ -83,12 +87,15 @@ pub async fn redrainer(config: &Config, aws: &AwsClients) -> Result<Redrainer, S
     let dlq = DeadLetterQueue::connect(aws.sqs.clone(), config.dlq_url.clone())
         .await
         .map_err(|e| startup("RELAY_DLQ_URL", e))?;
-    let mut nakadi = config.nakadi.clone();
-    nakadi.on_failure = FailureMode::DeadLetter;
-    let publisher = publisher(nakadi)?;
+    let mut publishers = HashMap::new();
+    for table in &config.tables {
+        let mut nakadi = config.publisher(&table.event_type);
+        nakadi.on_failure = FailureMode::DeadLetter;
+        publishers.insert(table.event_type.clone(), publisher(nakadi)?);
+    }
     Ok(Redrainer {
         dlq,
-        publisher,
+        publishers,
         interval: config.dlq_redrain_interval,
         rate: config.dlq_redrain_rate,
     })
@@ -111,73 +118,36 @@ impl App {
         // Registers every metric now, so the first scrape shows them all.
         std::sync::LazyLock::force(&crate::metrics::METRICS);
         let aws = AwsClients::from_env().await;
-        let (stream_arn, source_var) = match &config.source {
-            StreamSource::Arn(arn) => (arn.clone(), "RELAY_STREAM_ARN"),
-            StreamSource::Table(table) => (
-                latest_stream(&aws.dynamodb, table).await?,
-                "RELAY_TABLE_NAME",
-            ),
-        };
-        let streams = StreamsClient::new(aws.streams.clone());
-        let info = streams
-            .describe(&stream_arn)
-            .await
-            .map_err(|e| startup(source_var, format!("stream {stream_arn}: {e}")))?;
-        if info.view_type.as_deref() != Some("NEW_AND_OLD_IMAGES") {
-            return Err(startup(
-                source_var,
-                format!(
-                    "stream {stream_arn} has view type {}, but the relay needs NEW_AND_OLD_IMAGES to build the item and its patch",
-                    info.view_type.as_deref().unwrap_or("(none)")
-                ),
+        let redrainer = redrainer(&config, &aws).await?;
+        let mut pipelines = Vec::with_capacity(config.tables.len());
+        for table in &config.tables {
+            pipelines.push(Arc::new(
+                pipeline(&config, table, &aws, redrainer.dlq.clone()).await?,
             ));
         }
-        let leases = LeaseTable::new(
-            aws.dynamodb.clone(),
-            config.lease_table.clone(),
-            stream_arn.clone(),
-        );
-        leases
-            .ensure_exists(config.create_lease_table)
-            .await
-            .map_err(|e| startup("RELAY_LEASE_TABLE", e))?;
-        let redrainer = redrainer(&config, &aws).await?;
-        let publisher = publisher(config.nakadi.clone())?;
+        // All tables share the lease table (keys start with the stream ARN); any pipeline's
+        // handle checks it.
+        if let Some(first) = pipelines.first() {
+            first
+                .leases
+                .ensure_exists(config.create_lease_table)
+                .await
+                .map_err(|e| startup("RELAY_LEASE_TABLE", e))?;
+        }
         let listener = TcpListener::bind(config.http_addr).await.map_err(|e| {
             startup(
                 "RELAY_HTTP_ADDR",
                 format!("cannot listen on {}: {e}", config.http_addr),
             )
         })?;
-        let settings = EventSettings {
-            data_type: config.data_type.clone(),
-            compaction_key: config.compaction_key.then(|| info.key_attributes.clone()),
-        };
-        if let Some(key) = settings
-            .compaction_key
+        let slots: Vec<(String, String)> = pipelines
             .iter()
-            .flatten()
-            .find(|k| config.filter.drop_attributes.contains(k))
-        {
-            return Err(startup(
-                "RELAY_DROP_ATTRIBUTES",
-                format!("drops the key attribute {key:?}, which RELAY_COMPACTION_KEY needs"),
-            ));
-        }
-        let status = Arc::new(StatusBoard::new(&config.worker_id, &stream_arn));
-        let pipeline = Arc::new(Pipeline {
-            stream_arn,
-            worker_id: config.worker_id.clone(),
-            streams,
-            leases,
-            publisher,
-            dlq: redrainer.dlq.clone(),
-            settings,
-            filter: config.filter.clone(),
-        });
+            .map(|p| (p.table.clone(), p.stream_arn.clone()))
+            .collect();
+        let status = Arc::new(StatusBoard::new(&config.worker_id, &slots));
         Ok(App {
             config,
-            pipeline,
+            pipelines,
             status,
             listener,
             redrainer,
@@ -195,9 +165,14 @@ impl App {
         let shutdown = CancellationToken::new();
         let deadline = CancellationToken::new();
         let http_stop = CancellationToken::new();
+        let streams: Vec<&str> = self
+            .pipelines
+            .iter()
+            .map(|p| p.stream_arn.as_str())
+            .collect();
         info!(
             worker_id = %self.config.worker_id,
-            stream_arn = %self.pipeline.stream_arn,
+            ?streams,
             http = %self.http_addr(),
             "relay started"
         );
@@ -207,19 +182,22 @@ impl App {
             http_stop.clone(),
         ));
         let redrain = tokio::spawn(self.redrainer.run(shutdown.clone()));
-        let coordinator = Coordinator::new(
-            self.pipeline.clone(),
-            self.config.lease,
-            self.config.initial_position,
-            self.status.clone(),
-            shutdown.clone(),
-            deadline.clone(),
-        );
-        let mut coordinator = tokio::spawn(coordinator.run());
+        let mut coordinators = JoinSet::new();
+        for (slot, pipeline) in self.pipelines.iter().enumerate() {
+            let coordinator = Coordinator::new(
+                pipeline.clone(),
+                self.config.lease,
+                self.config.initial_position,
+                (self.status.clone(), slot),
+                shutdown.clone(),
+                deadline.clone(),
+            );
+            coordinators.spawn(coordinator.run());
+        }
         tokio::select! {
             _ = stop_signal => {}
-            r = &mut coordinator => {
-                error!(result = ?r, "the coordinator ended unexpectedly");
+            Some(r) = coordinators.join_next() => {
+                error!(result = ?r, "a coordinator ended unexpectedly");
             }
         }
         // Not ready first, so Kubernetes stops routing to this pod before leases move.
@@ -237,9 +215,7 @@ impl App {
                 deadline.cancel();
             }
         });
-        if !coordinator.is_finished() {
-            let _ = coordinator.await;
-        }
+        coordinators.join_all().await;
         let _ = redrain.await;
         deadline_timer.abort();
         http_stop.cancel();
@@ -248,9 +224,78 @@ impl App {
     }
 }
 
+/// One table's pipeline: its stream checked (it exists and has NEW_AND_OLD_IMAGES), its
+/// publisher, filter and metrics.
+async fn pipeline(
+    config: &Config,
+    table: &TableConfig,
+    aws: &AwsClients,
+    dlq: DeadLetterQueue,
+) -> Result<Pipeline, StartupError> {
+    let source_var = table.source_variable(config.tables_from_file);
+    let stream_arn = match &table.source {
+        StreamSource::Arn(arn) => arn.clone(),
+        StreamSource::Table(name) => latest_stream(&aws.dynamodb, name, source_var).await?,
+    };
+    let streams = StreamsClient::new(aws.streams.clone());
+    let info = streams
+        .describe(&stream_arn)
+        .await
+        .map_err(|e| startup(source_var, format!("stream {stream_arn}: {e}")))?;
+    if info.view_type.as_deref() != Some("NEW_AND_OLD_IMAGES") {
+        return Err(startup(
+            source_var,
+            format!(
+                "stream {stream_arn} has view type {}, but the relay needs NEW_AND_OLD_IMAGES to build the item and its patch",
+                info.view_type.as_deref().unwrap_or("(none)")
+            ),
+        ));
+    }
+    let settings = EventSettings {
+        data_type: table.data_type.clone(),
+        compaction_key: table.compaction_key.then(|| info.key_attributes.clone()),
+    };
+    if let Some(key) = settings
+        .compaction_key
+        .iter()
+        .flatten()
+        .find(|k| table.filter.drop_attributes.contains(k))
+    {
+        let variable = if config.tables_from_file {
+            "RELAY_TABLES_FILE"
+        } else {
+            "RELAY_DROP_ATTRIBUTES"
+        };
+        return Err(startup(
+            variable,
+            format!(
+                "table {} drops the key attribute {key:?}, which the compaction key needs",
+                table.name()
+            ),
+        ));
+    }
+    Ok(Pipeline {
+        table: table.name().to_owned(),
+        leases: LeaseTable::new(
+            aws.dynamodb.clone(),
+            config.lease_table.clone(),
+            stream_arn.clone(),
+        ),
+        stream_arn,
+        worker_id: config.worker_id.clone(),
+        streams,
+        publisher: publisher(config.publisher(&table.event_type))?,
+        dlq,
+        settings,
+        filter: table.filter.clone(),
+        metrics: TableMetrics::new(table.name()),
+    })
+}
+
 async fn latest_stream(
     dynamodb: &aws_sdk_dynamodb::Client,
     table: &str,
+    variable: &'static str,
 ) -> Result<String, StartupError> {
     let out = dynamodb
         .describe_table()
@@ -259,7 +304,7 @@ async fn latest_stream(
         .await
         .map_err(|e| {
             startup(
-                "RELAY_TABLE_NAME",
+                variable,
                 format!(
                     "table {table}: {}",
                     aws_sdk_dynamodb::error::DisplayErrorContext(&e)
@@ -271,7 +316,7 @@ async fn latest_stream(
         .map(str::to_owned)
         .ok_or_else(|| {
             startup(
-                "RELAY_TABLE_NAME",
+                variable,
                 format!(
                     "table {table} has no stream; enable one with view type NEW_AND_OLD_IMAGES"
                 ),

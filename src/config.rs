@@ -45,16 +45,50 @@ pub struct LeaseTiming {
     pub shard_sync_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
-pub struct Config {
+/// One source table and what its events are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableConfig {
     pub source: StreamSource,
-    pub lease_table: String,
-    pub create_lease_table: bool,
-    pub nakadi: PublisherConfig,
+    pub event_type: String,
     pub data_type: String,
     pub compaction_key: bool,
     /// Which records become events, and without which attributes.
     pub filter: Filter,
+}
+
+impl TableConfig {
+    /// The table's name: the `table` label of its metrics and its name in `/status`.
+    pub fn name(&self) -> &str {
+        match &self.source {
+            StreamSource::Table(name) => name,
+            // arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL, checked when parsed.
+            StreamSource::Arn(arn) => arn
+                .split_once(":table/")
+                .and_then(|(_, rest)| rest.split_once("/stream/"))
+                .map_or(arn.as_str(), |(name, _)| name),
+        }
+    }
+
+    /// Which setting names the table's stream, for start-up errors.
+    pub fn source_variable(&self, from_file: bool) -> &'static str {
+        match (&self.source, from_file) {
+            (_, true) => "RELAY_TABLES_FILE",
+            (StreamSource::Arn(_), false) => "RELAY_STREAM_ARN",
+            (StreamSource::Table(_), false) => "RELAY_TABLE_NAME",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// One table from the RELAY_TABLE_NAME group of variables, or several from RELAY_TABLES_FILE.
+    pub tables: Vec<TableConfig>,
+    /// The tables came from RELAY_TABLES_FILE.
+    pub tables_from_file: bool,
+    pub lease_table: String,
+    pub create_lease_table: bool,
+    /// Nakadi settings shared by all tables; `event_type` is empty here, see [`Config::publisher`].
+    pub nakadi: PublisherConfig,
     pub dlq_url: String,
     pub initial_position: InitialPosition,
     pub http_addr: SocketAddr,
@@ -205,22 +239,9 @@ impl Config {
             errors: Vec::new(),
         };
 
-        let source = match (r.get("RELAY_TABLE_NAME"), r.get("RELAY_STREAM_ARN")) {
-            (_, Some(arn))
-                if !arn.starts_with("arn:")
-                    || !arn.contains(":table/")
-                    || !arn.contains("/stream/") =>
-            {
-                let problem = "must be a DynamoDB stream ARN (arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL)";
-                r.fail("RELAY_STREAM_ARN", problem);
-                StreamSource::Arn(String::new())
-            }
-            (_, Some(arn)) => StreamSource::Arn(arn.to_owned()),
-            (Some(table), None) => StreamSource::Table(table.to_owned()),
-            (None, None) => {
-                r.fail("RELAY_TABLE_NAME", "is required (or set RELAY_STREAM_ARN)");
-                StreamSource::Table(String::new())
-            }
+        let (tables, tables_from_file) = match r.get("RELAY_TABLES_FILE").map(PathBuf::from) {
+            Some(path) => (tables_from_file(&mut r, &path), true),
+            None => (vec![table_from_env(&mut r)], false),
         };
         let lease_table = r.required("RELAY_LEASE_TABLE");
         let create_lease_table = r.bool("RELAY_CREATE_LEASE_TABLE", false);
@@ -235,11 +256,6 @@ impl Config {
                 ),
             }
         }
-        let event_type = r.required("RELAY_EVENT_TYPE");
-        let data_type = r
-            .get("RELAY_DATA_TYPE")
-            .map(str::to_owned)
-            .unwrap_or_else(|| event_type.clone());
         let token = token_source(&mut r);
         let on_failure =
             r.parse(
@@ -253,7 +269,7 @@ impl Config {
             );
         let nakadi = PublisherConfig {
             base_url: nakadi_url.trim_end_matches('/').to_owned(),
-            event_type,
+            event_type: String::new(),
             token,
             batch_size: r.number("RELAY_NAKADI_BATCH_SIZE", 500, 1, 10_000),
             batch_bytes: r.number("RELAY_NAKADI_BATCH_BYTES", 4 << 20, 1 << 10, 64 << 20),
@@ -290,26 +306,6 @@ impl Config {
                 _ => Err("must be TRIM_HORIZON or LATEST".into()),
             },
         );
-        let compaction_key = r.bool("RELAY_COMPACTION_KEY", false);
-        let filter = Filter {
-            ttl_deletes: r.parse("RELAY_TTL_DELETES", TtlDeletes::Publish, |raw| match raw {
-                "publish" => Ok(TtlDeletes::Publish),
-                "skip" => Ok(TtlDeletes::Skip),
-                "mark" => Ok(TtlDeletes::Mark),
-                _ => Err("must be publish, skip or mark".into()),
-            }),
-            event_names: r.parse("RELAY_EVENT_NAMES", EventNames::ALL, EventNames::parse),
-            drop_attributes: r
-                .get("RELAY_DROP_ATTRIBUTES")
-                .map(|raw| {
-                    raw.split(',')
-                        .map(str::trim)
-                        .filter(|n| !n.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
         let http_addr = r.parse(
             "RELAY_HTTP_ADDR",
             SocketAddr::from(([0, 0, 0, 0], 8080)),
@@ -357,13 +353,11 @@ impl Config {
             return Err(ConfigErrors(r.errors));
         }
         Ok(Config {
-            source,
+            tables,
+            tables_from_file,
             lease_table,
             create_lease_table,
             nakadi,
-            data_type,
-            compaction_key,
-            filter,
             dlq_url,
             initial_position,
             http_addr,
@@ -375,6 +369,204 @@ impl Config {
             shutdown_timeout,
         })
     }
+}
+
+impl Config {
+    /// The publisher settings for one table's event type.
+    pub fn publisher(&self, event_type: &str) -> PublisherConfig {
+        PublisherConfig {
+            event_type: event_type.to_owned(),
+            ..self.nakadi.clone()
+        }
+    }
+}
+
+/// The variables that describe the one table of a deployment without RELAY_TABLES_FILE.
+const TABLE_VARIABLES: [&str; 8] = [
+    "RELAY_TABLE_NAME",
+    "RELAY_STREAM_ARN",
+    "RELAY_EVENT_TYPE",
+    "RELAY_DATA_TYPE",
+    "RELAY_COMPACTION_KEY",
+    "RELAY_TTL_DELETES",
+    "RELAY_EVENT_NAMES",
+    "RELAY_DROP_ATTRIBUTES",
+];
+
+fn check_stream_arn(arn: &str) -> Result<(), String> {
+    if arn.starts_with("arn:") && arn.contains(":table/") && arn.contains("/stream/") {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a DynamoDB stream ARN (arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL), got {arn:?}"
+        ))
+    }
+}
+
+fn parse_ttl_deletes(raw: &str) -> Result<TtlDeletes, String> {
+    match raw {
+        "publish" => Ok(TtlDeletes::Publish),
+        "skip" => Ok(TtlDeletes::Skip),
+        "mark" => Ok(TtlDeletes::Mark),
+        _ => Err("must be publish, skip or mark".into()),
+    }
+}
+
+fn comma_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The one table of the RELAY_TABLE_NAME group of variables.
+fn table_from_env(r: &mut Reader<'_>) -> TableConfig {
+    let source = match (r.get("RELAY_TABLE_NAME"), r.get("RELAY_STREAM_ARN")) {
+        (_, Some(arn)) => {
+            let arn = arn.to_owned();
+            if let Err(problem) = check_stream_arn(&arn) {
+                r.fail("RELAY_STREAM_ARN", problem);
+            }
+            StreamSource::Arn(arn)
+        }
+        (Some(table), None) => StreamSource::Table(table.to_owned()),
+        (None, None) => {
+            r.fail(
+                "RELAY_TABLE_NAME",
+                "is required (or set RELAY_STREAM_ARN, or RELAY_TABLES_FILE)",
+            );
+            StreamSource::Table(String::new())
+        }
+    };
+    let event_type = r.required("RELAY_EVENT_TYPE");
+    let data_type = r
+        .get("RELAY_DATA_TYPE")
+        .map(str::to_owned)
+        .unwrap_or_else(|| event_type.clone());
+    TableConfig {
+        source,
+        event_type,
+        data_type,
+        compaction_key: r.bool("RELAY_COMPACTION_KEY", false),
+        filter: Filter {
+            ttl_deletes: r.parse("RELAY_TTL_DELETES", TtlDeletes::Publish, parse_ttl_deletes),
+            event_names: r.parse("RELAY_EVENT_NAMES", EventNames::ALL, EventNames::parse),
+            drop_attributes: r
+                .get("RELAY_DROP_ATTRIBUTES")
+                .map(comma_list)
+                .unwrap_or_default(),
+        },
+    }
+}
+
+/// One `[[table]]` of RELAY_TABLES_FILE; the keys mirror the single-table variables.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableEntry {
+    name: Option<String>,
+    stream_arn: Option<String>,
+    event_type: String,
+    data_type: Option<String>,
+    #[serde(default)]
+    compaction_key: bool,
+    ttl_deletes: Option<String>,
+    event_names: Option<Vec<String>>,
+    #[serde(default)]
+    drop_attributes: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TablesFile {
+    table: Vec<TableEntry>,
+}
+
+/// The tables of RELAY_TABLES_FILE (TOML, `[[table]]` entries; see the README). Every problem
+/// names the entry it is in.
+fn tables_from_file(r: &mut Reader<'_>, path: &std::path::Path) -> Vec<TableConfig> {
+    const VAR: &str = "RELAY_TABLES_FILE";
+    for variable in TABLE_VARIABLES {
+        if r.get(variable).is_some() {
+            r.fail(
+                variable,
+                "must not be set with RELAY_TABLES_FILE, which configures every table",
+            );
+        }
+    }
+    let file: TablesFile = match std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .and_then(|text| {
+            toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))
+        }) {
+        Ok(file) => file,
+        Err(problem) => {
+            r.fail(VAR, problem);
+            return Vec::new();
+        }
+    };
+    if file.table.is_empty() {
+        r.fail(VAR, format!("{} has no [[table]]", path.display()));
+    }
+    let mut tables: Vec<TableConfig> = Vec::new();
+    for (i, entry) in file.table.into_iter().enumerate() {
+        let mut problems = Vec::new();
+        let source = match (entry.name, entry.stream_arn) {
+            (_, Some(arn)) => {
+                if let Err(p) = check_stream_arn(&arn) {
+                    problems.push(format!("stream_arn {p}"));
+                }
+                StreamSource::Arn(arn)
+            }
+            (Some(name), None) if !name.trim().is_empty() => StreamSource::Table(name),
+            _ => {
+                problems.push("needs name or stream_arn".into());
+                StreamSource::Table(String::new())
+            }
+        };
+        if entry.event_type.trim().is_empty() {
+            problems.push("event_type is empty".into());
+        }
+        let ttl_deletes = match entry.ttl_deletes.as_deref().map(parse_ttl_deletes) {
+            None => TtlDeletes::Publish,
+            Some(Ok(t)) => t,
+            Some(Err(p)) => {
+                problems.push(format!("ttl_deletes {p}"));
+                TtlDeletes::Publish
+            }
+        };
+        let event_names = match entry
+            .event_names
+            .map(|names| EventNames::parse(&names.join(",")))
+        {
+            None => EventNames::ALL,
+            Some(Ok(n)) => n,
+            Some(Err(p)) => {
+                problems.push(format!("event_names: {p}"));
+                EventNames::ALL
+            }
+        };
+        let table = TableConfig {
+            data_type: entry.data_type.unwrap_or_else(|| entry.event_type.clone()),
+            event_type: entry.event_type,
+            source,
+            compaction_key: entry.compaction_key,
+            filter: Filter {
+                ttl_deletes,
+                event_names,
+                drop_attributes: entry.drop_attributes,
+            },
+        };
+        // Two entries of one stream would run two lease sets over the same shards.
+        if tables.iter().any(|t| t.source == table.source) {
+            problems.push(format!("{} is configured twice", table.name()));
+        }
+        for p in problems {
+            r.fail(VAR, format!("[[table]] {} ({}): {p}", i + 1, table.name()));
+        }
+        tables.push(table);
+    }
+    tables
 }
 
 /// The Nakadi token: an explicit file, else Zalando's credentials directory when either of its
@@ -459,13 +651,24 @@ mod tests {
     #[test]
     fn minimal_config_gets_the_documented_defaults() {
         let c = Config::from_vars(&minimal()).unwrap();
-        assert_eq!(c.source, StreamSource::Table("orders".into()));
-        assert_eq!(c.data_type, "payments.order-changed");
+        assert!(!c.tables_from_file);
+        assert_eq!(
+            c.tables,
+            vec![TableConfig {
+                source: StreamSource::Table("orders".into()),
+                event_type: "payments.order-changed".into(),
+                data_type: "payments.order-changed".into(),
+                compaction_key: false,
+                filter: Filter::default(),
+            }]
+        );
+        assert_eq!(
+            c.publisher("payments.order-changed").event_type,
+            "payments.order-changed"
+        );
         assert_eq!(c.initial_position, InitialPosition::TrimHorizon);
         assert!(matches!(c.nakadi.on_failure, FailureMode::DeadLetter));
         assert!(matches!(c.nakadi.token, TokenSource::None));
-        assert!(!c.compaction_key);
-        assert!(c.filter.is_pass_through());
         assert!(!c.create_lease_table);
         assert_eq!(c.http_addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.dlq_redrain_interval, Duration::from_secs(30));
@@ -480,9 +683,9 @@ mod tests {
             problems(&HashMap::new()),
             vec![
                 "RELAY_TABLE_NAME",
+                "RELAY_EVENT_TYPE",
                 "RELAY_LEASE_TABLE",
                 "RELAY_NAKADI_URL",
-                "RELAY_EVENT_TYPE",
                 "RELAY_DLQ_URL"
             ]
         );
@@ -534,7 +737,7 @@ mod tests {
         v.insert("RELAY_TTL_DELETES".into(), "mark".into());
         v.insert("RELAY_EVENT_NAMES".into(), "INSERT, REMOVE".into());
         v.insert("RELAY_DROP_ATTRIBUTES".into(), " email, ,iban ".into());
-        let f = Config::from_vars(&v).unwrap().filter;
+        let f = Config::from_vars(&v).unwrap().tables[0].filter.clone();
         assert_eq!(f.ttl_deletes, TtlDeletes::Mark);
         assert_eq!(
             f.event_names,
@@ -549,15 +752,136 @@ mod tests {
         assert_eq!(problems(&v), vec!["RELAY_EVENT_NAMES"]);
     }
 
+    /// The minimal variables without the single-table ones, plus RELAY_TABLES_FILE with `toml`.
+    fn with_tables_file(toml: &str) -> (tempfile::TempDir, HashMap<String, String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tables.toml");
+        std::fs::write(&file, toml).unwrap();
+        let mut v = minimal();
+        v.remove("RELAY_TABLE_NAME");
+        v.remove("RELAY_EVENT_TYPE");
+        v.insert("RELAY_TABLES_FILE".into(), file.display().to_string());
+        (dir, v)
+    }
+
+    #[test]
+    fn tables_file_configures_several_tables() {
+        let (_dir, v) = with_tables_file(
+            r#"
+            [[table]]
+            name = "orders"
+            event_type = "payments.order-changed"
+            data_type = "payments:order"
+            compaction_key = true
+
+            [[table]]
+            stream_arn = "arn:aws:dynamodb:eu-central-1:123456789012:table/refunds/stream/2026-11-01T00:00:00.000"
+            event_type = "payments.refund-changed"
+            ttl_deletes = "skip"
+            event_names = ["INSERT", "MODIFY"]
+            drop_attributes = ["iban"]
+            "#,
+        );
+        let c = Config::from_vars(&v).unwrap();
+        assert!(c.tables_from_file);
+        let names: Vec<&str> = c.tables.iter().map(TableConfig::name).collect();
+        assert_eq!(names, ["orders", "refunds"]);
+        assert_eq!(c.tables[0].data_type, "payments:order");
+        assert!(c.tables[0].compaction_key);
+        assert_eq!(c.tables[1].data_type, "payments.refund-changed");
+        assert_eq!(
+            c.tables[1].filter,
+            Filter {
+                ttl_deletes: TtlDeletes::Skip,
+                event_names: EventNames {
+                    insert: true,
+                    modify: true,
+                    remove: false
+                },
+                drop_attributes: vec!["iban".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn tables_file_problems_name_the_entry() {
+        let (_dir, mut v) = with_tables_file(
+            r#"
+            [[table]]
+            name = "orders"
+            event_type = "a"
+            ttl_deletes = "forget"
+
+            [[table]]
+            name = "orders"
+            event_type = "b"
+
+            [[table]]
+            event_type = "c"
+            "#,
+        );
+        v.insert("RELAY_EVENT_TYPE".into(), "x".into());
+        let errs = Config::from_vars(&v).unwrap_err();
+        let text = errs.to_string();
+        assert_eq!(
+            problems(&v),
+            vec![
+                "RELAY_EVENT_TYPE",
+                "RELAY_TABLES_FILE",
+                "RELAY_TABLES_FILE",
+                "RELAY_TABLES_FILE"
+            ],
+            "{text}"
+        );
+        assert!(
+            text.contains("[[table]] 1 (orders): ttl_deletes must be"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[[table]] 2 (orders): orders is configured twice"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[[table]] 3 (): needs name or stream_arn"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tables_file_must_be_readable_toml_with_known_keys() {
+        let (_dir, v) =
+            with_tables_file("[[table]]\nname = \"orders\"\nevent_type = \"a\"\ntopic = \"b\"\n");
+        let text = Config::from_vars(&v).unwrap_err().to_string();
+        assert!(
+            text.contains("RELAY_TABLES_FILE") && text.contains("topic"),
+            "{text}"
+        );
+
+        let (_dir, v) = with_tables_file("table = 1");
+        assert_eq!(problems(&v), vec!["RELAY_TABLES_FILE"]);
+
+        let mut v = minimal();
+        v.insert(
+            "RELAY_TABLES_FILE".into(),
+            "/nonexistent/tables.toml".into(),
+        );
+        v.remove("RELAY_TABLE_NAME");
+        v.remove("RELAY_EVENT_TYPE");
+        let text = Config::from_vars(&v).unwrap_err().to_string();
+        assert!(
+            text.contains("cannot read /nonexistent/tables.toml"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn stream_arn_wins_over_table_name() {
         let mut v = minimal();
         let arn = "arn:aws:dynamodb:eu-central-1:123456789012:table/orders/stream/2026-11-22T00:00:00.000";
         v.insert("RELAY_STREAM_ARN".into(), arn.into());
-        assert_eq!(
-            Config::from_vars(&v).unwrap().source,
-            StreamSource::Arn(arn.into())
-        );
+        let table = &Config::from_vars(&v).unwrap().tables[0];
+        assert_eq!(table.source, StreamSource::Arn(arn.into()));
+        assert_eq!(table.name(), "orders");
     }
 
     #[test]

@@ -23,7 +23,6 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::metrics::METRICS;
 use crate::transform::{self, Event, EventSettings, TransformFailure};
 
 /// What to do with TTL deletions.
@@ -196,10 +195,6 @@ impl Filter {
                 };
                 let sequence_number = head.dynamodb.and_then(|d| d.sequence_number);
                 if let (Some(reason), Some(seq)) = (skip, sequence_number) {
-                    METRICS
-                        .records_filtered
-                        .with_label_values(&[reason.label()])
-                        .inc();
                     return Filtered::Skipped {
                         sequence_number: seq.into_owned(),
                         reason,

@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The registry `/metrics` serves. A private registry (not the crate's global default) so that
@@ -49,7 +49,7 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 
 /// All metrics, created and registered on first use.
 pub struct Metrics {
-    pub records_read: IntCounter,
+    pub records_read: IntCounterVec,
     pub events_published: IntCounterVec,
     pub publish_duration: Histogram,
     pub publish_retries: IntCounterVec,
@@ -57,14 +57,14 @@ pub struct Metrics {
     pub dlq_write_failures: IntCounter,
     pub dlq_redrained: IntCounterVec,
     pub dlq_depth: IntGauge,
-    pub leases_owned: IntGauge,
+    pub leases_owned: IntGaugeVec,
     pub lease_takeovers: IntCounterVec,
-    pub leases_lost: IntCounter,
-    pub workers: IntGauge,
+    pub leases_lost: IntCounterVec,
+    pub workers: IntGaugeVec,
     pub shards: IntGaugeVec,
-    pub stream_lag: Gauge,
-    pub checkpoints: IntCounter,
-    pub records_trimmed: IntCounter,
+    pub stream_lag: GaugeVec,
+    pub checkpoints: IntCounterVec,
+    pub records_trimmed: IntCounterVec,
     pub records_filtered: IntCounterVec,
     pub aws_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -84,9 +84,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     REGISTRY
         .register(Box::new(publish_duration.clone()))
         .expect("unique metric");
-    let stream_lag = Gauge::new(
-        "relay_stream_lag_seconds",
-        "Age of the newest record processed, the largest over the shards this pod owns; 0 when caught up.",
+    let stream_lag = GaugeVec::new(
+        Opts::new(
+            "relay_stream_lag_seconds",
+            "Age of the newest record processed, the largest over the shards of the table this pod owns; 0 when caught up.",
+        ),
+        &["table"],
     )
     .expect("valid metric");
     REGISTRY
@@ -101,14 +104,15 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
     let metrics = Metrics {
-        records_read: counter(
+        records_read: counter_vec(
             "relay_records_read_total",
             "Stream records read from DynamoDB Streams.",
+            &["table"],
         ),
         events_published: counter_vec(
             "relay_events_published_total",
-            "Events whose publication ended, by outcome: delivered (Nakadi accepted it) or dead_lettered (sent to the DLQ).",
-            &["outcome"],
+            "Events of stream records whose publication ended, by outcome: delivered (Nakadi accepted it) or dead_lettered (sent to the DLQ).",
+            &["table", "outcome"],
         ),
         publish_duration,
         publish_retries: counter_vec(
@@ -134,38 +138,46 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "relay_dlq_depth",
             "Approximate number of messages in the dead-letter queue, sampled by the re-drain loop.",
         ),
-        leases_owned: gauge("relay_leases_owned", "Shard leases this pod owns."),
+        leases_owned: gauge_vec(
+            "relay_leases_owned",
+            "Shard leases this pod owns.",
+            &["table"],
+        ),
         lease_takeovers: counter_vec(
             "relay_lease_takeovers_total",
             "Leases this pod took over from a worker that stopped renewing (expired), or asked a busier worker to hand over (balanced).",
-            &["kind"],
+            &["table", "kind"],
         ),
-        leases_lost: counter(
+        leases_lost: counter_vec(
             "relay_leases_lost_total",
             "Leases this pod lost to another worker; the shard stopped without a checkpoint.",
+            &["table"],
         ),
-        workers: gauge(
+        workers: gauge_vec(
             "relay_workers",
-            "Live workers this pod sees in the lease table, itself included.",
+            "Live workers this pod sees in the lease table for the table's stream, itself included.",
+            &["table"],
         ),
         shards: gauge_vec(
             "relay_shards",
-            "Shards of the stream by state (owned, unowned, waiting_for_parent, finished), as this pod sees them.",
-            &["state"],
+            "Shards of the table's stream by state (owned, unowned, waiting_for_parent, finished), as this pod sees them.",
+            &["table", "state"],
         ),
         stream_lag,
-        checkpoints: counter(
+        checkpoints: counter_vec(
             "relay_checkpoints_total",
             "Checkpoints written to the lease table.",
+            &["table"],
         ),
-        records_trimmed: counter(
+        records_trimmed: counter_vec(
             "relay_records_trimmed_total",
             "Times a shard's checkpoint pointed at data the stream had already trimmed; reading continued from TRIM_HORIZON.",
+            &["table"],
         ),
         records_filtered: counter_vec(
             "relay_records_filtered_total",
             "Stream records not published because the configured filter skips them, by reason (ttl_delete, event_name); their checkpoints move on.",
-            &["reason"],
+            &["table", "reason"],
         ),
         aws_errors: counter_vec(
             "relay_aws_errors_total",
@@ -176,9 +188,6 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     };
     // Every known label value starts at 0, so the first dead letter or retry shows in `rate()`
     // and `increase()` instead of appearing as a new series that alerts cannot see rise.
-    for outcome in ["delivered", "dead_lettered"] {
-        metrics.events_published.with_label_values(&[outcome]);
-    }
     for reason in [
         "server_error",
         "rate_limited",
@@ -202,17 +211,77 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for outcome in ["published", "failed", "undecodable"] {
         metrics.dlq_redrained.with_label_values(&[outcome]);
     }
-    for skip in crate::filter::Skip::ALL {
-        metrics.records_filtered.with_label_values(&[skip.label()]);
-    }
-    for kind in ["expired", "balanced"] {
-        metrics.lease_takeovers.with_label_values(&[kind]);
-    }
-    for state in ["owned", "unowned", "waiting_for_parent", "finished"] {
-        metrics.shards.with_label_values(&[state]);
-    }
     metrics
 });
+
+/// Label values of `relay_shards{state}`.
+pub const SHARD_STATES: [&str; 4] = ["owned", "unowned", "waiting_for_parent", "finished"];
+
+/// The metrics of one table's stream, bound to its `table` label once. The label is bounded by
+/// the configured tables (shards, which come and go, are never a label).
+pub struct TableMetrics {
+    pub records_read: IntCounter,
+    pub delivered: IntCounter,
+    pub dead_lettered: IntCounter,
+    pub records_trimmed: IntCounter,
+    pub checkpoints: IntCounter,
+    pub stream_lag: Gauge,
+    pub leases_owned: IntGauge,
+    pub leases_lost: IntCounter,
+    pub workers: IntGauge,
+    table: String,
+}
+
+impl TableMetrics {
+    /// Every series of the table starts at 0, so the first event of a kind shows in `rate()`.
+    pub fn new(table: &str) -> TableMetrics {
+        let m = &*METRICS;
+        for skip in crate::filter::Skip::ALL {
+            m.records_filtered.with_label_values(&[table, skip.label()]);
+        }
+        for kind in ["expired", "balanced"] {
+            m.lease_takeovers.with_label_values(&[table, kind]);
+        }
+        for state in SHARD_STATES {
+            m.shards.with_label_values(&[table, state]);
+        }
+        TableMetrics {
+            records_read: m.records_read.with_label_values(&[table]),
+            delivered: m.events_published.with_label_values(&[table, "delivered"]),
+            dead_lettered: m
+                .events_published
+                .with_label_values(&[table, "dead_lettered"]),
+            records_trimmed: m.records_trimmed.with_label_values(&[table]),
+            checkpoints: m.checkpoints.with_label_values(&[table]),
+            stream_lag: m.stream_lag.with_label_values(&[table]),
+            leases_owned: m.leases_owned.with_label_values(&[table]),
+            leases_lost: m.leases_lost.with_label_values(&[table]),
+            workers: m.workers.with_label_values(&[table]),
+            table: table.to_owned(),
+        }
+    }
+
+    pub fn filtered(&self, skip: crate::filter::Skip) {
+        METRICS
+            .records_filtered
+            .with_label_values(&[&self.table, skip.label()])
+            .inc();
+    }
+
+    pub fn takeover(&self, kind: &str) {
+        METRICS
+            .lease_takeovers
+            .with_label_values(&[&self.table, kind])
+            .inc();
+    }
+
+    pub fn shards(&self, state: &str, n: i64) {
+        METRICS
+            .shards
+            .with_label_values(&[&self.table, state])
+            .set(n);
+    }
+}
 
 /// The Prometheus text exposition of every registered metric.
 pub fn render() -> String {
@@ -234,13 +303,6 @@ pub fn publish_retry(reason: &str, events: u64) {
     METRICS
         .publish_retries
         .with_label_values(&[reason])
-        .inc_by(events);
-}
-
-pub fn events_published(outcome: &str, events: u64) {
-    METRICS
-        .events_published
-        .with_label_values(&[outcome])
         .inc_by(events);
 }
 

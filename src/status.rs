@@ -1,5 +1,5 @@
-//! What the pod tells about itself: liveness, readiness and the `/status` report. The
-//! coordinator writes it every round; the HTTP handlers only read it.
+//! What the pod tells about itself: liveness, readiness and the `/status` report. Each table's
+//! coordinator writes its part every round; the HTTP handlers only read it.
 
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +13,8 @@ const STUCK_AFTER: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ShardStatus {
+    /// The table whose stream the shard belongs to.
+    pub table: String,
     pub shard_id: String,
     /// owned, unowned, waiting_for_parent or finished
     pub state: &'static str,
@@ -23,80 +25,178 @@ pub struct ShardStatus {
     pub lag_seconds: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StatusReport {
-    pub worker_id: String,
+/// One table as its coordinator last saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStatus {
+    pub table: String,
     pub stream_arn: String,
-    pub ready: bool,
+    /// The first shard sync is done (stream and lease table were reachable).
+    pub synced: bool,
+    /// Live workers reading this table's stream, this pod included.
     pub workers: usize,
     pub leases_owned: usize,
+    #[serde(skip)]
+    last_round: Instant,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub worker_id: String,
+    pub ready: bool,
+    /// Over all tables.
+    pub leases_owned: usize,
+    pub tables: Vec<TableStatus>,
+    /// The shards of every table.
     pub shards: Vec<ShardStatus>,
 }
 
 #[derive(Debug)]
 pub struct StatusBoard {
-    /// The first shard sync is done (stream and lease table were reachable).
-    synced: AtomicBool,
     /// SIGTERM came: not ready any more, before the leases are released.
     stopping: AtomicBool,
-    last_round: RwLock<Instant>,
     report: RwLock<StatusReport>,
 }
 
 impl StatusBoard {
-    pub fn new(worker_id: &str, stream_arn: &str) -> StatusBoard {
+    /// `tables`: (table name, stream ARN) in the order their coordinators are numbered.
+    pub fn new(worker_id: &str, tables: &[(String, String)]) -> StatusBoard {
         StatusBoard {
-            synced: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            last_round: RwLock::new(Instant::now()),
             report: RwLock::new(StatusReport {
                 worker_id: worker_id.to_owned(),
-                stream_arn: stream_arn.to_owned(),
-                ..StatusReport::default()
+                ready: false,
+                leases_owned: 0,
+                tables: tables
+                    .iter()
+                    .map(|(table, stream_arn)| TableStatus {
+                        table: table.clone(),
+                        stream_arn: stream_arn.clone(),
+                        synced: false,
+                        workers: 0,
+                        leases_owned: 0,
+                        last_round: Instant::now(),
+                    })
+                    .collect(),
+                shards: Vec::new(),
             }),
         }
     }
 
-    pub fn set_synced(&self) {
-        self.synced.store(true, Ordering::SeqCst);
+    fn with_table<T>(&self, table: usize, f: impl FnOnce(&mut TableStatus) -> T) -> T {
+        f(&mut self.report.write().expect("status lock poisoned").tables[table])
     }
 
-    pub fn synced(&self) -> bool {
-        self.synced.load(Ordering::SeqCst)
+    pub fn set_synced(&self, table: usize) {
+        self.with_table(table, |t| t.synced = true);
+    }
+
+    pub fn synced(&self, table: usize) -> bool {
+        self.with_table(table, |t| t.synced)
     }
 
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
+    /// Every table synced, and no SIGTERM yet.
     pub fn ready(&self) -> bool {
-        self.synced.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
+        !self.stopping.load(Ordering::SeqCst)
+            && self
+                .report
+                .read()
+                .expect("status lock poisoned")
+                .tables
+                .iter()
+                .all(|t| t.synced)
     }
 
-    /// The coordinator calls this after every round, whatever the round's AWS calls returned:
+    /// A coordinator calls this after every round, whatever the round's AWS calls returned:
     /// liveness is about the process, not about AWS or Nakadi being reachable.
-    pub fn round_done(&self) {
-        *self.last_round.write().expect("status lock poisoned") = Instant::now();
+    pub fn round_done(&self, table: usize) {
+        self.with_table(table, |t| t.last_round = Instant::now());
     }
 
+    /// Every table's coordinator finished a round lately.
     pub fn live(&self) -> bool {
-        self.last_round
+        self.report
             .read()
             .expect("status lock poisoned")
-            .elapsed()
-            < STUCK_AFTER
+            .tables
+            .iter()
+            .all(|t| t.last_round.elapsed() < STUCK_AFTER)
     }
 
-    pub fn publish(&self, shards: Vec<ShardStatus>, workers: usize, leases_owned: usize) {
+    /// Replaces what the report holds of one table.
+    pub fn publish(
+        &self,
+        table: usize,
+        shards: Vec<ShardStatus>,
+        workers: usize,
+        leases_owned: usize,
+    ) {
         let mut report = self.report.write().expect("status lock poisoned");
-        report.shards = shards;
-        report.workers = workers;
-        report.leases_owned = leases_owned;
+        let name = report.tables[table].table.clone();
+        report.tables[table].workers = workers;
+        report.tables[table].leases_owned = leases_owned;
+        report.shards.retain(|s| s.table != name);
+        report.shards.extend(shards);
+        report.leases_owned = report.tables.iter().map(|t| t.leases_owned).sum();
     }
 
     pub fn report(&self) -> StatusReport {
         let mut report = self.report.read().expect("status lock poisoned").clone();
         report.ready = self.ready();
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(table: &str, id: &str) -> ShardStatus {
+        ShardStatus {
+            table: table.into(),
+            shard_id: id.into(),
+            state: "owned",
+            owner: Some("me".into()),
+            checkpoint: "TRIM_HORIZON".into(),
+            parent_shard_ids: Vec::new(),
+            lag_seconds: Some(0.0),
+        }
+    }
+
+    #[test]
+    fn ready_when_every_table_synced_and_not_stopping() {
+        let board = StatusBoard::new(
+            "me",
+            &[("a".into(), "arn-a".into()), ("b".into(), "arn-b".into())],
+        );
+        board.set_synced(0);
+        assert!(!board.ready(), "table b not synced yet");
+        board.set_synced(1);
+        assert!(board.ready());
+        board.set_stopping();
+        assert!(!board.ready());
+    }
+
+    #[test]
+    fn each_table_replaces_only_its_own_shards() {
+        let board = StatusBoard::new(
+            "me",
+            &[("a".into(), "arn-a".into()), ("b".into(), "arn-b".into())],
+        );
+        board.publish(0, vec![shard("a", "1"), shard("a", "2")], 1, 2);
+        board.publish(1, vec![shard("b", "1")], 2, 1);
+        board.publish(0, vec![shard("a", "3")], 1, 1);
+        let r = board.report();
+        let ids: Vec<(&str, &str)> = r
+            .shards
+            .iter()
+            .map(|s| (s.table.as_str(), s.shard_id.as_str()))
+            .collect();
+        assert_eq!(ids, [("b", "1"), ("a", "3")]);
+        assert_eq!(r.leases_owned, 2);
+        assert_eq!(r.tables[1].workers, 2);
     }
 }

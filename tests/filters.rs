@@ -157,14 +157,14 @@ async fn skipped_records_are_counted_and_checkpointed_past() {
     assert_eq!(
         metric(
             &run.metrics,
-            "relay_records_filtered_total{reason=\"ttl_delete\"}"
+            "relay_records_filtered_total{reason=\"ttl_delete\",table=\"orders\"}"
         ),
         1.0
     );
     assert_eq!(
         metric(
             &run.metrics,
-            "relay_records_filtered_total{reason=\"event_name\"}"
+            "relay_records_filtered_total{reason=\"event_name\",table=\"orders\"}"
         ),
         1.0
     );

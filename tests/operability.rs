@@ -73,7 +73,9 @@ async fn readiness_turns_503_on_sigterm_before_the_leases_are_released() {
         Duration::from_secs(30),
         || async {
             let (_, m) = relay.get("/metrics").await?;
-            m.contains("relay_records_read_total 5").then_some(())
+            m.lines()
+                .any(|l| l.starts_with("relay_records_read_total{") && l.ends_with(" 5"))
+                .then_some(())
         },
     )
     .await;

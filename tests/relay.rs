@@ -200,7 +200,7 @@ async fn every_change_arrives_exactly_once_with_item_and_patch() {
     check_exactly_once(&events, &writes);
     let (_, metrics) = relay.get("/metrics").await.unwrap();
     assert!(
-        metrics.contains("relay_records_read_total 1000"),
+        metrics.contains("relay_records_read_total{table=\"orders\"} 1000"),
         "{metrics}"
     );
     let (status, body) = relay.get("/status").await.unwrap();

@@ -379,7 +379,7 @@ async fn splits_keep_per_key_order_across_parent_and_child() {
         wait_for("lag back to zero", Duration::from_secs(30), || async {
             let (_, m) = r.get("/metrics").await?;
             m.lines()
-                .any(|l| l == "relay_stream_lag_seconds 0")
+                .any(|l| l == "relay_stream_lag_seconds{table=\"orders\"} 0")
                 .then_some(())
         })
         .await;
@@ -506,7 +506,10 @@ async fn trimmed_checkpoint_continues_from_trim_horizon_and_counts_it() {
         "trimmed records cannot arrive"
     );
     let (_, m) = relay.get("/metrics").await.unwrap();
-    assert!(metric(&m, "relay_records_trimmed_total") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "relay_records_trimmed_total{table=\"orders\"}") >= 1.0,
+        "{m}"
+    );
     assert!(
         relay.logs().contains("trimmed"),
         "an ERROR log names the trimmed data"

@@ -6,6 +6,7 @@
 //! waits `RELAY_DLQ_REDRAIN_INTERVAL` (longer, doubling, while Nakadi keeps failing). A rate limit
 //! keeps a full queue from flooding a Nakadi that has just recovered.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::error::DisplayErrorContext;
@@ -29,9 +30,10 @@ const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 
 pub struct Redrainer {
     pub dlq: DeadLetterQueue,
-    /// A publisher in dead-letter mode even when shards block: a message that fails again stays
-    /// in the queue, so waiting for it here would only stall the loop.
-    pub publisher: Publisher,
+    /// A publisher per event type of the deployment's tables, in dead-letter mode even when
+    /// shards block: a message that fails again stays in the queue, so waiting for it here would
+    /// only stall the loop.
+    pub publishers: HashMap<String, Publisher>,
     pub interval: Duration,
     /// Events per second at most.
     pub rate: u32,
@@ -123,17 +125,18 @@ impl Redrainer {
 
     async fn republish(&self, messages: &[Message], shutdown: &CancellationToken) -> RoundReport {
         let mut report = RoundReport::default();
-        let mut events: Vec<Event> = Vec::new();
-        let mut event_messages: Vec<&Message> = Vec::new();
+        // Per event type (one per configured table), in the order received.
+        let mut batches: BTreeMap<String, (Vec<Event>, Vec<&Message>)> = BTreeMap::new();
         let mut keep: Vec<&Message> = Vec::new();
         for m in messages {
             match decode(m) {
-                Ok((event_type, event)) if event_type == self.publisher.event_type() => {
-                    events.push(event);
-                    event_messages.push(m);
+                Ok((event_type, event)) if self.publishers.contains_key(&event_type) => {
+                    let batch = batches.entry(event_type).or_default();
+                    batch.0.push(event);
+                    batch.1.push(m);
                 }
                 Ok((event_type, _)) => {
-                    warn!(message_id = m.message_id(), %event_type, "dead letter is for another event type; leaving it");
+                    warn!(message_id = m.message_id(), %event_type, "dead letter is for an event type no table of this deployment publishes; leaving it");
                     report.undecodable += 1;
                     keep.push(m);
                 }
@@ -148,21 +151,24 @@ impl Redrainer {
             shard_id: "dlq-redrain",
         };
         let mut delete = Vec::new();
-        if !events.is_empty() {
-            let Ok(outcomes) = self.publisher.publish(&events, &ctx, shutdown).await else {
+        for (event_type, (events, event_messages)) in &batches {
+            let Ok(outcomes) = self.publishers[event_type]
+                .publish(events, &ctx, shutdown)
+                .await
+            else {
                 // Shutdown: everything stays in the queue and becomes visible again.
                 return report;
             };
-            for (m, outcome) in event_messages.into_iter().zip(outcomes) {
+            for (m, outcome) in event_messages.iter().zip(outcomes) {
                 match outcome {
                     Outcome::Delivered => {
                         report.published += 1;
-                        delete.push(m);
+                        delete.push(*m);
                     }
                     Outcome::Failed(f) => {
                         warn!(message_id = m.message_id(), reason = %f.reason, "dead letter failed again");
                         report.failed += 1;
-                        keep.push(m);
+                        keep.push(*m);
                     }
                 }
             }

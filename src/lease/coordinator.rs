@@ -28,7 +28,7 @@ use tracing::{error, info, warn};
 use super::table::Snapshot;
 use super::{Checkpoint, Lease, LeaseError, OwnedLease};
 use crate::config::{InitialPosition, LeaseTiming};
-use crate::metrics::METRICS;
+use crate::metrics::SHARD_STATES;
 use crate::status::{ShardStatus, StatusBoard};
 use crate::stream::lineage::Lineage;
 use crate::stream::worker::{Pipeline, ShardExit, ShardWorker};
@@ -59,6 +59,8 @@ pub struct Coordinator {
     timing: LeaseTiming,
     initial_position: InitialPosition,
     status: Arc<StatusBoard>,
+    /// This table's place on the status board.
+    slot: usize,
     /// SIGTERM: stop reading; workers finish their pages.
     shutdown: CancellationToken,
     /// The drain deadline: workers stop even mid-page.
@@ -79,7 +81,7 @@ impl Coordinator {
         pipeline: Arc<Pipeline>,
         timing: LeaseTiming,
         initial_position: InitialPosition,
-        status: Arc<StatusBoard>,
+        (status, slot): (Arc<StatusBoard>, usize),
         shutdown: CancellationToken,
         deadline: CancellationToken,
     ) -> Coordinator {
@@ -88,6 +90,7 @@ impl Coordinator {
             timing,
             initial_position,
             status,
+            slot,
             shutdown,
             deadline,
             running: HashMap::new(),
@@ -128,7 +131,7 @@ impl Coordinator {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "reading the lease table failed; trying again next round");
-                self.status.round_done();
+                self.status.round_done(self.slot);
                 return;
             }
         };
@@ -139,17 +142,17 @@ impl Coordinator {
             match self.sync_shards(&snapshot).await {
                 Ok(()) => {
                     self.last_sync = Some(now);
-                    self.status.set_synced();
+                    self.status.set_synced(self.slot);
                 }
                 Err(e) => warn!(error = %e, "shard sync failed; trying again next round"),
             }
         }
         let live_workers = self.live_workers(&snapshot, now);
-        if !observe_only && self.status.synced() {
+        if !observe_only && self.status.synced(self.slot) {
             self.acquire(&snapshot, live_workers, now).await;
         }
         self.publish_status(&snapshot, live_workers);
-        self.status.round_done();
+        self.status.round_done(self.slot);
     }
 
     fn sync_due(&self, now: Instant) -> bool {
@@ -176,7 +179,7 @@ impl Coordinator {
                 Ok(()) => {}
                 Err(LeaseError::Lost(_)) => {
                     warn!(shard_id = %shard, "lease lost to another worker; stopping the shard without checkpoint");
-                    METRICS.leases_lost.inc();
+                    self.pipeline.metrics.leases_lost.inc();
                     if let Some(r) = self.running.get(&shard) {
                         r.cancel_lost();
                     }
@@ -321,10 +324,7 @@ impl Coordinator {
             match self.pipeline.leases.take(lease, &me).await {
                 Ok(owned) => {
                     if lease.owner.as_deref().is_some_and(|o| o != me) {
-                        METRICS
-                            .lease_takeovers
-                            .with_label_values(&["expired"])
-                            .inc();
+                        self.pipeline.metrics.takeover("expired");
                         info!(shard_id = %lease.shard_id, from = lease.owner.as_deref(), "took over an expired lease");
                     } else {
                         info!(shard_id = %lease.shard_id, checkpoint = %lease.checkpoint, "took a lease");
@@ -377,10 +377,7 @@ impl Coordinator {
             let lease = leases.pop().expect("a busiest worker has leases");
             match self.pipeline.leases.request_handoff(lease, me).await {
                 Ok(()) => {
-                    METRICS
-                        .lease_takeovers
-                        .with_label_values(&["balanced"])
-                        .inc();
+                    self.pipeline.metrics.takeover("balanced");
                     info!(shard_id = %lease.shard_id, from = %owner, "asked for a lease to balance the load");
                 }
                 Err(e) => {
@@ -477,7 +474,7 @@ impl Coordinator {
         if let Err(e) = p.leases.remove_heartbeat(&p.worker_id).await {
             warn!(error = %e, "removing the heartbeat failed; it will expire");
         }
-        METRICS.leases_owned.set(0);
+        self.pipeline.metrics.leases_owned.set(0);
         info!("all shards released");
     }
 
@@ -485,10 +482,7 @@ impl Coordinator {
         let lineage = self.lineage(snapshot);
         let now = Instant::now();
         let mut counts: HashMap<&'static str, i64> =
-            ["owned", "unowned", "waiting_for_parent", "finished"]
-                .into_iter()
-                .map(|s| (s, 0))
-                .collect();
+            SHARD_STATES.into_iter().map(|s| (s, 0)).collect();
         let shards: Vec<ShardStatus> = snapshot
             .leases
             .iter()
@@ -514,6 +508,7 @@ impl Coordinator {
                 };
                 *counts.entry(state).or_default() += 1;
                 ShardStatus {
+                    table: self.pipeline.table.clone(),
                     shard_id: l.shard_id.to_string(),
                     state,
                     owner,
@@ -527,7 +522,7 @@ impl Coordinator {
             })
             .collect();
         for (state, n) in counts {
-            METRICS.shards.with_label_values(&[state]).set(n);
+            self.pipeline.metrics.shards(state, n);
         }
         let lag = self
             .running
@@ -535,10 +530,11 @@ impl Coordinator {
             .map(|r| r.lease.lag_ms())
             .max()
             .unwrap_or(0);
-        METRICS.stream_lag.set(lag as f64 / 1000.0);
-        METRICS.leases_owned.set(self.running.len() as i64);
-        METRICS.workers.set(live_workers as i64);
+        let m = &self.pipeline.metrics;
+        m.stream_lag.set(lag as f64 / 1000.0);
+        m.leases_owned.set(self.running.len() as i64);
+        m.workers.set(live_workers as i64);
         self.status
-            .publish(shards, live_workers, self.running.len());
+            .publish(self.slot, shards, live_workers, self.running.len());
     }
 }

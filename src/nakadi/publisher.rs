@@ -354,11 +354,8 @@ impl Publisher {
             let decided = decide(verdict, events, &pending, block);
             let (delivered, rejected) = (decided.delivered.len(), decided.rejected.len());
             let now = OffsetDateTime::now_utc();
-            if !decided.delivered.is_empty() {
-                for &i in &decided.delivered {
-                    outcomes[i] = Some(Outcome::Delivered);
-                }
-                metrics::events_published("delivered", decided.delivered.len() as u64);
+            for &i in &decided.delivered {
+                outcomes[i] = Some(Outcome::Delivered);
             }
             if !decided.rejected.is_empty() {
                 let first_failed_at = *first_failed_at.get_or_insert(now);

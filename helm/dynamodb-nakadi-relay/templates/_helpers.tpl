@@ -116,6 +116,16 @@ shardSyncInterval: RELAY_SHARD_SYNC_INTERVAL
 shutdownTimeout: RELAY_SHUTDOWN_TIMEOUT
 {{- end }}
 
+{{/* The tables file: .Values.tables as TOML [[table]] entries. */}}
+{{- define "relay.tablesToml" -}}
+{{- toToml (dict "table" .Values.tables) }}
+{{- end }}
+
+{{/* Where the tables file is mounted. */}}
+{{- define "relay.tablesDir" -}}
+/etc/dynamodb-nakadi-relay
+{{- end }}
+
 {{/* A value as the string an environment variable holds; whole numbers never in e-notation. */}}
 {{- define "relay.envValue" -}}
 {{- if or (kindIs "float64" .) (kindIs "float32" .) }}
@@ -131,6 +141,14 @@ shutdownTimeout: RELAY_SHUTDOWN_TIMEOUT
 {{- range $key, $_ := .Values.config }}
 {{- if not (hasKey $mapping $key) }}
 {{- fail (printf "config.%s is not a setting of the relay (known: %s)" $key (keys $mapping | sortAlpha | join ", ")) }}
+{{- end }}
+{{- end }}
+{{- if .Values.tables }}
+{{- range $key := list "tableName" "streamArn" "eventType" "dataType" "compactionKey" "ttlDeletes" "eventNames" "dropAttributes" }}
+{{- $value := index $.Values.config $key }}
+{{- if and (not (kindIs "invalid" $value)) (ne (toString $value) "") }}
+{{- fail (printf "config.%s is set per table when tables is set; leave it empty" $key) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- $tokenMounted := ne (toString .Values.nakadiToken.existingSecret) "" }}
@@ -151,6 +169,10 @@ shutdownTimeout: RELAY_SHUTDOWN_TIMEOUT
 {{- if $tokenMounted }}
 - name: RELAY_NAKADI_TOKEN_FILE
   value: {{ printf "%s/%s" (trimSuffix "/" .Values.nakadiToken.mountPath) .Values.nakadiToken.fileName | quote }}
+{{- end }}
+{{- if .Values.tables }}
+- name: RELAY_TABLES_FILE
+  value: {{ printf "%s/tables.toml" (include "relay.tablesDir" .) | quote }}
 {{- end }}
 {{- with .Values.nakadiToken.credentialsDir }}
 - name: CREDENTIALS_DIR
