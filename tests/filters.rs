@@ -10,10 +10,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, StreamSpecification, StreamViewType,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ScalarAttributeType};
 use serde_json::{Value, json};
 use support::*;
 
@@ -81,13 +78,6 @@ async fn run_filtered(test: &str, filter_env: &[(&str, &str)], expected_events: 
         last_sequence_number,
         metrics,
     }
-}
-
-fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{series} not in:\n{metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,53 +163,20 @@ async fn skipped_records_are_counted_and_checkpointed_past() {
     assert_eq!(run.checkpoint, run.last_sequence_number);
 }
 
-/// A table keyed by `order` (S) and `line` (N).
-async fn create_composite_table(moto: &Moto, table: &str) -> String {
-    let attr = |name: &str, t: ScalarAttributeType| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(t)
-            .build()
-            .unwrap()
-    };
-    let key = |name: &str, t: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(t)
-            .build()
-            .unwrap()
-    };
-    moto.dynamodb()
-        .await
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr("order", ScalarAttributeType::S))
-        .attribute_definitions(attr("line", ScalarAttributeType::N))
-        .key_schema(key("order", KeyType::Hash))
-        .key_schema(key("line", KeyType::Range))
-        .stream_specification(
-            StreamSpecification::builder()
-                .stream_enabled(true)
-                .stream_view_type(StreamViewType::NewAndOldImages)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .expect("creating the table")
-        .table_description()
-        .and_then(|t| t.latest_stream_arn())
-        .expect("the table has a stream")
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_key_is_the_json_array_of_hash_and_range_key() {
     let test = "filters_compaction";
     let moto = Moto::start(test).await;
     let nakadi = Nakadi::start(test, &[]);
-    let arn = create_composite_table(&moto, "order-lines").await;
+    let arn = moto
+        .create_table_keyed(
+            "order-lines",
+            &[
+                ("order", ScalarAttributeType::S),
+                ("line", ScalarAttributeType::N),
+            ],
+        )
+        .await;
     let dlq = moto.create_queue("relay-dlq", &[]).await;
     let mut env = base_env(&moto, &nakadi, &arn, "relay-leases", &dlq);
     env.insert("RELAY_COMPACTION_KEY".into(), "true".into());

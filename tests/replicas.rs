@@ -420,13 +420,6 @@ async fn write_some(s: &Setup, first_seq: u64, keys: usize) -> Vec<Written> {
         .collect()
 }
 
-fn metric(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_iterators_are_reopened_after_the_checkpoint() {
     let (s, relay, mut written) = single_relay("replicas_expired").await;

@@ -41,11 +41,24 @@ async fn put(ddb: &aws_sdk_dynamodb::Client, table: &str, item: &[(&str, &str)])
         .unwrap();
 }
 
-fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{series} not in:\n{metrics}"))
+/// The relay's variables with RELAY_TABLES_FILE (holding `toml`) instead of one table's.
+fn tables_env(
+    test: &str,
+    moto: &Moto,
+    nakadi: &Nakadi,
+    dlq: &str,
+    toml: &str,
+) -> HashMap<String, String> {
+    let tables_file = output_dir(test).join("tables.toml");
+    std::fs::write(&tables_file, toml).unwrap();
+    let mut env = base_env(moto, nakadi, "unused", "relay-leases", dlq);
+    env.remove("RELAY_STREAM_ARN");
+    env.remove("RELAY_EVENT_TYPE");
+    env.insert(
+        "RELAY_TABLES_FILE".into(),
+        tables_file.display().to_string(),
+    );
+    env
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,11 +69,13 @@ async fn two_tables_reach_their_own_event_types_with_their_own_options() {
     let orders_arn = moto.create_table("orders").await;
     let _refunds_arn = moto.create_table("refunds").await;
     let dlq = moto.create_queue("relay-dlq", &[]).await;
-    let tables_file = output_dir(test).join("tables.toml");
     // orders by its stream ARN, refunds by table name: both ways of naming a source.
-    std::fs::write(
-        &tables_file,
-        format!(
+    let env = tables_env(
+        test,
+        &moto,
+        &nakadi,
+        &dlq,
+        &format!(
             r#"
 [[table]]
 stream_arn = "{orders_arn}"
@@ -74,14 +89,6 @@ event_type = "{REFUNDS}"
 drop_attributes = ["iban"]
 "#
         ),
-    )
-    .unwrap();
-    let mut env = base_env(&moto, &nakadi, "unused", "relay-leases", &dlq);
-    env.remove("RELAY_STREAM_ARN");
-    env.remove("RELAY_EVENT_TYPE");
-    env.insert(
-        "RELAY_TABLES_FILE".into(),
-        tables_file.display().to_string(),
     );
 
     // Refunds' event type is down for a while: its events are dead-lettered and must come back
@@ -208,20 +215,14 @@ async fn a_table_file_with_a_missing_table_exits_2_naming_it() {
     let nakadi = Nakadi::start(test, &[]);
     moto.create_table("orders").await;
     let dlq = moto.create_queue("relay-dlq", &[]).await;
-    let tables_file = output_dir(test).join("tables.toml");
-    std::fs::write(
-        &tables_file,
-        format!(
+    let env = tables_env(
+        test,
+        &moto,
+        &nakadi,
+        &dlq,
+        &format!(
             "[[table]]\nname = \"orders\"\nevent_type = \"{ORDERS}\"\n\n[[table]]\nname = \"ghosts\"\nevent_type = \"{REFUNDS}\"\n"
         ),
-    )
-    .unwrap();
-    let mut env = base_env(&moto, &nakadi, "unused", "relay-leases", &dlq);
-    env.remove("RELAY_STREAM_ARN");
-    env.remove("RELAY_EVENT_TYPE");
-    env.insert(
-        "RELAY_TABLES_FILE".into(),
-        tables_file.display().to_string(),
     );
     let mut relay = Relay::start(test, "relay", &env);
     let status = relay.process.wait_exit(Duration::from_secs(60)).await;

@@ -185,36 +185,55 @@ impl Moto {
 
     /// A table with a NEW_AND_OLD_IMAGES stream keyed by `pk` (string); returns the stream ARN.
     pub async fn create_table(&self, table: &str) -> String {
-        let ddb = self.dynamodb().await;
-        let out = ddb
+        self.create_table_keyed(table, &[("pk", ScalarAttributeType::S)])
+            .await
+    }
+
+    /// A table with a NEW_AND_OLD_IMAGES stream and the given key: the hash key, then the range
+    /// key if there is a second; returns the stream ARN.
+    pub async fn create_table_keyed(
+        &self,
+        table: &str,
+        key: &[(&str, ScalarAttributeType)],
+    ) -> String {
+        let mut req = self
+            .dynamodb()
+            .await
             .create_table()
             .table_name(table)
             .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("pk")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("pk")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
             .stream_specification(
                 StreamSpecification::builder()
                     .stream_enabled(true)
                     .stream_view_type(StreamViewType::NewAndOldImages)
                     .build()
                     .unwrap(),
-            )
-            .send()
+            );
+        for (i, (name, kind)) in key.iter().enumerate() {
+            req = req
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(*name)
+                        .attribute_type(kind.clone())
+                        .build()
+                        .unwrap(),
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(*name)
+                        .key_type(if i == 0 {
+                            KeyType::Hash
+                        } else {
+                            KeyType::Range
+                        })
+                        .build()
+                        .unwrap(),
+                );
+        }
+        req.send()
             .await
-            .expect("creating the table");
-        out.table_description()
+            .expect("creating the table")
+            .table_description()
             .and_then(|t| t.latest_stream_arn())
             .expect("the table has a stream")
             .to_owned()
@@ -662,6 +681,15 @@ impl StreamsControl {
             })
             .collect()
     }
+}
+
+/// The value of one series in a `/metrics` text, e.g. `relay_records_read_total{table="orders"}`
+/// (labels as the exposition writes them: sorted by name). Panics naming the series if absent.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in:\n{metrics}"))
 }
 
 /// Env for a relay reading the fault server's stream, with moto for the lease table and SQS.
