@@ -9,24 +9,25 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, StreamSource, TableConfig};
-use crate::dlq::{DeadLetterQueue, Redrainer};
-use crate::lease::LeaseTable;
+use crate::dlq::{DeadLetterQueue, DlqError, Redrainer};
 use crate::lease::coordinator::Coordinator;
+use crate::lease::{LeaseError, LeaseTable};
 use crate::metrics::TableMetrics;
 use crate::nakadi::{FailureMode, NakadiError, Publisher, PublisherConfig, TokenSource};
+use crate::retry::Backoff;
 use crate::status::StatusBoard;
-use crate::stream::StreamsClient;
 use crate::stream::worker::Pipeline;
+use crate::stream::{StreamError, StreamsClient};
 use crate::transform::EventSettings;
 
 /// A start-up failure, naming the setting that is wrong.
@@ -35,14 +36,30 @@ use crate::transform::EventSettings;
 pub struct StartupError {
     pub variable: &'static str,
     pub message: String,
+    /// An AWS fault that may pass (throttling, 5xx, timeouts, connection errors): [`App::start`]
+    /// tries again for a while before giving up.
+    pub transient: bool,
 }
 
 fn startup(variable: &'static str, message: impl std::fmt::Display) -> StartupError {
     StartupError {
         variable,
         message: message.to_string(),
+        transient: false,
     }
 }
+
+fn transient(variable: &'static str, message: impl std::fmt::Display) -> StartupError {
+    StartupError {
+        transient: true,
+        ..startup(variable, message)
+    }
+}
+
+/// How long start-up retries AWS faults that may pass before it gives up with exit code 2. A
+/// throttled or briefly unreachable AWS at a pod's start is not a configuration error, and a
+/// restart loop would only add calls; a missing or wrong resource fails at once.
+const STARTUP_RETRY_FOR: Duration = Duration::from_secs(60);
 
 pub struct App {
     config: Config,
@@ -86,7 +103,10 @@ impl AwsClients {
 pub async fn redrainer(config: &Config, aws: &AwsClients) -> Result<Redrainer, StartupError> {
     let dlq = DeadLetterQueue::connect(aws.sqs.clone(), config.dlq_url.clone())
         .await
-        .map_err(|e| startup("RELAY_DLQ_URL", e))?;
+        .map_err(|e| match e {
+            DlqError::Unreachable { .. } => transient("RELAY_DLQ_URL", e),
+            _ => startup("RELAY_DLQ_URL", e),
+        })?;
     let mut publishers = HashMap::new();
     for table in &config.tables {
         let mut nakadi = config.publisher(&table.event_type);
@@ -114,6 +134,37 @@ fn publisher(config: PublisherConfig) -> Result<Publisher, StartupError> {
 }
 
 impl App {
+    /// [`App::build`], trying again with backoff while it fails for a reason that may pass, for
+    /// up to [`STARTUP_RETRY_FOR`]. `None`: `stop` came first (SIGTERM during start-up ends the
+    /// process cleanly; nothing was read yet).
+    pub async fn start(
+        config: Config,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Option<App>, StartupError> {
+        tokio::pin!(stop);
+        let began = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let error = tokio::select! {
+                _ = &mut stop => return Ok(None),
+                built = App::build(config.clone()) => match built {
+                    Ok(app) => return Ok(Some(app)),
+                    Err(e) => e,
+                },
+            };
+            if !error.transient || began.elapsed() >= STARTUP_RETRY_FOR {
+                return Err(error);
+            }
+            warn!(variable = error.variable, error = %error.message, attempt, "a start-up check failed for a reason that may pass; trying again");
+            let delay = Backoff::AWS.delay(attempt, None);
+            attempt += 1;
+            tokio::select! {
+                _ = &mut stop => return Ok(None),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
     pub async fn build(config: Config) -> Result<App, StartupError> {
         // Registers every metric now, so the first scrape shows them all.
         std::sync::LazyLock::force(&crate::metrics::METRICS);
@@ -132,7 +183,10 @@ impl App {
                 .leases
                 .ensure_exists(config.create_lease_table)
                 .await
-                .map_err(|e| startup("RELAY_LEASE_TABLE", e))?;
+                .map_err(|e| match e {
+                    LeaseError::Unavailable { .. } => transient("RELAY_LEASE_TABLE", e),
+                    _ => startup("RELAY_LEASE_TABLE", e),
+                })?;
         }
         let listener = TcpListener::bind(config.http_addr).await.map_err(|e| {
             startup(
@@ -238,10 +292,13 @@ async fn pipeline(
         StreamSource::Table(name) => latest_stream(&aws.dynamodb, name, source_var).await?,
     };
     let streams = StreamsClient::new(aws.streams.clone());
-    let info = streams
-        .describe(&stream_arn)
-        .await
-        .map_err(|e| startup(source_var, format!("stream {stream_arn}: {e}")))?;
+    let info = streams.describe(&stream_arn).await.map_err(|e| {
+        let message = format!("stream {stream_arn}: {e}");
+        match e {
+            StreamError::Throttled(_) | StreamError::Other(_) => transient(source_var, message),
+            _ => startup(source_var, message),
+        }
+    })?;
     if info.view_type.as_deref() != Some("NEW_AND_OLD_IMAGES") {
         return Err(startup(
             source_var,
@@ -303,13 +360,17 @@ async fn latest_stream(
         .send()
         .await
         .map_err(|e| {
-            startup(
-                variable,
-                format!(
-                    "table {table}: {}",
-                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-                ),
-            )
+            let message = format!(
+                "table {table}: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+            );
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception())
+            {
+                startup(variable, message)
+            } else {
+                transient(variable, message)
+            }
         })?;
     out.table()
         .and_then(|t| t.latest_stream_arn())

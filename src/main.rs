@@ -45,15 +45,18 @@ async fn main() -> ExitCode {
     telemetry::init(config.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
-            let app = match App::build(config).await {
-                Ok(app) => app,
+            let stop = shutdown::signal_received();
+            tokio::pin!(stop);
+            let app = match App::start(config, stop.as_mut()).await {
+                Ok(Some(app)) => app,
+                Ok(None) => return ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(variable = e.variable, "cannot start: {e}");
                     eprintln!("cannot start: {e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            app.run_until_stopped(shutdown::signal_received()).await;
+            app.run_until_stopped(stop).await;
             ExitCode::SUCCESS
         }
         Command::Redrive { once } => {

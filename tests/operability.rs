@@ -174,3 +174,46 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
     std::fs::write(output_dir(test).join("check-promql.log"), &report).unwrap();
     assert!(out.status.success(), "check-promql failed:\n{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_unreachable_at_start_is_waited_out_and_sigterm_meanwhile_exits_0() {
+    let test = "probes_startup";
+    let mut t = setup(test).await;
+    let aws = FaultProxy::start(&t.moto.endpoint).await;
+    t.env.insert("AWS_ENDPOINT_URL".into(), aws.url.clone());
+    aws.set_down(true);
+    let retried = |relay: &Relay| {
+        relay
+            .logs()
+            .contains("a start-up check failed for a reason that may pass")
+    };
+
+    // An outage at start is not a configuration error: the relay waits it out, then starts.
+    let mut waiting = Relay::start(test, "relay-1", &t.env);
+    wait_for(
+        "a retried start-up check",
+        Duration::from_secs(30),
+        || async { retried(&waiting).then_some(()) },
+    )
+    .await;
+    assert!(
+        waiting.process.child.try_wait().unwrap().is_none(),
+        "exited during an outage: {}",
+        waiting.logs()
+    );
+    aws.set_down(false);
+    waiting.wait_ready().await;
+
+    // SIGTERM while it waits: a clean exit, as on any other stop.
+    aws.set_down(true);
+    let mut stopped = Relay::start(test, "relay-2", &t.env);
+    wait_for(
+        "a retried start-up check",
+        Duration::from_secs(30),
+        || async { retried(&stopped).then_some(()) },
+    )
+    .await;
+    stopped.process.signal("TERM");
+    let status = stopped.process.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", stopped.logs());
+}

@@ -1,7 +1,7 @@
 //! Writes dead letters to SQS with SendMessageBatch.
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 
 use super::message::{DeadLetter, GZIP, encode_gzip};
@@ -14,6 +14,10 @@ const ATTRIBUTE_ROOM: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
+    /// SQS says the queue does not exist: a setting to fix, not a fault to wait out.
+    #[error("dead-letter queue {url} does not exist")]
+    Missing { url: String },
+    /// Throttling, 5xx, timeouts, connection errors, access denied: may pass.
     #[error("dead-letter queue {url} is not reachable: {message}")]
     Unreachable { url: String, message: String },
     #[error("SQS refused {failed} of {total} dead letters: {message}")]
@@ -48,9 +52,17 @@ impl DeadLetterQueue {
             .await
             .map_err(|e| {
                 metrics::aws_error("GetQueueAttributes", "other");
-                DlqError::Unreachable {
-                    url: url.clone(),
-                    message: DisplayErrorContext(&e).to_string(),
+                let missing = e
+                    .as_service_error()
+                    .is_some_and(|s| s.is_queue_does_not_exist())
+                    || e.code() == Some("AWS.SimpleQueueService.NonExistentQueue");
+                if missing {
+                    DlqError::Missing { url: url.clone() }
+                } else {
+                    DlqError::Unreachable {
+                        url: url.clone(),
+                        message: DisplayErrorContext(&e).to_string(),
+                    }
                 }
             })?;
         let max_bytes = out
