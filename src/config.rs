@@ -100,6 +100,50 @@ pub struct Config {
     pub lease: LeaseTiming,
     /// How long SIGTERM may take: the batch in flight, its checkpoint and the lease release.
     pub shutdown_timeout: Duration,
+    /// The `snapshot` subcommand's settings.
+    pub snapshot: SnapshotConfig,
+}
+
+/// How `dynamodb-nakadi-relay snapshot` scans the table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SnapshotConfig {
+    /// Parallel Scan segments (`TotalSegments`), all scanned at once.
+    pub segments: u32,
+    /// Most items per Scan page (`Limit`); DynamoDB also ends a page at 1 MB. Progress is saved
+    /// after each page, so this bounds what a crash publishes twice.
+    pub page_size: u32,
+    pub read_capacity: ReadCapacity,
+}
+
+/// The snapshot's read budget (RELAY_SNAPSHOT_READ_CAPACITY).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadCapacity {
+    /// Read capacity units per second, as the Scans report them consumed.
+    UnitsPerSecond(f64),
+    /// This fraction (0 to 1) of the table's provisioned read capacity; on-demand tables have
+    /// none, so they need [`ReadCapacity::UnitsPerSecond`].
+    ShareOfProvisioned(f64),
+}
+
+impl ReadCapacity {
+    fn parse(raw: &str) -> Result<ReadCapacity, String> {
+        let number = |text: &str| text.trim().parse::<f64>().ok().filter(|n| n.is_finite());
+        match raw.strip_suffix('%') {
+            Some(percent) => match number(percent) {
+                Some(p) if p > 0.0 && p <= 100.0 => Ok(ReadCapacity::ShareOfProvisioned(p / 100.0)),
+                _ => Err("a share must be a percentage above 0 and at most 100, such as 25%".into()),
+            },
+            None => match number(raw) {
+                Some(units) if (0.1..=1_000_000.0).contains(&units) => {
+                    Ok(ReadCapacity::UnitsPerSecond(units))
+                }
+                _ => Err(
+                    "must be read capacity units per second (0.1 to 1000000) or a share of the table's provisioned read capacity such as 25%"
+                        .into(),
+                ),
+            },
+        }
+    }
 }
 
 /// One variable's problem.
@@ -349,6 +393,16 @@ impl Config {
             10 * 60 * SECOND,
         );
 
+        let snapshot = SnapshotConfig {
+            segments: r.number("RELAY_SNAPSHOT_SEGMENTS", 4, 1, 64),
+            page_size: r.number("RELAY_SNAPSHOT_PAGE_SIZE", 500, 1, 10_000),
+            read_capacity: r.parse(
+                "RELAY_SNAPSHOT_READ_CAPACITY",
+                ReadCapacity::UnitsPerSecond(100.0),
+                ReadCapacity::parse,
+            ),
+        };
+
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));
         }
@@ -367,6 +421,7 @@ impl Config {
             log_format,
             lease,
             shutdown_timeout,
+            snapshot,
         })
     }
 }
@@ -871,6 +926,40 @@ mod tests {
         assert!(
             text.contains("cannot read /nonexistent/tables.toml"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn snapshot_variables() {
+        let c = Config::from_vars(&minimal()).unwrap().snapshot;
+        assert_eq!(
+            c,
+            SnapshotConfig {
+                segments: 4,
+                page_size: 500,
+                read_capacity: ReadCapacity::UnitsPerSecond(100.0),
+            }
+        );
+        let mut v = minimal();
+        v.insert("RELAY_SNAPSHOT_SEGMENTS".into(), "16".into());
+        v.insert("RELAY_SNAPSHOT_PAGE_SIZE".into(), "50".into());
+        v.insert("RELAY_SNAPSHOT_READ_CAPACITY".into(), "25%".into());
+        let c = Config::from_vars(&v).unwrap().snapshot;
+        assert_eq!((c.segments, c.page_size), (16, 50));
+        assert_eq!(c.read_capacity, ReadCapacity::ShareOfProvisioned(0.25));
+        v.insert("RELAY_SNAPSHOT_READ_CAPACITY".into(), "2.5".into());
+        let c = Config::from_vars(&v).unwrap().snapshot;
+        assert_eq!(c.read_capacity, ReadCapacity::UnitsPerSecond(2.5));
+        for bad in ["0", "-5", "150%", "0%", "lots", "NaN"] {
+            v.insert("RELAY_SNAPSHOT_READ_CAPACITY".into(), bad.into());
+            assert_eq!(problems(&v), vec!["RELAY_SNAPSHOT_READ_CAPACITY"], "{bad}");
+        }
+        v.insert("RELAY_SNAPSHOT_READ_CAPACITY".into(), "10".into());
+        v.insert("RELAY_SNAPSHOT_SEGMENTS".into(), "0".into());
+        v.insert("RELAY_SNAPSHOT_PAGE_SIZE".into(), "many".into());
+        assert_eq!(
+            problems(&v),
+            vec!["RELAY_SNAPSHOT_SEGMENTS", "RELAY_SNAPSHOT_PAGE_SIZE"]
         );
     }
 

@@ -14,6 +14,8 @@
 //!   attributes).
 //! - [`nakadi`]: the publisher: batching, gzip, token file, Nakadi's responses, retries.
 //! - [`dlq`]: the SQS dead-letter queue writer and the periodic re-drain loop.
+//! - [`snapshot`]: the `snapshot` subcommand: a parallel, rate-limited, resumable Scan that
+//!   publishes the table's current state as `data_op: "S"` events.
 //! - [`http`], [`status`], [`metrics`]: probes, `/status`, Prometheus metrics.
 //! - [`retry`]: backoff with full jitter; [`shutdown`]: signals; [`telemetry`]: logs.
 
@@ -27,6 +29,7 @@ pub mod metrics;
 pub mod nakadi;
 pub mod retry;
 pub mod shutdown;
+pub mod snapshot;
 pub mod status;
 pub mod stream;
 pub mod telemetry;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dynamodb_nakadi_relay::app::{self, App, AwsClients};
 use dynamodb_nakadi_relay::config::Config;
+use dynamodb_nakadi_relay::snapshot::Snapshot;
 use dynamodb_nakadi_relay::{shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +27,17 @@ enum Command {
         /// One pass until the queue is empty (or Nakadi refuses a whole batch), then exit.
         #[arg(long)]
         once: bool,
+    },
+    /// Publish the table's current state as data_op S events (a parallel, rate-limited Scan),
+    /// continuing an interrupted snapshot; prints a JSON summary. Exit 0 once every segment is
+    /// done, 1 when stopped early (run it again to continue).
+    Snapshot {
+        /// Start over, even when a snapshot finished or is half done.
+        #[arg(long)]
+        restart: bool,
+        /// The table to snapshot, by name; needed when RELAY_TABLES_FILE names several.
+        #[arg(long)]
+        table: Option<String>,
     },
 }
 
@@ -89,6 +101,42 @@ async fn main() -> ExitCode {
                 redrainer.run(stop).await;
             }
             ExitCode::SUCCESS
+        }
+        Command::Snapshot { restart, table } => {
+            let aws = AwsClients::from_env().await;
+            let snapshot = match Snapshot::build(&config, table.as_deref(), &aws).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(variable = e.variable, "cannot start: {e}");
+                    eprintln!("cannot start: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let stop = CancellationToken::new();
+            tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    shutdown::signal_received().await;
+                    stop.cancel();
+                }
+            });
+            match snapshot.run(restart, stop).await {
+                Ok(summary) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&summary).expect("the summary serializes")
+                    );
+                    if summary.finished {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("snapshot failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

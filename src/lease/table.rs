@@ -531,7 +531,7 @@ impl LeaseTable {
             .map_err(|e| LeaseError::from_sdk("GetItem", &key, e))?;
         Ok(out.item().and_then(|item| {
             Some(SnapshotRun {
-                segments: u32::try_from(get_n(item, "segments")?).ok()?,
+                segments: u32::try_from(get_n(item, "total_segments")?).ok()?,
                 generation: get_n(item, "generation")?,
                 done: get_bool(item, "done"),
                 started_at: get_s(item, "started_at")?.to_owned(),
@@ -557,7 +557,7 @@ impl LeaseTable {
             .table_name(&self.table)
             .key(KEY, s(&key))
             .update_expression(
-                "SET #kind = :kind, #table = :table, segments = :segments, generation = :gen, done = :false, started_at = :now REMOVE finished_at",
+                "SET #kind = :kind, #table = :table, total_segments = :segments, generation = :gen, done = :false, started_at = :now REMOVE finished_at",
             )
             .expression_attribute_names("#kind", "kind")
             .expression_attribute_names("#table", "table")

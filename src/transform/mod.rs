@@ -24,6 +24,7 @@
 mod event;
 mod number;
 mod reference;
+mod snapshot;
 mod timestamp;
 mod wire;
 
@@ -31,6 +32,8 @@ mod wire;
 mod tests;
 
 use uuid::Uuid;
+
+pub use snapshot::snapshot_event;
 
 /// Nakadi's limit for one event's serialized size, in bytes.
 pub const MAX_EVENT_BYTES: usize = 999_000;

@@ -134,7 +134,7 @@ fn build(
 }
 
 /// See `Writer::compaction_key` in the fast path for the format and why.
-fn compaction_key(item: &Value, names: &[String]) -> Result<String, TransformError> {
+pub(crate) fn compaction_key(item: &Value, names: &[String]) -> Result<String, TransformError> {
     let value = |name: &String| match item.get(name) {
         Some(v @ (Value::String(_) | Value::Number(_))) => Ok(v.clone()),
         _ => Err(TransformError::CompactionKey(format!(
@@ -156,7 +156,7 @@ fn compaction_key(item: &Value, names: &[String]) -> Result<String, TransformErr
     }
 }
 
-fn image(
+pub(crate) fn image(
     dynamodb: &Map<String, Value>,
     name: &'static str,
 ) -> Result<Option<Value>, TransformError> {
