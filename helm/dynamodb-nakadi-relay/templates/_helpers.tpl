@@ -114,6 +114,9 @@ leaseDuration: RELAY_LEASE_DURATION
 leaseRenewInterval: RELAY_LEASE_RENEW_INTERVAL
 shardSyncInterval: RELAY_SHARD_SYNC_INTERVAL
 shutdownTimeout: RELAY_SHUTDOWN_TIMEOUT
+snapshotSegments: RELAY_SNAPSHOT_SEGMENTS
+snapshotPageSize: RELAY_SNAPSHOT_PAGE_SIZE
+snapshotReadCapacity: RELAY_SNAPSHOT_READ_CAPACITY
 {{- end }}
 
 {{/* The tables file: .Values.tables as TOML [[table]] entries. */}}
