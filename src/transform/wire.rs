@@ -61,18 +61,34 @@ pub(crate) struct Name<'a> {
 
 impl<'a> Name<'a> {
     pub(crate) fn new(text: Text<'a>) -> Name<'a> {
-        // Shifted in byte by byte: copying into a buffer and reading that back as integers
-        // stalled the processor (a store it cannot forward to the load).
-        let head = text
-            .as_bytes()
-            .iter()
-            .take(16)
-            .enumerate()
-            .fold(0u128, |key, (i, &b)| key | u128::from(b) << (120 - 8 * i));
+        let head = head(text.as_bytes());
         Name {
             key: [(head >> 64) as u64, head as u64],
             text,
         }
+    }
+}
+
+/// The first 16 bytes of `b` as a big-endian integer, zero-padded.
+///
+/// Read as at most two overlapping loads from each end: shifting bytes in one by one was 6% of
+/// the whole transform, and copying into a zeroed buffer to load that stalls the processor (a
+/// store it cannot forward to the load). Overlapping bytes are the same bytes at the same place,
+/// so or-ing both loads is exact.
+fn head(b: &[u8]) -> u128 {
+    let n = b.len();
+    let be64 = |at: usize| u128::from(u64::from_be_bytes(b[at..at + 8].try_into().expect("8")));
+    let be32 = |at: usize| u128::from(u32::from_be_bytes(b[at..at + 4].try_into().expect("4")));
+    if n >= 16 {
+        be64(0) << 64 | be64(8)
+    } else if n >= 8 {
+        be64(0) << 64 | be64(n - 8) << (8 * (16 - n))
+    } else if n >= 4 {
+        be32(0) << 96 | be32(n - 4) << (8 * (16 - n))
+    } else {
+        b.iter()
+            .enumerate()
+            .fold(0, |key, (i, &byte)| key | u128::from(byte) << (120 - 8 * i))
     }
 }
 
@@ -240,7 +256,12 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
+    #[inline(always)]
     fn whitespace(&mut self) {
+        // Records come without whitespace between tokens: one comparison decides it.
+        if self.bytes.get(self.at).is_some_and(|&b| b > b' ') {
+            return;
+        }
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
             self.at += 1;
         }
@@ -718,6 +739,14 @@ mod tests {
                 .find(|(_, b)| **b == b'"' || **b == b'\\' || **b < 0x20)
                 .map_or(s.len(), |(i, _)| i);
             prop_assert_eq!(find_special(&s, from.min(s.len())), want);
+        }
+
+        #[test]
+        fn head_is_the_zero_padded_prefix(b in prop::collection::vec(any::<u8>(), 0..24)) {
+            let mut padded = [0u8; 16];
+            let n = b.len().min(16);
+            padded[..n].copy_from_slice(&b[..n]);
+            prop_assert_eq!(head(&b), u128::from_be_bytes(padded));
         }
 
         /// The parser never takes text serde_json rejects: the reference would fail on it.
