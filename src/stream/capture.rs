@@ -6,8 +6,8 @@
 //! event straight from the wire's attribute values.
 //!
 //! So a per-call interceptor wraps a successful (200) response body: when the body has been read to
-//! its end, the wrapper keeps the full bytes for the caller and hands the SDK a small body with
-//! only `NextShardIterator`. The SDK still signs the request, resolves credentials, retries, and
+//! its end, the wrapper locates the records and the iterator in one borrowing parse, keeps the page
+//! for the caller and hands the SDK a small body with only `NextShardIterator`. The SDK still signs the request, resolves credentials, retries, and
 //! decodes errors (non-200 bodies are passed through untouched), so its error types and retry
 //! classification stay in force. The alternatives measured and rejected are in docs/DESIGN.md.
 
@@ -27,8 +27,8 @@ use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// Where the interceptor leaves the raw body of the last successful attempt.
-pub type Slot = Arc<Mutex<Option<Bytes>>>;
+/// Where the interceptor leaves the page of the last successful attempt.
+pub type Slot = Arc<Mutex<Option<RecordsPage>>>;
 
 #[derive(Debug)]
 pub struct CaptureRecords {
@@ -57,9 +57,12 @@ impl Intercept for CaptureRecords {
             return Ok(());
         }
         let inner = response.take_body();
+        // Sized from Content-Length up front: growing a megabyte page by doubling copies it
+        // several times. Capped, so a wrong header cannot reserve much more than a page.
+        let expected = inner.size_hint().lower().min(MAX_RESERVE) as usize;
         *response.body_mut() = SdkBody::from_body_1_x(CaptureBody {
             inner,
-            buf: BytesMut::new(),
+            buf: BytesMut::with_capacity(expected),
             slot: self.slot.clone(),
             done: false,
         });
@@ -67,18 +70,14 @@ impl Intercept for CaptureRecords {
     }
 }
 
+/// GetRecords pages are at most about 1 MB of records plus their JSON framing.
+const MAX_RESERVE: u64 = 4 << 20;
+
 struct CaptureBody {
     inner: SdkBody,
     buf: BytesMut,
     slot: Slot,
     done: bool,
-}
-
-/// What the SDK still decodes itself.
-#[derive(Deserialize)]
-struct IteratorOnly {
-    #[serde(rename = "NextShardIterator")]
-    next_shard_iterator: Option<String>,
 }
 
 impl Body for CaptureBody {
@@ -105,19 +104,22 @@ impl Body for CaptureBody {
                     let full = std::mem::take(&mut self.buf).freeze();
                     // A body that is not the expected JSON goes to the SDK unchanged, so its
                     // deserializer reports the error as it would for any malformed response.
-                    let small = match serde_json::from_slice::<IteratorOnly>(&full) {
-                        Ok(IteratorOnly {
-                            next_shard_iterator: Some(it),
-                        }) => Bytes::from(
-                            serde_json::to_vec(&serde_json::json!({ "NextShardIterator": it }))
-                                .expect("a string serializes"),
-                        ),
-                        Ok(IteratorOnly {
-                            next_shard_iterator: None,
-                        }) => Bytes::from_static(b"{}"),
-                        Err(_) => full.clone(),
+                    let small = match RecordsPage::parse(full.clone()) {
+                        Ok(page) => {
+                            let small = match &page.next_iterator {
+                                Some(it) => Bytes::from(
+                                    serde_json::to_vec(
+                                        &serde_json::json!({ "NextShardIterator": it }),
+                                    )
+                                    .expect("a string serializes"),
+                                ),
+                                None => Bytes::from_static(b"{}"),
+                            };
+                            *self.slot.lock().expect("capture slot poisoned") = Some(page);
+                            small
+                        }
+                        Err(_) => full,
                     };
-                    *self.slot.lock().expect("capture slot poisoned") = Some(full);
                     return Poll::Ready(Some(Ok(Frame::data(small))));
                 }
             }
@@ -146,13 +148,13 @@ pub struct RecordsPage {
 struct RawPage<'a> {
     #[serde(rename = "Records", borrow, default)]
     records: Vec<&'a RawValue>,
+    #[serde(rename = "NextShardIterator")]
+    next_iterator: Option<String>,
 }
 
 impl RecordsPage {
-    pub fn parse(
-        body: Bytes,
-        next_iterator: Option<String>,
-    ) -> Result<RecordsPage, serde_json::Error> {
+    /// Locates the records and reads the iterator in one pass over the body.
+    pub fn parse(body: Bytes) -> Result<RecordsPage, serde_json::Error> {
         let page: RawPage<'_> = serde_json::from_slice(&body)?;
         let base = body.as_ptr() as usize;
         // Offsets instead of borrowed slices, so the page can own its body.
@@ -165,9 +167,9 @@ impl RecordsPage {
             })
             .collect();
         Ok(RecordsPage {
+            next_iterator: page.next_iterator,
             body,
             records,
-            next_iterator,
         })
     }
 
@@ -196,7 +198,7 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"Records":[{"eventID":"a","n":{"N":"1.50"}} , {"eventID":"b"}],"NextShardIterator":"it"}"#,
         );
-        let page = RecordsPage::parse(body, Some("it".into())).unwrap();
+        let page = RecordsPage::parse(body).unwrap();
         let records: Vec<_> = page.records().collect();
         assert_eq!(
             records,
@@ -207,8 +209,9 @@ mod tests {
 
     #[test]
     fn page_without_records_is_empty() {
-        let page = RecordsPage::parse(Bytes::from_static(b"{}"), None).unwrap();
+        let page = RecordsPage::parse(Bytes::from_static(b"{}")).unwrap();
         assert!(page.is_empty());
-        assert!(RecordsPage::parse(Bytes::from_static(b"<html>"), None).is_err());
+        assert_eq!(page.next_iterator, None);
+        assert!(RecordsPage::parse(Bytes::from_static(b"<html>")).is_err());
     }
 }
