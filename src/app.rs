@@ -41,7 +41,7 @@ pub struct StartupError {
     pub transient: bool,
 }
 
-fn startup(variable: &'static str, message: impl std::fmt::Display) -> StartupError {
+pub(crate) fn startup(variable: &'static str, message: impl std::fmt::Display) -> StartupError {
     StartupError {
         variable,
         message: message.to_string(),

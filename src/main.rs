@@ -7,7 +7,6 @@ use dynamodb_nakadi_relay::app::{self, App, AwsClients};
 use dynamodb_nakadi_relay::config::Config;
 use dynamodb_nakadi_relay::snapshot::Snapshot;
 use dynamodb_nakadi_relay::{shutdown, telemetry};
-use tokio_util::sync::CancellationToken;
 
 /// Relays every change of a DynamoDB table from its stream to Nakadi. Configured with RELAY_*
 /// environment variables (see the README).
@@ -44,6 +43,13 @@ enum Command {
 /// Bad configuration, missing table, stream or queue: exit code 2, as DESIGN.md promises.
 const EXIT_CONFIG: u8 = 2;
 
+/// A start-up check failed: say which setting, on stderr and in the log, and exit 2.
+fn cannot_start(e: &app::StartupError) -> ExitCode {
+    tracing::error!(variable = e.variable, "cannot start: {e}");
+    eprintln!("cannot start: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -62,11 +68,7 @@ async fn main() -> ExitCode {
             let app = match App::start(config, stop.as_mut()).await {
                 Ok(Some(app)) => app,
                 Ok(None) => return ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(variable = e.variable, "cannot start: {e}");
-                    eprintln!("cannot start: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(e) => return cannot_start(&e),
             };
             app.run_until_stopped(stop).await;
             ExitCode::SUCCESS
@@ -75,19 +77,9 @@ async fn main() -> ExitCode {
             let aws = AwsClients::from_env().await;
             let redrainer = match app::redrainer(&config, &aws).await {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(e) => return cannot_start(&e),
             };
-            let stop = CancellationToken::new();
-            tokio::spawn({
-                let stop = stop.clone();
-                async move {
-                    shutdown::signal_received().await;
-                    stop.cancel();
-                }
-            });
+            let stop = shutdown::token_cancelled_on_signal();
             if once {
                 let report = redrainer.round(&stop).await;
                 println!(
@@ -106,20 +98,9 @@ async fn main() -> ExitCode {
             let aws = AwsClients::from_env().await;
             let snapshot = match Snapshot::build(&config, table.as_deref(), &aws).await {
                 Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(variable = e.variable, "cannot start: {e}");
-                    eprintln!("cannot start: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(e) => return cannot_start(&e),
             };
-            let stop = CancellationToken::new();
-            tokio::spawn({
-                let stop = stop.clone();
-                async move {
-                    shutdown::signal_received().await;
-                    stop.cancel();
-                }
-            });
+            let stop = shutdown::token_cancelled_on_signal();
             match snapshot.run(restart, stop).await {
                 Ok(summary) => {
                     println!(

@@ -12,3 +12,17 @@ pub async fn signal_received() {
         _ = int.recv() => tracing::info!("SIGINT received; draining"),
     }
 }
+
+/// A token cancelled at the first SIGTERM or SIGINT, for loops that take a token (`redrive`,
+/// `snapshot`).
+pub fn token_cancelled_on_signal() -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            signal_received().await;
+            stop.cancel();
+        }
+    });
+    stop
+}

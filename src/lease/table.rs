@@ -518,18 +518,23 @@ fn get_bool(item: &HashMap<String, AttributeValue>, name: &str) -> bool {
 /// apart from the shard leases (`<stream ARN>|<shard id>`) and without `stream_arn`, so the relay's
 /// lease scan passes them by and one lease table serves both.
 impl LeaseTable {
-    pub async fn snapshot_run(&self, table: &str) -> Result<Option<SnapshotRun>, LeaseError> {
-        let key = snapshot_key(table);
+    /// One item, read consistently: progress written by a process that just died must be seen.
+    async fn read(&self, key: &str) -> Result<Option<HashMap<String, AttributeValue>>, LeaseError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key(KEY, s(&key))
+            .key(KEY, s(key))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| LeaseError::from_sdk("GetItem", &key, e))?;
-        Ok(out.item().and_then(|item| {
+            .map_err(|e| LeaseError::from_sdk("GetItem", key, e))?;
+        Ok(out.item)
+    }
+
+    pub async fn snapshot_run(&self, table: &str) -> Result<Option<SnapshotRun>, LeaseError> {
+        let item = self.read(&snapshot_key(table)).await?;
+        Ok(item.as_ref().and_then(|item| {
             Some(SnapshotRun {
                 segments: u32::try_from(get_n(item, "total_segments")?).ok()?,
                 generation: get_n(item, "generation")?,
@@ -618,16 +623,8 @@ impl LeaseTable {
         me: &str,
     ) -> Result<SegmentProgress, LeaseError> {
         let key = segment_key(table, segment);
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(KEY, s(&key))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| LeaseError::from_sdk("GetItem", &key, e))?;
-        let stored = out.item();
+        let item = self.read(&key).await?;
+        let stored = item.as_ref();
         let seen = stored.and_then(|item| get_n(item, "counter"));
         let current = stored.filter(|item| get_n(item, "generation") == Some(run.generation));
         let mut progress = SegmentProgress {

@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 
 pub use limiter::CapacityLimiter;
 
-use crate::app::{AwsClients, StartupError, redrainer};
+use crate::app::{AwsClients, StartupError, redrainer, startup};
 use crate::config::{Config, ReadCapacity};
 use crate::dlq::{DeadLetter, DeadLetterQueue};
 use crate::lease::LeaseTable;
@@ -135,14 +135,6 @@ struct Counters {
 impl Counters {
     fn capacity(&self) -> f64 {
         *self.capacity.lock().expect("counter lock poisoned")
-    }
-}
-
-fn startup(variable: &'static str, message: impl std::fmt::Display) -> StartupError {
-    StartupError {
-        variable,
-        message: message.to_string(),
-        transient: false,
     }
 }
 

@@ -44,17 +44,34 @@ struct Envelope<'a> {
 }
 
 #[derive(Serialize)]
-struct Metadata {
-    eid: String,
-    occurred_at: String,
+pub(crate) struct Metadata {
+    pub(crate) eid: String,
+    pub(crate) occurred_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    partition_compaction_key: Option<String>,
+    pub(crate) partition_compaction_key: Option<String>,
 }
 
 #[derive(Serialize)]
 struct Data<'a> {
     item: &'a Value,
     patch: &'a json_patch::Patch,
+}
+
+/// The event's bytes: the envelope in the contract's field order around `item` and `patch`.
+pub(crate) fn envelope(
+    metadata: Metadata,
+    data_op: &str,
+    data_type: &str,
+    item: &Value,
+    patch: &json_patch::Patch,
+) -> Vec<u8> {
+    let envelope = Envelope {
+        metadata,
+        data_op,
+        data_type,
+        data: Data { item, patch },
+    };
+    serde_json::to_vec(&envelope).expect("a Value and strings always serialize")
 }
 
 fn build(
@@ -110,20 +127,12 @@ fn build(
         new.as_ref().unwrap_or(&empty),
     );
     let eid = eid_for(event_id);
-    let envelope = Envelope {
-        metadata: Metadata {
-            eid: eid.hyphenated().to_string(),
-            occurred_at,
-            partition_compaction_key,
-        },
-        data_op,
-        data_type: &settings.data_type,
-        data: Data {
-            item,
-            patch: &patch,
-        },
+    let metadata = Metadata {
+        eid: eid.hyphenated().to_string(),
+        occurred_at,
+        partition_compaction_key,
     };
-    let body = serde_json::to_vec(&envelope).expect("a Value and strings always serialize");
+    let body = envelope(metadata, data_op, &settings.data_type, item, &patch);
     Ok(Event {
         eid,
         body: body.into(),

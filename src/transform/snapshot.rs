@@ -15,32 +15,7 @@
 
 use super::reference;
 use super::{Event, EventSettings, TransformError, eid_for, timestamp};
-use serde::Serialize;
 use serde_json::{Map, Value};
-
-/// The envelope of DESIGN.md's event. A struct rather than `json!`: a `Value` object sorts its
-/// keys, which would put `data` first.
-#[derive(Serialize)]
-struct Envelope<'a> {
-    metadata: Metadata,
-    data_op: &'static str,
-    data_type: &'a str,
-    data: Data<'a>,
-}
-
-#[derive(Serialize)]
-struct Metadata {
-    eid: String,
-    occurred_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    partition_compaction_key: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Data<'a> {
-    item: &'a Value,
-    patch: &'a json_patch::Patch,
-}
 
 /// The name whose UUID v5 under [`EID_NAMESPACE`](super::EID_NAMESPACE) is a snapshot event's
 /// eid.
@@ -83,20 +58,12 @@ pub fn snapshot_event(
         .map(|names| reference::compaction_key(&item, names))
         .transpose()?;
     let patch = json_patch::diff(&Value::Object(Map::new()), &item);
-    let envelope = Envelope {
-        metadata: Metadata {
-            eid: eid.hyphenated().to_string(),
-            occurred_at,
-            partition_compaction_key,
-        },
-        data_op: "S",
-        data_type: &settings.data_type,
-        data: Data {
-            item: &item,
-            patch: &patch,
-        },
+    let metadata = reference::Metadata {
+        eid: eid.hyphenated().to_string(),
+        occurred_at,
+        partition_compaction_key,
     };
-    let body = serde_json::to_vec(&envelope).expect("a Value and strings always serialize");
+    let body = reference::envelope(metadata, "S", &settings.data_type, &item, &patch);
     Ok(Event {
         eid,
         body: body.into(),
