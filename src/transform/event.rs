@@ -9,7 +9,7 @@
 use bytes::Bytes;
 
 use crate::transform::number::Decimal;
-use crate::transform::wire::{self, Field, Item, Json, Name, Span, Text, Tree};
+use crate::transform::wire::{self, Item, Json, Name, Span, Text, Tree};
 use crate::transform::{Event, EventSettings, eid_for, timestamp};
 
 /// The event for `raw`, or `None` when the record is not one the fast path takes: the caller
@@ -22,8 +22,8 @@ pub(crate) fn build(raw: &str, settings: &EventSettings) -> Option<Event> {
             record.old_image?;
             ("U", record.new_image?)
         }
-        // A REMOVE never has a new image; with one, its old image was read against it and holds
-        // `Json::Unchanged`, which cannot be written: the reference takes such a record.
+        // A REMOVE never has a new image; with one, its old image was read against it and
+        // holds only the attributes the new one lacks: the reference takes such a record.
         "REMOVE" if record.new_image.is_none() => ("D", record.old_image?),
         _ => return None,
     };
@@ -58,8 +58,10 @@ pub(crate) fn build(raw: &str, settings: &EventSettings) -> Option<Event> {
     w.out.extend_from_slice(br#","data":{"item":"#);
     w.object(item);
     w.out.extend_from_slice(br#","patch":["#);
-    let fields = |image: Option<Span>| image.map_or(&[][..], |span| record.tree.fields(span));
-    w.diff_fields(fields(record.old_image), fields(record.new_image));
+    w.diff_fields(
+        record.old_image.unwrap_or(Span::EMPTY),
+        record.new_image.unwrap_or(Span::EMPTY),
+    );
     w.out.extend_from_slice(b"]}}");
 
     Some(Event {
@@ -127,7 +129,7 @@ impl<'t, 'a> Writer<'t, 'a> {
 
     fn object(&mut self, span: Span) {
         self.out.push(b'{');
-        for (i, field) in self.tree.fields(span).iter().enumerate() {
+        for (i, field) in self.tree.fields(span).enumerate() {
             if i > 0 {
                 self.out.push(b',');
             }
@@ -142,11 +144,9 @@ impl<'t, 'a> Writer<'t, 'a> {
     /// the JSON array text of their values, `["order-42",17]`, which no other pair of values
     /// produces, whatever characters the values hold.
     fn compaction_key(&mut self, item: Span, names: &[String]) -> Option<()> {
-        let fields = self.tree.fields(item);
+        let tree = self.tree;
         let key_value = |name: &String| {
-            let name = Name::new(Text::Plain(name));
-            let i = fields.binary_search_by(|f| f.name.cmp(&name)).ok()?;
-            let value = &fields[i].value;
+            let value = &tree.field(item, &Name::new(Text::Plain(name)))?.value;
             matches!(value, Json::String(_) | Json::Number(_)).then_some(value)
         };
         match names {
@@ -210,7 +210,7 @@ impl<'t, 'a> Writer<'t, 'a> {
     fn diff(&mut self, old: &'t Json<'a>, new: &'t Json<'a>) {
         match (old, new) {
             (Json::Object(old), Json::Object(new)) => {
-                self.diff_fields(self.tree.fields(*old), self.tree.fields(*new));
+                self.diff_fields(*old, *new);
             }
             (Json::Array(old), Json::Array(new)) => {
                 self.diff_items(self.tree.items(*old), self.tree.items(*new));
@@ -224,35 +224,27 @@ impl<'t, 'a> Writer<'t, 'a> {
     }
 
     /// New fields in order (walked or added), then the old fields that are gone (removed):
-    /// `json_patch::diff`'s order. Both lists are sorted, so matching is a merge.
-    fn diff_fields(&mut self, old: &'t [Field<'a>], new: &'t [Field<'a>]) {
-        let mut o = 0;
-        for field in new {
-            while o < old.len() && old[o].name < field.name {
-                o += 1;
-            }
-            self.path.push(Step::Name(&field.name.text));
-            match old.get(o) {
-                Some(old_field) if old_field.name == field.name => {
-                    self.diff(&old_field.value, &field.value);
+    /// `json_patch::diff`'s order. Each new field carries its old value, and `removed` are the
+    /// old object's fields the new one lacks (see `wire::Tree`).
+    fn diff_fields(&mut self, removed: Span, new: Span) {
+        let tree = self.tree;
+        for field in tree.fields(new) {
+            match &field.old {
+                Some(Json::Unchanged) => {}
+                old => {
+                    self.path.push(Step::Name(&field.name.text));
+                    match old {
+                        Some(old) => self.diff(old, &field.value),
+                        None => self.op(b"add", Some(&field.value)),
+                    }
+                    self.path.pop();
                 }
-                _ => self.op(b"add", Some(&field.value)),
             }
-            self.path.pop();
         }
-        let mut n = 0;
-        for field in old {
-            while n < new.len() && new[n].name < field.name {
-                n += 1;
-            }
-            if new
-                .get(n)
-                .is_none_or(|new_field| new_field.name != field.name)
-            {
-                self.path.push(Step::Name(&field.name.text));
-                self.op(b"remove", None);
-                self.path.pop();
-            }
+        for field in tree.fields(removed) {
+            self.path.push(Step::Name(&field.name.text));
+            self.op(b"remove", None);
+            self.path.pop();
         }
     }
 

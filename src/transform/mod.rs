@@ -18,8 +18,9 @@
 //! explained in one place.
 //!
 //! What bounds the fast path is reading the new image: every byte of it is scanned, every value
-//! becomes a tree node and every object is sorted by name, as the event needs. The old image
-//! costs little when little changed, the writing is mostly copying slices of the record.
+//! becomes a tree node and every object is sorted by name, as the event needs. Of the old image
+//! only what changed is read (the rest is one comparison of bytes per attribute), and the
+//! writing is mostly copying slices of the record.
 
 mod event;
 mod number;

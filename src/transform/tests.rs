@@ -713,6 +713,34 @@ fn the_reference_builds_what_the_fast_path_leaves() {
     assert_eq!(item_text(&e), r#"{"a":"last","b":{"c":2}}"#);
 }
 
+#[test]
+fn repeated_old_images_and_old_names_are_left_to_the_reference() {
+    // Never sent by DynamoDB. The fast path notes each old value in the new image's field, and
+    // a second value for the same field would be lost: the reference resolves them.
+    let repeated_image = record(
+        "MODIFY",
+        Some(r#"{"a":{"N":"1"}},"OldImage":{"a":{"N":"2"}}"#),
+        Some(r#"{"a":{"N":"2"}}"#),
+    );
+    let repeated_name = record(
+        "MODIFY",
+        Some(r#"{"a":{"N":"2"},"a":{"N":"1"}}"#),
+        Some(r#"{"a":{"N":"2"}}"#),
+    );
+    for (raw, patch) in [
+        (repeated_image, ""),
+        (repeated_name, r#"{"op":"replace","path":"/a","value":2}"#),
+    ] {
+        assert!(event::build(&raw, &settings()).is_none(), "{raw}");
+        let e = transform(&raw, &settings()).unwrap();
+        assert_eq!(
+            text(&e),
+            text(&transform_reference(&raw, &settings()).unwrap())
+        );
+        assert_eq!(patch_text(&e), patch, "{raw}");
+    }
+}
+
 /// The record with its old image before its new one on the wire.
 fn old_first(raw: &str) -> String {
     #[derive(serde::Deserialize)]
@@ -895,6 +923,27 @@ fn attributes() -> impl Strategy<Value = Value> {
 }
 
 /// The same image with every set's members in another order.
+/// `value` as JSON with every object's members in reverse order, and with `spaced`, a space
+/// around every token.
+fn reversed(value: &Value, spaced: bool) -> String {
+    let gap = if spaced { " " } else { "" };
+    match value {
+        Value::Object(map) => {
+            let members: Vec<String> = map
+                .iter()
+                .rev()
+                .map(|(k, v)| format!("{}{gap}:{gap}{}", image(&json!(k)), reversed(v, spaced)))
+                .collect();
+            format!("{{{gap}{}{gap}}}", members.join(&format!("{gap},{gap}")))
+        }
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(|v| reversed(v, spaced)).collect();
+            format!("[{gap}{}{gap}]", items.join(&format!("{gap},{gap}")))
+        }
+        other => image(other),
+    }
+}
+
 fn reorder_sets(value: &Value) -> Value {
     match value {
         Value::Object(m) => Value::Object(
@@ -946,6 +995,20 @@ proptest! {
         let e = event(&raw, &settings());
         assert_patch_applies(&e, &old, &new);
         prop_assert_eq!(&e.body, &event(&old_first(&raw), &settings()).body);
+    }
+
+    #[test]
+    fn the_old_images_member_order_and_spacing_change_nothing(old in attributes(), name in name(), value in attribute()) {
+        // The old image is compared member by member with the new one in wire order; members in
+        // another order, or the same text spaced otherwise, must still be matched by name.
+        let mut new = old.clone();
+        new.as_object_mut().unwrap().insert(name, value);
+        let (old_text, new_text) = (image(&old), image(&new));
+        let sorted = event(&record("MODIFY", Some(&old_text), Some(&new_text)), &settings());
+        for spaced in [false, true] {
+            let raw = record("MODIFY", Some(&reversed(&old, spaced)), Some(&new_text));
+            prop_assert_eq!(&event(&raw, &settings()).body, &sorted.body);
+        }
     }
 
     #[test]

@@ -3,16 +3,21 @@
 //! Attribute values turn into their JSON form while they are read: numbers checked and spelled as
 //! serde_json spells them, binaries checked, sets sorted, object fields sorted by name. What is
 //! left is a small JSON tree whose strings are mostly slices of the record, which the event writer
-//! serializes and diffs without building anything else. An old image is read against the new one
-//! ([`Json::Unchanged`]).
+//! serializes and diffs without building anything else.
+//!
+//! The old image is read against the new one and mostly not read at all: a member whose text is
+//! the new image's member's text is skipped after one comparison of bytes, and the new field
+//! notes that its old value is the same ([`Json::Unchanged`]). Only what changed is read, and
+//! only the attributes the new image lacks become fields of the old image (see [`Tree`]).
 //!
 //! A parser of its own, not serde visitors: the record is all small objects (`{"S":"…"}` per
 //! value), and with serde_json's per-key visitor calls, parsing took more than half of the whole
-//! transform (measured on the benchmark's order record). It checks JSON as strictly as serde_json, so it never takes a record the reference
-//! rejects, and declines (`None`) whatever it does not handle itself: escaped type tags,
-//! repeated attribute names, nesting deeper than [`MAX_DEPTH`]. The reference path then parses
-//! the record again and either explains the problem with the attribute's path or, for such an odd
-//! record, builds the event itself. Escaped strings are decoded by serde_json.
+//! transform (measured on the benchmark's order record). It checks JSON as strictly as
+//! serde_json, so it never takes a record the reference rejects, and declines (`None`) whatever
+//! it does not handle itself: escaped type tags, repeated attribute names or images, nesting
+//! deeper than [`MAX_DEPTH`]. The reference path then parses the record again and either
+//! explains the problem with the attribute's path or, for such an odd record, builds the event
+//! itself. Escaped strings are decoded by serde_json.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -143,8 +148,15 @@ pub(crate) enum Json<'a> {
 pub(crate) struct Field<'a> {
     pub name: Name<'a>,
     pub value: Json<'a>,
-    /// The value's wire text, to recognize an unchanged value in the old image.
-    raw: &'a str,
+    /// In a new image read with an old one: the old image's value of the same name. `None`: the
+    /// old image has no such attribute; [`Json::Unchanged`]: the same wire text.
+    pub old: Option<Json<'a>>,
+    /// Offsets in the record: the name's opening quote, the value's start and its end. The
+    /// member's text (`at..end`) recognizes an unchanged member of the old image, the value's
+    /// text (`value_at..end`) an unchanged value under another spelling of the name.
+    at: u32,
+    value_at: u32,
+    end: u32,
 }
 
 /// An item of an array.
@@ -180,19 +192,54 @@ pub(crate) struct Span {
     len: usize,
 }
 
+impl Span {
+    /// No fields: the image a record lacks.
+    pub(crate) const EMPTY: Span = Span { start: 0, len: 0 };
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start..self.start + self.len
+    }
+}
+
 /// The fields and items of all objects and arrays of a record, each object's and each array's
 /// together. One pair of vectors per record instead of one per object, because allocating and
 /// freeing was a large share of the budget.
+///
+/// An object of a new image holds all its fields, each with the old image's value of its name
+/// ([`Field::old`]). An object of an old image read against the new one holds only the fields
+/// the new object lacks, the removed ones; read against nothing (no new image, or a new value
+/// that is no map), that is all of them. So a patch is the new fields' changes, then the old
+/// object's fields removed, and no old field is sorted or matched by name when it is unchanged.
 #[derive(Debug, Default)]
 pub(crate) struct Tree<'a> {
+    /// Each object's fields in wire order, as an old image is compared with them.
     fields: Vec<Field<'a>>,
+    /// Per object, the indices of its fields sorted by name (parallel to `fields`), so that the
+    /// fields stay in wire order and sorting moves four bytes per step, not a field.
+    sorted: Vec<u32>,
     items: Vec<Item<'a>>,
 }
 
 impl<'a> Tree<'a> {
     /// An object's fields, sorted by name (byte order, which is code point order), names unique.
-    pub(crate) fn fields(&self, span: Span) -> &[Field<'a>] {
-        &self.fields[span.start..span.start + span.len]
+    pub(crate) fn fields(&self, span: Span) -> impl Iterator<Item = &Field<'a>> {
+        self.sorted[span.range()]
+            .iter()
+            .map(|&i| &self.fields[i as usize])
+    }
+
+    /// The object's field named `name`.
+    pub(crate) fn field(&self, span: Span, name: &Name<'_>) -> Option<&Field<'a>> {
+        self.find(span, name).map(|i| &self.fields[i])
+    }
+
+    /// Where the object's field named `name` is in `fields`.
+    fn find(&self, span: Span, name: &Name<'_>) -> Option<usize> {
+        let sorted = &self.sorted[span.range()];
+        let at = sorted
+            .binary_search_by(|&i| self.fields[i as usize].name.cmp(name))
+            .ok()?;
+        Some(sorted[at] as usize)
     }
 
     pub(crate) fn items(&self, span: Span) -> &[Item<'a>] {
@@ -226,9 +273,12 @@ pub(crate) fn parse(raw: &str) -> Option<Record<'_>> {
         // little waste.
         tree: Tree {
             fields: Vec::with_capacity(raw.len() / 40),
+            sorted: Vec::with_capacity(raw.len() / 40),
             items: Vec::with_capacity(raw.len() / 200),
         },
     };
+    // Offsets are u32, to keep fields small; a record is at most some 400 KB.
+    u32::try_from(raw.len()).ok()?;
     let record = p.record()?;
     p.whitespace();
     (p.at == p.bytes.len()).then_some(record)
@@ -291,15 +341,21 @@ impl<'a> Parser<'a> {
         (self.depth <= MAX_DEPTH).then_some(())
     }
 
-    /// An object, each member's value read by `value`, which gets the member's name.
-    fn members(&mut self, mut value: impl FnMut(&mut Self, Text<'a>) -> Option<()>) -> Option<()> {
+    /// An object, each member's value read by `value`, which gets the member's name and where
+    /// the name's opening quote is.
+    fn members(
+        &mut self,
+        mut value: impl FnMut(&mut Self, Text<'a>, usize) -> Option<()>,
+    ) -> Option<()> {
         self.expect(b'{')?;
         self.enter()?;
         if !self.eat(b'}') {
             loop {
+                self.whitespace();
+                let at = self.at;
                 let name = self.string()?;
                 self.expect(b':')?;
-                value(self, name)?;
+                value(self, name, at)?;
                 if self.eat(b'}') {
                     break;
                 }
@@ -330,7 +386,7 @@ impl<'a> Parser<'a> {
     fn record(&mut self) -> Option<Record<'a>> {
         let (mut event_id, mut event_name, mut dynamodb) = (None, None, None);
         // A repeated member overwrites the earlier one, as it does in the reference's `Value`.
-        self.members(|p, name| {
+        self.members(|p, name, _| {
             match &*name {
                 "eventID" => event_id = Some(p.string()?),
                 "eventName" => event_name = Some(p.string()?),
@@ -358,10 +414,10 @@ impl<'a> Parser<'a> {
             new_image: None,
             old_image: None,
         };
-        let mut new_image_read = false;
+        let (mut new_image_read, mut old_image_read) = (false, false);
         // An old image that comes first is checked, then read once the new one is known.
         let mut old_image_at = None;
-        self.members(|p, name| {
+        self.members(|p, name, _| {
             match &*name {
                 "ApproximateCreationDateTime" => record.created = Some(p.number()?),
                 "SequenceNumber" => record.sequence_number = Some(p.string()?),
@@ -372,6 +428,8 @@ impl<'a> Parser<'a> {
                     }
                     record.new_image = p.image(None)?;
                 }
+                // A second one would leave the new image's fields holding two old values.
+                "OldImage" if std::mem::replace(&mut old_image_read, true) => return None,
                 "OldImage" if new_image_read => record.old_image = p.image(record.new_image)?,
                 "OldImage" => {
                     p.whitespace();
@@ -401,43 +459,158 @@ impl<'a> Parser<'a> {
             self.literal(b"null")?;
             return Some(None);
         }
-        self.fields(twin).map(Some)
+        match twin {
+            Some(twin) => self.old_fields(twin),
+            None => self.fields(),
+        }
+        .map(Some)
     }
 
-    /// A map of attribute names to attribute values (an image, or the value of an `M`), read
-    /// against the fields of `twin` when it is part of an old image.
-    fn fields(&mut self, twin: Option<Span>) -> Option<Span> {
+    /// A map of attribute names to attribute values: an image, or the value of an `M`.
+    fn fields(&mut self) -> Option<Span> {
         let base = self.open_fields.len();
-        self.members(|p, name| {
+        self.members(|p, name, at| {
             let name = Name::new(name);
             p.whitespace();
-            let start = p.at;
-            let value = match twin {
-                Some(twin) => {
-                    let fields = p.tree.fields(twin);
-                    let twin = fields
-                        .binary_search_by(|f| f.name.cmp(&name))
-                        .ok()
-                        .map(|i| (fields[i].raw, Twin::of(&fields[i].value)));
-                    p.old_attribute(twin)?
-                }
-                None => p.attribute(Twin::Other)?,
-            };
-            let raw = &p.text[start..p.at];
-            p.open_fields.push(Field { name, value, raw });
+            let value_at = p.at;
+            let value = p.attribute(Twin::Other)?;
+            p.push_field(name, value, at, value_at);
             Some(())
         })?;
-        let start = self.tree.fields.len();
-        self.tree.fields.extend(self.open_fields.drain(base..));
-        let fields = &mut self.tree.fields[start..];
-        fields.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        self.close_object(base)
+    }
+
+    /// A map of an old image read against `twin`, the new image's map at the same place: each
+    /// member becomes the `old` of the twin's field of its name, or, when the twin has none, a
+    /// field of the returned object (see [`Tree`]).
+    ///
+    /// Members mostly come in the same order in both images and most are unchanged, so each is
+    /// first compared as text with the twin's member that follows the last one matched.
+    fn old_fields(&mut self, twin: Span) -> Option<Span> {
+        let base = self.open_fields.len();
+        // The twin's member, in wire order, this one is compared with first.
+        let mut next = 0;
+        self.expect(b'{')?;
+        self.enter()?;
+        if !self.eat(b'}') {
+            loop {
+                self.whitespace();
+                if !self.same_member(twin, &mut next)? {
+                    let at = self.at;
+                    let name = Name::new(self.string()?);
+                    self.expect(b':')?;
+                    self.whitespace();
+                    let value_at = self.at;
+                    match self.tree.find(twin, &name) {
+                        Some(i) => {
+                            let field = &self.tree.fields[i];
+                            let (raw, of) = (self.value_text(field), Twin::of(&field.value));
+                            let value = self.old_attribute(Some((raw, of)))?;
+                            self.set_old(i, value)?;
+                            next = i - twin.start + 1;
+                        }
+                        None => {
+                            let value = self.attribute(Twin::Other)?;
+                            self.push_field(name, value, at, value_at);
+                        }
+                    }
+                }
+                if self.eat(b'}') {
+                    break;
+                }
+                self.expect(b',')?;
+            }
+        }
+        self.depth -= 1;
+        self.close_object(base)
+    }
+
+    /// Whether the member at `at` is, as text, the twin's member at wire position `next`,
+    /// followed by the end of the member; then it is skipped, and that field's old value is
+    /// [`Json::Unchanged`]. The same text followed by `,` or `}` is exactly that member, whose
+    /// text was read and checked in the new image. `None`: a repeated name.
+    fn same_member(&mut self, twin: Span, next: &mut usize) -> Option<bool> {
+        if *next >= twin.len {
+            return Some(false);
+        }
+        let index = twin.start + *next;
+        let field = &self.tree.fields[index];
+        let member = &self.bytes[field.at as usize..field.end as usize];
+        let end = self.at + member.len();
+        if !self.bytes[self.at..].starts_with(member) {
+            return Some(false);
+        }
+        let after = self.bytes[end..]
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if !matches!(after, Some(b',' | b'}')) {
+            return Some(false);
+        }
+        self.set_old(index, Json::Unchanged)?;
+        self.at = end;
+        *next += 1;
+        Some(true)
+    }
+
+    /// Gives the new image's field at `index` its old value; `None` if it has one already (the
+    /// old map repeats a name, which the reference resolves).
+    fn set_old(&mut self, index: usize, value: Json<'a>) -> Option<()> {
+        let old = &mut self.tree.fields[index].old;
+        if old.is_some() {
+            return None;
+        }
+        *old = Some(value);
+        Some(())
+    }
+
+    /// The wire text of a field's value.
+    fn value_text(&self, field: &Field<'_>) -> &'a str {
+        &self.text[field.value_at as usize..field.end as usize]
+    }
+
+    /// Adds a field to the object being read; its value ends where the parser is.
+    fn push_field(&mut self, name: Name<'a>, value: Json<'a>, at: usize, value_at: usize) {
+        self.open_fields.push(Field {
+            name,
+            value,
+            old: None,
+            at: at as u32,
+            value_at: value_at as u32,
+            end: self.at as u32,
+        });
+    }
+
+    /// Moves the fields from `base` on to the tree as one object, and sorts it by name.
+    fn close_object(&mut self, base: usize) -> Option<Span> {
+        let Tree { fields, sorted, .. } = &mut self.tree;
+        let start = fields.len();
+        fields.extend(self.open_fields.drain(base..));
+        sorted.extend(start as u32..fields.len() as u32);
+        let sorted = &mut sorted[start..];
+        let name = |i: u32| &fields[i as usize].name;
+        if sorted.len() <= 32 {
+            // Items have some tens of attributes per map, where an insertion sort does less
+            // than the library's sorts, which are built for long slices: a fifth of their
+            // instructions on the benchmark's order.
+            for i in 1..sorted.len() {
+                let x = sorted[i];
+                let mut j = i;
+                while j > 0 && name(sorted[j - 1]) > name(x) {
+                    sorted[j] = sorted[j - 1];
+                    j -= 1;
+                }
+                sorted[j] = x;
+            }
+        } else {
+            sorted.sort_unstable_by(|&a, &b| name(a).cmp(name(b)));
+        }
         // Repeated names are legal JSON but never sent by DynamoDB; the reference resolves them.
-        if fields.windows(2).any(|w| w[0].name == w[1].name) {
+        if sorted.windows(2).any(|w| name(w[0]) == name(w[1])) {
             return None;
         }
         Some(Span {
             start,
-            len: fields.len(),
+            len: fields.len() - start,
         })
     }
 
@@ -499,6 +672,22 @@ impl<'a> Parser<'a> {
     /// One attribute value, `{"<type>": <value>}`, to its JSON form. In an old image, `twin` is
     /// the new image's value at the same place.
     fn attribute(&mut self, twin: Twin) -> Option<Json<'a>> {
+        // Most values are strings and numbers, and DynamoDB sends no whitespace: their opening
+        // is matched as one word instead of five tokens (some 30 instructions less per value).
+        if let Some(&[b'{', b'"', tag @ (b'S' | b'N'), b'"', b':', b'"']) =
+            self.bytes.get(self.at..self.at + 6)
+        {
+            self.enter()?;
+            self.at += 5;
+            let text = self.string()?;
+            let value = match tag {
+                b'S' => Json::String(text),
+                _ => Json::Number(number_attribute(text)?),
+            };
+            self.expect(b'}')?;
+            self.depth -= 1;
+            return Some(value);
+        }
         self.expect(b'{')?;
         self.enter()?;
         self.expect(b'"')?;
@@ -519,10 +708,10 @@ impl<'a> Parser<'a> {
                 self.boolean()?;
                 Json::Null
             }
-            b"M" => Json::Object(self.fields(match twin {
-                Twin::Object(span) => Some(span),
-                _ => None,
-            })?),
+            b"M" => Json::Object(match twin {
+                Twin::Object(span) => self.old_fields(span)?,
+                _ => self.fields()?,
+            }),
             b"L" => Json::Array(self.list(match twin {
                 Twin::Array(span) => Some(span),
                 _ => None,
@@ -587,7 +776,7 @@ impl<'a> Parser<'a> {
         Some(value)
     }
 
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Option<Text<'a>> {
         self.whitespace();
         if self.bytes.get(self.at) != Some(&b'"') {
@@ -650,7 +839,7 @@ impl<'a> Parser<'a> {
     fn skip(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(drop),
-            b'{' => self.members(|p, _| p.skip()),
+            b'{' => self.members(|p, _, _| p.skip()),
             b'[' => self.elements(|p| p.skip()),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
