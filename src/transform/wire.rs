@@ -157,6 +157,8 @@ pub(crate) struct Field<'a> {
     at: u32,
     value_at: u32,
     end: u32,
+    /// Its place among its object's members on the wire.
+    wire: u32,
 }
 
 /// An item of an array.
@@ -201,9 +203,8 @@ impl Span {
     }
 }
 
-/// The fields and items of all objects and arrays of a record, each object's and each array's
-/// together. One pair of vectors per record instead of one per object, because allocating and
-/// freeing was a large share of the budget.
+/// The fields and items of all objects and arrays of a record. A few vectors per record instead
+/// of some per object, because allocating and freeing was a large share of the budget.
 ///
 /// An object of a new image holds all its fields, each with the old image's value of its name
 /// ([`Field::old`]). An object of an old image read against the new one holds only the fields
@@ -212,11 +213,14 @@ impl Span {
 /// object's fields removed, and no old field is sorted or matched by name when it is unchanged.
 #[derive(Debug, Default)]
 pub(crate) struct Tree<'a> {
-    /// Each object's fields in wire order, as an old image is compared with them.
+    /// Every field of the record, where it was read; objects are lists of indices into it, so
+    /// that closing and sorting an object moves four bytes per field, not the field.
     fields: Vec<Field<'a>>,
-    /// Per object, the indices of its fields sorted by name (parallel to `fields`), so that the
-    /// fields stay in wire order and sorting moves four bytes per step, not a field.
+    /// Per object (a [`Span`]), its fields in wire order, as an old image is compared with them.
+    wire: Vec<u32>,
+    /// Per object (the same [`Span`]), its fields sorted by name.
     sorted: Vec<u32>,
+    /// Each array's items together.
     items: Vec<Item<'a>>,
 }
 
@@ -273,6 +277,7 @@ pub(crate) fn parse(raw: &str) -> Option<Record<'_>> {
         // little waste.
         tree: Tree {
             fields: Vec::with_capacity(raw.len() / 40),
+            wire: Vec::with_capacity(raw.len() / 40),
             sorted: Vec::with_capacity(raw.len() / 40),
             items: Vec::with_capacity(raw.len() / 200),
         },
@@ -297,10 +302,10 @@ struct Parser<'a> {
     bytes: &'a [u8],
     at: usize,
     depth: u32,
-    /// Fields of the objects being read, innermost last. A finished object's fields move to the
-    /// tree together, after those of the objects inside it.
-    open_fields: Vec<Field<'a>>,
-    /// The same for arrays.
+    /// The fields (indices into the tree's) of the objects being read, innermost last.
+    open_fields: Vec<u32>,
+    /// The items of the arrays being read, innermost last. A finished array's items move to the
+    /// tree together, after those of the arrays inside it.
     open_items: Vec<Item<'a>>,
     tree: Tree<'a>,
 }
@@ -505,9 +510,9 @@ impl<'a> Parser<'a> {
                         Some(i) => {
                             let field = &self.tree.fields[i];
                             let (raw, of) = (self.value_text(field), Twin::of(&field.value));
+                            next = field.wire as usize + 1;
                             let value = self.old_attribute(Some((raw, of)))?;
                             self.set_old(i, value)?;
-                            next = i - twin.start + 1;
                         }
                         None => {
                             let value = self.attribute(Twin::Other)?;
@@ -533,7 +538,7 @@ impl<'a> Parser<'a> {
         if *next >= twin.len {
             return Some(false);
         }
-        let index = twin.start + *next;
+        let index = self.tree.wire[twin.start + *next] as usize;
         let field = &self.tree.fields[index];
         let member = &self.bytes[field.at as usize..field.end as usize];
         let end = self.at + member.len();
@@ -570,22 +575,32 @@ impl<'a> Parser<'a> {
 
     /// Adds a field to the object being read; its value ends where the parser is.
     fn push_field(&mut self, name: Name<'a>, value: Json<'a>, at: usize, value_at: usize) {
-        self.open_fields.push(Field {
+        self.open_fields.push(self.tree.fields.len() as u32);
+        self.tree.fields.push(Field {
             name,
             value,
             old: None,
             at: at as u32,
             value_at: value_at as u32,
             end: self.at as u32,
+            wire: 0,
         });
     }
 
-    /// Moves the fields from `base` on to the tree as one object, and sorts it by name.
+    /// Makes the fields from `base` on one object of the tree, and sorts it by name.
     fn close_object(&mut self, base: usize) -> Option<Span> {
-        let Tree { fields, sorted, .. } = &mut self.tree;
-        let start = fields.len();
-        fields.extend(self.open_fields.drain(base..));
-        sorted.extend(start as u32..fields.len() as u32);
+        let Tree {
+            fields,
+            wire,
+            sorted,
+            ..
+        } = &mut self.tree;
+        let start = wire.len();
+        wire.extend(self.open_fields.drain(base..));
+        for (place, &i) in wire[start..].iter().enumerate() {
+            fields[i as usize].wire = place as u32;
+        }
+        sorted.extend_from_slice(&wire[start..]);
         let sorted = &mut sorted[start..];
         let name = |i: u32| &fields[i as usize].name;
         if sorted.len() <= 32 {
@@ -610,7 +625,7 @@ impl<'a> Parser<'a> {
         }
         Some(Span {
             start,
-            len: fields.len() - start,
+            len: wire.len() - start,
         })
     }
 
