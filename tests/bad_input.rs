@@ -978,24 +978,8 @@ async fn malformed_oversized_and_missing_nakadi_answers_dead_letter_with_the_rea
     relay.process.wait_exit(Duration::from_secs(30)).await;
     fake.healthy
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["redrive", "--once"])
-            .env_clear()
-            .envs(&env)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        serde_json::from_str::<Value>(stdout.trim()).unwrap(),
+        redrive_once(&env).await,
         json!({"published": failing, "failed": 0, "undecodable": 0})
     );
     assert_eq!(queue_depth(&moto, &dlq).await, 0);

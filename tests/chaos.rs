@@ -15,11 +15,9 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynamodb_nakadi_relay::transform::eid_for;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -44,100 +42,14 @@ fn env_usize(name: &str, default: usize) -> usize {
     }
 }
 
-/// One record the writer appended.
-#[derive(Clone)]
-struct Written {
-    /// When the write call that appended it started: it cannot have been read before.
-    started: Instant,
-    shard: String,
-    sequence: u128,
-    eid: String,
-}
-
-/// Writes `keys` changes (one per key) every `every` until stopped.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<Written>>>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(ctl: StreamsControl, arn: String, keys: usize, every: Duration) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (flag, out) = (stop.clone(), log.clone());
-        let handle = tokio::spawn(async move {
-            let mut seq = 0u64;
-            while !flag.load(Ordering::SeqCst) {
-                let records: Vec<Value> = (0..keys)
-                    .map(|k| {
-                        let key = format!("key-{k:03}");
-                        let image = |s: u64| json!({"pk": {"S": key}, "seq": {"N": s.to_string()}});
-                        let mut r = json!({"key": key, "keys": {"pk": {"S": key}}, "new_image": image(seq),
-                                           "event_name": if seq == 0 { "INSERT" } else { "MODIFY" }});
-                        if seq > 0 {
-                            r["old_image"] = image(seq - 1);
-                        }
-                        r
-                    })
-                    .collect();
-                let started = Instant::now();
-                let v = ctl
-                    .call("records", json!({"stream_arn": arn, "records": records}))
-                    .await;
-                let written: Vec<Written> = v["records"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| Written {
-                        started,
-                        shard: r["shard_id"].as_str().unwrap().to_owned(),
-                        sequence: r["sequence_number"].as_str().unwrap().parse().unwrap(),
-                        eid: eid_for(r["event_id"].as_str().unwrap()).to_string(),
-                    })
-                    .collect();
-                out.lock().unwrap().extend(written);
-                seq += 1;
-                tokio::time::sleep(every).await;
-            }
-        });
-        Writer { stop, log, handle }
-    }
-
-    fn count(&self) -> usize {
-        self.log.lock().unwrap().len()
-    }
-
-    fn snapshot(&self) -> Vec<Written> {
-        self.log.lock().unwrap().clone()
-    }
-
-    async fn finish(self) -> Vec<Written> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.await.unwrap();
-        std::mem::take(&mut *self.log.lock().unwrap())
-    }
-}
-
 /// (shard id, checkpoint) of the shard leases `owner` holds.
 async fn leases_of(moto: &Moto, owner: &str) -> Vec<(String, String)> {
-    let out = moto
-        .dynamodb()
+    let s = |i: &LeaseItem, k: &str| i.get(k).and_then(|v| v.as_s().ok()).cloned();
+    lease_items(moto, "relay-leases", "shard")
         .await
-        .scan()
-        .table_name("relay-leases")
-        .consistent_read(true)
-        .send()
-        .await
-        .expect("scanning the lease table");
-    let s = |i: &HashMap<String, aws_sdk_dynamodb::types::AttributeValue>, k: &str| {
-        i.get(k).and_then(|v| v.as_s().ok()).cloned()
-    };
-    out.items()
+        .expect("scanning the lease table")
         .iter()
-        .filter(|i| {
-            s(i, "kind").as_deref() == Some("shard") && s(i, "owner").as_deref() == Some(owner)
-        })
+        .filter(|i| s(i, "owner").as_deref() == Some(owner))
         .filter_map(|i| Some((s(i, "shard_id")?, s(i, "checkpoint")?)))
         .collect()
 }
@@ -291,20 +203,28 @@ impl Chaos {
         }
     }
 
-    async fn kill(&mut self, moto: &Moto, writer: &Writer) {
+    /// A random live relay, its metrics scraped, taken out of its slot; none unless at least two
+    /// are alive (one always keeps reading).
+    async fn take_random(&mut self) -> Option<(usize, Relay)> {
         let alive = self.alive();
         if alive.len() < 2 {
-            return;
+            return None;
         }
         let slot = alive[self.rng.random_range(0..alive.len())];
         self.scrape(slot).await;
-        let mut relay = self.slots[slot].relay.take().unwrap();
+        Some((slot, self.slots[slot].relay.take().unwrap()))
+    }
+
+    async fn kill(&mut self, moto: &Moto, writer: &Writer) {
+        let Some((slot, mut relay)) = self.take_random().await else {
+            return;
+        };
         relay.process.signal("KILL");
         relay.process.wait_exit(Duration::from_secs(10)).await;
         let stopped = Instant::now();
         // Read before any takeover can move them: takeover needs a lease duration (3 s).
         let leases = leases_of(moto, &relay.process.name).await;
-        let in_flight = uncheckpointed(&writer.snapshot(), &leases, stopped);
+        let in_flight = uncheckpointed(&writer.written(), &leases, stopped);
         println!(
             "chaos: SIGKILL {} owning {} leases, {} records past their checkpoints",
             relay.process.name,
@@ -319,13 +239,9 @@ impl Chaos {
     }
 
     async fn sigterm(&mut self, moto: &Moto, writer: &Writer) {
-        let alive = self.alive();
-        if alive.len() < 2 {
+        let Some((slot, mut relay)) = self.take_random().await else {
             return;
-        }
-        let slot = alive[self.rng.random_range(0..alive.len())];
-        self.scrape(slot).await;
-        let mut relay = self.slots[slot].relay.take().unwrap();
+        };
         // Released leases have no owner any more: read them before. A checkpoint only moves
         // forward, so the count from before is an upper bound.
         let leases = leases_of(moto, &relay.process.name).await;
@@ -335,7 +251,7 @@ impl Chaos {
             .is_some_and(|(status, _)| status == 200);
         relay.process.signal("TERM");
         let status = relay.process.wait_exit(Duration::from_secs(60)).await;
-        let in_flight = uncheckpointed(&writer.snapshot(), &leases, Instant::now());
+        let in_flight = uncheckpointed(&writer.written(), &leases, Instant::now());
         println!(
             "chaos: SIGTERM {} owning {} leases: {status}, bound {}",
             relay.process.name,

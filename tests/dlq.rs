@@ -334,25 +334,8 @@ async fn redrive_once_republishes_the_queue_and_exits() {
     relay.process.wait_exit(Duration::from_secs(30)).await;
     t.nakadi.clear_faults().await;
 
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_dynamodb-nakadi-relay"))
-            .args(["redrive", "--once"])
-            .env_clear()
-            .envs(&env)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(
-        report,
+        redrive_once(&env).await,
         json!({"published": 12, "failed": 0, "undecodable": 0})
     );
     assert_eq!(queue_depth(&t.moto, &t.dlq).await, 0);

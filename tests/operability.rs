@@ -7,22 +7,8 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
 use support::*;
-
-async fn put(moto: &Moto, range: std::ops::Range<usize>) {
-    let ddb = moto.dynamodb().await;
-    for i in range {
-        ddb.put_item()
-            .table_name("orders")
-            .item("pk", AttributeValue::S(format!("order-{i}")))
-            .item("amount", AttributeValue::N(format!("{i}.50")))
-            .send()
-            .await
-            .unwrap();
-    }
-}
 
 struct Env {
     moto: Moto,
@@ -40,22 +26,10 @@ async fn setup(test: &str) -> Env {
 }
 
 async fn lease_owner(moto: &Moto) -> Option<String> {
-    let out = moto
-        .dynamodb()
+    lease_items(moto, "relay-leases", "shard")
         .await
-        .scan()
-        .table_name("relay-leases")
-        .send()
-        .await
-        .ok()?;
-    out.items()
+        .ok()?
         .iter()
-        .filter(|i| {
-            i.get("kind")
-                .and_then(|k| k.as_s().ok())
-                .map(String::as_str)
-                == Some("shard")
-        })
         .find_map(|i| i.get("owner").and_then(|o| o.as_s().ok()).cloned())
 }
 
@@ -67,7 +41,7 @@ async fn readiness_turns_503_on_sigterm_before_the_leases_are_released() {
     t.nakadi.fault(json!({"latency_ms": 1500})).await;
     let mut relay = Relay::start(test, "relay-1", &t.env);
     relay.wait_ready().await;
-    put(&t.moto, 0..5).await;
+    put_orders(&t.moto, 0..5).await;
     wait_for(
         "a publish request in flight",
         Duration::from_secs(30),
@@ -120,7 +94,7 @@ async fn liveness_stays_200_while_nakadi_and_aws_are_unreachable() {
     relay.wait_ready().await;
     aws.set_down(true);
     drop(t.nakadi); // Nakadi gone too
-    put(&t.moto, 0..3).await;
+    put_orders(&t.moto, 0..3).await;
     // Observe for several coordinator rounds (500 ms each in tests): every probe answers 200.
     let until = Instant::now() + Duration::from_secs(5);
     let mut probes = 0;
@@ -153,9 +127,9 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
     let relay = Relay::start(test, "relay-1", &t.env);
     relay.wait_ready().await;
     // Some traffic, including a rejected event, so publish and DLQ series have data.
-    put(&t.moto, 0..20).await;
+    put_orders(&t.moto, 0..20).await;
     t.nakadi.fault(json!({"status": 422, "times": 1})).await;
-    put(&t.moto, 20..25).await;
+    put_orders(&t.moto, 20..25).await;
     let addr = relay.http.trim_start_matches("http://").to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("bash")

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use dynamodb_nakadi_relay::transform::eid_for;
 use serde_json::{Value, json};
 use support::*;
@@ -33,19 +32,6 @@ fn replace_file(path: &Path, content: &[u8]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, content).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-async fn put(moto: &Moto, keys: std::ops::Range<usize>) {
-    let ddb = moto.dynamodb().await;
-    for i in keys {
-        ddb.put_item()
-            .table_name("orders")
-            .item("pk", AttributeValue::S(format!("order-{i}")))
-            .item("amount", AttributeValue::N(format!("{i}.50")))
-            .send()
-            .await
-            .unwrap();
-    }
 }
 
 /// The sum of all series of a metric, whatever their labels.
@@ -158,7 +144,7 @@ async fn the_token_never_leaves_the_process_and_nothing_is_written_to_disk() {
     relay.wait_ready().await;
 
     // 1. The token works.
-    put(&moto, 0..5).await;
+    put_orders(&moto, 0..5).await;
     wait_for("5 events published", Duration::from_secs(60), || async {
         (nakadi.events().await.len() >= 5).then_some(())
     })
@@ -173,7 +159,7 @@ async fn the_token_never_leaves_the_process_and_nothing_is_written_to_disk() {
         .send()
         .await
         .unwrap();
-    put(&moto, 5..10).await;
+    put_orders(&moto, 5..10).await;
     wait_for(
         "the 401-refused events in the DLQ",
         Duration::from_secs(60),

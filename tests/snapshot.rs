@@ -272,25 +272,11 @@ fn check_event(e: &Value, items: &HashMap<String, Value>, from: &str, to: &str) 
 /// The snapshot segments' progress items in the lease table: segment → (done, items).
 async fn segments(moto: &Moto) -> HashMap<String, (bool, u64)> {
     // Empty until the snapshot has created the lease table.
-    let Ok(out) = moto
-        .dynamodb()
-        .await
-        .scan()
-        .table_name("relay-leases")
-        .consistent_read(true)
-        .send()
-        .await
-    else {
+    let Ok(items) = lease_items(moto, "relay-leases", "snapshot_segment").await else {
         return HashMap::new();
     };
-    out.items()
+    items
         .iter()
-        .filter(|i| {
-            i.get("kind")
-                .and_then(|k| k.as_s().ok())
-                .map(String::as_str)
-                == Some("snapshot_segment")
-        })
         .map(|i| {
             (
                 i["lease_key"].as_s().unwrap().clone(),

@@ -10,12 +10,17 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::scan::ScanError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, StreamSpecification, StreamViewType,
 };
+use dynamodb_nakadi_relay::transform::eid_for;
 use serde_json::Value;
 
 pub const REGION: &str = "eu-central-1";
@@ -482,26 +487,92 @@ pub async fn stream_records(moto: &Moto, stream_arn: &str) -> Vec<(String, Strin
     records
 }
 
+/// One item of the lease table, by attribute name.
+pub type LeaseItem = HashMap<String, AttributeValue>;
+
+/// The items of the lease table whose `kind` is `kind` ("shard", "snapshot_segment", ...), read
+/// consistently, every page; the scan's error (e.g. while the relay has not created the table yet)
+/// is the caller's to judge.
+pub async fn lease_items(
+    moto: &Moto,
+    lease_table: &str,
+    kind: &str,
+) -> Result<Vec<LeaseItem>, SdkError<ScanError>> {
+    let ddb = moto.dynamodb().await;
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let out = ddb
+            .scan()
+            .table_name(lease_table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await?;
+        items.extend(
+            out.items()
+                .iter()
+                .filter(|i| {
+                    i.get("kind")
+                        .and_then(|k| k.as_s().ok())
+                        .map(String::as_str)
+                        == Some(kind)
+                })
+                .cloned(),
+        );
+        start = out.last_evaluated_key;
+        if start.is_none() {
+            return Ok(items);
+        }
+    }
+}
+
 /// The checkpoints of the shard leases in the lease table.
 pub async fn checkpoints(moto: &Moto, lease_table: &str) -> Vec<String> {
-    let out = moto
-        .dynamodb()
+    lease_items(moto, lease_table, "shard")
         .await
-        .scan()
-        .table_name(lease_table)
-        .send()
-        .await
-        .unwrap();
-    out.items()
+        .expect("scanning the lease table")
         .iter()
-        .filter(|i| {
-            i.get("kind")
-                .and_then(|k| k.as_s().ok())
-                .map(String::as_str)
-                == Some("shard")
-        })
         .filter_map(|i| i.get("checkpoint").and_then(|c| c.as_s().ok()).cloned())
         .collect()
+}
+
+/// Puts `order-<i>` with amount `<i>.50` into the table `orders`, for each `i` in `keys`.
+pub async fn put_orders(moto: &Moto, keys: std::ops::Range<usize>) {
+    let ddb = moto.dynamodb().await;
+    for i in keys {
+        ddb.put_item()
+            .table_name("orders")
+            .item("pk", AttributeValue::S(format!("order-{i}")))
+            .item("amount", AttributeValue::N(format!("{i}.50")))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// Runs `dynamodb-nakadi-relay redrive --once` with exactly `env` to its end, asserts that it
+/// succeeded, and returns the report it prints (one JSON object).
+pub async fn redrive_once(env: &HashMap<String, String>) -> Value {
+    let env = env.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_dynamodb-nakadi-relay"))
+            .args(["redrive", "--once"])
+            .env_clear()
+            .envs(&env)
+            .output()
+            .expect("running redrive --once")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("redrive --once printed no JSON report ({e}): {stdout}"))
 }
 
 /// Messages in a queue (visible and in flight).
@@ -649,8 +720,8 @@ impl StreamsControl {
     }
 
     /// Appends one change per (key, seq): `seq` in the new image tells the write order per key.
-    /// Returns (shard id, event id) per record.
-    pub async fn write(&self, stream_arn: &str, writes: &[(String, u64)]) -> Vec<(String, String)> {
+    /// Returns each record as the server appended it, in the order of `writes`.
+    pub async fn write(&self, stream_arn: &str, writes: &[(String, u64)]) -> Vec<Written> {
         let records: Vec<Value> = writes
             .iter()
             .map(|(key, seq)| {
@@ -663,6 +734,7 @@ impl StreamsControl {
                 r
             })
             .collect();
+        let started = Instant::now();
         let v = self
             .call(
                 "records",
@@ -673,13 +745,69 @@ impl StreamsControl {
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| {
-                (
-                    r["shard_id"].as_str().unwrap().to_owned(),
-                    r["event_id"].as_str().unwrap().to_owned(),
-                )
+            .map(|r| Written {
+                started,
+                shard: r["shard_id"].as_str().unwrap().to_owned(),
+                sequence: r["sequence_number"].as_str().unwrap().parse().unwrap(),
+                eid: eid_for(r["event_id"].as_str().unwrap()).to_string(),
             })
             .collect()
+    }
+}
+
+/// One record appended to the fault server's stream.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// When the write call that appended it started: it cannot have been read before.
+    pub started: Instant,
+    pub shard: String,
+    pub sequence: u128,
+    /// The eid of its event.
+    pub eid: String,
+}
+
+/// Writes one change for each of `keys` keys (`key-000`, ...; `seq` 0, 1, ... per round) every
+/// `every`, until finished; what it wrote so far is readable while it runs.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Written>>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn start(ctl: StreamsControl, stream_arn: String, keys: usize, every: Duration) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (flag, out) = (stop.clone(), log.clone());
+        let handle = tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !flag.load(Ordering::SeqCst) {
+                let batch: Vec<(String, u64)> =
+                    (0..keys).map(|k| (format!("key-{k:03}"), seq)).collect();
+                let written = ctl.write(&stream_arn, &batch).await;
+                out.lock().unwrap().extend(written);
+                seq += 1;
+                tokio::time::sleep(every).await;
+            }
+        });
+        Writer { stop, log, handle }
+    }
+
+    /// How many records it has written so far.
+    pub fn count(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// The records it has written so far.
+    pub fn written(&self) -> Vec<Written> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Stops it after the round in progress; every record it wrote.
+    pub async fn finish(self) -> Vec<Written> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.await.unwrap();
+        std::mem::take(&mut *self.log.lock().unwrap())
     }
 }
 
