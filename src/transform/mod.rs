@@ -35,6 +35,7 @@ mod tests;
 use uuid::Uuid;
 
 pub use snapshot::snapshot_event;
+pub(crate) use wire::find_special;
 
 /// Nakadi's limit for one event's serialized size, in bytes.
 pub const MAX_EVENT_BYTES: usize = 999_000;

@@ -54,21 +54,20 @@ impl Deref for Text<'_> {
     }
 }
 
-/// An attribute name, with its first 16 bytes as two integers (zero-padded, big-endian) for
-/// comparing. Sorting the fields of both images and matching them up compares names some
-/// hundreds of times per record; by integers almost every comparison is two instructions, where
-/// comparing slices is a library call.
+/// An attribute name, with its first 16 bytes as an integer (zero-padded, big-endian) for
+/// comparing. Sorting the fields and matching names up compares names some hundreds of times per
+/// record; by integers almost every comparison is a few instructions, where comparing slices is
+/// a library call.
 #[derive(Debug)]
 pub(crate) struct Name<'a> {
-    key: [u64; 2],
+    key: u128,
     pub text: Text<'a>,
 }
 
 impl<'a> Name<'a> {
     pub(crate) fn new(text: Text<'a>) -> Name<'a> {
-        let head = head(text.as_bytes());
         Name {
-            key: [(head >> 64) as u64, head as u64],
+            key: head(text.as_bytes()),
             text,
         }
     }
@@ -574,6 +573,7 @@ impl<'a> Parser<'a> {
     }
 
     /// Adds a field to the object being read; its value ends where the parser is.
+    #[inline]
     fn push_field(&mut self, name: Name<'a>, value: Json<'a>, at: usize, value_at: usize) {
         self.open_fields.push(self.tree.fields.len() as u32);
         self.tree.fields.push(Field {
@@ -865,8 +865,9 @@ impl<'a> Parser<'a> {
 }
 
 /// Where the next `"`, `\` or control character is, from `at` (the string's end, an escape, or an
-/// error), or `bytes.len()`. Eight bytes at a time, as it runs over every string of the record.
-fn find_special(bytes: &[u8], mut at: usize) -> usize {
+/// error), or `bytes.len()`. Eight bytes at a time, as it runs over every string of the record
+/// (and of every GetRecords page, to locate the records).
+pub(crate) fn find_special(bytes: &[u8], mut at: usize) -> usize {
     const ONES: u64 = u64::MAX / 255;
     const HIGH: u64 = ONES << 7;
     while let Some(chunk) = bytes.get(at..at + 8) {
