@@ -156,20 +156,27 @@ async fn aws_unreachable_at_start_is_waited_out_and_sigterm_meanwhile_exits_0() 
     let aws = FaultProxy::start(&t.moto.endpoint).await;
     t.env.insert("AWS_ENDPOINT_URL".into(), aws.url.clone());
     aws.set_down(true);
-    let retried = |relay: &Relay| {
-        relay
-            .logs()
-            .contains("a start-up check failed for a reason that may pass")
+    // A relay started during the outage, once it has retried a start-up check.
+    let start_retrying = |name: &'static str| {
+        let relay = Relay::start(test, name, &t.env);
+        async move {
+            wait_for(
+                "a retried start-up check",
+                Duration::from_secs(30),
+                || async {
+                    relay
+                        .logs()
+                        .contains("a start-up check failed for a reason that may pass")
+                        .then_some(())
+                },
+            )
+            .await;
+            relay
+        }
     };
 
     // An outage at start is not a configuration error: the relay waits it out, then starts.
-    let mut waiting = Relay::start(test, "relay-1", &t.env);
-    wait_for(
-        "a retried start-up check",
-        Duration::from_secs(30),
-        || async { retried(&waiting).then_some(()) },
-    )
-    .await;
+    let mut waiting = start_retrying("relay-1").await;
     assert!(
         waiting.process.child.try_wait().unwrap().is_none(),
         "exited during an outage: {}",
@@ -180,13 +187,7 @@ async fn aws_unreachable_at_start_is_waited_out_and_sigterm_meanwhile_exits_0() 
 
     // SIGTERM while it waits: a clean exit, as on any other stop.
     aws.set_down(true);
-    let mut stopped = Relay::start(test, "relay-2", &t.env);
-    wait_for(
-        "a retried start-up check",
-        Duration::from_secs(30),
-        || async { retried(&stopped).then_some(()) },
-    )
-    .await;
+    let mut stopped = start_retrying("relay-2").await;
     stopped.process.signal("TERM");
     let status = stopped.process.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", stopped.logs());

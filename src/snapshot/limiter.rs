@@ -86,6 +86,13 @@ mod tests {
         limiter.settle(estimate, consumed);
     }
 
+    fn assert_within(elapsed: Duration, min_ms: u64, max_ms: u64) {
+        assert!(
+            (Duration::from_millis(min_ms)..=Duration::from_millis(max_ms)).contains(&elapsed),
+            "{elapsed:?} not within {min_ms}..={max_ms} ms"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn spends_the_rate_after_the_first_seconds_burst() {
         let limiter = CapacityLimiter::new(10.0);
@@ -96,10 +103,7 @@ mod tests {
         // 10 units of burst, then 100 units at 10 per second; the last page passes as soon as
         // the balance is back at zero.
         let elapsed = start.elapsed();
-        assert!(
-            elapsed >= Duration::from_millis(9_900) && elapsed <= Duration::from_millis(10_300),
-            "{elapsed:?}"
-        );
+        assert_within(elapsed, 9_900, 10_300);
     }
 
     #[tokio::test(start_paused = true)]
@@ -110,10 +114,7 @@ mod tests {
         limiter.acquire(1.0).await;
         // Balance 10 - 50 = -40: four seconds at 10 units per second.
         let waited = start.elapsed();
-        assert!(
-            waited >= Duration::from_millis(3_990) && waited <= Duration::from_millis(4_010),
-            "{waited:?}"
-        );
+        assert_within(waited, 3_990, 4_010);
     }
 
     #[tokio::test(start_paused = true)]
@@ -137,10 +138,7 @@ mod tests {
         }
         let elapsed = start.elapsed();
         // 10 at once, the other 20 at the rate: not 30 at once from the idle 100 s.
-        assert!(
-            elapsed >= Duration::from_millis(1_850) && elapsed <= Duration::from_millis(2_200),
-            "{elapsed:?}"
-        );
+        assert_within(elapsed, 1_850, 2_200);
     }
 
     #[tokio::test(start_paused = true)]
@@ -162,9 +160,6 @@ mod tests {
         }
         // 4 × 25 pages × 2 units = 200 units; 20 at once, 180 at 20 per second.
         let elapsed = start.elapsed();
-        assert!(
-            elapsed >= Duration::from_millis(8_850) && elapsed <= Duration::from_millis(9_300),
-            "{elapsed:?}"
-        );
+        assert_within(elapsed, 8_850, 9_300);
     }
 }

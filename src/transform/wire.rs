@@ -529,10 +529,9 @@ impl<'a> Parser<'a> {
         self.close_object(base)
     }
 
-    /// Whether the member at `at` is, as text, the twin's member at wire position `next`,
-    /// followed by the end of the member; then it is skipped, and that field's old value is
-    /// [`Json::Unchanged`]. The same text followed by `,` or `}` is exactly that member, whose
-    /// text was read and checked in the new image. `None`: a repeated name.
+    /// Whether the member here is, as text, the twin's member at wire position `next` (see
+    /// [`Parser::skip_same`]); then it is skipped, and that field's old value is
+    /// [`Json::Unchanged`]. `None`: a repeated name.
     fn same_member(&mut self, twin: Span, next: &mut usize) -> Option<bool> {
         if *next >= twin.len {
             return Some(false);
@@ -540,20 +539,29 @@ impl<'a> Parser<'a> {
         let index = self.tree.wire[twin.start + *next] as usize;
         let field = &self.tree.fields[index];
         let member = &self.bytes[field.at as usize..field.end as usize];
-        let end = self.at + member.len();
-        if !self.bytes[self.at..].starts_with(member) {
-            return Some(false);
-        }
-        let after = self.bytes[end..]
-            .iter()
-            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-        if !matches!(after, Some(b',' | b'}')) {
+        if !self.skip_same(member) {
             return Some(false);
         }
         self.set_old(index, Json::Unchanged)?;
-        self.at = end;
         *next += 1;
         Some(true)
+    }
+
+    /// Skips `read`, text already read and checked, if it comes next and ends there: followed
+    /// by `,`, `}` or `]`, the same text is exactly the same JSON (a value, or an object member).
+    fn skip_same(&mut self, read: &[u8]) -> bool {
+        let end = self.at + read.len();
+        let same = self.bytes[self.at..].starts_with(read)
+            && matches!(
+                self.bytes[end..]
+                    .iter()
+                    .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')),
+                Some(b',' | b'}' | b']')
+            );
+        if same {
+            self.at = end;
+        }
+        same
     }
 
     /// Gives the new image's field at `index` its old value; `None` if it has one already (the
@@ -654,22 +662,14 @@ impl<'a> Parser<'a> {
 
     /// A value of an old image whose twin in the new image has the wire text `raw`.
     ///
-    /// The same text here makes it [`Json::Unchanged`]: that text was read and checked already,
-    /// and a JSON value followed by `,`, `}` or `]` ends where that value ends, so it is exactly
-    /// that value. Otherwise a map or list is read member by member against its twin's.
+    /// The same text here makes it [`Json::Unchanged`] ([`Parser::skip_same`]). Otherwise a map
+    /// or list is read member by member against its twin's.
     fn old_attribute(&mut self, twin: Option<(&'a str, Twin)>) -> Option<Json<'a>> {
         let Some((raw, twin)) = twin else {
             return self.attribute(Twin::Other);
         };
-        let end = self.at + raw.len();
-        if self.bytes[self.at..].starts_with(raw.as_bytes()) {
-            let next = self.bytes[end..]
-                .iter()
-                .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-            if matches!(next, Some(b',' | b'}' | b']')) {
-                self.at = end;
-                return Some(Json::Unchanged);
-            }
+        if self.skip_same(raw.as_bytes()) {
+            return Some(Json::Unchanged);
         }
         self.attribute(twin)
     }
