@@ -27,6 +27,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use wide::u8x16;
 
 use crate::transform::find_special;
 
@@ -299,34 +300,183 @@ fn skip(b: &[u8], at: &mut usize) -> Option<()> {
 }
 
 /// Where the array or object opened at `at` ends (after its closing bracket).
-fn container_end(b: &[u8], mut at: usize) -> Option<usize> {
-    // Open brackets, innermost in the lowest bit: 1 for `{`, 0 for `[`.
-    let (mut open, mut depth) = (0u128, 0u32);
+///
+/// Reads 64 bytes at a time: SIMD compares give one bit per byte for quotes, brackets, and
+/// backslashes or control characters; the strings are the spans between unescaped quotes (a
+/// prefix XOR of the quote bits), and only the brackets outside them are visited one by one.
+/// Records are mostly small `{"S":"…"}` objects, so the walk byte by byte it replaced (strings
+/// skipped eight bytes at a time) paid per token: 1.70 µs per 3 KB record, where this pays per
+/// 64 bytes and per bracket: 0.65 µs; 0.40 instead of 1.26 µs when a string attribute holds
+/// escaped JSON (`cargo bench --bench records`, scan and scan_escaped: medians of 10 and 5 runs,
+/// alternating, on the same busy machine).
+///
+/// It reads exactly as that walk did: a backslash in a string steps over the next byte, whatever
+/// it is, one outside a string is an ordinary byte, and a raw control character in a string
+/// before the end refuses the value (serde_json refuses it too), as does nesting deeper than 128.
+fn container_end(b: &[u8], at: usize) -> Option<usize> {
+    // The open brackets' bytes, innermost last.
+    let mut open = [0u8; 128];
+    let mut depth = 0;
+    // All ones when the block starts inside a string.
+    let mut in_string = 0u64;
+    let mut pos = at;
+    let mut tail;
     loop {
-        let c = *b.get(at)?;
-        at += 1;
-        match c {
-            b'"' => at = string_end(b, at)? + 1,
-            b'{' | b'[' => {
-                if depth == 128 {
-                    return None;
-                }
-                open = open << 1 | u128::from(c == b'{');
+        let block: &[u8; 64] = match b.get(pos..pos + 64) {
+            Some(block) => block.try_into().expect("64 bytes"),
+            None => {
+                // Spaces mean nothing to the scan, in a string or out of one.
+                let rest = b.get(pos..).filter(|rest| !rest.is_empty())?;
+                tail = [b' '; 64];
+                tail[..rest.len()].copy_from_slice(rest);
+                &tail
+            }
+        };
+        let classes = classify(block);
+        let strings = strings(block, &classes, in_string);
+        in_string = 0u64.wrapping_sub(strings.inside >> 63);
+        let mut brackets = classes.bracket & !strings.inside & strings.counted;
+        while brackets != 0 {
+            let i = brackets.trailing_zeros() as usize;
+            brackets &= brackets - 1;
+            let c = block[i];
+            // Bit 1 is set in `{` and `[`, not in `}` and `]`; bit 5 tells `{}` from `[]`.
+            if c & 2 != 0 {
+                *open.get_mut(depth)? = c;
                 depth += 1;
-            }
-            b'}' | b']' => {
-                if (open & 1 == 1) != (c == b'}') {
+            } else {
+                depth -= 1;
+                if (open[depth] ^ c) & 0x20 != 0 {
                     return None;
                 }
-                open >>= 1;
-                depth -= 1;
                 if depth == 0 {
-                    return Some(at);
+                    return Some(pos + i + 1);
                 }
             }
-            _ => {}
+        }
+        if strings.counted != u64::MAX {
+            return None;
+        }
+        pos += strings.step;
+    }
+}
+
+/// One bit per byte of a block, the lowest for its first byte.
+struct Classes {
+    quote: u64,
+    /// Backslashes and control characters: none in most blocks.
+    rare: u64,
+    /// `{`, `}`, `[` and `]`.
+    bracket: u64,
+}
+
+fn classify(block: &[u8; 64]) -> Classes {
+    let mut classes = Classes {
+        quote: 0,
+        rare: 0,
+        bracket: 0,
+    };
+    for (i, chunk) in block.chunks_exact(16).enumerate() {
+        let v = u8x16::new(chunk.try_into().expect("16 bytes"));
+        let bits = |is: u8x16| u64::from(is.move_mask() as u16) << (16 * i);
+        classes.quote |= bits(v.cmp_eq(u8x16::splat(b'"')));
+        classes.rare |= bits(v.cmp_eq(u8x16::splat(b'\\')) | is_control(v));
+        // `[` and `]` with bit 5 set are `{` and `}`.
+        let folded = v | u8x16::splat(0x20);
+        classes.bracket |=
+            bits(folded.cmp_eq(u8x16::splat(b'{')) | folded.cmp_eq(u8x16::splat(b'}')));
+    }
+    classes
+}
+
+fn is_control(v: u8x16) -> u8x16 {
+    v.min(u8x16::splat(0x1f)).cmp_eq(v)
+}
+
+/// Where a block's strings are.
+struct Strings {
+    /// From each string's opening quote to the byte before its closing quote.
+    inside: u64,
+    /// The bytes before the first control character in a string: the value ends before it or
+    /// is refused.
+    counted: u64,
+    /// 65 when the block's last byte escapes the next block's first.
+    step: usize,
+}
+
+/// Most blocks have no backslash and no control character: their strings are where the quotes
+/// say, with no byte-by-byte work.
+fn strings(block: &[u8; 64], classes: &Classes, in_string: u64) -> Strings {
+    if classes.rare == 0 {
+        return Strings {
+            inside: prefix_xor(classes.quote) ^ in_string,
+            counted: u64::MAX,
+            step: 64,
+        };
+    }
+    let mut backslash = 0;
+    for (i, chunk) in block.chunks_exact(16).enumerate() {
+        let v = u8x16::new(chunk.try_into().expect("16 bytes"));
+        backslash |= u64::from(v.cmp_eq(u8x16::splat(b'\\')).move_mask() as u16) << (16 * i);
+    }
+    // simdjson's escape scan: in each run of backslashes, every other one escapes the byte after
+    // it, counted from the run's start. As if every backslash were in a string.
+    const ODD: u64 = 0xAAAA_AAAA_AAAA_AAAA;
+    let code = ((backslash << 1 | ODD).wrapping_sub(backslash)) ^ ODD;
+    let escaped = code ^ backslash;
+    let inside = prefix_xor(classes.quote & !escaped) ^ in_string;
+    // Exact as long as no backslash is outside a string, where the walk took it as ordinary.
+    if backslash & !inside != 0 {
+        return strings_in_order(block, classes, in_string);
+    }
+    let control = classes.rare & !backslash & inside & !escaped;
+    Strings {
+        inside,
+        counted: (control & control.wrapping_neg()).wrapping_sub(1),
+        step: 64 + ((code & backslash) >> 63) as usize,
+    }
+}
+
+/// A block with a backslash outside any string, which is no JSON: read quote by quote, as the
+/// backslash is an ordinary byte there.
+fn strings_in_order(block: &[u8; 64], classes: &Classes, in_string: u64) -> Strings {
+    let (mut quotes, mut inside) = (0u64, in_string != 0);
+    let mut strings = Strings {
+        inside: 0,
+        counted: u64::MAX,
+        step: 64,
+    };
+    let mut events = classes.quote | classes.rare;
+    while events != 0 {
+        let i = events.trailing_zeros();
+        let bit = 1u64 << i;
+        events &= events - 1;
+        if classes.quote & bit != 0 {
+            inside = !inside;
+            quotes |= bit;
+        } else if inside {
+            if block[i as usize] != b'\\' {
+                strings.counted = bit - 1;
+                break;
+            }
+            if i == 63 {
+                strings.step = 65;
+            } else {
+                events &= !(bit << 1);
+            }
         }
     }
+    strings.inside = prefix_xor(quotes) ^ in_string;
+    strings
+}
+
+/// Each bit the XOR of itself and all bits below it: ones from an opening quote on, until the
+/// closing one.
+fn prefix_xor(mut x: u64) -> u64 {
+    for shift in [1, 2, 4, 8, 16, 32] {
+        x ^= x << shift;
+    }
+    x
 }
 
 /// The closing quote of the string whose content starts at `at`.
@@ -410,6 +560,8 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
             r#"[a-z"\\\[\]{},:\n\u{e9}\u{1F600}]{0,12}"#.prop_map(Value::String),
+            // Across the scan's 64-byte blocks, escapes at any place.
+            r#"[a-z"\\\n\u{e9}]{40,140}"#.prop_map(Value::String),
         ];
         leaf.prop_recursive(6, 48, 6, |inner| {
             prop_oneof![
@@ -418,6 +570,111 @@ mod tests {
                     .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    /// The walk byte by byte that the block scan replaced, for reference: a backslash in a
+    /// string steps over the next byte, one outside is an ordinary byte.
+    fn walk_end(b: &[u8], mut at: usize) -> Option<usize> {
+        let mut open = Vec::new();
+        loop {
+            let c = *b.get(at)?;
+            at += 1;
+            match c {
+                b'"' => loop {
+                    match *b.get(at)? {
+                        b'"' => {
+                            at += 1;
+                            break;
+                        }
+                        b'\\' => at += 2,
+                        0..0x20 => return None,
+                        _ => at += 1,
+                    }
+                },
+                b'{' | b'[' if open.len() == 128 => return None,
+                b'{' | b'[' => open.push(c),
+                b'}' | b']' => {
+                    if !matches!((open.pop()?, c), (b'{', b'}') | (b'[', b']')) {
+                        return None;
+                    }
+                    if open.is_empty() {
+                        return Some(at);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn escapes_and_control_characters_at_every_place_in_a_block() {
+        // Before the string, a backslash outside any string: the block is read quote by quote.
+        for outside in ["", "\\"] {
+            for run in 0..6 {
+                for pad in 40..140 {
+                    for end in ["\"]", "\"\n\"]", "\"]\"\n\"", "\n\"]", "\"\u{e9}]"] {
+                        let (pad, run) = ("x".repeat(pad), "\\".repeat(run));
+                        let body = format!(r#"[{outside}"{pad}{run}{end}"#);
+                        let b = body.as_bytes();
+                        assert_eq!(container_end(b, 0), walk_end(b, 0), "{body:?}");
+                    }
+                }
+            }
+        }
+        // A control character in a string past the value's end is none of its business.
+        assert_eq!(container_end(b"{\"a\":1}\"\n\"]", 0), Some(7));
+        assert_eq!(container_end(b"{\"a\":\"\n\"}", 0), None);
+        // Escaped, it is stepped over; a backslash outside a string is an ordinary byte.
+        assert_eq!(container_end(b"{\"a\":\"\\\n\"}", 0), Some(10));
+        assert_eq!(container_end(br#"{"a":\}"#, 0), Some(7));
+    }
+
+    /// Bytes that mean something to the scan, in any order: mostly not JSON.
+    fn soup() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            4 => Just("\""),
+            3 => Just("\\"),
+            2 => Just("{"),
+            2 => Just("}"),
+            2 => Just("["),
+            2 => Just("]"),
+            1 => Just("\n"),
+            1 => Just("\u{e9}"),
+            4 => Just("a"),
+            1 => Just(","),
+            1 => Just(":"),
+        ];
+        let deep = prop::collection::vec(prop_oneof![Just("{"), Just("[")], 120..136);
+        (
+            prop_oneof![Just("{"), Just("[")],
+            0..140usize,
+            prop::option::weighted(0.2, deep),
+            prop::collection::vec(piece, 0..200),
+        )
+            .prop_map(|(first, pad, deep, pieces)| {
+                let closing: String = deep
+                    .iter()
+                    .flatten()
+                    .rev()
+                    .map(|open| if *open == "{" { '}' } else { ']' })
+                    .collect();
+                format!(
+                    r#"{first}"{}"{}{}{closing}"#,
+                    "x".repeat(pad),
+                    deep.unwrap_or_default().concat(),
+                    pieces.concat()
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// The block scan ends a value exactly where the byte walk does, JSON or not.
+        #[test]
+        fn the_block_scan_agrees_with_the_byte_walk(body in soup()) {
+            prop_assert_eq!(container_end(body.as_bytes(), 0), walk_end(body.as_bytes(), 0));
+        }
     }
 
     proptest! {
