@@ -9,22 +9,25 @@
 //! sorted so their order never makes a patch, object keys are sorted by name, so one record
 //! always gives the same bytes.
 //!
-//! Two paths keep the same contract. [`transform`] parses the wire record borrowing from it
-//! into a small tree (`wire`), reading the old image against the new one so that what did not
-//! change is compared as text and not read twice, then writes the event in one pass, diffing as
-//! it goes (`event`). [`transform_reference`] is the straightforward one (`serde_json::Value`
-//! images, `json_patch::diff`, serde for the envelope): the property tests hold the fast path to
-//! its bytes, and the fast path hands it every record it does not take, so failures are
-//! explained in one place.
+//! Two paths keep the same contract. [`transform`] reads the wire record once, borrowing from
+//! it (`wire`): the new image is written as the item's JSON while it is read (`render`), then
+//! the old image is read against it, skipping every member whose text is the new member's, and
+//! only what changed becomes patch operations (`diff`); `event` puts the envelope around them.
+//! [`transform_reference`] is the straightforward one (`serde_json::Value` images,
+//! `json_patch::diff`, serde for the envelope): the property tests hold the fast path to its
+//! bytes, and the fast path hands it every record it does not take, so failures are explained
+//! in one place.
 //!
-//! What bounds the fast path is reading the new image: every byte of it is scanned, every value
-//! becomes a tree node and every object is sorted by name, as the event needs. Of the old image
-//! only what changed is read (the rest is one comparison of bytes per attribute), and the
-//! writing is mostly copying slices of the record.
+//! What bounds the fast path is reading and writing the new image: every byte of it is scanned,
+//! every value checked and copied, every map's members put in name order. Of the old image only
+//! what changed is read; the rest is one comparison of bytes per attribute (per item, inside a
+//! changed list).
 
+mod diff;
 mod event;
 mod number;
 mod reference;
+mod render;
 mod snapshot;
 mod timestamp;
 mod wire;

@@ -200,6 +200,9 @@ fn cmp_digits(a: impl Iterator<Item = u8>, b: impl Iterator<Item = u8>) -> Order
 /// event's numbers are what any serde_json consumer reads and writes back, and `1E125` in the old
 /// image and `1e+125` in the new one are not a change.
 pub(crate) fn canonical(text: &str) -> Option<Cow<'_, str>> {
+    if is_plain_decimal(text.as_bytes()) {
+        return Some(Cow::Borrowed(text));
+    }
     let decimal = Decimal::parse(text)?;
     if decimal.canonical {
         return Some(Cow::Borrowed(text));
@@ -214,6 +217,24 @@ pub(crate) fn canonical(text: &str) -> Option<Cow<'_, str>> {
     }
     out.push_str(exponent);
     Some(Cow::Owned(out))
+}
+
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?`: most numbers of items, checked without splitting them.
+fn is_plain_decimal(b: &[u8]) -> bool {
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i += count_digits(&b[i..]),
+        _ => return false,
+    }
+    if b.get(i) == Some(&b'.') {
+        let n = count_digits(&b[i + 1..]);
+        if n == 0 {
+            return false;
+        }
+        i += 1 + n;
+    }
+    i == b.len()
 }
 
 /// The order of number-set members: by value, equal values by their text, so the order does not
@@ -418,6 +439,7 @@ mod tests {
         fn grammar_matches_serde_json(s in "[-+0-9.eE ]{1,8}") {
             let serde_accepts = serde_json::from_str::<serde_json::Number>(&s).is_ok() && s.trim() == s;
             prop_assert_eq!(Decimal::parse(&s).is_some(), serde_accepts);
+            prop_assert_eq!(canonical(&s).is_some(), serde_accepts);
             if let Some(c) = canonical(&s) {
                 prop_assert_eq!(c.as_ref(), serde_json::from_str::<serde_json::Number>(&s).unwrap().to_string());
             }

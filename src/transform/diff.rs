@@ -1,0 +1,478 @@
+//! The patch: JSON Patch operations from the old image to the new one, in `json_patch::diff`'s
+//! order, written as they are found.
+//!
+//! The old image is read against the new one, which is already read and written ([`Image`]):
+//! DynamoDB sends both images' attributes in the same order, so each old member is first
+//! compared as text with the new member after the last one matched, and an equal member is
+//! skipped after that one comparison of bytes. A changed map or list is walked the same way, its
+//! members or items compared as text with the new value's, so a list of maps where one item
+//! changed costs one comparison per other item. Any other changed value is written as JSON
+//! (which checks it) and diffed with the new value's JSON: both are canonical (`render`), so
+//! values are equal exactly when their texts are. Old members the new image lacks are checked
+//! and removed.
+//!
+//! Members are found in wire order, and the patch lists them in name order (as the reference's
+//! sorted maps do): each map's operations are put in that order once the map has been read.
+
+use std::borrow::Cow;
+
+use crate::transform::render::{self, Image, Renderer, escape};
+use crate::transform::wire::{Name, Parser, string_end, value_end};
+
+/// The operations written so far, each as `,{"op":…}` (so the array's text is all but the first
+/// byte), and the JSON Pointer of the value being diffed, escaped for a JSON string.
+#[derive(Debug, Default)]
+pub(crate) struct Patch {
+    ops: Vec<u8>,
+    path: Vec<u8>,
+    /// Values written as JSON to be compared; reused.
+    values: Vec<u8>,
+}
+
+/// What the old map holds for a member of the new one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Old {
+    /// No member of that name.
+    Missing,
+    /// The same text.
+    Same,
+    /// Another value: the operations at this range of `ops` turn it into the new one.
+    Changed(u32, u32),
+}
+
+impl Patch {
+    /// A patch written into `ops`, with `values` as scratch (both empty).
+    pub(crate) fn new(ops: Vec<u8>, values: Vec<u8>) -> Patch {
+        Patch {
+            ops,
+            path: Vec::with_capacity(64),
+            values,
+        }
+    }
+
+    pub(crate) fn into_buffers(self) -> (Vec<u8>, Vec<u8>) {
+        (self.ops, self.values)
+    }
+
+    /// The operations as the inside of a JSON array.
+    pub(crate) fn ops(&self) -> &[u8] {
+        self.ops.get(1..).unwrap_or_default()
+    }
+
+    /// Every member of `new` (written in `json`) added: the patch from no image.
+    pub(crate) fn add_all(&mut self, new: &Image<'_>, json: &[u8]) {
+        for (_, member) in new.by_name() {
+            let path = self.push_name(member.name.text.as_bytes());
+            op(&mut self.ops, &self.path, b"add", Some(member.json(json)));
+            self.path.truncate(path);
+        }
+    }
+
+    /// Every member of `old` removed: the patch to no image.
+    pub(crate) fn remove_all(&mut self, old: &Image<'_>) {
+        for (_, member) in old.by_name() {
+            let path = self.push_name(member.name.text.as_bytes());
+            op(&mut self.ops, &self.path, b"remove", None);
+            self.path.truncate(path);
+        }
+    }
+
+    /// The old image at `p` read against `new` (written in `json`). `None`: the old image is
+    /// not one the fast path takes (malformed, or it repeats a name).
+    pub(crate) fn old_against_new<'a>(
+        &mut self,
+        p: &mut Parser<'a>,
+        r: &mut Renderer<'a>,
+        new: &Image<'a>,
+        json: &[u8],
+    ) -> Option<()> {
+        self.map(p, r, new, Some(json))
+    }
+
+    /// The old map at `p` against the new map `new`, whose members' JSON is in `json` when it
+    /// has been written (the image), else written from their wire text when added.
+    fn map<'a>(
+        &mut self,
+        p: &mut Parser<'a>,
+        r: &mut Renderer<'a>,
+        new: &Image<'a>,
+        json: Option<&[u8]>,
+    ) -> Option<()> {
+        let record = p.bytes;
+        let base = self.ops.len();
+        let mut old = vec![Old::Missing; new.members.len()];
+        let mut gone: Vec<Name<'a>> = Vec::new();
+        // The new member, in wire order, the next old member is compared with first.
+        let mut next = 0;
+        p.expect(b'{')?;
+        p.enter()?;
+        if !p.eat(b'}') {
+            loop {
+                p.whitespace();
+                if next < old.len() && p.skip_same(new.members[next].wire(record)) {
+                    if old[next] != Old::Missing {
+                        return None;
+                    }
+                    old[next] = Old::Same;
+                    next += 1;
+                } else {
+                    let name = Name::new(p.string()?);
+                    p.expect(b':')?;
+                    p.whitespace();
+                    match new.find(&name) {
+                        // The old map repeats a name, which the reference resolves.
+                        Some(i) if old[i] != Old::Missing => return None,
+                        Some(i) => {
+                            next = i + 1;
+                            let member = &new.members[i];
+                            old[i] = if p.skip_same(member.wire_value(record)) {
+                                Old::Same
+                            } else {
+                                let start = self.ops.len() as u32;
+                                let path = self.push_name(name.text.as_bytes());
+                                let json = json.map(|json| member.json(json));
+                                self.value(p, r, member.value_at as usize, json)?;
+                                self.path.truncate(path);
+                                Old::Changed(start, self.ops.len() as u32)
+                            };
+                        }
+                        None => {
+                            self.check(p, r)?;
+                            gone.push(name);
+                        }
+                    }
+                }
+                if p.eat(b'}') {
+                    break;
+                }
+                p.expect(b',')?;
+            }
+        }
+        p.leave();
+        gone.sort_unstable();
+        if gone.windows(2).any(|w| w[0] == w[1]) {
+            return None;
+        }
+        let mut ordered = Vec::with_capacity(self.ops.len() - base);
+        for (i, member) in new.by_name() {
+            match old[i] {
+                Old::Same => {}
+                Old::Changed(start, end) => {
+                    ordered.extend_from_slice(&self.ops[start as usize..end as usize]);
+                }
+                Old::Missing => {
+                    let path = self.push_name(member.name.text.as_bytes());
+                    match json {
+                        Some(json) => op(&mut ordered, &self.path, b"add", Some(member.json(json))),
+                        None => {
+                            let mut value = std::mem::take(&mut self.values);
+                            value.clear();
+                            r.attribute(
+                                &mut Parser::new(p.text, member.value_at as usize, 0),
+                                &mut value,
+                            )?;
+                            op(&mut ordered, &self.path, b"add", Some(&value));
+                            self.values = value;
+                        }
+                    }
+                    self.path.truncate(path);
+                }
+            }
+        }
+        for name in &gone {
+            let path = self.push_name(name.text.as_bytes());
+            op(&mut ordered, &self.path, b"remove", None);
+            self.path.truncate(path);
+        }
+        self.ops.truncate(base);
+        self.ops.extend_from_slice(&ordered);
+        Some(())
+    }
+
+    /// The old list at `p` against the new list whose `[` is at `new_at` in the same text.
+    fn list<'a>(
+        &mut self,
+        p: &mut Parser<'a>,
+        r: &mut Renderer<'a>,
+        items: std::ops::Range<usize>,
+    ) -> Option<()> {
+        let record = p.bytes;
+        let count = items.len();
+        let item = |r: &Renderer<'a>, i: usize| (i < count).then(|| r.list_item(items.start + i));
+        let mut i = 0;
+        p.expect(b'[')?;
+        p.enter()?;
+        if !p.eat(b']') {
+            loop {
+                p.whitespace();
+                match item(r, i) {
+                    Some((start, end)) if p.skip_same(&record[start..end]) => {}
+                    Some((start, _)) => {
+                        let path = self.push_index(i);
+                        self.value(p, r, start, None)?;
+                        self.path.truncate(path);
+                    }
+                    None => self.check(p, r)?,
+                }
+                i += 1;
+                if p.eat(b']') {
+                    break;
+                }
+                p.expect(b',')?;
+            }
+        }
+        p.leave();
+        let path = self.push_index(count.min(i));
+        for _ in count..i {
+            op(&mut self.ops, &self.path, b"remove", None);
+        }
+        self.path.truncate(path);
+        for k in i..count {
+            let (start, _) = r.list_item(items.start + k);
+            let path = self.push_index(k);
+            let mut value = std::mem::take(&mut self.values);
+            value.clear();
+            r.attribute(&mut Parser::new(p.text, start, 0), &mut value)?;
+            op(&mut self.ops, &self.path, b"add", Some(&value));
+            self.values = value;
+            self.path.truncate(path);
+        }
+        Some(())
+    }
+
+    /// The old attribute value at `p` against the new one at `new_at` (its JSON is `json`, if
+    /// written), which differ as text.
+    fn value<'a>(
+        &mut self,
+        p: &mut Parser<'a>,
+        r: &mut Renderer<'a>,
+        new_at: usize,
+        json: Option<&[u8]>,
+    ) -> Option<()> {
+        let record = p.bytes;
+        match (tag(record, p.at), tag(record, new_at)) {
+            (Some(b"M"), Some(b"M")) => {
+                let mut q = Parser::new(p.text, new_at + 5, 0);
+                let new = render::index(&mut q)?;
+                p.at += 5;
+                p.enter()?;
+                self.map(p, r, &new, None)?;
+            }
+            // A list of the new image: written, so its items are known.
+            (Some(b"L"), Some(b"L")) if r.list_items(new_at).is_some() => {
+                let items = r.list_items(new_at)?;
+                p.at += 5;
+                p.enter()?;
+                self.list(p, r, items)?;
+            }
+            _ => {
+                let mut values = std::mem::take(&mut self.values);
+                values.clear();
+                r.attribute(p, &mut values)?;
+                let old_end = values.len();
+                match json {
+                    Some(json) => values.extend_from_slice(json),
+                    None => r.attribute(&mut Parser::new(p.text, new_at, 0), &mut values)?,
+                }
+                self.json(&values[..old_end], &values[old_end..]);
+                self.values = values;
+                return Some(());
+            }
+        }
+        p.expect(b'}')?;
+        p.leave();
+        Some(())
+    }
+
+    /// Checks the old attribute value at `p`, which the patch needs no more of.
+    fn check<'a>(&mut self, p: &mut Parser<'a>, r: &mut Renderer<'a>) -> Option<()> {
+        let mut values = std::mem::take(&mut self.values);
+        values.clear();
+        r.attribute(p, &mut values)?;
+        self.values = values;
+        Some(())
+    }
+
+    /// As `json_patch::diff` on the values of two canonical JSON texts: objects and arrays are
+    /// walked, other values replaced when they differ.
+    fn json(&mut self, old: &[u8], new: &[u8]) {
+        if old == new {
+            return;
+        }
+        match (old[0], new[0]) {
+            (b'{', b'{') => self.object(old, new),
+            (b'[', b'[') => self.array(old, new),
+            _ => self.op(b"replace", Some(new)),
+        }
+    }
+
+    /// New members in order (walked or added), then the old members that are gone (removed).
+    /// Both objects are sorted by name, so one merge walk pairs them.
+    fn object(&mut self, old: &[u8], new: &[u8]) {
+        let (old, new) = (members(old), members(new));
+        let mut gone = Vec::new();
+        let mut o = 0;
+        for (name, value) in &new {
+            while o < old.len() && old[o].0 < *name {
+                gone.push(o);
+                o += 1;
+            }
+            let path = self.push_name(name);
+            if o < old.len() && old[o].0 == *name {
+                self.json(old[o].1, value);
+                o += 1;
+            } else {
+                self.op(b"add", Some(value));
+            }
+            self.path.truncate(path);
+        }
+        gone.extend(o..old.len());
+        for o in gone {
+            let path = self.push_name(&old[o].0);
+            self.op(b"remove", None);
+            self.path.truncate(path);
+        }
+    }
+
+    /// Index by index; a longer new array adds at its tail, a shorter one removes the old tail,
+    /// each removal at the same index.
+    fn array(&mut self, old: &[u8], new: &[u8]) {
+        let (old, new) = (items(old), items(new));
+        for (i, (old, new)) in old.iter().zip(&new).enumerate() {
+            let path = self.push_index(i);
+            self.json(old, new);
+            self.path.truncate(path);
+        }
+        let path = self.push_index(new.len().min(old.len()));
+        for _ in new.len()..old.len() {
+            self.op(b"remove", None);
+        }
+        self.path.truncate(path);
+        for (i, item) in new.iter().enumerate().skip(old.len()) {
+            let path = self.push_index(i);
+            self.op(b"add", Some(item));
+            self.path.truncate(path);
+        }
+    }
+
+    fn op(&mut self, kind: &[u8], value: Option<&[u8]>) {
+        op(&mut self.ops, &self.path, kind, value);
+    }
+
+    /// Adds a member name (unescaped) to the path; returns the length to truncate it to after.
+    fn push_name(&mut self, name: &[u8]) -> usize {
+        let len = self.path.len();
+        self.path.push(b'/');
+        escape(&mut self.path, name, true);
+        len
+    }
+
+    fn push_index(&mut self, index: usize) -> usize {
+        let len = self.path.len();
+        self.path.push(b'/');
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = index;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.path.extend_from_slice(&digits[at..]);
+        len
+    }
+}
+
+/// Writes one operation, `,{"op":…,"path":…[,"value":…]}`.
+fn op(ops: &mut Vec<u8>, path: &[u8], kind: &[u8], value: Option<&[u8]>) {
+    ops.extend_from_slice(br#",{"op":""#);
+    ops.extend_from_slice(kind);
+    ops.extend_from_slice(br#"","path":""#);
+    ops.extend_from_slice(path);
+    ops.push(b'"');
+    if let Some(value) = value {
+        ops.extend_from_slice(br#","value":"#);
+        ops.extend_from_slice(value);
+    }
+    ops.push(b'}');
+}
+
+/// The type tag of the attribute value at `at` when it is spelled `{"M":` or `{"L":`, as
+/// DynamoDB spells them (anything else is diffed as JSON, which is exact, only slower).
+fn tag(record: &[u8], at: usize) -> Option<&[u8]> {
+    match record.get(at..at + 5)? {
+        [b'{', b'"', tag @ (b'M' | b'L'), b'"', b':'] => Some(std::slice::from_ref(tag)),
+        _ => None,
+    }
+}
+
+/// The members of a canonical JSON object: unescaped names and values' texts.
+fn members(object: &[u8]) -> Vec<(Cow<'_, [u8]>, &[u8])> {
+    let mut members = Vec::new();
+    let mut at = 1;
+    while object[at] != b'}' {
+        let name_end = string_end(object, at);
+        let name = &object[at + 1..name_end - 1];
+        let name = if name.contains(&b'\\') {
+            let decoded: String =
+                serde_json::from_slice(&object[at..name_end]).expect("the event's own JSON");
+            Cow::Owned(decoded.into_bytes())
+        } else {
+            Cow::Borrowed(name)
+        };
+        let end = value_end(object, name_end + 1);
+        members.push((name, &object[name_end + 1..end]));
+        at = end + usize::from(object[end] == b',');
+    }
+    members
+}
+
+/// The items of a canonical JSON array.
+fn items(array: &[u8]) -> Vec<&[u8]> {
+    let mut items = Vec::new();
+    let mut at = 1;
+    while array[at] != b']' {
+        let end = value_end(array, at);
+        items.push(&array[at..end]);
+        at = end + usize::from(array[end] == b',');
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diff(old: &str, new: &str) -> String {
+        let mut patch = Patch::default();
+        patch.json(old.as_bytes(), new.as_bytes());
+        format!("[{}]", String::from_utf8(patch.ops().to_vec()).unwrap())
+    }
+
+    /// The walk over canonical texts is `json_patch::diff` on their values.
+    #[test]
+    fn walks_as_json_patch_does() {
+        for (old, new) in [
+            (
+                r#"{"a":1,"b":{"c":[1,2,3]},"d":"x"}"#,
+                r#"{"a":2,"b":{"c":[1,5]},"e":null}"#,
+            ),
+            (
+                r#"[{"a":"x\"y"},[],{}]"#,
+                r#"[{"a":"x\"z","b":true},[[]],{"":{}},7]"#,
+            ),
+            (
+                r#"{"a/b":1,"a~b":[]}"#,
+                r#"{"a\u0000":1,"a/b":"1","a~b":{}}"#,
+            ),
+            (r#"{"x":[1,2]}"#, r#"[1,2]"#),
+        ] {
+            let values = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+            let want = serde_json::to_string(&json_patch::diff(&values(old), &values(new)));
+            assert_eq!(diff(old, new), want.unwrap(), "{old} -> {new}");
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! Attribute values written as their JSON form while they are read.
+//!
+//! Each value is checked and written once, straight into the output: strings and names are
+//! copied from the record with their quotes, numbers checked and spelled as serde_json spells
+//! them, binaries checked, sets sorted. A map's members are written in wire order, then put in
+//! name order by copying their finished text once (not at all when they came sorted). Nothing is
+//! built that the event does not contain: no tree, no value per attribute.
+//!
+//! The output is canonical JSON: the same value always gives the same bytes (members sorted by
+//! name, sets sorted, one spelling per number, serde_json's escaping, no whitespace). So two
+//! values are equal exactly when their texts are, which is what the diff (`diff`) relies on.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::transform::number;
+use crate::transform::wire::{Name, Parser, Text, value_end};
+
+/// A member of a written map.
+#[derive(Debug)]
+pub(crate) struct Member<'a> {
+    pub name: Name<'a>,
+    /// In the record: the name's opening quote, the value's start and its end.
+    pub at: u32,
+    pub value_at: u32,
+    pub end: u32,
+    /// In the output: where `"name":value` starts, where its value starts, and the end.
+    out_at: u32,
+    out_value: u32,
+    out_end: u32,
+}
+
+impl Member<'_> {
+    /// The member's text in the record, `"name":value`.
+    pub(crate) fn wire<'t>(&self, record: &'t [u8]) -> &'t [u8] {
+        &record[self.at as usize..self.end as usize]
+    }
+
+    /// The value's text in the record.
+    pub(crate) fn wire_value<'t>(&self, record: &'t [u8]) -> &'t [u8] {
+        &record[self.value_at as usize..self.end as usize]
+    }
+
+    /// The value's JSON in the output it was written to.
+    pub(crate) fn json<'o>(&self, out: &'o [u8]) -> &'o [u8] {
+        &out[self.out_value as usize..self.out_end as usize]
+    }
+}
+
+/// An image, written: its members in wire order and, in `sorted`, their indices by name (which
+/// is the order they have in the output).
+#[derive(Debug)]
+pub(crate) struct Image<'a> {
+    pub members: Vec<Member<'a>>,
+    pub sorted: Vec<u32>,
+}
+
+impl<'a> Image<'a> {
+    /// The members in name order.
+    pub(crate) fn by_name(&self) -> impl Iterator<Item = (usize, &Member<'a>)> {
+        self.sorted
+            .iter()
+            .map(|&i| (i as usize, &self.members[i as usize]))
+    }
+
+    /// The index of the member named `name`.
+    pub(crate) fn find(&self, name: &Name<'_>) -> Option<usize> {
+        let at = self
+            .sorted
+            .binary_search_by(|&i| self.members[i as usize].name.cmp(name))
+            .ok()?;
+        Some(self.sorted[at] as usize)
+    }
+}
+
+/// Scratch space reused across the values of a record: the members of the maps being written
+/// (innermost last) and their name order, the text of members being reordered, set members.
+#[derive(Debug, Default)]
+pub(crate) struct Renderer<'a> {
+    members: Vec<Member<'a>>,
+    sorted: Vec<u32>,
+    pub reorder: Vec<u8>,
+    strings: Vec<Text<'a>>,
+    numbers: Vec<Cow<'a, str>>,
+    /// Every `L` written: where its attribute value starts in the record, and its items'
+    /// texts in the record (a range of `items`), so that the diff finds a changed list's items
+    /// without reading the new list again.
+    lists: Vec<(u32, u32, u32)>,
+    items: Vec<(u32, u32)>,
+    /// The items of the lists being written, innermost last.
+    open_items: Vec<(u32, u32)>,
+}
+
+impl<'a> Renderer<'a> {
+    /// Scratch for a record of `bytes` bytes: about one member per 40 bytes, of which a map
+    /// holds some tens.
+    pub(crate) fn with_capacity(bytes: usize, reorder: Vec<u8>) -> Renderer<'a> {
+        let members = (bytes / 40).clamp(16, 256);
+        Renderer {
+            members: Vec::with_capacity(members),
+            sorted: Vec::with_capacity(members),
+            reorder,
+            ..Renderer::default()
+        }
+    }
+
+    /// The items of the list whose attribute value starts at `at` in the record, as ranges of
+    /// the record, if it was written.
+    pub(crate) fn list_items(&self, at: usize) -> Option<std::ops::Range<usize>> {
+        let &(_, first, len) = self.lists.iter().find(|list| list.0 as usize == at)?;
+        Some(first as usize..(first + len) as usize)
+    }
+
+    pub(crate) fn list_item(&self, index: usize) -> (usize, usize) {
+        let (start, end) = self.items[index];
+        (start as usize, end as usize)
+    }
+
+    /// An image (a map of attribute names to values) written to `out` as a JSON object. `null`
+    /// counts as no image, as it does for the reference.
+    pub(crate) fn image(
+        &mut self,
+        p: &mut Parser<'a>,
+        out: &mut Vec<u8>,
+    ) -> Option<Option<Image<'a>>> {
+        if p.null()? {
+            return Some(None);
+        }
+        let (base, sorted_base) = (self.members.len(), self.sorted.len());
+        self.map(p, out)?;
+        Some(Some(Image {
+            members: self.members.split_off(base),
+            sorted: self.sorted.split_off(sorted_base),
+        }))
+    }
+
+    /// The value of an `M`: leaves its members, and their name order, on the stacks.
+    fn map(&mut self, p: &mut Parser<'a>, out: &mut Vec<u8>) -> Option<()> {
+        let base = self.members.len();
+        p.expect(b'{')?;
+        p.enter()?;
+        out.push(b'{');
+        let body = out.len();
+        if !p.eat(b'}') {
+            loop {
+                p.whitespace();
+                let at = p.at;
+                let name = p.string()?;
+                if self.members.len() > base {
+                    out.push(b',');
+                }
+                let out_at = out.len();
+                match &name {
+                    // `"name":` copied in one piece, as DynamoDB spells it.
+                    Text::Plain(_) if p.bytes.get(p.at) == Some(&b':') => {
+                        p.at += 1;
+                        out.extend_from_slice(&p.bytes[at..p.at]);
+                    }
+                    _ => {
+                        write_text(out, &name, &p.bytes[at..p.at]);
+                        p.expect(b':')?;
+                        out.push(b':');
+                    }
+                }
+                let out_value = out.len();
+                p.whitespace();
+                let value_at = p.at;
+                self.attribute(p, out)?;
+                self.members.push(Member {
+                    name: Name::new(name),
+                    at: at as u32,
+                    value_at: value_at as u32,
+                    end: p.at as u32,
+                    out_at: out_at as u32,
+                    out_value: out_value as u32,
+                    out_end: out.len() as u32,
+                });
+                if p.eat(b'}') {
+                    break;
+                }
+                p.expect(b',')?;
+            }
+        }
+        p.leave();
+        self.sort_members(base, body, out)?;
+        out.push(b'}');
+        Some(())
+    }
+
+    /// Puts the members from `base` on, written from `body` on in wire order, in name order:
+    /// their order goes on `sorted`, and their text is copied in that order when it differs.
+    fn sort_members(&mut self, base: usize, body: usize, out: &mut Vec<u8>) -> Option<()> {
+        let members = &mut self.members[base..];
+        let start = self.sorted.len();
+        self.sorted.extend(0..members.len() as u32);
+        let sorted = &mut self.sorted[start..];
+        if !sort_by_name(members, sorted)? {
+            return Some(());
+        }
+        self.reorder.clear();
+        for (k, &i) in sorted.iter().enumerate() {
+            if k > 0 {
+                self.reorder.push(b',');
+            }
+            let member = &mut members[i as usize];
+            let text = member.out_at as usize..member.out_end as usize;
+            let at = (body + self.reorder.len()) as u32;
+            member.out_value = at + (member.out_value - member.out_at);
+            member.out_end = at + (member.out_end - member.out_at);
+            member.out_at = at;
+            self.reorder.extend_from_slice(&out[text]);
+        }
+        out.truncate(body);
+        out.extend_from_slice(&self.reorder);
+        Some(())
+    }
+
+    /// One attribute value, `{"<type>": <value>}`, written to `out` as its JSON form.
+    pub(crate) fn attribute(&mut self, p: &mut Parser<'a>, out: &mut Vec<u8>) -> Option<()> {
+        let at = p.at;
+        // Most values are strings and numbers, and DynamoDB sends no whitespace: their opening
+        // is matched as one word instead of five tokens.
+        if let Some(&[b'{', b'"', tag @ (b'S' | b'N'), b'"', b':', b'"']) =
+            p.bytes.get(p.at..p.at + 6)
+        {
+            p.enter()?;
+            p.at += 5;
+            match tag {
+                b'S' => self.string(p, out)?,
+                _ => write_number(out, p.string()?)?,
+            }
+            p.expect(b'}')?;
+            p.leave();
+            return Some(());
+        }
+        p.expect(b'{')?;
+        p.enter()?;
+        p.expect(b'"')?;
+        // Type tags are read as bytes; an escaped one is left to the reference.
+        let tag_start = p.at;
+        while p.bytes.get(p.at)?.is_ascii_uppercase() {
+            p.at += 1;
+        }
+        let tag = &p.bytes[tag_start..p.at];
+        p.expect(b'"')?;
+        p.expect(b':')?;
+        match tag {
+            b"S" => self.string(p, out)?,
+            b"N" => write_number(out, p.string()?)?,
+            b"B" => {
+                p.whitespace();
+                let at = p.at;
+                let text = p.string()?;
+                // Decoding is the one complete check of base64 (alphabet, padding, trailing
+                // bits); the bytes are dropped, the event carries the text.
+                STANDARD.decode(text.as_bytes()).ok()?;
+                write_text(out, &text, &p.bytes[at..p.at]);
+            }
+            b"BOOL" => out.extend_from_slice(if p.boolean()? { b"true" } else { b"false" }),
+            b"NULL" => {
+                p.boolean()?;
+                out.extend_from_slice(b"null");
+            }
+            b"M" => {
+                let (base, sorted) = (self.members.len(), self.sorted.len());
+                self.map(p, out)?;
+                self.members.truncate(base);
+                self.sorted.truncate(sorted);
+            }
+            b"L" => {
+                out.push(b'[');
+                let open = self.open_items.len();
+                p.elements(|p| {
+                    if self.open_items.len() > open {
+                        out.push(b',');
+                    }
+                    p.whitespace();
+                    let start = p.at;
+                    self.attribute(p, out)?;
+                    self.open_items.push((start as u32, p.at as u32));
+                    Some(())
+                })?;
+                out.push(b']');
+                let first = self.items.len() as u32;
+                self.items.extend(self.open_items.drain(open..));
+                let len = self.items.len() as u32 - first;
+                self.lists.push((at as u32, first, len));
+            }
+            b"SS" => {
+                self.strings.clear();
+                p.elements(|p| {
+                    self.strings.push(p.string()?);
+                    Some(())
+                })?;
+                self.strings
+                    .sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                write_array(out, &self.strings, |out, s| write_string(out, s));
+            }
+            b"NS" => {
+                self.numbers.clear();
+                p.elements(|p| {
+                    self.numbers.push(number_text(p.string()?)?);
+                    Some(())
+                })?;
+                self.numbers
+                    .sort_unstable_by(|a, b| number::cmp_members(a, b));
+                write_array(out, &self.numbers, |out, n| {
+                    out.extend_from_slice(n.as_bytes())
+                });
+            }
+            b"BS" => {
+                let mut members = Vec::new();
+                p.elements(|p| {
+                    let member = p.string()?;
+                    members.push((STANDARD.decode(member.as_bytes()).ok()?, member));
+                    Some(())
+                })?;
+                members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                write_array(out, &members, |out, (_, s)| write_string(out, s));
+            }
+            _ => return None,
+        }
+        p.expect(b'}')?;
+        p.leave();
+        Some(())
+    }
+
+    /// A string value: copied from the record with its quotes when it has no escapes.
+    #[inline(always)]
+    fn string(&mut self, p: &mut Parser<'a>, out: &mut Vec<u8>) -> Option<()> {
+        p.whitespace();
+        let at = p.at;
+        let text = p.string()?;
+        write_text(out, &text, &p.bytes[at..p.at]);
+        Some(())
+    }
+}
+
+/// Sorts `sorted`, indices of `members`, by the members' names; whether that moved any. `None`:
+/// a name is repeated, which is legal JSON but never sent by DynamoDB; the reference resolves it.
+fn sort_by_name(members: &[Member<'_>], sorted: &mut [u32]) -> Option<bool> {
+    let name = |i: u32| &members[i as usize].name;
+    let n = sorted.len();
+    if n > 32 {
+        sorted.sort_unstable_by(|&a, &b| name(a).cmp(name(b)));
+        if sorted.windows(2).any(|w| name(w[0]) == name(w[1])) {
+            return None;
+        }
+        return Some(sorted.iter().enumerate().any(|(k, &i)| k != i as usize));
+    }
+    // Items have some tens of attributes per map, where an insertion sort does less than the
+    // library's sorts, which are built for long slices; and it moves the names' keys beside
+    // the indices, so that a step is an integer comparison, not a look-up of the member.
+    let mut keyed = [(0u128, 0u32); 32];
+    for (k, &i) in keyed.iter_mut().zip(sorted.iter()) {
+        *k = (name(i).key, i);
+    }
+    let keyed = &mut keyed[..n];
+    let after = |a: (u128, u32), b: (u128, u32)| a.0 > b.0 || (a.0 == b.0 && name(a.1) > name(b.1));
+    let mut moved = false;
+    for i in 1..n {
+        let x = keyed[i];
+        let mut j = i;
+        while j > 0 && after(keyed[j - 1], x) {
+            keyed[j] = keyed[j - 1];
+            j -= 1;
+        }
+        moved |= j != i;
+        keyed[j] = x;
+    }
+    if keyed
+        .windows(2)
+        .any(|w| w[0].0 == w[1].0 && name(w[0].1) == name(w[1].1))
+    {
+        return None;
+    }
+    for (i, k) in sorted.iter_mut().zip(keyed.iter()) {
+        *i = k.1;
+    }
+    Some(moved)
+}
+
+/// The members of the map at `q` (its `{`), in text already read and checked: names read,
+/// values stepped over. They have no JSON ([`Member::json`]).
+pub(crate) fn index<'a>(q: &mut Parser<'a>) -> Option<Image<'a>> {
+    let mut members = Vec::new();
+    q.expect(b'{')?;
+    if !q.eat(b'}') {
+        loop {
+            q.whitespace();
+            let at = q.at;
+            let name = Name::new(q.string()?);
+            q.expect(b':')?;
+            q.whitespace();
+            let value_at = q.at;
+            q.at = value_end(q.bytes, value_at);
+            members.push(Member {
+                name,
+                at: at as u32,
+                value_at: value_at as u32,
+                end: q.at as u32,
+                out_at: 0,
+                out_value: 0,
+                out_end: 0,
+            });
+            if q.eat(b'}') {
+                break;
+            }
+            q.expect(b',')?;
+        }
+    }
+    let mut sorted: Vec<u32> = (0..members.len() as u32).collect();
+    sort_by_name(&members, &mut sorted)?;
+    Some(Image { members, sorted })
+}
+
+/// `text` as a JSON string; `wire` is its text in the record, quotes included, which is that
+/// when it had no escapes (the reader rejects raw control characters).
+#[inline(always)]
+fn write_text(out: &mut Vec<u8>, text: &Text<'_>, wire: &[u8]) {
+    match text {
+        Text::Plain(_) => out.extend_from_slice(wire),
+        Text::Decoded(s) => write_string(out, s),
+    }
+}
+
+fn write_number(out: &mut Vec<u8>, text: Text<'_>) -> Option<()> {
+    out.extend_from_slice(number_text(text)?.as_bytes());
+    Some(())
+}
+
+/// An `N`'s text in serde_json's spelling, `None` if it is not a JSON number.
+fn number_text(text: Text<'_>) -> Option<Cow<'_, str>> {
+    match text {
+        Text::Plain(s) => number::canonical(s),
+        Text::Decoded(s) => number::canonical(&s).map(|c| Cow::Owned(c.into_owned())),
+    }
+}
+
+fn write_array<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+    out.push(b']');
+}
+
+/// `s` as a JSON string, escaped as serde_json escapes it.
+pub(crate) fn write_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    escape(out, s.as_bytes(), false);
+    out.push(b'"');
+}
+
+/// Escapes `bytes` (UTF-8) for the inside of a JSON string exactly as serde_json does; with
+/// `pointer`, first as a JSON Pointer reference token (`~` → `~0`, `/` → `~1`, RFC 6901).
+pub(crate) fn escape(out: &mut Vec<u8>, bytes: &[u8], pointer: bool) {
+    // Bit 1: JSON escapes the byte; bit 2: a pointer token does. A table lookup per byte, as
+    // most bytes need nothing and are copied in runs.
+    const CLASS: [u8; 256] = {
+        let mut class = [0u8; 256];
+        let mut b = 0;
+        while b < 0x20 {
+            class[b] = 1;
+            b += 1;
+        }
+        class[b'"' as usize] = 1;
+        class[b'\\' as usize] = 1;
+        class[b'~' as usize] = 2;
+        class[b'/' as usize] = 2;
+        class
+    };
+    let mask = if pointer { 3 } else { 1 };
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if CLASS[usize::from(b)] & mask == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        start = i + 1;
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            b'~' => out.extend_from_slice(b"~0"),
+            b'/' => out.extend_from_slice(b"~1"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn escaped(s: &str, pointer: bool) -> String {
+        let mut out = Vec::new();
+        escape(&mut out, s.as_bytes(), pointer);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn escapes_every_ascii_character_as_serde_json_does() {
+        for c in (0u8..0x80).map(char::from) {
+            let s = c.to_string();
+            let serde = serde_json::to_string(&s).unwrap();
+            assert_eq!(
+                format!("\"{}\"", escaped(&s, false)),
+                serde,
+                "{:#x}",
+                c as u32
+            );
+        }
+    }
+
+    #[test]
+    fn escapes_pointer_tokens() {
+        assert_eq!(escaped("a/b~c", true), "a~1b~0c");
+        assert_eq!(escaped("~1", true), "~01");
+        assert_eq!(escaped("\"/\n", true), "\\\"~1\\n");
+        assert_eq!(escaped("a/b~c", false), "a/b~c");
+    }
+
+    proptest! {
+        #[test]
+        fn escape_matches_serde_json(s in any::<String>()) {
+            prop_assert_eq!(format!("\"{}\"", escaped(&s, false)), serde_json::to_string(&s).unwrap());
+        }
+    }
+}
