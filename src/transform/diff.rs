@@ -200,28 +200,20 @@ impl Patch {
         let count = items.len();
         let item = |r: &Renderer<'a>, i: usize| (i < count).then(|| r.list_item(items.start + i));
         let mut i = 0;
-        p.expect(b'[')?;
-        p.enter()?;
-        if !p.eat(b']') {
-            loop {
-                p.whitespace();
-                match item(r, i) {
-                    Some((start, end)) if p.skip_same(&record[start..end]) => {}
-                    Some((start, _)) => {
-                        let path = self.push_index(i);
-                        self.value(p, r, start, None)?;
-                        self.path.truncate(path);
-                    }
-                    None => self.check(p, r)?,
+        p.elements(|p| {
+            p.whitespace();
+            match item(r, i) {
+                Some((start, end)) if p.skip_same(&record[start..end]) => {}
+                Some((start, _)) => {
+                    let path = self.push_index(i);
+                    self.value(p, r, start, None)?;
+                    self.path.truncate(path);
                 }
-                i += 1;
-                if p.eat(b']') {
-                    break;
-                }
-                p.expect(b',')?;
+                None => self.check(p, r)?,
             }
-        }
-        p.leave();
+            i += 1;
+            Some(())
+        })?;
         let path = self.push_index(count.min(i));
         for _ in count..i {
             op(&mut self.ops, &self.path, b"remove", None);
