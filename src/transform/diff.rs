@@ -165,12 +165,8 @@ impl Patch {
                     match json {
                         Some(json) => op(&mut ordered, &self.path, b"add", Some(member.json(json))),
                         None => {
-                            let mut value = std::mem::take(&mut self.values);
-                            value.clear();
-                            r.attribute(
-                                &mut Parser::new(p.text, member.value_at as usize, 0),
-                                &mut value,
-                            )?;
+                            let at = member.value_at as usize;
+                            let value = self.write_value(r, &mut Parser::new(p.text, at, 0))?;
                             op(&mut ordered, &self.path, b"add", Some(&value));
                             self.values = value;
                         }
@@ -222,9 +218,7 @@ impl Patch {
         for k in i..count {
             let (start, _) = r.list_item(items.start + k);
             let path = self.push_index(k);
-            let mut value = std::mem::take(&mut self.values);
-            value.clear();
-            r.attribute(&mut Parser::new(p.text, start, 0), &mut value)?;
+            let value = self.write_value(r, &mut Parser::new(p.text, start, 0))?;
             op(&mut self.ops, &self.path, b"add", Some(&value));
             self.values = value;
             self.path.truncate(path);
@@ -242,25 +236,26 @@ impl Patch {
         json: Option<&[u8]>,
     ) -> Option<()> {
         let record = p.bytes;
-        match (tag(record, p.at), tag(record, new_at)) {
-            (Some(b"M"), Some(b"M")) => {
+        let new_tag = tag(record, new_at);
+        // A list of the new image was written, so its items are known.
+        let new_items = (new_tag == Some(b"L"))
+            .then(|| r.list_items(new_at))
+            .flatten();
+        match (tag(record, p.at), new_tag, new_items) {
+            (Some(b"M"), Some(b"M"), _) => {
                 let mut q = Parser::new(p.text, new_at + 5, 0);
                 let new = render::index(&mut q)?;
                 p.at += 5;
                 p.enter()?;
                 self.map(p, r, &new, None)?;
             }
-            // A list of the new image: written, so its items are known.
-            (Some(b"L"), Some(b"L")) if r.list_items(new_at).is_some() => {
-                let items = r.list_items(new_at)?;
+            (Some(b"L"), _, Some(items)) => {
                 p.at += 5;
                 p.enter()?;
                 self.list(p, r, items)?;
             }
             _ => {
-                let mut values = std::mem::take(&mut self.values);
-                values.clear();
-                r.attribute(p, &mut values)?;
+                let mut values = self.write_value(r, p)?;
                 let old_end = values.len();
                 match json {
                     Some(json) => values.extend_from_slice(json),
@@ -278,11 +273,17 @@ impl Patch {
 
     /// Checks the old attribute value at `p`, which the patch needs no more of.
     fn check<'a>(&mut self, p: &mut Parser<'a>, r: &mut Renderer<'a>) -> Option<()> {
+        self.values = self.write_value(r, p)?;
+        Some(())
+    }
+
+    /// The attribute value at `p` written as JSON into the scratch buffer, which is taken out
+    /// for the caller to use and give back (`self.values`).
+    fn write_value<'a>(&mut self, r: &mut Renderer<'a>, p: &mut Parser<'a>) -> Option<Vec<u8>> {
         let mut values = std::mem::take(&mut self.values);
         values.clear();
         r.attribute(p, &mut values)?;
-        self.values = values;
-        Some(())
+        Some(values)
     }
 
     /// As `json_patch::diff` on the values of two canonical JSON texts: objects and arrays are

@@ -106,8 +106,8 @@ impl<'a> Renderer<'a> {
         }
     }
 
-    /// The items of the list whose attribute value starts at `at` in the record, as ranges of
-    /// the record, if it was written.
+    /// Where the items of the list whose attribute value starts at `at` in the record are in
+    /// `items` ([`Renderer::list_item`]), if it was written.
     pub(crate) fn list_items(&self, at: usize) -> Option<std::ops::Range<usize>> {
         let &(_, first, len) = self.lists.iter().find(|list| list.0 as usize == at)?;
         Some(first as usize..(first + len) as usize)

@@ -343,7 +343,8 @@ pub(crate) fn find_special(bytes: &[u8], mut at: usize) -> usize {
 }
 
 /// Where the JSON value starting at `at` ends, in text known to be valid JSON (the event's own
-/// JSON): brackets counted, strings stepped over, nothing checked.
+/// JSON, or record text already read and checked): brackets counted, strings stepped over,
+/// nothing checked.
 pub(crate) fn value_end(bytes: &[u8], mut at: usize) -> usize {
     match bytes.get(at) {
         Some(b'"') => string_end(bytes, at),
