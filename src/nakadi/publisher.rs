@@ -330,8 +330,10 @@ impl Publisher {
             attempt = attempt.saturating_add(1);
             let (bytes, gzip) = body
                 .get_or_insert_with(|| {
-                    let json = batch::json_array(pending.iter().map(|&i| &events[i].body));
-                    batch::encode(json, config.gzip_min_bytes)
+                    batch::body(
+                        pending.iter().map(|&i| &events[i].body),
+                        config.gzip_min_bytes,
+                    )
                 })
                 .clone();
             let flow_id = Uuid::new_v4();

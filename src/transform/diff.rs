@@ -16,17 +16,22 @@
 
 use std::borrow::Cow;
 
-use crate::transform::render::{self, Image, Renderer, escape};
+use crate::transform::render::{Image, Renderer, escape, recycle};
 use crate::transform::wire::{Name, Parser, string_end, value_end};
 
 /// The operations written so far, each as `,{"op":…}` (so the array's text is all but the first
-/// byte), and the JSON Pointer of the value being diffed, escaped for a JSON string.
+/// byte), and the JSON Pointer of the value being diffed, escaped for a JSON string. A thread
+/// keeps one from record to record ([`Patch::recycle`]).
 #[derive(Debug, Default)]
 pub(crate) struct Patch {
     ops: Vec<u8>,
     path: Vec<u8>,
-    /// Values written as JSON to be compared; reused.
+    /// Values written as JSON to be compared.
     values: Vec<u8>,
+    /// What the old maps being read hold for their new members, innermost last.
+    olds: Vec<Old>,
+    /// A map's operations put in name order.
+    ordered: Vec<u8>,
 }
 
 /// What the old map holds for a member of the new one.
@@ -41,17 +46,18 @@ enum Old {
 }
 
 impl Patch {
-    /// A patch written into `ops`, with `values` as scratch (both empty).
-    pub(crate) fn new(ops: Vec<u8>, values: Vec<u8>) -> Patch {
+    /// Emptied for the next record, with room for the operations of a record of `bytes` bytes
+    /// (an INSERT's patch repeats the item).
+    pub(crate) fn recycle(self, bytes: usize) -> Patch {
+        let mut ops = recycle(self.ops);
+        ops.reserve(bytes);
         Patch {
             ops,
-            path: Vec::with_capacity(64),
-            values,
+            path: recycle(self.path),
+            values: recycle(self.values),
+            olds: recycle(self.olds),
+            ordered: recycle(self.ordered),
         }
-    }
-
-    pub(crate) fn into_buffers(self) -> (Vec<u8>, Vec<u8>) {
-        (self.ops, self.values)
     }
 
     /// The operations as the inside of a JSON array.
@@ -100,7 +106,8 @@ impl Patch {
     ) -> Option<()> {
         let record = p.bytes;
         let base = self.ops.len();
-        let mut old = vec![Old::Missing; new.members.len()];
+        let olds = self.olds.len();
+        self.olds.resize(olds + new.members.len(), Old::Missing);
         let mut gone: Vec<Name<'a>> = Vec::new();
         // The new member, in wire order, the next old member is compared with first.
         let mut next = 0;
@@ -109,11 +116,11 @@ impl Patch {
         if !p.eat(b'}') {
             loop {
                 p.whitespace();
-                if next < old.len() && p.skip_same(new.members[next].wire(record)) {
-                    if old[next] != Old::Missing {
+                if next < new.members.len() && p.skip_same(new.members[next].wire(record)) {
+                    if self.olds[olds + next] != Old::Missing {
                         return None;
                     }
-                    old[next] = Old::Same;
+                    self.olds[olds + next] = Old::Same;
                     next += 1;
                 } else {
                     let name = Name::new(p.string()?);
@@ -121,11 +128,11 @@ impl Patch {
                     p.whitespace();
                     match new.find(&name) {
                         // The old map repeats a name, which the reference resolves.
-                        Some(i) if old[i] != Old::Missing => return None,
+                        Some(i) if self.olds[olds + i] != Old::Missing => return None,
                         Some(i) => {
                             next = i + 1;
                             let member = &new.members[i];
-                            old[i] = if p.skip_same(member.wire_value(record)) {
+                            self.olds[olds + i] = if p.skip_same(member.wire_value(record)) {
                                 Old::Same
                             } else {
                                 let start = self.ops.len() as u32;
@@ -153,9 +160,10 @@ impl Patch {
         if gone.windows(2).any(|w| w[0] == w[1]) {
             return None;
         }
-        let mut ordered = Vec::with_capacity(self.ops.len() - base);
+        let mut ordered = std::mem::take(&mut self.ordered);
+        ordered.clear();
         for (i, member) in new.by_name() {
-            match old[i] {
+            match self.olds[olds + i] {
                 Old::Same => {}
                 Old::Changed(start, end) => {
                     ordered.extend_from_slice(&self.ops[start as usize..end as usize]);
@@ -182,6 +190,8 @@ impl Patch {
         }
         self.ops.truncate(base);
         self.ops.extend_from_slice(&ordered);
+        self.ordered = ordered;
+        self.olds.truncate(olds);
         Some(())
     }
 
@@ -244,10 +254,11 @@ impl Patch {
         match (tag(record, p.at), new_tag, new_items) {
             (Some(b"M"), Some(b"M"), _) => {
                 let mut q = Parser::new(p.text, new_at + 5, 0);
-                let new = render::index(&mut q)?;
+                let new = r.index(&mut q)?;
                 p.at += 5;
                 p.enter()?;
                 self.map(p, r, &new, None)?;
+                r.give_back(new);
             }
             (Some(b"L"), _, Some(items)) => {
                 p.at += 5;
@@ -328,23 +339,28 @@ impl Patch {
     }
 
     /// Index by index; a longer new array adds at its tail, a shorter one removes the old tail,
-    /// each removal at the same index.
+    /// each removal at the same index. Walked in step, without listing the items first.
     fn array(&mut self, old: &[u8], new: &[u8]) {
-        let (old, new) = (items(old), items(new));
-        for (i, (old, new)) in old.iter().zip(&new).enumerate() {
+        let (mut o, mut n, mut i) = (1, 1, 0);
+        while old[o] != b']' && new[n] != b']' {
+            let (old_end, new_end) = (value_end(old, o), value_end(new, n));
             let path = self.push_index(i);
-            self.json(old, new);
+            self.json(&old[o..old_end], &new[n..new_end]);
             self.path.truncate(path);
+            (o, n, i) = (after(old, old_end), after(new, new_end), i + 1);
         }
-        let path = self.push_index(new.len().min(old.len()));
-        for _ in new.len()..old.len() {
+        let path = self.push_index(i);
+        while old[o] != b']' {
             self.op(b"remove", None);
+            o = after(old, value_end(old, o));
         }
         self.path.truncate(path);
-        for (i, item) in new.iter().enumerate().skip(old.len()) {
+        while new[n] != b']' {
+            let end = value_end(new, n);
             let path = self.push_index(i);
-            self.op(b"add", Some(item));
+            self.op(b"add", Some(&new[n..end]));
             self.path.truncate(path);
+            (n, i) = (after(new, end), i + 1);
         }
     }
 
@@ -418,21 +434,14 @@ fn members(object: &[u8]) -> Vec<(Cow<'_, [u8]>, &[u8])> {
         };
         let end = value_end(object, name_end + 1);
         members.push((name, &object[name_end + 1..end]));
-        at = end + usize::from(object[end] == b',');
+        at = after(object, end);
     }
     members
 }
 
-/// The items of a canonical JSON array.
-fn items(array: &[u8]) -> Vec<&[u8]> {
-    let mut items = Vec::new();
-    let mut at = 1;
-    while array[at] != b']' {
-        let end = value_end(array, at);
-        items.push(&array[at..end]);
-        at = end + usize::from(array[end] == b',');
-    }
-    items
+/// Where the next member or item starts after one that ends at `end`, in canonical JSON.
+fn after(text: &[u8], end: usize) -> usize {
+    end + usize::from(text[end] == b',')
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@
 //! is mostly copied slices of the record. Both paths give byte-identical events: a property test
 //! holds this one to the reference's bytes.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::transform::diff::Patch;
 use crate::transform::number::Decimal;
-use crate::transform::render::{Image, Renderer, escape, write_string};
+use crate::transform::render::{Image, Renderer, escape, recycle, write_string};
 use crate::transform::wire::{Name, Parser, Text};
 use crate::transform::{Event, EventSettings, eid_for, timestamp};
 
@@ -19,34 +19,19 @@ pub(crate) fn build(raw: &str, settings: &EventSettings) -> Option<Event> {
     BUFFERS.with_borrow_mut(|buffers| build_with(raw, settings, buffers))
 }
 
-/// Byte buffers a thread reuses from record to record: allocating the item's, the patch's and
-/// the scratch buffers anew, some kilobytes each, was a tenth of the transform of the
-/// benchmark's order. Only buffers up to [`Buffers::KEEP`] are kept, so one large item does
-/// not stay allocated.
+/// What a thread reuses from record to record: the item's buffer, the renderer's scratch space
+/// and the patch's. Allocating them anew, some kilobytes and twenty vectors per record, was a
+/// twentieth of the transform of the benchmark's order (3k of 61k instructions). Nothing larger
+/// than [`KEEP`](crate::transform::render::KEEP) is kept, so one large item does not stay
+/// allocated.
 #[derive(Default)]
 struct Buffers {
     item: Vec<u8>,
-    ops: Vec<u8>,
-    values: Vec<u8>,
-    reorder: Vec<u8>,
-}
-
-impl Buffers {
-    const KEEP: usize = 64 << 10;
-
-    /// An empty buffer with room for `bytes`.
-    fn take(buffer: &mut Vec<u8>, bytes: usize) -> Vec<u8> {
-        let mut buffer = std::mem::take(buffer);
-        buffer.clear();
-        buffer.reserve(bytes);
-        buffer
-    }
-
-    fn keep(buffer: &mut Vec<u8>, used: Vec<u8>) {
-        if used.capacity() <= Self::KEEP {
-            *buffer = used;
-        }
-    }
+    renderer: Renderer<'static>,
+    patch: Patch,
+    /// The event's JSON before the item.
+    head: Vec<u8>,
+    events: Events,
 }
 
 thread_local! {
@@ -58,20 +43,16 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     u32::try_from(raw.len()).ok()?;
     let mut p = Parser::new(raw, 0, 0);
     // Sized for the record, so that no buffer grows while it is read: the item is smaller than
-    // its image on the wire, and an INSERT's patch repeats the item.
+    // its image on the wire.
+    let mut item = recycle(std::mem::take(&mut buffers.item));
+    item.reserve(raw.len());
     let mut record = Record {
-        r: Renderer::with_capacity(
-            raw.len(),
-            Buffers::take(&mut buffers.reorder, raw.len() / 2),
-        ),
+        r: Renderer::take(&mut buffers.renderer),
         new: Written {
-            json: Buffers::take(&mut buffers.item, raw.len()),
+            json: item,
             ..Written::default()
         },
-        patch: Patch::new(
-            Buffers::take(&mut buffers.ops, raw.len()),
-            Buffers::take(&mut buffers.values, 0),
-        ),
+        patch: std::mem::take(&mut buffers.patch).recycle(raw.len()),
         ..Record::default()
     };
     p.members(|p, name, _| record.member(p, name))?;
@@ -115,8 +96,8 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     let created_at_ms = Decimal::parse(created?)?.millis()?;
     let eid = eid_for(&event_id);
 
-    let ops = patch.ops();
-    let mut out = Vec::with_capacity(item.json.len() + ops.len() + settings.data_type.len() + 256);
+    let out = &mut buffers.head;
+    out.clear();
     out.extend_from_slice(br#"{"metadata":{"eid":""#);
     out.extend_from_slice(
         eid.hyphenated()
@@ -124,34 +105,57 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
             .as_bytes(),
     );
     out.extend_from_slice(br#"","occurred_at":""#);
-    timestamp::write(created_at_ms, &mut out)?;
+    timestamp::write(created_at_ms, out)?;
     out.push(b'"');
     if let Some(names) = &settings.compaction_key {
         out.extend_from_slice(br#","partition_compaction_key":"#);
-        compaction_key(&mut out, item_image, &item.json, names)?;
+        compaction_key(out, item_image, &item.json, names)?;
     }
     out.extend_from_slice(br#"},"data_op":""#);
     out.extend_from_slice(data_op.as_bytes());
     out.extend_from_slice(br#"","data_type":"#);
-    write_string(&mut out, &settings.data_type);
+    write_string(out, &settings.data_type);
     out.extend_from_slice(br#","data":{"item":"#);
-    out.extend_from_slice(&item.json);
-    out.extend_from_slice(br#","patch":["#);
-    out.extend_from_slice(ops);
-    out.extend_from_slice(b"]}}");
+    let ops = patch.ops();
+    let parts: [&[u8]; 5] = [out, &item.json, br#","patch":["#, ops, b"]}}"];
+    let body = buffers.events.event(&parts);
 
-    let (ops, values) = patch.into_buffers();
-    Buffers::keep(&mut buffers.ops, ops);
-    Buffers::keep(&mut buffers.values, values);
-    Buffers::keep(&mut buffers.reorder, std::mem::take(&mut r.reorder));
-    Buffers::keep(&mut buffers.item, new.json);
+    for image in [new.image, old.image].into_iter().flatten() {
+        r.give_back(image);
+    }
+    buffers.renderer = r.recycle();
+    buffers.patch = patch;
+    buffers.item = recycle(new.json);
     Some(Event {
         eid,
-        body: Bytes::from(out),
+        body,
         sequence_number: sequence_number.to_string(),
         event_id: event_id.to_string(),
         created_at_ms,
     })
+}
+
+/// Where a thread writes its events: slices of shared chunks, so that an event is not an
+/// allocation of its own. Allocating and freeing each event's body, 1.7 KB for the benchmark's
+/// order (above the allocator's per-thread cache), was a twentieth of the relay's CPU. A chunk
+/// is freed when its last event is (once published), which is some tens of events later.
+#[derive(Default)]
+struct Events(BytesMut);
+
+impl Events {
+    const CHUNK: usize = 64 << 10;
+
+    /// An event made of these parts.
+    fn event(&mut self, parts: &[&[u8]]) -> Bytes {
+        let len = parts.iter().map(|part| part.len()).sum();
+        if self.0.capacity() < len {
+            self.0 = BytesMut::with_capacity(len.max(Self::CHUNK));
+        }
+        for part in parts {
+            self.0.extend_from_slice(part);
+        }
+        self.0.split().freeze()
+    }
 }
 
 /// One image as read: written as JSON, with its members.

@@ -75,13 +75,15 @@ impl<'a> Image<'a> {
     }
 }
 
-/// Scratch space reused across the values of a record: the members of the maps being written
-/// (innermost last) and their name order, the text of members being reordered, set members.
+/// Scratch space reused across the values of a record, and from record to record by a thread
+/// ([`Renderer::recycle`]): the members of the maps being written (innermost last) and their
+/// name order, the text of members being reordered, set members, and the vectors of images
+/// given back.
 #[derive(Debug, Default)]
 pub(crate) struct Renderer<'a> {
     members: Vec<Member<'a>>,
     sorted: Vec<u32>,
-    pub reorder: Vec<u8>,
+    reorder: Vec<u8>,
     strings: Vec<Text<'a>>,
     numbers: Vec<Cow<'a, str>>,
     /// Every `L` written: where its attribute value starts in the record, and its items'
@@ -91,19 +93,63 @@ pub(crate) struct Renderer<'a> {
     items: Vec<(u32, u32)>,
     /// The items of the lists being written, innermost last.
     open_items: Vec<(u32, u32)>,
+    spare: Vec<(Vec<Member<'a>>, Vec<u32>)>,
+}
+
+/// Vectors with more room than this are not kept from record to record, so that one large item
+/// does not stay allocated.
+pub(crate) const KEEP: usize = 64 << 10;
+
+/// `v`'s allocation as an empty vector of `U`, a type of the same size and alignment (here:
+/// the same type, borrowing from another record), or a new vector when `v` is larger than
+/// [`KEEP`] bytes. The library collects such a map in place, in the allocation it consumes;
+/// the closure never runs, as `v` is empty. This lets a thread keep vectors of values that
+/// borrow the record without unsafe code (`recycling_keeps_the_allocation` holds it to that).
+pub(crate) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    if v.capacity() * size_of::<T>() > KEEP {
+        return Vec::new();
+    }
+    v.clear();
+    v.into_iter().map(|_| unreachable!("empty")).collect()
 }
 
 impl<'a> Renderer<'a> {
-    /// Scratch for a record of `bytes` bytes: about one member per 40 bytes, of which a map
-    /// holds some tens.
-    pub(crate) fn with_capacity(bytes: usize, reorder: Vec<u8>) -> Renderer<'a> {
-        let members = (bytes / 40).clamp(16, 256);
+    /// Empty, with this thread's kept scratch space, which is left empty meanwhile.
+    pub(crate) fn take(kept: &mut Renderer<'static>) -> Renderer<'a> {
+        std::mem::take(kept)
+    }
+
+    /// Emptied for the next record, which it does not borrow. Images written from it are given
+    /// back first ([`Renderer::give_back`]), so that their vectors are kept too.
+    pub(crate) fn recycle(self) -> Renderer<'static> {
         Renderer {
-            members: Vec::with_capacity(members),
-            sorted: Vec::with_capacity(members),
-            reorder,
-            ..Renderer::default()
+            members: recycle(self.members),
+            sorted: recycle(self.sorted),
+            reorder: recycle(self.reorder),
+            strings: recycle(self.strings),
+            numbers: recycle(self.numbers),
+            lists: recycle(self.lists),
+            items: recycle(self.items),
+            open_items: recycle(self.open_items),
+            spare: self
+                .spare
+                .into_iter()
+                .map(|(members, sorted)| (recycle(members), recycle(sorted)))
+                .collect(),
         }
+    }
+
+    /// Keeps `image`'s vectors for the next image.
+    pub(crate) fn give_back(&mut self, image: Image<'a>) {
+        self.spare.push((image.members, image.sorted));
+    }
+
+    /// Empty vectors for an image, kept ones if there are.
+    fn spare(&mut self) -> Image<'a> {
+        let (mut members, mut sorted) = self.spare.pop().unwrap_or_default();
+        members.clear();
+        sorted.clear();
+        Image { members, sorted }
     }
 
     /// Where the items of the list whose attribute value starts at `at` in the record are in
@@ -118,6 +164,40 @@ impl<'a> Renderer<'a> {
         (start as usize, end as usize)
     }
 
+    /// The members of the map at `q` (its `{`), in text already read and checked: names read,
+    /// values stepped over. They have no JSON ([`Member::json`]).
+    pub(crate) fn index(&mut self, q: &mut Parser<'a>) -> Option<Image<'a>> {
+        let mut image = self.spare();
+        q.expect(b'{')?;
+        if !q.eat(b'}') {
+            loop {
+                q.whitespace();
+                let at = q.at;
+                let name = Name::new(q.string()?);
+                q.expect(b':')?;
+                q.whitespace();
+                let value_at = q.at;
+                q.at = value_end(q.bytes, value_at);
+                image.members.push(Member {
+                    name,
+                    at: at as u32,
+                    value_at: value_at as u32,
+                    end: q.at as u32,
+                    out_at: 0,
+                    out_value: 0,
+                    out_end: 0,
+                });
+                if q.eat(b'}') {
+                    break;
+                }
+                q.expect(b',')?;
+            }
+        }
+        image.sorted.resize(image.members.len(), 0);
+        sort_by_name(&image.members, &mut image.sorted)?;
+        Some(image)
+    }
+
     /// An image (a map of attribute names to values) written to `out` as a JSON object. `null`
     /// counts as no image, as it does for the reference.
     pub(crate) fn image(
@@ -130,10 +210,10 @@ impl<'a> Renderer<'a> {
         }
         let (base, sorted_base) = (self.members.len(), self.sorted.len());
         self.map(p, out)?;
-        Some(Some(Image {
-            members: self.members.split_off(base),
-            sorted: self.sorted.split_off(sorted_base),
-        }))
+        let mut image = self.spare();
+        image.members.extend(self.members.drain(base..));
+        image.sorted.extend(self.sorted.drain(sorted_base..));
+        Some(Some(image))
     }
 
     /// The value of an `M`: leaves its members, and their name order, on the stacks.
@@ -194,7 +274,7 @@ impl<'a> Renderer<'a> {
     fn sort_members(&mut self, base: usize, body: usize, out: &mut Vec<u8>) -> Option<()> {
         let members = &mut self.members[base..];
         let start = self.sorted.len();
-        self.sorted.extend(0..members.len() as u32);
+        self.sorted.resize(start + members.len(), 0);
         let sorted = &mut self.sorted[start..];
         if !sort_by_name(members, sorted)? {
             return Some(());
@@ -338,83 +418,61 @@ impl<'a> Renderer<'a> {
     }
 }
 
-/// Sorts `sorted`, indices of `members`, by the members' names; whether that moved any. `None`:
-/// a name is repeated, which is legal JSON but never sent by DynamoDB; the reference resolves it.
+/// Writes into `sorted` the indices of `members` in the order of their names; whether that
+/// order differs from theirs. `None`: a name is repeated, which is legal JSON but never sent by
+/// DynamoDB; the reference resolves it.
 fn sort_by_name(members: &[Member<'_>], sorted: &mut [u32]) -> Option<bool> {
     let name = |i: u32| &members[i as usize].name;
-    let n = sorted.len();
-    if n > 32 {
+    let n = members.len();
+    if n > KEYED {
+        for (k, i) in sorted.iter_mut().enumerate() {
+            *i = k as u32;
+        }
         sorted.sort_unstable_by(|&a, &b| name(a).cmp(name(b)));
         if sorted.windows(2).any(|w| name(w[0]) == name(w[1])) {
             return None;
         }
         return Some(sorted.iter().enumerate().any(|(k, &i)| k != i as usize));
     }
-    // Items have some tens of attributes per map, where an insertion sort does less than the
-    // library's sorts, which are built for long slices; and it moves the names' keys beside
-    // the indices, so that a step is an integer comparison, not a look-up of the member.
-    let mut keyed = [(0u128, 0u32); 32];
-    for (k, &i) in keyed.iter_mut().zip(sorted.iter()) {
-        *k = (name(i).key, i);
+    // A member's name's first seven bytes and its index, in one integer: sorting those is
+    // sorting plain integers, which the library does without a call per comparison. The names a
+    // prefix does not tell apart stand next to each other afterwards and are put in order by
+    // their whole text. Was 9% of the transform as an insertion sort of (name key, index) pairs.
+    let mut keys = [0u64; KEYED];
+    let keys = &mut keys[..n];
+    for (k, (key, member)) in keys.iter_mut().zip(members).enumerate() {
+        *key = (member.name.key >> 64) as u64 & !0xff | k as u64;
     }
-    let keyed = &mut keyed[..n];
-    let after = |a: (u128, u32), b: (u128, u32)| a.0 > b.0 || (a.0 == b.0 && name(a.1) > name(b.1));
-    let mut moved = false;
-    for i in 1..n {
-        let x = keyed[i];
-        let mut j = i;
-        while j > 0 && after(keyed[j - 1], x) {
-            keyed[j] = keyed[j - 1];
-            j -= 1;
+    keys.sort_unstable();
+    let index = |key: u64| u32::from(key as u8);
+    let mut run = 0;
+    for k in 1..n + 1 {
+        if k < n && keys[k] >> 8 == keys[run] >> 8 {
+            continue;
         }
-        moved |= j != i;
-        keyed[j] = x;
+        if k - run > 1 {
+            let names = &mut keys[run..k];
+            names.sort_unstable_by(|&a, &b| name(index(a)).cmp(name(index(b))));
+            if names
+                .windows(2)
+                .any(|w| name(index(w[0])) == name(index(w[1])))
+            {
+                return None;
+            }
+        }
+        run = k;
     }
-    if keyed
-        .windows(2)
-        .any(|w| w[0].0 == w[1].0 && name(w[0].1) == name(w[1].1))
-    {
-        return None;
-    }
-    for (i, k) in sorted.iter_mut().zip(keyed.iter()) {
-        *i = k.1;
+    let mut moved = false;
+    for (k, (i, &key)) in sorted.iter_mut().zip(keys.iter()).enumerate() {
+        *i = index(key);
+        moved |= *i != k as u32;
     }
     Some(moved)
 }
 
-/// The members of the map at `q` (its `{`), in text already read and checked: names read,
-/// values stepped over. They have no JSON ([`Member::json`]).
-pub(crate) fn index<'a>(q: &mut Parser<'a>) -> Option<Image<'a>> {
-    let mut members = Vec::new();
-    q.expect(b'{')?;
-    if !q.eat(b'}') {
-        loop {
-            q.whitespace();
-            let at = q.at;
-            let name = Name::new(q.string()?);
-            q.expect(b':')?;
-            q.whitespace();
-            let value_at = q.at;
-            q.at = value_end(q.bytes, value_at);
-            members.push(Member {
-                name,
-                at: at as u32,
-                value_at: value_at as u32,
-                end: q.at as u32,
-                out_at: 0,
-                out_value: 0,
-                out_end: 0,
-            });
-            if q.eat(b'}') {
-                break;
-            }
-            q.expect(b',')?;
-        }
-    }
-    let mut sorted: Vec<u32> = (0..members.len() as u32).collect();
-    sort_by_name(&members, &mut sorted)?;
-    Some(Image { members, sorted })
-}
+/// Maps with up to this many members are sorted by integer keys (`sort_by_name`), which hold a
+/// member's index in their lowest byte; items have some tens of attributes per map.
+const KEYED: usize = 64;
 
 /// `text` as a JSON string; `wire` is its text in the record, quotes included, which is that
 /// when it had no escapes (the reader rejects raw control characters).
@@ -537,7 +595,59 @@ mod tests {
         assert_eq!(escaped("a/b~c", false), "a/b~c");
     }
 
+    fn member(name: &str) -> Member<'_> {
+        Member {
+            name: Name::new(Text::Plain(name)),
+            at: 0,
+            value_at: 0,
+            end: 0,
+            out_at: 0,
+            out_value: 0,
+            out_end: 0,
+        }
+    }
+
+    #[test]
+    fn recycling_keeps_the_allocation() {
+        let text = String::from("name");
+        let mut members = vec![member(&text)];
+        members.reserve(100);
+        let (at, capacity) = (members.as_ptr() as usize, members.capacity());
+        let kept: Vec<Member<'static>> = recycle(members);
+        assert_eq!((kept.as_ptr() as usize, kept.capacity()), (at, capacity));
+        assert!(kept.is_empty());
+        let large: Vec<u8> = Vec::with_capacity(KEEP + 1);
+        assert_eq!(
+            recycle::<u8, u8>(large).capacity(),
+            0,
+            "larger than KEEP: not kept"
+        );
+    }
+
     proptest! {
+        /// Byte order, by the integer keys (up to `KEYED` members) and without them; names that
+        /// share their first seven bytes or more, and repeated names, are common here.
+        #[test]
+        fn sort_by_name_is_byte_order(
+            names in prop::collection::vec("(shippin|payment_)?[a-c~é]{0,10}", 0..90),
+        ) {
+            let members: Vec<Member<'_>> = names.iter().map(|n| member(n)).collect();
+            let mut sorted = vec![0; names.len()];
+            let mut want = names.clone();
+            want.sort();
+            let repeated = want.windows(2).any(|w| w[0] == w[1]);
+            match sort_by_name(&members, &mut sorted) {
+                None => prop_assert!(repeated),
+                Some(moved) => {
+                    prop_assert!(!repeated);
+                    let got: Vec<&String> = sorted.iter().map(|&i| &names[i as usize]).collect();
+                    prop_assert_eq!(got, want.iter().collect::<Vec<_>>());
+                    let identity = sorted.iter().enumerate().all(|(k, &i)| k == i as usize);
+                    prop_assert_eq!(moved, !identity);
+                }
+            }
+        }
+
         #[test]
         fn escape_matches_serde_json(s in any::<String>()) {
             prop_assert_eq!(format!("\"{}\"", escaped(&s, false)), serde_json::to_string(&s).unwrap());
