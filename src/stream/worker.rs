@@ -158,7 +158,7 @@ impl ShardWorker {
             failures = 0;
             p.metrics.records_read.inc_by(page.len() as u64);
             if page.is_empty() {
-                let Some(next) = page.next_iterator else {
+                let Some(next) = page.next_iterator.clone() else {
                     return self.finish().await;
                 };
                 iterator = Some(next);
