@@ -173,10 +173,8 @@ impl Patch {
                     match json {
                         Some(json) => op(&mut ordered, &self.path, b"add", Some(member.json(json))),
                         None => {
-                            let at = member.value_at as usize;
-                            let value = self.write_value(r, &mut Parser::new(p.text, at, 0))?;
-                            op(&mut ordered, &self.path, b"add", Some(&value));
-                            self.values = value;
+                            let mut q = Parser::new(p.text, member.value_at as usize, 0);
+                            add_from_wire(&mut ordered, &self.path, &mut self.values, r, &mut q)?;
                         }
                     }
                     self.path.truncate(path);
@@ -228,9 +226,8 @@ impl Patch {
         for k in i..count {
             let (start, _) = r.list_item(items.start + k);
             let path = self.push_index(k);
-            let value = self.write_value(r, &mut Parser::new(p.text, start, 0))?;
-            op(&mut self.ops, &self.path, b"add", Some(&value));
-            self.values = value;
+            let mut q = Parser::new(p.text, start, 0);
+            add_from_wire(&mut self.ops, &self.path, &mut self.values, r, &mut q)?;
             self.path.truncate(path);
         }
         Some(())
@@ -407,6 +404,20 @@ fn op(ops: &mut Vec<u8>, path: &[u8], kind: &[u8], value: Option<&[u8]>) {
         ops.extend_from_slice(value);
     }
     ops.push(b'}');
+}
+
+/// Writes an `add` of the attribute value at `p`, written as JSON into the scratch `values`.
+fn add_from_wire<'a>(
+    ops: &mut Vec<u8>,
+    path: &[u8],
+    values: &mut Vec<u8>,
+    r: &mut Renderer<'a>,
+    p: &mut Parser<'a>,
+) -> Option<()> {
+    values.clear();
+    r.attribute(p, values)?;
+    op(ops, path, b"add", Some(values));
+    Some(())
 }
 
 /// The type tag of the attribute value at `at` when it is spelled `{"M":` or `{"L":`, as

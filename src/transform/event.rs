@@ -47,7 +47,7 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     let mut item = recycle(std::mem::take(&mut buffers.item));
     item.reserve(raw.len());
     let mut record = Record {
-        r: Renderer::take(&mut buffers.renderer),
+        r: std::mem::take(&mut buffers.renderer),
         new: Written {
             json: item,
             ..Written::default()

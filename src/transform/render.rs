@@ -114,11 +114,6 @@ pub(crate) fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
 }
 
 impl<'a> Renderer<'a> {
-    /// Empty, with this thread's kept scratch space, which is left empty meanwhile.
-    pub(crate) fn take(kept: &mut Renderer<'static>) -> Renderer<'a> {
-        std::mem::take(kept)
-    }
-
     /// Emptied for the next record, which it does not borrow. Images written from it are given
     /// back first ([`Renderer::give_back`]), so that their vectors are kept too.
     pub(crate) fn recycle(self) -> Renderer<'static> {
