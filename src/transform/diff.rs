@@ -126,7 +126,12 @@ impl Patch {
                     let name = Name::new(p.string()?);
                     p.expect(b':')?;
                     p.whitespace();
-                    match new.find(&name) {
+                    // A changed value mostly keeps its place: its name is checked there first.
+                    let at = match new.members.get(next) {
+                        Some(member) if member.name == name => Some(next),
+                        _ => new.find(&name),
+                    };
+                    match at {
                         // The old map repeats a name, which the reference resolves.
                         Some(i) if self.olds[olds + i] != Old::Missing => return None,
                         Some(i) => {

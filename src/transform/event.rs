@@ -5,7 +5,7 @@
 //! is mostly copied slices of the record. Both paths give byte-identical events: a property test
 //! holds this one to the reference's bytes.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut as _, Bytes, BytesMut};
 
 use crate::transform::diff::Patch;
 use crate::transform::number::Decimal;
@@ -117,8 +117,17 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     write_string(out, &settings.data_type);
     out.extend_from_slice(br#","data":{"item":"#);
     let ops = patch.ops();
-    let parts: [&[u8]; 5] = [out, &item.json, br#","patch":["#, ops, b"]}}"];
-    let body = buffers.events.event(&parts);
+    const PATCH: &[u8] = br#","patch":["#;
+    const END: &[u8] = b"]}}";
+    // The item's text has the same length in wire order as in name order.
+    let len = out.len() + item.json.len() + PATCH.len() + ops.len() + END.len();
+    let body = buffers.events.event(len, |body| {
+        body.put_slice(out);
+        item_image.write_object(&item.json, body);
+        body.put_slice(PATCH);
+        body.put_slice(ops);
+        body.put_slice(END);
+    });
 
     for image in [new.image, old.image].into_iter().flatten() {
         r.give_back(image);
@@ -145,15 +154,13 @@ struct Events(BytesMut);
 impl Events {
     const CHUNK: usize = 64 << 10;
 
-    /// An event made of these parts.
-    fn event(&mut self, parts: &[&[u8]]) -> Bytes {
-        let len = parts.iter().map(|part| part.len()).sum();
+    /// An event of `len` bytes, as `write` writes it.
+    fn event(&mut self, len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
         if self.0.capacity() < len {
             self.0 = BytesMut::with_capacity(len.max(Self::CHUNK));
         }
-        for part in parts {
-            self.0.extend_from_slice(part);
-        }
+        write(&mut self.0);
+        debug_assert_eq!(self.0.len(), len, "the event's length as counted");
         self.0.split().freeze()
     }
 }

@@ -1002,6 +1002,12 @@ fn reorder_sets(value: &Value) -> Value {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
+    /// `eid_for` hashes with another SHA-1 than the `uuid` crate's: the UUIDs are the same.
+    #[test]
+    fn eid_is_uuid_v5(event_id in any::<String>()) {
+        prop_assert_eq!(eid_for(&event_id), Uuid::new_v5(&EID_NAMESPACE, event_id.as_bytes()));
+    }
+
     #[test]
     fn the_patch_turns_old_into_new(old in attributes(), new in attributes()) {
         let (old, new) = (image(&old), image(&new));
