@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 
 use crate::transform::render::{Image, Renderer, escape, recycle};
-use crate::transform::wire::{Name, Parser, string_end, value_end};
+use crate::transform::wire::{Name, Parser, equal, string_end, value_end};
 
 /// The operations written so far, each as `,{"op":…}` (so the array's text is all but the first
 /// byte), and the JSON Pointer of the value being diffed, escaped for a JSON string. A thread
@@ -302,7 +302,7 @@ impl Patch {
     /// As `json_patch::diff` on the values of two canonical JSON texts: objects and arrays are
     /// walked, other values replaced when they differ.
     fn json(&mut self, old: &[u8], new: &[u8]) {
-        if old == new {
+        if equal(old, new) {
             return;
         }
         match (old[0], new[0]) {

@@ -108,6 +108,7 @@ pub(crate) struct Renderer<'a> {
     /// The items of the lists being written, innermost last.
     open_items: Vec<(u32, u32)>,
     spare: Vec<(Vec<Member<'a>>, Vec<u32>)>,
+    orders: Orders,
 }
 
 /// Vectors with more room than this are not kept from record to record, so that one large item
@@ -145,6 +146,7 @@ impl<'a> Renderer<'a> {
                 .into_iter()
                 .map(|(members, sorted)| (recycle(members), recycle(sorted)))
                 .collect(),
+            orders: self.orders,
         }
     }
 
@@ -203,7 +205,7 @@ impl<'a> Renderer<'a> {
             }
         }
         image.sorted.resize(image.members.len(), 0);
-        sort_by_name(&image.members, &mut image.sorted)?;
+        self.orders.sort(&image.members, &mut image.sorted)?;
         Some(image)
     }
 
@@ -294,7 +296,7 @@ impl<'a> Renderer<'a> {
         let start = self.sorted.len();
         self.sorted.resize(start + members.len(), 0);
         let sorted = &mut self.sorted[start..];
-        if !sort_by_name(members, sorted)? || !in_order {
+        if !self.orders.sort(members, sorted)? || !in_order {
             return Some(());
         }
         self.reorder.clear();
@@ -433,6 +435,37 @@ impl<'a> Renderer<'a> {
         let text = p.string()?;
         write_text(out, &text, &p.bytes[at..p.at]);
         Some(())
+    }
+}
+
+/// The name order of the last map of each number of members (up to [`KEYED`]), with whether
+/// it moved members, kept by a thread from record to record.
+#[derive(Debug, Default)]
+struct Orders(Vec<(Vec<u32>, bool)>);
+
+impl Orders {
+    /// [`sort_by_name`], first trying the order of the last map of as many members: a table's
+    /// items mostly have the same attributes in the same order, and a list's maps too. That an
+    /// order holds is checked by one comparison of names per member (the names in that order
+    /// ascend strictly, so it is the one order, and no name repeats); sorting takes several.
+    fn sort(&mut self, members: &[Member<'_>], sorted: &mut [u32]) -> Option<bool> {
+        let n = members.len();
+        if n > KEYED {
+            return sort_by_name(members, sorted);
+        }
+        if self.0.len() <= n {
+            self.0.resize_with(n + 1, Default::default);
+        }
+        let (last, moved) = &mut self.0[n];
+        let name = |i: u32| &members[i as usize].name;
+        if last.len() == n && last.windows(2).all(|w| name(w[0]) < name(w[1])) {
+            sorted.copy_from_slice(last);
+            return Some(*moved);
+        }
+        *moved = sort_by_name(members, sorted)?;
+        last.clear();
+        last.extend_from_slice(sorted);
+        Some(*moved)
     }
 }
 
@@ -674,6 +707,33 @@ mod tests {
                     prop_assert_eq!(got, want.iter().collect::<Vec<_>>());
                     let identity = sorted.iter().enumerate().all(|(k, &i)| k == i as usize);
                     prop_assert_eq!(moved, !identity);
+                }
+            }
+        }
+
+        /// The order of an earlier map is taken only where it is this map's: maps repeat one
+        /// list of names (taken from the last map) or bring their own, of few letters and
+        /// lengths so that counts and orders meet.
+        #[test]
+        fn orders_sort_as_sort_by_name(
+            first in prop::collection::vec("[a-c]{0,2}", 0..6),
+            maps in prop::collection::vec(
+                (any::<bool>(), prop::collection::vec("[a-c]{0,2}", 0..6)),
+                1..16,
+            ),
+        ) {
+            let mut orders = Orders::default();
+            let mut names = first;
+            for (repeat, own) in maps {
+                if !repeat {
+                    names = own;
+                }
+                let members: Vec<Member<'_>> = names.iter().map(|n| member(n)).collect();
+                let (mut got, mut want) = (vec![0; names.len()], vec![0; names.len()]);
+                let result = orders.sort(&members, &mut got);
+                prop_assert_eq!(result, sort_by_name(&members, &mut want));
+                if result.is_some() {
+                    prop_assert_eq!(got, want);
                 }
             }
         }
