@@ -240,27 +240,34 @@ impl<'a> Renderer<'a> {
             loop {
                 p.whitespace();
                 let at = p.at;
-                let name = p.string()?;
                 if self.members.len() > base {
                     out.push(b',');
                 }
                 let out_at = out.len();
-                match &name {
-                    // `"name":` copied in one piece, as DynamoDB spells it.
-                    Text::Plain(_) if p.bytes.get(p.at) == Some(&b':') => {
-                        p.at += 1;
-                        out.extend_from_slice(&p.bytes[at..p.at]);
+                let (name, value_at, out_value) = match p.plain_member() {
+                    // `"name":` and a string copied as DynamoDB spells them.
+                    Some((name, tag, value)) => {
+                        let value_at = at + name.len() + 3;
+                        out.extend_from_slice(&p.bytes[at..value_at]);
+                        let out_value = out.len();
+                        match tag {
+                            b'S' => out.extend_from_slice(&p.bytes[value_at + 5..p.at - 1]),
+                            _ => write_number(out, Text::Plain(value))?,
+                        }
+                        (Text::Plain(name), value_at, out_value)
                     }
-                    _ => {
+                    None => {
+                        let name = p.string()?;
                         write_text(out, &name, &p.bytes[at..p.at]);
                         p.expect(b':')?;
                         out.push(b':');
+                        let out_value = out.len();
+                        p.whitespace();
+                        let value_at = p.at;
+                        self.attribute(p, out)?;
+                        (name, value_at, out_value)
                     }
-                }
-                let out_value = out.len();
-                p.whitespace();
-                let value_at = p.at;
-                self.attribute(p, out)?;
+                };
                 self.members.push(Member {
                     name: Name::new(name),
                     at: at as u32,
@@ -741,6 +748,13 @@ mod tests {
         #[test]
         fn escape_matches_serde_json(s in any::<String>()) {
             prop_assert_eq!(format!("\"{}\"", escaped(&s, false)), serde_json::to_string(&s).unwrap());
+        }
+
+        /// RFC 6901's escapes, then JSON's; runs of `~`, `/` and quotes are common here.
+        #[test]
+        fn pointer_escape_is_rfc_6901_then_json(s in "([~/\"\\\\\n\u{1}a-zé]{0,3}[a-z0-9_]{0,12}){0,4}") {
+            let token = s.replace('~', "~0").replace('/', "~1");
+            prop_assert_eq!(format!("\"{}\"", escaped(&s, true)), serde_json::to_string(&token).unwrap());
         }
     }
 }

@@ -144,6 +144,11 @@ impl<'a> Parser<'a> {
     /// token are inlined: they run for every token, and a call cost more than the step.
     #[inline(always)]
     pub(crate) fn eat(&mut self, byte: u8) -> bool {
+        // Records come without whitespace between tokens: the byte is looked for first.
+        if self.bytes.get(self.at) == Some(&byte) {
+            self.at += 1;
+            return true;
+        }
         self.whitespace();
         let found = self.bytes.get(self.at) == Some(&byte);
         if found {
@@ -236,11 +241,10 @@ impl<'a> Parser<'a> {
 
     #[inline(always)]
     pub(crate) fn string(&mut self) -> Option<Text<'a>> {
-        self.whitespace();
-        if self.bytes.get(self.at) != Some(&b'"') {
+        if !self.eat(b'"') {
             return None;
         }
-        let start = self.at + 1;
+        let start = self.at;
         let end = find_special(self.bytes, start);
         match self.bytes.get(end)? {
             b'"' => {
@@ -250,6 +254,47 @@ impl<'a> Parser<'a> {
             b'\\' => self.escaped_string(start - 1, end),
             _ => None, // a raw control character: not JSON
         }
+    }
+
+    /// A member `"name":{"S":"text"}` or `"name":{"N":"text"}` spelled as DynamoDB spells it
+    /// (no whitespace, no escapes), which most members of an item are: read in one step, its
+    /// name, tag (`S` or `N`) and value's text returned. Anything else is not read (`None`), for
+    /// the caller to read token by token. Reading these members token by token was about a
+    /// third more instructions.
+    #[inline(always)]
+    pub(crate) fn plain_member(&mut self) -> Option<(&'a str, u8, &'a str)> {
+        let at = self.at;
+        // The member's attribute value is one level deeper.
+        if self.bytes.get(at) != Some(&b'"') || self.depth >= MAX_DEPTH {
+            return None;
+        }
+        let name_end = find_special(self.bytes, at + 1);
+        let Some(
+            &[
+                b'"',
+                b':',
+                b'{',
+                b'"',
+                tag @ (b'S' | b'N'),
+                b'"',
+                b':',
+                b'"',
+            ],
+        ) = self.bytes.get(name_end..name_end + 8)
+        else {
+            return None;
+        };
+        let value = name_end + 8;
+        let value_end = find_special(self.bytes, value);
+        if self.bytes.get(value_end..value_end + 2) != Some(b"\"}") {
+            return None;
+        }
+        self.at = value_end + 2;
+        Some((
+            &self.text[at + 1..name_end],
+            tag,
+            &self.text[value..value_end],
+        ))
     }
 
     /// A string with escape sequences, from its opening quote; `at` is its first backslash.
