@@ -252,7 +252,7 @@ impl<'a> Renderer<'a> {
                         let out_value = out.len();
                         match tag {
                             b'S' => out.extend_from_slice(&p.bytes[value_at + 5..p.at - 1]),
-                            _ => write_number(out, Text::Plain(value))?,
+                            _ => write_number(out, Text::Plain(p.text.get(value)?))?,
                         }
                         (Text::Plain(name), value_at, out_value)
                     }
