@@ -252,6 +252,9 @@ impl<'a> Renderer<'a> {
                         let out_value = out.len();
                         match tag {
                             b'S' => out.extend_from_slice(&p.bytes[value_at + 5..p.at - 1]),
+                            _ if number::is_plain_decimal(&p.bytes[value.clone()]) => {
+                                out.extend_from_slice(&p.bytes[value]);
+                            }
                             _ => write_number(out, Text::Plain(p.text.get(value)?))?,
                         }
                         (Text::Plain(name), value_at, out_value)
