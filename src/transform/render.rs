@@ -184,11 +184,17 @@ impl<'a> Renderer<'a> {
             loop {
                 q.whitespace();
                 let at = q.at;
-                let name = Name::new(q.string()?);
-                q.expect(b':')?;
-                q.whitespace();
-                let value_at = q.at;
-                q.at = value_end(q.bytes, value_at);
+                let (name, value_at) = match q.plain_member() {
+                    Some((name, _, _)) => (Name::new(Text::Plain(name)), at + name.len() + 3),
+                    None => {
+                        let name = Name::new(q.string()?);
+                        q.expect(b':')?;
+                        q.whitespace();
+                        let value_at = q.at;
+                        q.at = value_end(q.bytes, value_at);
+                        (name, value_at)
+                    }
+                };
                 image.members.push(Member {
                     name,
                     at: at as u32,

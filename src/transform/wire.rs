@@ -181,13 +181,14 @@ impl<'a> Parser<'a> {
     /// by `,`, `}` or `]`, the same text is exactly the same JSON (a value, or an object member).
     pub(crate) fn skip_same(&mut self, read: &[u8]) -> bool {
         let end = self.at + read.len();
+        let ends = |b: Option<&u8>| matches!(b, Some(b',' | b'}' | b']'));
         let same = self.bytes.get(self.at..end).is_some_and(|b| equal(b, read))
-            && matches!(
-                self.bytes[end..]
-                    .iter()
-                    .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')),
-                Some(b',' | b'}' | b']')
-            );
+            && (ends(self.bytes.get(end))
+                || ends(
+                    self.bytes[end..]
+                        .iter()
+                        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')),
+                ));
         if same {
             self.at = end;
         }
@@ -347,13 +348,37 @@ impl<'a> Parser<'a> {
     pub(crate) fn skip(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(drop),
-            b'{' => self.members(|p, _, _| p.skip()),
+            b'{' => self.skip_object(),
             b'[' => self.elements(|p| p.skip()),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             _ => self.number().map(drop),
         }
+    }
+
+    /// Checks and skips an object. What is skipped is mostly `Keys`, an image whose members are
+    /// mostly plain ([`Parser::plain_member`]): those are stepped over whole, which took a
+    /// fifth of the instructions of reading them token by token.
+    fn skip_object(&mut self) -> Option<()> {
+        self.expect(b'{')?;
+        self.enter()?;
+        if !self.eat(b'}') {
+            loop {
+                self.whitespace();
+                if self.plain_member().is_none() {
+                    self.string()?;
+                    self.expect(b':')?;
+                    self.skip()?;
+                }
+                if self.eat(b'}') {
+                    break;
+                }
+                self.expect(b',')?;
+            }
+        }
+        self.leave();
+        Some(())
     }
 }
 
