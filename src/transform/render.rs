@@ -508,7 +508,7 @@ fn sort_by_name(members: &[Member<'_>], sorted: &mut [u32]) -> Option<bool> {
     let mut keys = [0u64; KEYED];
     let keys = &mut keys[..n];
     for (k, (key, member)) in keys.iter_mut().zip(members).enumerate() {
-        *key = (member.name.key >> 64) as u64 & !0xff | k as u64;
+        *key = member.name.key.0 & !0xff | k as u64;
     }
     keys.sort_unstable();
     let index = |key: u64| u32::from(key as u8);
