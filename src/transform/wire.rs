@@ -423,6 +423,7 @@ pub(crate) fn equal(a: &[u8], b: &[u8]) -> bool {
 /// `stream::capture` does), as it runs over every string of the record and of every GetRecords
 /// page: most strings end within one step. Eight bytes at a time with integer bit tricks took
 /// two to three steps for most names and values.
+#[inline]
 pub(crate) fn find_special(bytes: &[u8], mut at: usize) -> usize {
     while let Some(chunk) = bytes.get(at..at + 16) {
         let v = u8x16::new(chunk.try_into().expect("16 bytes"));
