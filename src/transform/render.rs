@@ -226,11 +226,13 @@ impl<'a> Renderer<'a> {
         if p.null()? {
             return Some(None);
         }
-        let (base, sorted_base) = (self.members.len(), self.sorted.len());
+        // An image is the outermost map, so the stacks end up holding its members and their
+        // order alone: they become the image's vectors, and the stacks take spare ones.
+        debug_assert!(self.members.is_empty() && self.sorted.is_empty());
         self.map(p, out, false)?;
         let mut image = self.spare();
-        image.members.extend(self.members.drain(base..));
-        image.sorted.extend(self.sorted.drain(sorted_base..));
+        std::mem::swap(&mut image.members, &mut self.members);
+        std::mem::swap(&mut image.sorted, &mut self.sorted);
         Some(Some(image))
     }
 
