@@ -354,37 +354,13 @@ impl<'a> Parser<'a> {
     pub(crate) fn skip(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(drop),
-            b'{' => self.skip_object(),
+            b'{' => self.members(|p, _, _| p.skip()),
             b'[' => self.elements(|p| p.skip()),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             _ => self.number().map(drop),
         }
-    }
-
-    /// Checks and skips an object. What is skipped is mostly `Keys`, an image whose members are
-    /// mostly plain ([`Parser::plain_member`]): those are stepped over whole, which took a
-    /// fifth of the instructions of reading them token by token.
-    fn skip_object(&mut self) -> Option<()> {
-        self.expect(b'{')?;
-        self.enter()?;
-        if !self.eat(b'}') {
-            loop {
-                self.whitespace();
-                if self.plain_member().is_none() {
-                    self.string()?;
-                    self.expect(b':')?;
-                    self.skip()?;
-                }
-                if self.eat(b'}') {
-                    break;
-                }
-                self.expect(b',')?;
-            }
-        }
-        self.leave();
-        Some(())
     }
 }
 
