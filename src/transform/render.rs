@@ -68,7 +68,7 @@ impl<'a> Image<'a> {
 
     /// The image as a JSON object, from `json`, the text it was written to: its members in
     /// name order. Only the event's copy of the item is put in order, not also the text it was
-    /// written to, which saves two copies of the item (an eighth of the transform).
+    /// written to, which saves two copies of the item (6% of the transform).
     pub(crate) fn write_object(&self, json: &[u8], out: &mut impl bytes::BufMut) {
         out.put_u8(b'{');
         for (k, (_, member)) in self.by_name().enumerate() {
