@@ -12,6 +12,7 @@
 //! values are equal exactly when their texts are, which is what the diff (`diff`) relies on.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -259,13 +260,7 @@ impl<'a> Renderer<'a> {
                         let value_at = at + name.len() + 3;
                         out.extend_from_slice(&p.bytes[at..value_at]);
                         let out_value = out.len();
-                        match tag {
-                            b'S' => out.extend_from_slice(&p.bytes[value_at + 5..p.at - 1]),
-                            _ if number::is_plain_decimal(&p.bytes[value.clone()]) => {
-                                out.extend_from_slice(&p.bytes[value]);
-                            }
-                            _ => write_number(out, Text::Plain(p.text.get(value)?))?,
-                        }
+                        write_plain(out, p, tag, value)?;
                         (Text::Plain(name), value_at, out_value)
                     }
                     None => {
@@ -339,20 +334,8 @@ impl<'a> Renderer<'a> {
     /// One attribute value, `{"<type>": <value>}`, written to `out` as its JSON form.
     pub(crate) fn attribute(&mut self, p: &mut Parser<'a>, out: &mut Vec<u8>) -> Option<()> {
         let at = p.at;
-        // Most values are strings and numbers, and DynamoDB sends no whitespace: their opening
-        // is matched as one word instead of five tokens.
-        if let Some(&[b'{', b'"', tag @ (b'S' | b'N'), b'"', b':', b'"']) =
-            p.bytes.get(p.at..p.at + 6)
-        {
-            p.enter()?;
-            p.at += 5;
-            match tag {
-                b'S' => self.string(p, out)?,
-                _ => write_number(out, p.string()?)?,
-            }
-            p.expect(b'}')?;
-            p.leave();
-            return Some(());
+        if let Some((tag, value)) = p.plain_value() {
+            return write_plain(out, p, tag, value);
         }
         p.expect(b'{')?;
         p.enter()?;
@@ -552,6 +535,20 @@ fn write_text(out: &mut Vec<u8>, text: &Text<'_>, wire: &[u8]) {
         Text::Plain(_) => out.extend_from_slice(wire),
         Text::Decoded(s) => write_string(out, s),
     }
+}
+
+/// A plain `S` or `N` value ([`Parser::plain_value`]) whose text is at `value`: a string copied
+/// with its quotes, a number as it came when it is a plain decimal.
+#[inline(always)]
+fn write_plain(out: &mut Vec<u8>, p: &Parser<'_>, tag: u8, value: Range<usize>) -> Option<()> {
+    match tag {
+        b'S' => out.extend_from_slice(&p.bytes[value.start - 1..value.end + 1]),
+        _ if number::is_plain_decimal(&p.bytes[value.clone()]) => {
+            out.extend_from_slice(&p.bytes[value]);
+        }
+        _ => write_number(out, Text::Plain(p.text.get(value)?))?,
+    }
+    Some(())
 }
 
 /// A set's member as a JSON string: between quotes as it came, unless it had escapes.

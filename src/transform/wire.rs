@@ -263,41 +263,48 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// A member `"name":{"S":"text"}` or `"name":{"N":"text"}` spelled as DynamoDB spells it
-    /// (no whitespace, no escapes), which most members of an item are: read in one step, and its
-    /// name, tag (`S` or `N`) and where the value's text is (without quotes) returned. Anything
-    /// else is not read (`None`), for the caller to read token by token, which took a tenth more
-    /// instructions per member.
+    /// An attribute value `{"S":"text"}` or `{"N":"text"}` spelled as DynamoDB spells it (no
+    /// whitespace, no escapes), which most values of an item are: read in one step, and its tag
+    /// (`S` or `N`) and where its text is (without quotes) returned. Anything else is not read
+    /// (`None`), for the caller to read token by token, which took a tenth more instructions
+    /// per member.
     #[inline(always)]
-    pub(crate) fn plain_member(&mut self) -> Option<(&'a str, u8, Range<usize>)> {
+    pub(crate) fn plain_value(&mut self) -> Option<(u8, Range<usize>)> {
         let at = self.at;
-        // The member's attribute value is one level deeper.
-        if self.bytes.get(at) != Some(&b'"') || self.depth >= MAX_DEPTH {
+        // The value's object is one level deeper.
+        if self.depth >= MAX_DEPTH {
             return None;
         }
-        let name_end = find_special(self.bytes, at + 1);
-        let Some(
-            &[
-                b'"',
-                b':',
-                b'{',
-                b'"',
-                tag @ (b'S' | b'N'),
-                b'"',
-                b':',
-                b'"',
-            ],
-        ) = self.bytes.get(name_end..name_end + 8)
+        let Some(&[b'{', b'"', tag @ (b'S' | b'N'), b'"', b':', b'"']) = self.bytes.get(at..at + 6)
         else {
             return None;
         };
-        let value = name_end + 8;
-        let value_end = find_special(self.bytes, value);
-        if self.bytes.get(value_end..value_end + 2) != Some(b"\"}") {
+        let end = find_special(self.bytes, at + 6);
+        if self.bytes.get(end..end + 2) != Some(b"\"}") {
             return None;
         }
-        self.at = value_end + 2;
-        Some((&self.text[at + 1..name_end], tag, value..value_end))
+        self.at = end + 2;
+        Some((tag, at + 6..end))
+    }
+
+    /// A member `"name":` and a [`Parser::plain_value`], read in one step: its name, tag and
+    /// value's text. Anything else is not read (`None`).
+    #[inline(always)]
+    pub(crate) fn plain_member(&mut self) -> Option<(&'a str, u8, Range<usize>)> {
+        let at = self.at;
+        if self.bytes.get(at) != Some(&b'"') {
+            return None;
+        }
+        let name_end = find_special(self.bytes, at + 1);
+        if self.bytes.get(name_end..name_end + 2) != Some(b"\":") {
+            return None;
+        }
+        self.at = name_end + 2;
+        let Some((tag, value)) = self.plain_value() else {
+            self.at = at;
+            return None;
+        };
+        Some((&self.text[at + 1..name_end], tag, value))
     }
 
     /// A string with escape sequences, from its opening quote; `at` is its first backslash.
