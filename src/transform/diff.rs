@@ -69,7 +69,7 @@ impl Patch {
     pub(crate) fn add_all(&mut self, new: &Image<'_>, json: &[u8]) {
         for (_, member) in new.by_name() {
             let path = self.push_name(member.name.text.as_bytes());
-            op(&mut self.ops, &self.path, b"add", Some(member.json(json)));
+            op(&mut self.ops, &self.path, Op::Add, Some(member.json(json)));
             self.path.truncate(path);
         }
     }
@@ -78,7 +78,7 @@ impl Patch {
     pub(crate) fn remove_all(&mut self, old: &Image<'_>) {
         for (_, member) in old.by_name() {
             let path = self.push_name(member.name.text.as_bytes());
-            op(&mut self.ops, &self.path, b"remove", None);
+            op(&mut self.ops, &self.path, Op::Remove, None);
             self.path.truncate(path);
         }
     }
@@ -176,7 +176,9 @@ impl Patch {
                 Old::Missing => {
                     let path = self.push_name(member.name.text.as_bytes());
                     match json {
-                        Some(json) => op(&mut ordered, &self.path, b"add", Some(member.json(json))),
+                        Some(json) => {
+                            op(&mut ordered, &self.path, Op::Add, Some(member.json(json)))
+                        }
                         None => {
                             let mut q = Parser::new(p.text, member.value_at as usize, 0);
                             add_from_wire(&mut ordered, &self.path, &mut self.values, r, &mut q)?;
@@ -188,7 +190,7 @@ impl Patch {
         }
         for name in &gone {
             let path = self.push_name(name.text.as_bytes());
-            op(&mut ordered, &self.path, b"remove", None);
+            op(&mut ordered, &self.path, Op::Remove, None);
             self.path.truncate(path);
         }
         self.ops.truncate(base);
@@ -225,7 +227,7 @@ impl Patch {
         })?;
         let path = self.push_index(count.min(i));
         for _ in count..i {
-            op(&mut self.ops, &self.path, b"remove", None);
+            op(&mut self.ops, &self.path, Op::Remove, None);
         }
         self.path.truncate(path);
         for k in i..count {
@@ -308,7 +310,7 @@ impl Patch {
         match (old[0], new[0]) {
             (b'{', b'{') => self.object(old, new),
             (b'[', b'[') => self.array(old, new),
-            _ => self.op(b"replace", Some(new)),
+            _ => self.op(Op::Replace, Some(new)),
         }
     }
 
@@ -328,14 +330,14 @@ impl Patch {
                 self.json(old[o].1, value);
                 o += 1;
             } else {
-                self.op(b"add", Some(value));
+                self.op(Op::Add, Some(value));
             }
             self.path.truncate(path);
         }
         gone.extend(o..old.len());
         for o in gone {
             let path = self.push_name(&old[o].0);
-            self.op(b"remove", None);
+            self.op(Op::Remove, None);
             self.path.truncate(path);
         }
     }
@@ -353,20 +355,20 @@ impl Patch {
         }
         let path = self.push_index(i);
         while old[o] != b']' {
-            self.op(b"remove", None);
+            self.op(Op::Remove, None);
             o = after(old, value_end(old, o));
         }
         self.path.truncate(path);
         while new[n] != b']' {
             let end = value_end(new, n);
             let path = self.push_index(i);
-            self.op(b"add", Some(&new[n..end]));
+            self.op(Op::Add, Some(&new[n..end]));
             self.path.truncate(path);
             (n, i) = (after(new, end), i + 1);
         }
     }
 
-    fn op(&mut self, kind: &[u8], value: Option<&[u8]>) {
+    fn op(&mut self, kind: Op, value: Option<&[u8]>) {
         op(&mut self.ops, &self.path, kind, value);
     }
 
@@ -397,18 +399,38 @@ impl Patch {
     }
 }
 
-/// Writes one operation, `,{"op":…,"path":…[,"value":…]}`.
-fn op(ops: &mut Vec<u8>, path: &[u8], kind: &[u8], value: Option<&[u8]>) {
-    ops.extend_from_slice(br#",{"op":""#);
-    ops.extend_from_slice(kind);
-    ops.extend_from_slice(br#"","path":""#);
-    ops.extend_from_slice(path);
-    ops.push(b'"');
-    if let Some(value) = value {
-        ops.extend_from_slice(br#","value":"#);
-        ops.extend_from_slice(value);
+/// A JSON Patch operation's kind.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Add,
+    Remove,
+    Replace,
+}
+
+impl Op {
+    /// The operation's text up to its path: one copy, where the op's name and the text around
+    /// it took three.
+    fn head(self) -> &'static [u8] {
+        match self {
+            Op::Add => br#",{"op":"add","path":""#,
+            Op::Remove => br#",{"op":"remove","path":""#,
+            Op::Replace => br#",{"op":"replace","path":""#,
+        }
     }
-    ops.push(b'}');
+}
+
+/// Writes one operation, `,{"op":…,"path":…[,"value":…]}`.
+fn op(ops: &mut Vec<u8>, path: &[u8], kind: Op, value: Option<&[u8]>) {
+    ops.extend_from_slice(kind.head());
+    ops.extend_from_slice(path);
+    match value {
+        Some(value) => {
+            ops.extend_from_slice(br#"","value":"#);
+            ops.extend_from_slice(value);
+            ops.push(b'}');
+        }
+        None => ops.extend_from_slice(br#""}"#),
+    }
 }
 
 /// Writes an `add` of the attribute value at `p`, written as JSON into the scratch `values`.
@@ -421,7 +443,7 @@ fn add_from_wire<'a>(
 ) -> Option<()> {
     values.clear();
     r.attribute(p, values)?;
-    op(ops, path, b"add", Some(values));
+    op(ops, path, Op::Add, Some(values));
     Some(())
 }
 

@@ -93,7 +93,7 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
         _ => return None,
     };
     let item_image = item.image.as_ref()?;
-    let created_at_ms = Decimal::parse(created?)?.millis()?;
+    let created_at_ms = created?.millis()?;
     let eid = eid_for(&event_id);
 
     let out = &mut buffers.head;
@@ -180,8 +180,8 @@ struct Written<'a> {
 struct Record<'a> {
     event_id: Option<Text<'a>>,
     event_name: Option<Text<'a>>,
-    /// `ApproximateCreationDateTime`, a JSON number as written.
-    created: Option<&'a str>,
+    /// `ApproximateCreationDateTime`.
+    created: Option<Decimal<'a>>,
     sequence_number: Option<Text<'a>>,
     r: Renderer<'a>,
     new: Written<'a>,

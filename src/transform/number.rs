@@ -219,21 +219,19 @@ pub(crate) fn canonical(text: &str) -> Option<Cow<'_, str>> {
     Some(Cow::Owned(out))
 }
 
-/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?`: most numbers of items, checked in one pass over them.
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?`: most numbers of items, checked in one pass over them: the
+/// digits before the dot, then the ones after it, each run a loop without other branches.
 #[inline]
 pub(crate) fn is_plain_decimal(b: &[u8]) -> bool {
     let digits = b.strip_prefix(b"-").unwrap_or(b);
-    let mut dot = None;
-    for (i, &c) in digits.iter().enumerate() {
-        if c == b'.' && dot.is_none() {
-            dot = Some(i);
-        } else if !c.is_ascii_digit() {
-            return false;
-        }
-    }
-    let int = dot.unwrap_or(digits.len());
+    let int = count_digits(digits);
     // Digits before the dot, without a leading zero, and after it if there is one.
-    int > 0 && (digits[0] != b'0' || int == 1) && dot.is_none_or(|at| at + 1 < digits.len())
+    let whole = int > 0 && (digits[0] != b'0' || int == 1);
+    match &digits[int..] {
+        [] => whole,
+        [b'.', frac @ ..] => whole && !frac.is_empty() && frac.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
 }
 
 /// The order of number-set members: by value, equal values by their text, so the order does not

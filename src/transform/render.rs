@@ -250,20 +250,35 @@ impl<'a> Renderer<'a> {
             loop {
                 p.whitespace();
                 let at = p.at;
-                if self.members.len() > base {
-                    out.push(b',');
-                }
-                let out_at = out.len();
-                let (name, value_at, out_value) = match p.plain_member() {
-                    // `"name":` and a string copied as DynamoDB spells them.
+                let next = self.members.len() > base;
+                let (name, value_at, out_at, out_value) = match p.plain_member() {
+                    // `"name":` and a string copied as DynamoDB spells them, with the comma
+                    // before them when it is right there: one copy.
                     Some((name, tag, value)) => {
                         let value_at = at + name.len() + 3;
-                        out.extend_from_slice(&p.bytes[at..value_at]);
+                        let from = match next {
+                            true if p.bytes[at - 1] == b',' => at - 1,
+                            true => {
+                                out.push(b',');
+                                at
+                            }
+                            false => at,
+                        };
+                        out.extend_from_slice(&p.bytes[from..value_at]);
                         let out_value = out.len();
                         write_plain(out, p, tag, value)?;
-                        (Text::Plain(name), value_at, out_value)
+                        (
+                            Text::Plain(name),
+                            value_at,
+                            out_value - (value_at - at),
+                            out_value,
+                        )
                     }
                     None => {
+                        if next {
+                            out.push(b',');
+                        }
+                        let out_at = out.len();
                         let name = p.string()?;
                         write_text(out, &name, &p.bytes[at..p.at]);
                         p.expect(b':')?;
@@ -272,7 +287,7 @@ impl<'a> Renderer<'a> {
                         p.whitespace();
                         let value_at = p.at;
                         self.attribute(p, out)?;
-                        (name, value_at, out_value)
+                        (name, value_at, out_at, out_value)
                     }
                 };
                 self.members.push(Member {

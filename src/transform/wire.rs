@@ -275,10 +275,13 @@ impl<'a> Parser<'a> {
         if self.depth >= MAX_DEPTH {
             return None;
         }
-        let Some(&[b'{', b'"', tag @ (b'S' | b'N'), b'"', b':', b'"']) = self.bytes.get(at..at + 6)
-        else {
+        // `{"S":"` or `{"N":"`: six bytes compared as one integer, the tag's masked off.
+        const HEAD: u64 = u64::from_le_bytes(*b"{\"\0\":\"\0\0");
+        let word = u64::from_le_bytes(self.bytes.get(at..at + 8)?.try_into().expect("8"));
+        let tag = (word >> 16) as u8;
+        if word & 0xffff_ff00_ffff != HEAD || !matches!(tag, b'S' | b'N') {
             return None;
-        };
+        }
         let end = find_special(self.bytes, at + 6);
         if self.bytes.get(end..end + 2) != Some(b"\"}") {
             return None;
@@ -323,15 +326,14 @@ impl<'a> Parser<'a> {
         Some(Text::Decoded(decoded))
     }
 
-    /// A JSON number's text, checked.
-    pub(crate) fn number(&mut self) -> Option<&'a str> {
+    /// A JSON number, checked.
+    pub(crate) fn number(&mut self) -> Option<Decimal<'a>> {
         self.whitespace();
         let start = self.at;
         while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.bytes.get(self.at) {
             self.at += 1;
         }
-        let text = &self.text[start..self.at];
-        Decimal::parse(text).map(|_| text)
+        Decimal::parse(&self.text[start..self.at])
     }
 
     /// Consumes `null` if it comes next.
@@ -361,6 +363,8 @@ impl<'a> Parser<'a> {
     pub(crate) fn skip(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(drop),
+            // Most objects skipped are attribute values (`Keys`), spelled as DynamoDB spells them.
+            b'{' if self.plain_value().is_some() => Some(()),
             b'{' => self.members(|p, _, _| p.skip()),
             b'[' => self.elements(|p| p.skip()),
             b't' => self.literal(b"true"),
