@@ -154,10 +154,9 @@ impl Patch {
                         }
                     }
                 }
-                if p.eat(b'}') {
+                if !p.next_or(b'}')? {
                     break;
                 }
-                p.expect(b',')?;
             }
         }
         p.leave();

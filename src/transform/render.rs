@@ -206,10 +206,9 @@ impl<'a> Renderer<'a> {
                     out_value: 0,
                     out_end: 0,
                 });
-                if q.eat(b'}') {
+                if !q.next_or(b'}')? {
                     break;
                 }
-                q.expect(b',')?;
             }
         }
         image.sorted.resize(image.members.len(), 0);
@@ -299,10 +298,9 @@ impl<'a> Renderer<'a> {
                     out_value: out_value as u32,
                     out_end: out.len() as u32,
                 });
-                if p.eat(b'}') {
+                if !p.next_or(b'}')? {
                     break;
                 }
-                p.expect(b',')?;
             }
         }
         p.leave();

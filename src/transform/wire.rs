@@ -163,6 +163,26 @@ impl<'a> Parser<'a> {
         found
     }
 
+    /// After a member or element: consumes the comma before the next one (`true`) or `close`,
+    /// which ends them (`false`). One step, where eating the close and then expecting the comma
+    /// looked at the next byte three times.
+    #[inline(always)]
+    pub(crate) fn next_or(&mut self, close: u8) -> Option<bool> {
+        let byte = match self.bytes.get(self.at) {
+            Some(&byte) if byte > b' ' => byte,
+            _ => {
+                self.whitespace();
+                *self.bytes.get(self.at)?
+            }
+        };
+        self.at += 1;
+        match byte {
+            b',' => Some(true),
+            _ if byte == close => Some(false),
+            _ => None,
+        }
+    }
+
     #[inline(always)]
     pub(crate) fn expect(&mut self, byte: u8) -> Option<()> {
         self.eat(byte).then_some(())
@@ -216,10 +236,9 @@ impl<'a> Parser<'a> {
                 let name = self.string()?;
                 self.expect(b':')?;
                 value(self, name, at)?;
-                if self.eat(b'}') {
+                if !self.next_or(b'}')? {
                     break;
                 }
-                self.expect(b',')?;
             }
         }
         self.leave();
@@ -236,10 +255,9 @@ impl<'a> Parser<'a> {
         if !self.eat(b']') {
             loop {
                 element(self)?;
-                if self.eat(b']') {
+                if !self.next_or(b']')? {
                     break;
                 }
-                self.expect(b',')?;
             }
         }
         self.leave();
