@@ -309,6 +309,66 @@ impl<'a> Renderer<'a> {
         Some(())
     }
 
+    /// The value of an `M` whose members are all plain (`"name":` and a
+    /// [`Parser::plain_value`]), as the maps of items mostly are: read first, then written
+    /// straight in name order, where [`Renderer::map`] writes them in wire order and then copies
+    /// them into name order. `false`: a member is not plain, and nothing is read or written.
+    fn plain_map(&mut self, p: &mut Parser<'a>, out: &mut Vec<u8>) -> Option<bool> {
+        let (start, base) = (p.at, self.members.len());
+        p.expect(b'{')?;
+        p.enter()?;
+        if !p.eat(b'}') {
+            loop {
+                p.whitespace();
+                let at = p.at;
+                let Some((name, _, _)) = p.plain_member() else {
+                    self.members.truncate(base);
+                    p.leave();
+                    p.at = start;
+                    return Some(false);
+                };
+                self.members.push(Member {
+                    name: Name::new(Text::Plain(name)),
+                    at: at as u32,
+                    value_at: (at + name.len() + 3) as u32,
+                    end: p.at as u32,
+                    out_at: 0,
+                    out_value: 0,
+                    out_end: 0,
+                });
+                if !p.next_or(b'}')? {
+                    break;
+                }
+            }
+        }
+        p.leave();
+        let members = &mut self.members[base..];
+        let first = self.sorted.len();
+        self.sorted.resize(first + members.len(), 0);
+        let sorted = &mut self.sorted[first..];
+        self.orders.sort(members, sorted)?;
+        out.push(b'{');
+        for (k, &i) in sorted.iter().enumerate() {
+            if k > 0 {
+                out.push(b',');
+            }
+            let member = &mut members[i as usize];
+            let (at, value_at, end) = (
+                member.at as usize,
+                member.value_at as usize,
+                member.end as usize,
+            );
+            member.out_at = out.len() as u32;
+            out.extend_from_slice(&p.bytes[at..value_at]);
+            member.out_value = out.len() as u32;
+            // `{"S":"text"}`: the tag, and the text without its quotes.
+            write_plain(out, p, p.bytes[value_at + 2], value_at + 6..end - 2)?;
+            member.out_end = out.len() as u32;
+        }
+        out.push(b'}');
+        Some(true)
+    }
+
     /// Puts the members from `base` on, written from `body` on in wire order, in name order:
     /// their order goes on `sorted`, and with `in_order` their text is copied in that order when
     /// it differs.
@@ -380,7 +440,9 @@ impl<'a> Renderer<'a> {
             }
             b"M" => {
                 let (base, sorted) = (self.members.len(), self.sorted.len());
-                self.map(p, out, true)?;
+                if !self.plain_map(p, out)? {
+                    self.map(p, out, true)?;
+                }
                 self.members.truncate(base);
                 self.sorted.truncate(sorted);
             }
