@@ -247,7 +247,7 @@ impl<'a> Renderer<'a> {
         let body = out.len();
         // A map put in name order is read without being written while its members are plain,
         // as the maps of items mostly are: if all of them are, they are then written straight
-        // in name order, not in wire order and copied into name order (6% of a MODIFY's
+        // in name order, not in wire order and copied into name order (5% of a MODIFY's
         // instructions). Its first other member has the ones before it written in wire order.
         let mut deferred = in_order;
         if !p.eat(b'}') {
