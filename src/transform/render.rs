@@ -34,7 +34,21 @@ pub(crate) struct Member<'a> {
     out_end: u32,
 }
 
-impl Member<'_> {
+impl<'a> Member<'a> {
+    /// A member read from `at` to `end` in the record, its value from `value_at`, and not
+    /// written (yet).
+    fn read(name: Name<'a>, at: usize, value_at: usize, end: usize) -> Member<'a> {
+        Member {
+            name,
+            at: at as u32,
+            value_at: value_at as u32,
+            end: end as u32,
+            out_at: 0,
+            out_value: 0,
+            out_end: 0,
+        }
+    }
+
     /// The member's text in the record, `"name":value`.
     pub(crate) fn wire<'t>(&self, record: &'t [u8]) -> &'t [u8] {
         &record[self.at as usize..self.end as usize]
@@ -197,15 +211,7 @@ impl<'a> Renderer<'a> {
                         (name, value_at)
                     }
                 };
-                image.members.push(Member {
-                    name,
-                    at: at as u32,
-                    value_at: value_at as u32,
-                    end: q.at as u32,
-                    out_at: 0,
-                    out_value: 0,
-                    out_end: 0,
-                });
+                image.members.push(Member::read(name, at, value_at, q.at));
                 if !q.next_or(b'}')? {
                     break;
                 }
@@ -256,15 +262,9 @@ impl<'a> Renderer<'a> {
                 let at = p.at;
                 if deferred {
                     if let Some((name, _, _)) = p.plain_member() {
-                        self.members.push(Member {
-                            name: Name::new(Text::Plain(name)),
-                            at: at as u32,
-                            value_at: (at + name.len() + 3) as u32,
-                            end: p.at as u32,
-                            out_at: 0,
-                            out_value: 0,
-                            out_end: 0,
-                        });
+                        let name = Name::new(Text::Plain(name));
+                        let value_at = at + name.text.len() + 3;
+                        self.members.push(Member::read(name, at, value_at, p.at));
                         if !p.next_or(b'}')? {
                             break;
                         }
@@ -754,15 +754,7 @@ mod tests {
     }
 
     fn member(name: &str) -> Member<'_> {
-        Member {
-            name: Name::new(Text::Plain(name)),
-            at: 0,
-            value_at: 0,
-            end: 0,
-            out_at: 0,
-            out_value: 0,
-            out_end: 0,
-        }
+        Member::read(Name::new(Text::Plain(name)), 0, 0, 0)
     }
 
     #[test]
