@@ -2,9 +2,11 @@
 //!
 //! Each value is checked and written once, straight into the output: strings and names are
 //! copied from the record with their quotes, numbers checked and spelled as serde_json spells
-//! them, binaries checked, sets sorted. A map's members are written in wire order, then put in
-//! name order by copying their finished text once (not at all when they came sorted); the image's
-//! own members are put in order only where the event copies them ([`Image::write_object`]).
+//! them, binaries checked, sets sorted. A map whose members are all plain (`{"S":…}`,
+//! `{"N":…}`) is read first and then written in name order; any other map is written in wire
+//! order, then put in name order by copying its finished text once (not at all when it came
+//! sorted). The image's own members are put in order only where the event copies them
+//! ([`Image::write_object`]).
 //! Nothing is built that the event does not contain: no tree, no value per attribute.
 //!
 //! The output is canonical JSON: the same value always gives the same bytes (members sorted by
