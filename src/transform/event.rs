@@ -27,7 +27,7 @@ pub(crate) fn build(raw: &str, settings: &EventSettings) -> Option<Event> {
 #[derive(Default)]
 struct Buffers {
     item: Vec<u8>,
-    renderer: Renderer<'static>,
+    renderer: Option<Renderer<'static>>,
     patch: Patch,
     /// The event's JSON before the item.
     head: Vec<u8>,
@@ -47,7 +47,7 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     let mut item = recycle(std::mem::take(&mut buffers.item));
     item.reserve(raw.len());
     let mut record = Record {
-        r: std::mem::take(&mut buffers.renderer),
+        r: buffers.renderer.take().unwrap_or_default(),
         new: Written {
             json: item,
             ..Written::default()
@@ -132,7 +132,7 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     for image in [new.image, old.image].into_iter().flatten() {
         r.give_back(image);
     }
-    buffers.renderer = r.recycle();
+    buffers.renderer = Some(r.recycle());
     buffers.patch = patch;
     buffers.item = recycle(new.json);
     Some(Event {

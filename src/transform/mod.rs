@@ -131,12 +131,32 @@ pub const EID_NAMESPACE: Uuid = Uuid::from_u128(0x567b5df6_5f14_5551_95be_61791e
 ///
 /// SHA-1 from the `sha1` crate, not the `uuid` crate's own: that one has no SHA-NI code, and
 /// hashing was a thirtieth of the transform. `eid_is_uuid_v5` holds the two to the same UUIDs.
+/// An eventID of up to 39 bytes (DynamoDB's have 32) fits one block with the namespace and the
+/// padding, which is compressed straight away: the hasher's buffering took 20 of the 67 ns.
 pub fn eid_for(event_id: &str) -> Uuid {
-    use sha1::Digest as _;
-    let mut sha1 = sha1::Sha1::new();
-    sha1.update(EID_NAMESPACE.as_bytes());
-    sha1.update(event_id.as_bytes());
-    let digest: [u8; 20] = sha1.finalize().into();
+    let id = event_id.as_bytes();
+    let len = 16 + id.len();
+    let digest: [u8; 20] = if len <= 55 {
+        let mut block = [0u8; 64];
+        block[..16].copy_from_slice(EID_NAMESPACE.as_bytes());
+        block[16..len].copy_from_slice(id);
+        // SHA-1's padding: a one bit, zeros, the message's length in bits.
+        block[len] = 0x80;
+        block[56..].copy_from_slice(&(len as u64 * 8).to_be_bytes());
+        let mut state = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476, 0xc3d2_e1f0];
+        sha1::compress(&mut state, &[block.into()]);
+        let mut digest = [0u8; 20];
+        for (bytes, word) in digest.chunks_exact_mut(4).zip(state) {
+            bytes.copy_from_slice(&word.to_be_bytes());
+        }
+        digest
+    } else {
+        use sha1::Digest as _;
+        let mut sha1 = sha1::Sha1::new();
+        sha1.update(EID_NAMESPACE.as_bytes());
+        sha1.update(id);
+        sha1.finalize().into()
+    };
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_sha1_bytes(bytes).into_uuid()

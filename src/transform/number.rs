@@ -139,40 +139,41 @@ impl<'a> Decimal<'a> {
     /// Timestamps come as epoch seconds printed from a double (`1.763794570123E9`), so rounding,
     /// not truncating, undoes float noise such as `…570.12299999`.
     pub(crate) fn millis(&self) -> Option<i64> {
-        let digits = self
-            .int
-            .iter()
-            .chain(self.frac)
-            .map(|d| i64::from(d - b'0'));
         if self.is_zero() {
             return Some(0);
         }
-        let scale = self.exp - self.frac.len() as i64 + 3;
-        let mut value = 0i64;
-        if scale >= 0 {
-            for d in digits {
-                value = value.checked_mul(10)?.checked_add(d)?;
-            }
+        let (int, frac) = (self.int, self.frac);
+        let scale = self.exp - frac.len() as i64 + 3;
+        let value = if scale >= 0 {
+            let mut value = accumulate(accumulate(0, int)?, frac)?;
             // A non-zero value gains a digit each step, so this overflows within 19 steps.
             for _ in 0..scale {
                 value = value.checked_mul(10)?;
             }
+            value
         } else {
             // `keep` digits make the whole milliseconds; the next one rounds.
-            let keep = (self.int.len() + self.frac.len()) as i64 + scale;
+            let keep = (int.len() + frac.len()) as i64 + scale;
             if keep < 0 {
                 return Some(0);
             }
-            let mut digits = digits;
-            for d in digits.by_ref().take(keep as usize) {
-                value = value.checked_mul(10)?.checked_add(d)?;
-            }
-            if digits.next().is_some_and(|d| d >= 5) {
-                value = value.checked_add(1)?;
-            }
-        }
+            let keep = keep as usize;
+            let (value, next) = match keep.checked_sub(int.len()) {
+                None => (accumulate(0, &int[..keep])?, int[keep]),
+                Some(k) => (accumulate(accumulate(0, int)?, &frac[..k])?, frac[k]),
+            };
+            value.checked_add(i64::from(next >= b'5'))?
+        };
         Some(if self.negative { -value } else { value })
     }
+}
+
+/// `value` followed by the decimal `digits`; `None` outside `i64`.
+fn accumulate(mut value: i64, digits: &[u8]) -> Option<i64> {
+    for &d in digits {
+        value = value.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    Some(value)
 }
 
 fn count_digits(b: &[u8]) -> usize {

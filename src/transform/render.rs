@@ -125,7 +125,9 @@ pub(crate) struct Renderer<'a> {
     items: Vec<(u32, u32)>,
     /// The items of the lists being written, innermost last.
     open_items: Vec<(u32, u32)>,
-    spare: Vec<(Vec<Member<'a>>, Vec<u32>)>,
+    /// The vectors of images given back, emptied: they borrow no record, so they are kept as
+    /// they are from record to record.
+    spare: Vec<(Vec<Member<'static>>, Vec<u32>)>,
     orders: Orders,
 }
 
@@ -159,26 +161,23 @@ impl<'a> Renderer<'a> {
             lists: recycle(self.lists),
             items: recycle(self.items),
             open_items: recycle(self.open_items),
-            spare: self
-                .spare
-                .into_iter()
-                .map(|(members, sorted)| (recycle(members), recycle(sorted)))
-                .collect(),
+            spare: self.spare,
             orders: self.orders,
         }
     }
 
     /// Keeps `image`'s vectors for the next image.
     pub(crate) fn give_back(&mut self, image: Image<'a>) {
-        self.spare.push((image.members, image.sorted));
+        self.spare.push((recycle(image.members), recycle(image.sorted)));
     }
 
     /// Empty vectors for an image, kept ones if there are.
     fn spare(&mut self) -> Image<'a> {
-        let (mut members, mut sorted) = self.spare.pop().unwrap_or_default();
-        members.clear();
-        sorted.clear();
-        Image { members, sorted }
+        let (members, sorted) = self.spare.pop().unwrap_or_default();
+        Image {
+            members: recycle(members),
+            sorted,
+        }
     }
 
     /// Where the items of the list whose attribute value starts at `at` in the record are in
