@@ -143,7 +143,13 @@ pub fn eid_for(event_id: &str) -> Uuid {
         // SHA-1's padding: a one bit, zeros, the message's length in bits.
         block[len] = 0x80;
         block[56..].copy_from_slice(&(len as u64 * 8).to_be_bytes());
-        let mut state = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476, 0xc3d2_e1f0];
+        let mut state = [
+            0x6745_2301,
+            0xefcd_ab89,
+            0x98ba_dcfe,
+            0x1032_5476,
+            0xc3d2_e1f0,
+        ];
         sha1::compress(&mut state, &[block.into()]);
         let mut digest = [0u8; 20];
         for (bytes, word) in digest.chunks_exact_mut(4).zip(state) {

@@ -20,7 +20,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::transform::number;
-use crate::transform::wire::{Name, Parser, Text, value_end};
+use crate::transform::wire::{Name, Parser, Text, head, value_end};
 
 /// A member of a written map.
 #[derive(Debug)]
@@ -117,6 +117,9 @@ pub(crate) struct Renderer<'a> {
     sorted: Vec<u32>,
     reorder: Vec<u8>,
     strings: Vec<Text<'a>>,
+    /// The members of a string set without escapes: their first eight bytes as an integer,
+    /// and where their text is in the record, quotes included.
+    plain_strings: Vec<(u64, u32, u32)>,
     numbers: Vec<Cow<'a, str>>,
     /// Every `L` written: where its attribute value starts in the record, and its items'
     /// texts in the record (a range of `items`), so that the diff finds a changed list's items
@@ -157,6 +160,7 @@ impl<'a> Renderer<'a> {
             sorted: recycle(self.sorted),
             reorder: recycle(self.reorder),
             strings: recycle(self.strings),
+            plain_strings: recycle(self.plain_strings),
             numbers: recycle(self.numbers),
             lists: recycle(self.lists),
             items: recycle(self.items),
@@ -168,7 +172,8 @@ impl<'a> Renderer<'a> {
 
     /// Keeps `image`'s vectors for the next image.
     pub(crate) fn give_back(&mut self, image: Image<'a>) {
-        self.spare.push((recycle(image.members), recycle(image.sorted)));
+        self.spare
+            .push((recycle(image.members), recycle(image.sorted)));
     }
 
     /// Empty vectors for an image, kept ones if there are.
@@ -470,6 +475,7 @@ impl<'a> Renderer<'a> {
                 let len = self.items.len() as u32 - first;
                 self.lists.push((at as u32, first, len));
             }
+            b"SS" if self.plain_string_set(p, out)? => {}
             b"SS" => {
                 self.strings.clear();
                 p.elements(|p| {
@@ -507,6 +513,45 @@ impl<'a> Renderer<'a> {
         p.expect(b'}')?;
         p.leave();
         Some(())
+    }
+
+    /// The value of an `SS` whose members have no escapes, as most have: they are sorted as
+    /// texts of the record, by their first eight bytes as an integer, and copied with their
+    /// quotes. Two thirds of a set's cost went to sorting and writing decoded texts.
+    /// `Some(false)`: a member has escapes, and nothing is read or written.
+    fn plain_string_set(&mut self, p: &mut Parser<'a>, out: &mut Vec<u8>) -> Option<bool> {
+        let start = p.at;
+        let set = &mut self.plain_strings;
+        set.clear();
+        let mut plain = true;
+        p.elements(|p| {
+            p.whitespace();
+            let at = p.at;
+            match p.string()? {
+                Text::Plain(s) => {
+                    set.push(((head(s.as_bytes()) >> 64) as u64, at as u32, p.at as u32))
+                }
+                Text::Decoded(_) => plain = false,
+            }
+            Some(())
+        })?;
+        if !plain {
+            p.at = start;
+            return Some(false);
+        }
+        let bytes = p.bytes;
+        // A plain string has no zero byte, so keys differ unless the first eight bytes agree.
+        let text = |&(_, at, end): &(u64, u32, u32)| &bytes[at as usize + 1..end as usize - 1];
+        set.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| text(a).cmp(text(b))));
+        out.push(b'[');
+        for (k, &(_, at, end)) in set.iter().enumerate() {
+            if k > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&bytes[at as usize..end as usize]);
+        }
+        out.push(b']');
+        Some(true)
     }
 
     /// A string value: copied from the record with its quotes when it has no escapes.

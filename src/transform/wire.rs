@@ -71,7 +71,7 @@ impl<'a> Name<'a> {
 /// the whole transform, and copying into a zeroed buffer to load that stalls the processor (a
 /// store it cannot forward to the load). Overlapping bytes are the same bytes at the same place,
 /// so or-ing both loads is exact.
-fn head(b: &[u8]) -> u128 {
+pub(crate) fn head(b: &[u8]) -> u128 {
     let n = b.len();
     let be64 = |at: usize| u128::from(u64::from_be_bytes(b[at..at + 8].try_into().expect("8")));
     let be32 = |at: usize| u128::from(u32::from_be_bytes(b[at..at + 4].try_into().expect("4")));
@@ -274,7 +274,7 @@ impl<'a> Parser<'a> {
         match self.bytes.get(end)? {
             b'"' => {
                 self.at = end + 1;
-                Some(Text::Plain(&self.text[start..end]))
+                Some(Text::Plain(self.between(start, end)))
             }
             b'\\' => self.escaped_string(start - 1, end),
             _ => None, // a raw control character: not JSON
@@ -325,7 +325,16 @@ impl<'a> Parser<'a> {
             self.at = at;
             return None;
         };
-        Some((&self.text[at + 1..name_end], tag, value))
+        Some((self.between(at + 1, name_end), tag, value))
+    }
+
+    /// The text from `start` to `end`, which follow and precede ASCII bytes (a string's
+    /// quotes): so they are char boundaries. Checked by two inlined comparisons; indexing the
+    /// text made a call per string.
+    #[inline(always)]
+    fn between(&self, start: usize, end: usize) -> &'a str {
+        let (head, _) = self.text.split_at(end);
+        head.split_at(start).1
     }
 
     /// A string with escape sequences, from its opening quote; `at` is its first backslash.
@@ -428,7 +437,7 @@ pub(crate) fn equal(a: &[u8], b: &[u8]) -> bool {
 /// `stream::capture` does), as it runs over every string of the record and of every GetRecords
 /// page: most strings end within one step. Eight bytes at a time with integer bit tricks took
 /// two to three steps for most names and values.
-#[inline]
+#[inline(always)]
 pub(crate) fn find_special(bytes: &[u8], mut at: usize) -> usize {
     while let Some(chunk) = bytes.get(at..at + 16) {
         let v = u8x16::new(chunk.try_into().expect("16 bytes"));
