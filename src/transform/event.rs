@@ -46,14 +46,24 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     // its image on the wire.
     let mut item = recycle(std::mem::take(&mut buffers.item));
     item.reserve(raw.len());
+    // Every field named: `..Record::default()` built a renderer, a patch and an image only to
+    // drop them.
     let mut record = Record {
+        event_id: None,
+        event_name: None,
+        created: None,
+        sequence_number: None,
         r: buffers.renderer.take().unwrap_or_default(),
         new: Written {
             json: item,
-            ..Written::default()
+            image: None,
+            read: false,
         },
+        old: Written::default(),
+        old_at: None,
+        old_present: false,
+        dynamodb_read: false,
         patch: std::mem::take(&mut buffers.patch).recycle(raw.len()),
-        ..Record::default()
     };
     p.members(|p, name, _| record.member(p, name))?;
     p.whitespace();
@@ -129,7 +139,10 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
         body.put_slice(END);
     });
 
-    for image in [new.image, old.image].into_iter().flatten() {
+    if let Some(image) = new.image {
+        r.give_back(image);
+    }
+    if let Some(image) = old.image {
         r.give_back(image);
     }
     buffers.renderer = Some(r.recycle());
@@ -176,7 +189,6 @@ struct Written<'a> {
 
 /// What the event is made of, as far as the record has been read; the rest of it is checked
 /// and skipped.
-#[derive(Default)]
 struct Record<'a> {
     event_id: Option<Text<'a>>,
     event_name: Option<Text<'a>>,
