@@ -528,9 +528,7 @@ impl<'a> Renderer<'a> {
             p.whitespace();
             let at = p.at;
             match p.string()? {
-                Text::Plain(s) => {
-                    set.push(((head(s.as_bytes()) >> 64) as u64, at as u32, p.at as u32))
-                }
+                Text::Plain(s) => set.push((head(s.as_bytes()).0, at as u32, p.at as u32)),
                 Text::Decoded(_) => plain = false,
             }
             Some(())
