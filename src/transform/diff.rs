@@ -382,18 +382,8 @@ impl Patch {
     fn push_index(&mut self, index: usize) -> usize {
         let len = self.path.len();
         self.path.push(b'/');
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut n = index;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.path.extend_from_slice(&digits[at..]);
+        self.path
+            .extend_from_slice(itoa::Buffer::new().format(index).as_bytes());
         len
     }
 }

@@ -212,6 +212,7 @@ impl<'a> Parser<'a> {
 
     /// Skips `read`, text already read and checked, if it comes next and ends there: followed
     /// by `,`, `}` or `]`, the same text is exactly the same JSON (a value, or an object member).
+    #[inline(always)]
     pub(crate) fn skip_same(&mut self, read: &[u8]) -> bool {
         let end = self.at + read.len();
         let ends = |b: Option<&u8>| matches!(b, Some(b',' | b'}' | b']'));
