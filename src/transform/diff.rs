@@ -179,7 +179,7 @@ impl Patch {
                             op(&mut ordered, &self.path, Op::Add, Some(member.json(json)))
                         }
                         None => {
-                            let mut q = Parser::new(p.text, member.value_at as usize, 0);
+                            let mut q = p.fork(member.value_at as usize);
                             add_from_wire(&mut ordered, &self.path, &mut self.values, r, &mut q)?;
                         }
                     }
@@ -232,7 +232,7 @@ impl Patch {
         for k in i..count {
             let (start, _) = r.list_item(items.start + k);
             let path = self.push_index(k);
-            let mut q = Parser::new(p.text, start, 0);
+            let mut q = p.fork(start);
             add_from_wire(&mut self.ops, &self.path, &mut self.values, r, &mut q)?;
             self.path.truncate(path);
         }
@@ -256,7 +256,7 @@ impl Patch {
             .flatten();
         match (tag(record, p.at), new_tag, new_items) {
             (Some(b"M"), Some(b"M"), _) => {
-                let mut q = Parser::new(p.text, new_at + 5, 0);
+                let mut q = p.fork(new_at + 5);
                 let new = r.index(&mut q)?;
                 p.at += 5;
                 p.enter()?;
@@ -273,7 +273,7 @@ impl Patch {
                 let old_end = values.len();
                 match json {
                     Some(json) => values.extend_from_slice(json),
-                    None => r.attribute(&mut Parser::new(p.text, new_at, 0), &mut values)?,
+                    None => r.attribute(&mut p.fork(new_at), &mut values)?,
                 }
                 self.json(&values[..old_end], &values[old_end..]);
                 self.values = values;

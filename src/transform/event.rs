@@ -5,6 +5,7 @@
 //! is mostly copied slices of the record. Both paths give byte-identical events: a property test
 //! holds this one to the reference's bytes.
 
+use bumpalo::Bump;
 use bytes::{BufMut as _, Bytes, BytesMut};
 
 use crate::transform::diff::Patch;
@@ -41,7 +42,9 @@ thread_local! {
 fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Option<Event> {
     // Offsets are u32; a record is at most some 400 KB.
     u32::try_from(raw.len()).ok()?;
-    let mut p = Parser::new(raw, 0, 0);
+    // Escaped strings, rare, are decoded into this; an arena allocates nothing until used.
+    let arena = Bump::new();
+    let mut p = Parser::new(raw, &arena, 0, 0);
     // Sized for the record, so that no buffer grows while it is read: the item is smaller than
     // its image on the wire.
     let mut item = recycle(std::mem::take(&mut buffers.item));
@@ -87,7 +90,7 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     if let (Some(image), Some(_), Some(at)) = (&new.image, &old.image, old_at) {
         // The old image came first and was written on its own: now it is read again, against
         // the new one.
-        let mut p = Parser::new(raw, at, 2);
+        let mut p = Parser::new(raw, &arena, at, 2);
         patch.old_against_new(&mut p, &mut r, image, &new.json)?;
     } else if let (Some(image), false) = (&new.image, old_present) {
         patch.add_all(image, &new.json);

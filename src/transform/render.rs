@@ -695,7 +695,7 @@ fn write_number(out: &mut Vec<u8>, text: Text<'_>) -> Option<()> {
 fn number_text(text: Text<'_>) -> Option<Cow<'_, str>> {
     match text {
         Text::Plain(s) => number::canonical(s),
-        Text::Decoded(s) => number::canonical(&s).map(|c| Cow::Owned(c.into_owned())),
+        Text::Decoded(s) => number::canonical(s),
     }
 }
 

@@ -12,6 +12,7 @@
 use std::cmp::Ordering;
 use std::ops::{Deref, Range};
 
+use bumpalo::Bump;
 use wide::u8x16;
 
 use crate::transform::number::Decimal;
@@ -24,13 +25,15 @@ use crate::transform::number::Decimal;
 const MAX_DEPTH: u32 = 100;
 
 /// A JSON string of the record.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Text<'a> {
     /// The wire text had no escape sequence, and the parser rejects raw control characters, so
     /// it contains nothing JSON needs escaped: it is written back between quotes as it is.
     Plain(&'a str),
-    /// Unescaped; must be escaped again when written.
-    Decoded(String),
+    /// Unescaped, into the record's arena ([`Parser`]); must be escaped again when written.
+    /// Borrowed, not owned, so that nothing the renderer notes needs dropping: clearing its
+    /// vectors of members was a loop over them.
+    Decoded(&'a str),
 }
 
 impl Deref for Text<'_> {
@@ -127,19 +130,28 @@ impl Eq for Name<'_> {}
 pub(crate) struct Parser<'a> {
     pub text: &'a str,
     pub bytes: &'a [u8],
+    /// Where escaped strings are decoded to, to live as long as the record.
+    arena: &'a Bump,
     pub at: usize,
     depth: u32,
 }
 
 impl<'a> Parser<'a> {
-    /// A reader of `text` from `at`, inside `depth` open arrays and objects.
-    pub(crate) fn new(text: &'a str, at: usize, depth: u32) -> Parser<'a> {
+    /// A reader of `text` from `at`, inside `depth` open arrays and objects, decoding escaped
+    /// strings into `arena`.
+    pub(crate) fn new(text: &'a str, arena: &'a Bump, at: usize, depth: u32) -> Parser<'a> {
         Parser {
             text,
             bytes: text.as_bytes(),
+            arena,
             at,
             depth,
         }
+    }
+
+    /// A reader of the same text from `at`, as if outside any array or object.
+    pub(crate) fn fork(&self, at: usize) -> Parser<'a> {
+        Parser::new(self.text, self.arena, at, 0)
     }
 
     #[inline(always)]
@@ -212,7 +224,6 @@ impl<'a> Parser<'a> {
 
     /// Skips `read`, text already read and checked, if it comes next and ends there: followed
     /// by `,`, `}` or `]`, the same text is exactly the same JSON (a value, or an object member).
-    #[inline(always)]
     pub(crate) fn skip_same(&mut self, read: &[u8]) -> bool {
         let end = self.at + read.len();
         let ends = |b: Option<&u8>| matches!(b, Some(b',' | b'}' | b']'));
@@ -354,7 +365,7 @@ impl<'a> Parser<'a> {
         // Rare, so serde_json decodes it, with its exact rules (surrogate pairs, bad escapes).
         let decoded: String = serde_json::from_str(&self.text[quote..=at]).ok()?;
         self.at = at + 1;
-        Some(Text::Decoded(decoded))
+        Some(Text::Decoded(self.arena.alloc_str(&decoded)))
     }
 
     /// A JSON number, checked.
@@ -565,7 +576,8 @@ mod tests {
         /// The parser never takes text serde_json rejects: the reference would fail on it.
         #[test]
         fn takes_no_json_that_serde_json_rejects(s in r#"[\[\]{}",:0-9a-z\\ .eE+-]{0,24}"#) {
-            let mut p = Parser::new(&s, 0, 0);
+            let arena = Bump::new();
+            let mut p = Parser::new(&s, &arena, 0, 0);
             if p.skip().is_some() && { p.whitespace(); p.at == s.len() } {
                 prop_assert!(serde_json::from_str::<serde_json::Value>(&s).is_ok(), "{:?}", s);
             }
