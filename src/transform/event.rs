@@ -95,11 +95,11 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     } else if let (Some(image), false) = (&new.image, old_present) {
         patch.add_all(image, &new.json);
     }
-    let (data_op, item) = match &*event_name? {
-        "INSERT" => ("C", &new),
-        "MODIFY" if old_present => ("U", &new),
+    let (data_op, item) = match event_name?.as_bytes() {
+        b"INSERT" => ("C", &new),
+        b"MODIFY" if old_present => ("U", &new),
         // A REMOVE never has a new image; with one, the reference takes it.
-        "REMOVE" if new.image.is_none() => {
+        b"REMOVE" if new.image.is_none() => {
             patch.remove_all(old.image.as_ref()?);
             ("D", &old)
         }
@@ -107,7 +107,7 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     };
     let item_image = item.image.as_ref()?;
     let created_at_ms = created?.millis()?;
-    let eid = eid_for(&event_id);
+    let eid = eid_for(event_id);
 
     let out = &mut buffers.head;
     out.clear();
@@ -193,11 +193,11 @@ struct Written<'a> {
 /// What the event is made of, as far as the record has been read; the rest of it is checked
 /// and skipped.
 struct Record<'a> {
-    event_id: Option<Text<'a>>,
+    event_id: Option<&'a str>,
     event_name: Option<Text<'a>>,
     /// `ApproximateCreationDateTime`.
     created: Option<Decimal<'a>>,
-    sequence_number: Option<Text<'a>>,
+    sequence_number: Option<&'a str>,
     r: Renderer<'a>,
     new: Written<'a>,
     /// The old image, written only when it comes before the new one (or there is none): then
@@ -213,28 +213,28 @@ struct Record<'a> {
 impl<'a> Record<'a> {
     fn member(&mut self, p: &mut Parser<'a>, name: Text<'a>) -> Option<()> {
         // A repeated member overwrites the earlier one, as it does in the reference's `Value`.
-        match &*name {
-            "eventID" => self.event_id = Some(p.string()?),
-            "eventName" => self.event_name = Some(p.string()?),
+        match name.as_bytes() {
+            b"eventID" => self.event_id = Some(p.string()?.to_str()?),
+            b"eventName" => self.event_name = Some(p.string()?),
             // A second one is left to the reference, which takes the last.
-            "dynamodb" if std::mem::replace(&mut self.dynamodb_read, true) => return None,
-            "dynamodb" => p.members(|p, name, _| self.stream_record(p, name))?,
+            b"dynamodb" if std::mem::replace(&mut self.dynamodb_read, true) => return None,
+            b"dynamodb" => p.members(|p, name, _| self.stream_record(p, name))?,
             _ => p.skip()?,
         }
         Some(())
     }
 
     fn stream_record(&mut self, p: &mut Parser<'a>, name: Text<'a>) -> Option<()> {
-        match &*name {
-            "ApproximateCreationDateTime" => self.created = Some(p.number()?),
-            "SequenceNumber" => self.sequence_number = Some(p.string()?),
+        match name.as_bytes() {
+            b"ApproximateCreationDateTime" => self.created = Some(p.number()?),
+            b"SequenceNumber" => self.sequence_number = Some(p.string()?.to_str()?),
             // A second image would leave the patch made against the wrong one.
-            "NewImage" | "OldImage" if self.image_read(&name) => return None,
-            "NewImage" => {
+            b"NewImage" | b"OldImage" if self.image_read(name.as_bytes()) => return None,
+            b"NewImage" => {
                 self.new.read = true;
                 self.new.image = self.r.image(p, &mut self.new.json)?;
             }
-            "OldImage" => {
+            b"OldImage" => {
                 self.old.read = true;
                 p.whitespace();
                 let at = p.at;
@@ -258,9 +258,9 @@ impl<'a> Record<'a> {
         Some(())
     }
 
-    fn image_read(&self, name: &str) -> bool {
+    fn image_read(&self, name: &[u8]) -> bool {
         match name {
-            "NewImage" => self.new.read,
+            b"NewImage" => self.new.read,
             _ => self.old.read,
         }
     }
@@ -276,7 +276,7 @@ fn compaction_key(
     names: &[String],
 ) -> Option<()> {
     let key_value = |name: &String| {
-        let member = &item.members[item.find(&Name::new(Text::Plain(name)))?];
+        let member = &item.members[item.find(&Name::new(Text::Plain(name.as_bytes())))?];
         let value = member.json(json);
         // Strings (S, B) and numbers only.
         (value[0] == b'"' || value[0] == b'-' || value[0].is_ascii_digit()).then_some(value)

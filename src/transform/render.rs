@@ -268,8 +268,8 @@ impl<'a> Renderer<'a> {
                 let at = p.at;
                 if deferred {
                     if let Some((name, _, _)) = p.plain_member() {
+                        let value_at = at + name.len() + 3;
                         let name = Name::new(Text::Plain(name));
-                        let value_at = at + name.text.len() + 3;
                         self.members.push(Member::read(name, at, value_at, p.at));
                         if !p.next_or(b'}')? {
                             break;
@@ -528,7 +528,7 @@ impl<'a> Renderer<'a> {
             p.whitespace();
             let at = p.at;
             match p.string()? {
-                Text::Plain(s) => set.push((head(s.as_bytes()).0, at as u32, p.at as u32)),
+                Text::Plain(s) => set.push((head(s).0, at as u32, p.at as u32)),
                 Text::Decoded(_) => plain = false,
             }
             Some(())
@@ -669,7 +669,7 @@ fn write_plain(out: &mut Vec<u8>, p: &Parser<'_>, tag: u8, value: Range<usize>) 
         _ if number::is_plain_decimal(&p.bytes[value.clone()]) => {
             out.extend_from_slice(&p.bytes[value]);
         }
-        _ => write_number(out, Text::Plain(p.text.get(value)?))?,
+        _ => write_number(out, Text::Plain(&p.bytes[value]))?,
     }
     Some(())
 }
@@ -679,7 +679,7 @@ fn write_member(out: &mut Vec<u8>, text: &Text<'_>) {
     match text {
         Text::Plain(s) => {
             out.push(b'"');
-            out.extend_from_slice(s.as_bytes());
+            out.extend_from_slice(s);
             out.push(b'"');
         }
         Text::Decoded(s) => write_string(out, s),
@@ -693,10 +693,7 @@ fn write_number(out: &mut Vec<u8>, text: Text<'_>) -> Option<()> {
 
 /// An `N`'s text in serde_json's spelling, `None` if it is not a JSON number.
 fn number_text(text: Text<'_>) -> Option<Cow<'_, str>> {
-    match text {
-        Text::Plain(s) => number::canonical(s),
-        Text::Decoded(s) => number::canonical(s),
-    }
+    number::canonical(text.to_str()?)
 }
 
 fn write_array<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec<u8>, &T)) {
@@ -798,7 +795,7 @@ mod tests {
     }
 
     fn member(name: &str) -> Member<'_> {
-        Member::read(Name::new(Text::Plain(name)), 0, 0, 0)
+        Member::read(Name::new(Text::Plain(name.as_bytes())), 0, 0, 0)
     }
 
     #[test]
