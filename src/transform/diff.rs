@@ -251,11 +251,11 @@ impl Patch {
         let record = p.bytes;
         let new_tag = tag(record, new_at);
         // A list of the new image was written, so its items are known.
-        let new_items = (new_tag == Some(b"L"))
+        let new_items = (new_tag == Some(b'L'))
             .then(|| r.list_items(new_at))
             .flatten();
         match (tag(record, p.at), new_tag, new_items) {
-            (Some(b"M"), Some(b"M"), _) => {
+            (Some(b'M'), Some(b'M'), _) => {
                 let mut q = p.fork(new_at + 5);
                 let new = r.index(&mut q)?;
                 p.at += 5;
@@ -263,7 +263,7 @@ impl Patch {
                 self.map(p, r, &new, None)?;
                 r.give_back(new);
             }
-            (Some(b"L"), _, Some(items)) => {
+            (Some(b'L'), _, Some(items)) => {
                 p.at += 5;
                 p.enter()?;
                 self.list(p, r, items)?;
@@ -438,9 +438,9 @@ fn add_from_wire<'a>(
 
 /// The type tag of the attribute value at `at` when it is spelled `{"M":` or `{"L":`, as
 /// DynamoDB spells them (anything else is diffed as JSON, which is exact, only slower).
-fn tag(record: &[u8], at: usize) -> Option<&[u8]> {
+fn tag(record: &[u8], at: usize) -> Option<u8> {
     match record.get(at..at + 5)? {
-        [b'{', b'"', tag @ (b'M' | b'L'), b'"', b':'] => Some(std::slice::from_ref(tag)),
+        &[b'{', b'"', tag @ (b'M' | b'L'), b'"', b':'] => Some(tag),
         _ => None,
     }
 }

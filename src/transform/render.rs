@@ -425,13 +425,18 @@ impl<'a> Renderer<'a> {
         p.expect(b'{')?;
         p.enter()?;
         p.expect(b'"')?;
-        // Type tags are read as bytes; an escaped one is left to the reference.
+        // Type tags are read as bytes (an escaped one is left to the reference): one, two or
+        // four of them, so the closing quote is looked for at those places, not byte by byte.
         let tag_start = p.at;
-        while p.bytes.get(p.at)?.is_ascii_uppercase() {
-            p.at += 1;
-        }
-        let tag = &p.bytes[tag_start..p.at];
-        p.expect(b'"')?;
+        let head = p.bytes.get(tag_start..tag_start + 5)?;
+        let len = match head {
+            [_, b'"', ..] => 1,
+            [_, _, b'"', ..] => 2,
+            [_, _, _, _, b'"'] => 4,
+            _ => return None,
+        };
+        let tag = &head[..len];
+        p.at = tag_start + len + 1;
         p.expect(b':')?;
         match tag {
             b"S" => self.string(p, out)?,
