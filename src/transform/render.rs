@@ -116,10 +116,9 @@ pub(crate) struct Renderer<'a> {
     members: Vec<Member<'a>>,
     sorted: Vec<u32>,
     reorder: Vec<u8>,
-    strings: Vec<Text<'a>>,
-    /// The members of a string set without escapes: their first eight bytes as an integer,
-    /// and where their text is in the record, quotes included.
-    plain_strings: Vec<(u64, u32, u32)>,
+    /// The members of a string set: their first eight bytes as an integer, their text, and
+    /// where it is in the record, quotes included.
+    strings: Vec<(u64, Text<'a>, u32, u32)>,
     numbers: Vec<Cow<'a, str>>,
     /// Every `L` written: where its attribute value starts in the record, and its items'
     /// texts in the record (a range of `items`), so that the diff finds a changed list's items
@@ -160,7 +159,6 @@ impl<'a> Renderer<'a> {
             sorted: recycle(self.sorted),
             reorder: recycle(self.reorder),
             strings: recycle(self.strings),
-            plain_strings: recycle(self.plain_strings),
             numbers: recycle(self.numbers),
             lists: recycle(self.lists),
             items: recycle(self.items),
@@ -480,17 +478,7 @@ impl<'a> Renderer<'a> {
                 let len = self.items.len() as u32 - first;
                 self.lists.push((at as u32, first, len));
             }
-            b"SS" if self.plain_string_set(p, out)? => {}
-            b"SS" => {
-                self.strings.clear();
-                p.elements(|p| {
-                    self.strings.push(p.string()?);
-                    Some(())
-                })?;
-                self.strings
-                    .sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-                write_array(out, &self.strings, write_member);
-            }
+            b"SS" => self.string_set(p, out)?,
             b"NS" => {
                 self.numbers.clear();
                 p.elements(|p| {
@@ -520,41 +508,33 @@ impl<'a> Renderer<'a> {
         Some(())
     }
 
-    /// The value of an `SS` whose members have no escapes, as most have: they are sorted as
-    /// texts of the record, by their first eight bytes as an integer, and copied with their
-    /// quotes. Two thirds of a set's cost went to sorting and writing decoded texts.
-    /// `Some(false)`: a member has escapes, and nothing is read or written.
-    fn plain_string_set(&mut self, p: &mut Parser<'a>, out: &mut Vec<u8>) -> Option<bool> {
-        let start = p.at;
-        let set = &mut self.plain_strings;
+    /// The value of an `SS`: its members in byte order (code point order), compared by their
+    /// first eight bytes as an integer unless those are the same, and each copied as it came
+    /// with its quotes unless it had escapes. Sorting and writing the texts as strings took
+    /// two thirds of a set's cost.
+    fn string_set(&mut self, p: &mut Parser<'a>, out: &mut Vec<u8>) -> Option<()> {
+        let set = &mut self.strings;
         set.clear();
-        let mut plain = true;
         p.elements(|p| {
             p.whitespace();
             let at = p.at;
-            match p.string()? {
-                Text::Plain(s) => set.push((head(s).0, at as u32, p.at as u32)),
-                Text::Decoded(_) => plain = false,
-            }
+            let text = p.string()?;
+            set.push((head(text.as_bytes()).0, text, at as u32, p.at as u32));
             Some(())
         })?;
-        if !plain {
-            p.at = start;
-            return Some(false);
-        }
-        let bytes = p.bytes;
-        // A plain string has no zero byte, so keys differ unless the first eight bytes agree.
-        let text = |&(_, at, end): &(u64, u32, u32)| &bytes[at as usize + 1..end as usize - 1];
-        set.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| text(a).cmp(text(b))));
+        set.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
+        });
         out.push(b'[');
-        for (k, &(_, at, end)) in set.iter().enumerate() {
+        for (k, (_, text, at, end)) in set.iter().enumerate() {
             if k > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(&bytes[at as usize..end as usize]);
+            write_text(out, text, &p.bytes[*at as usize..*end as usize]);
         }
         out.push(b']');
-        Some(true)
+        Some(())
     }
 
     /// A string value: copied from the record with its quotes when it has no escapes.
