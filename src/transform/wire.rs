@@ -7,7 +7,7 @@
 //! (`None`) whatever it does not handle itself: escaped type tags, repeated attribute names or
 //! images, nesting as deep as [`MAX_DEPTH`]. The reference path then parses the record again and
 //! either explains the problem with the attribute's path or, for such an odd record, builds the
-//! event itself. Escaped strings are decoded by serde_json.
+//! event itself. Escaped strings are decoded by serde_json, into an arena of the record.
 
 use std::cmp::Ordering;
 use std::ops::Range;
