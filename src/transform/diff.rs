@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 
 use crate::transform::render::{Image, Renderer, escape, recycle};
-use crate::transform::wire::{Name, Parser, equal, string_end, value_end};
+use crate::transform::wire::{Name, Parser, Text, equal, string_end, value_end};
 
 /// The operations written so far, each as `,{"op":…}` (so the array's text is all but the first
 /// byte), and the JSON Pointer of the value being diffed, escaped for a JSON string. A thread
@@ -68,7 +68,7 @@ impl Patch {
     /// Every member of `new` (written in `json`) added: the patch from no image.
     pub(crate) fn add_all(&mut self, new: &Image<'_>, json: &[u8]) {
         for (_, member) in new.by_name() {
-            let path = self.push_name(member.name.text.as_bytes());
+            let path = self.push_text(&member.name.text);
             op(&mut self.ops, &self.path, Op::Add, Some(member.json(json)));
             self.path.truncate(path);
         }
@@ -77,7 +77,7 @@ impl Patch {
     /// Every member of `old` removed: the patch to no image.
     pub(crate) fn remove_all(&mut self, old: &Image<'_>) {
         for (_, member) in old.by_name() {
-            let path = self.push_name(member.name.text.as_bytes());
+            let path = self.push_text(&member.name.text);
             op(&mut self.ops, &self.path, Op::Remove, None);
             self.path.truncate(path);
         }
@@ -141,7 +141,7 @@ impl Patch {
                                 Old::Same
                             } else {
                                 let start = self.ops.len() as u32;
-                                let path = self.push_name(name.text.as_bytes());
+                                let path = self.push_text(&name.text);
                                 let json = json.map(|json| member.json(json));
                                 self.value(p, r, member.value_at as usize, json)?;
                                 self.path.truncate(path);
@@ -173,7 +173,7 @@ impl Patch {
                     ordered.extend_from_slice(&self.ops[start as usize..end as usize]);
                 }
                 Old::Missing => {
-                    let path = self.push_name(member.name.text.as_bytes());
+                    let path = self.push_text(&member.name.text);
                     match json {
                         Some(json) => {
                             op(&mut ordered, &self.path, Op::Add, Some(member.json(json)))
@@ -188,7 +188,7 @@ impl Patch {
             }
         }
         for name in &gone {
-            let path = self.push_name(name.text.as_bytes());
+            let path = self.push_text(&name.text);
             op(&mut ordered, &self.path, Op::Remove, None);
             self.path.truncate(path);
         }
@@ -371,6 +371,21 @@ impl Patch {
         op(&mut self.ops, &self.path, kind, value);
     }
 
+    /// Adds an attribute name to the path, as it is when it needs no escaping: a name without
+    /// escapes on the wire has no `"`, `\` or control character, so only `~` and `/` are looked
+    /// for, eight bytes at a time. Escaping byte by byte was a tenth of an INSERT.
+    fn push_text(&mut self, name: &Text<'_>) -> usize {
+        match name {
+            Text::Plain(name) if !has_tilde_or_slash(name) => {
+                let len = self.path.len();
+                self.path.push(b'/');
+                self.path.extend_from_slice(name);
+                len
+            }
+            _ => self.push_name(name.as_bytes()),
+        }
+    }
+
     /// Adds a member name (unescaped) to the path; returns the length to truncate it to after.
     fn push_name(&mut self, name: &[u8]) -> usize {
         let len = self.path.len();
@@ -397,20 +412,21 @@ enum Op {
 }
 
 impl Op {
-    /// The operation's text up to its path: one copy, where the op's name and the text around
-    /// it took three.
-    fn head(self) -> &'static [u8] {
+    /// Writes the operation's text up to its path: one copy, where the op's name and the text
+    /// around it took three, and of a length known in each branch, which the compiler copies
+    /// without calling `memcpy`.
+    fn write_head(self, ops: &mut Vec<u8>) {
         match self {
-            Op::Add => br#",{"op":"add","path":""#,
-            Op::Remove => br#",{"op":"remove","path":""#,
-            Op::Replace => br#",{"op":"replace","path":""#,
+            Op::Add => ops.extend_from_slice(br#",{"op":"add","path":""#),
+            Op::Remove => ops.extend_from_slice(br#",{"op":"remove","path":""#),
+            Op::Replace => ops.extend_from_slice(br#",{"op":"replace","path":""#),
         }
     }
 }
 
 /// Writes one operation, `,{"op":…,"path":…[,"value":…]}`.
 fn op(ops: &mut Vec<u8>, path: &[u8], kind: Op, value: Option<&[u8]>) {
-    ops.extend_from_slice(kind.head());
+    kind.write_head(ops);
     ops.extend_from_slice(path);
     match value {
         Some(value) => {
@@ -434,6 +450,32 @@ fn add_from_wire<'a>(
     r.attribute(p, values)?;
     op(ops, path, Op::Add, Some(values));
     Some(())
+}
+
+/// Whether `b` holds a `~` or a `/`: eight bytes at a time, the last eight overlapping the ones
+/// before, each tested for a byte equal to either (the classic test for a zero byte, which has
+/// no false positives).
+fn has_tilde_or_slash(b: &[u8]) -> bool {
+    const LOW: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = LOW << 7;
+    let has = |word: u64, byte: u8| {
+        let x = word ^ (LOW * u64::from(byte));
+        x.wrapping_sub(LOW) & !x & HIGH != 0
+    };
+    let either = |word: u64| has(word, b'~') | has(word, b'/');
+    let n = b.len();
+    if n < 8 {
+        return b.iter().any(|&c| c == b'~' || c == b'/');
+    }
+    let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
+    let mut at = 0;
+    while at + 8 < n {
+        if either(word(at)) {
+            return true;
+        }
+        at += 8;
+    }
+    either(word(n - 8))
 }
 
 /// The type tag of the attribute value at `at` when it is spelled `{"M":` or `{"L":`, as
@@ -474,11 +516,27 @@ fn after(text: &[u8], end: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::{Just, any};
 
     fn diff(old: &str, new: &str) -> String {
         let mut patch = Patch::default();
         patch.json(old.as_bytes(), new.as_bytes());
         format!("[{}]", String::from_utf8(patch.ops().to_vec()).unwrap())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn has_tilde_or_slash_is_a_byte_search(
+            b in proptest::collection::vec(
+                proptest::prop_oneof![Just(b'~'), Just(b'/'), any::<u8>()],
+                0..40,
+            ),
+        ) {
+            proptest::prop_assert_eq!(
+                has_tilde_or_slash(&b),
+                b.iter().any(|&c| c == b'~' || c == b'/')
+            );
+        }
     }
 
     /// The walk over canonical texts is `json_patch::diff` on their values.

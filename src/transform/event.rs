@@ -96,12 +96,12 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
         patch.add_all(image, &new.json);
     }
     let (data_op, item) = match event_name?.as_bytes() {
-        b"INSERT" => ("C", &new),
-        b"MODIFY" if old_present => ("U", &new),
+        b"INSERT" => (b'C', &new),
+        b"MODIFY" if old_present => (b'U', &new),
         // A REMOVE never has a new image; with one, the reference takes it.
         b"REMOVE" if new.image.is_none() => {
             patch.remove_all(old.image.as_ref()?);
-            ("D", &old)
+            (b'D', &old)
         }
         _ => return None,
     };
@@ -125,7 +125,7 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
         compaction_key(out, item_image, &item.json, names)?;
     }
     out.extend_from_slice(br#"},"data_op":""#);
-    out.extend_from_slice(data_op.as_bytes());
+    out.push(data_op);
     out.extend_from_slice(br#"","data_type":"#);
     write_string(out, &settings.data_type);
     out.extend_from_slice(br#","data":{"item":"#);
