@@ -516,7 +516,7 @@ fn after(text: &[u8], end: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::{Just, any};
+    use proptest::prelude::*;
 
     fn diff(old: &str, new: &str) -> String {
         let mut patch = Patch::default();
@@ -524,18 +524,12 @@ mod tests {
         format!("[{}]", String::from_utf8(patch.ops().to_vec()).unwrap())
     }
 
-    proptest::proptest! {
+    proptest! {
         #[test]
         fn has_tilde_or_slash_is_a_byte_search(
-            b in proptest::collection::vec(
-                proptest::prop_oneof![Just(b'~'), Just(b'/'), any::<u8>()],
-                0..40,
-            ),
+            b in prop::collection::vec(prop_oneof![Just(b'~'), Just(b'/'), any::<u8>()], 0..40),
         ) {
-            proptest::prop_assert_eq!(
-                has_tilde_or_slash(&b),
-                b.iter().any(|&c| c == b'~' || c == b'/')
-            );
+            prop_assert_eq!(has_tilde_or_slash(&b), b.iter().any(|&c| c == b'~' || c == b'/'));
         }
     }
 
