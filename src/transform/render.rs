@@ -498,12 +498,17 @@ impl<'a> Renderer<'a> {
             b"BS" => {
                 let mut members = Vec::new();
                 p.elements(|p| {
+                    p.whitespace();
+                    let at = p.at;
                     let member = p.string()?;
-                    members.push((STANDARD.decode(member.as_bytes()).ok()?, member));
+                    let bytes = STANDARD.decode(member.as_bytes()).ok()?;
+                    members.push((bytes, member, at..p.at));
                     Some(())
                 })?;
                 members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                write_array(out, &members, |out, (_, s)| write_member(out, s));
+                write_array(out, &members, |out, (_, text, wire)| {
+                    write_text(out, text, &p.bytes[wire.clone()])
+                });
             }
             _ => return None,
         }
@@ -530,14 +535,9 @@ impl<'a> Renderer<'a> {
             a.0.cmp(&b.0)
                 .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
         });
-        out.push(b'[');
-        for (k, (_, text, at, end)) in set.iter().enumerate() {
-            if k > 0 {
-                out.push(b',');
-            }
-            write_text(out, text, &p.bytes[*at as usize..*end as usize]);
-        }
-        out.push(b']');
+        write_array(out, set, |out, &(_, text, at, end)| {
+            write_text(out, &text, &p.bytes[at as usize..end as usize])
+        });
         Some(())
     }
 
@@ -661,18 +661,6 @@ fn write_plain(out: &mut Vec<u8>, p: &Parser<'_>, tag: u8, value: Range<usize>) 
         _ => write_number(out, Text::Plain(&p.bytes[value]))?,
     }
     Some(())
-}
-
-/// A set's member as a JSON string: between quotes as it came, unless it had escapes.
-fn write_member(out: &mut Vec<u8>, text: &Text<'_>) {
-    match text {
-        Text::Plain(s) => {
-            out.push(b'"');
-            out.extend_from_slice(s);
-            out.push(b'"');
-        }
-        Text::Decoded(s) => write_string(out, s),
-    }
 }
 
 fn write_number(out: &mut Vec<u8>, text: Text<'_>) -> Option<()> {
