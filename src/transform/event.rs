@@ -214,7 +214,7 @@ impl<'a> Record<'a> {
     fn member(&mut self, p: &mut Parser<'a>, name: Text<'a>) -> Option<()> {
         // A repeated member overwrites the earlier one, as it does in the reference's `Value`.
         match name.as_bytes() {
-            b"eventID" => self.event_id = Some(p.string()?.to_str()?),
+            b"eventID" => self.event_id = Some(p.str()?),
             b"eventName" => self.event_name = Some(p.string()?),
             // A second one is left to the reference, which takes the last.
             b"dynamodb" if std::mem::replace(&mut self.dynamodb_read, true) => return None,
@@ -227,7 +227,7 @@ impl<'a> Record<'a> {
     fn stream_record(&mut self, p: &mut Parser<'a>, name: Text<'a>) -> Option<()> {
         match name.as_bytes() {
             b"ApproximateCreationDateTime" => self.created = Some(p.number()?),
-            b"SequenceNumber" => self.sequence_number = Some(p.string()?.to_str()?),
+            b"SequenceNumber" => self.sequence_number = Some(p.str()?),
             // A second image would leave the patch made against the wrong one.
             b"NewImage" | b"OldImage" if self.image_read(name.as_bytes()) => return None,
             b"NewImage" => {
