@@ -7,6 +7,7 @@
 
 use bumpalo::Bump;
 use bytes::{BufMut as _, Bytes, BytesMut};
+use uuid::Uuid;
 
 use crate::transform::diff::Patch;
 use crate::transform::number::Decimal;
@@ -86,7 +87,7 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
         mut patch,
         ..
     } = record;
-    let (event_id, sequence_number) = (event_id?, sequence_number?);
+    let ((event_id, eid), sequence_number) = (event_id?, sequence_number?);
     if let (Some(image), Some(_), Some(at)) = (&new.image, &old.image, old_at) {
         // The old image came first and was written on its own: now it is read again, against
         // the new one.
@@ -107,7 +108,6 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     };
     let item_image = item.image.as_ref()?;
     let created_at_ms = created?.millis()?;
-    let eid = eid_for(event_id);
 
     let out = &mut buffers.head;
     out.clear();
@@ -172,7 +172,8 @@ impl Events {
 
     /// An event of `len` bytes, as `write` writes it.
     fn event(&mut self, len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
-        if self.0.capacity() < len {
+        // A chunk whose events have all been dropped (published) is taken again, not freed.
+        if self.0.capacity() < len && !self.0.try_reclaim(len) {
             self.0 = BytesMut::with_capacity(len.max(Self::CHUNK));
         }
         write(&mut self.0);
@@ -193,7 +194,11 @@ struct Written<'a> {
 /// What the event is made of, as far as the record has been read; the rest of it is checked
 /// and skipped.
 struct Record<'a> {
-    event_id: Option<&'a str>,
+    /// The eventID and its eid, hashed as soon as it is read: SHA-1 is a chain of dependent
+    /// instructions, which the processor works through while it reads the rest of the record.
+    /// Hashed at the end, the event's head waited for it (2% of a MODIFY's time, 4% of an
+    /// INSERT's, in alternating runs).
+    event_id: Option<(&'a str, Uuid)>,
     event_name: Option<Text<'a>>,
     /// `ApproximateCreationDateTime`.
     created: Option<Decimal<'a>>,
@@ -214,7 +219,10 @@ impl<'a> Record<'a> {
     fn member(&mut self, p: &mut Parser<'a>, name: Text<'a>) -> Option<()> {
         // A repeated member overwrites the earlier one, as it does in the reference's `Value`.
         match name.as_bytes() {
-            b"eventID" => self.event_id = Some(p.str()?),
+            b"eventID" => {
+                let id = p.str()?;
+                self.event_id = Some((id, eid_for(id)));
+            }
             b"eventName" => self.event_name = Some(p.string()?),
             // A second one is left to the reference, which takes the last.
             b"dynamodb" if std::mem::replace(&mut self.dynamodb_read, true) => return None,
