@@ -546,6 +546,22 @@ fn the_same_record_gives_the_same_bytes_whatever_the_wire_order() {
     assert_eq!(first.body, transform(&b, &settings()).unwrap().body);
 }
 
+/// A thread writes events into shared chunks and takes a chunk again once all its events are
+/// dropped: an event kept alive keeps its bytes, however many events follow.
+#[test]
+fn events_keep_their_bytes_while_their_chunk_is_reused() {
+    let raw = include_str!("../../tests/fixtures/transform/order-modify.json").trim_end();
+    let kept = transform(raw, &settings()).unwrap();
+    let copy = kept.body.to_vec();
+    let mut dropped = 0;
+    // Some hundred events of 1.7 KB fill several 64 KB chunks.
+    for _ in 0..300 {
+        dropped += transform(raw, &settings()).unwrap().body.len();
+    }
+    assert_eq!(dropped, 300 * copy.len());
+    assert_eq!(kept.body, copy);
+}
+
 #[test]
 fn compaction_keys() {
     let item = r#"{"id":{"S":"order-42"},"n":{"N":"17"},"e":{"N":"1E2"},"b":{"B":"AAEC/w=="},"q":{"S":"say \"hi\""},"m":{"M":{}}}"#;
