@@ -270,12 +270,15 @@ impl Patch {
             }
             _ => {
                 let mut values = self.write_value(r, p)?;
-                let old_end = values.len();
                 match json {
-                    Some(json) => values.extend_from_slice(json),
-                    None => r.attribute(&mut p.fork(new_at), &mut values)?,
+                    // The new value's JSON is compared where it is, not copied.
+                    Some(json) => self.json(&values, json),
+                    None => {
+                        let old_end = values.len();
+                        r.attribute(&mut p.fork(new_at), &mut values)?;
+                        self.json(&values[..old_end], &values[old_end..]);
+                    }
                 }
-                self.json(&values[..old_end], &values[old_end..]);
                 self.values = values;
                 return Some(());
             }
