@@ -423,6 +423,12 @@ fn patches() {
             r#"{"op":"replace","path":"/l/0/r/1","value":"c"}"#,
         ),
         (
+            "plain values against escaped or other spellings",
+            r#"{"a":{"S":"a/b"},"n":{"N":"100"},"l":{"L":[{"M":{"q":{"S":"x"},"r":{"N":"-0.50"}}}]}}"#,
+            r#"{"a":{"S":"a\/b"},"n":{"N":"1E2"},"l":{"L":[{"M":{"q":{"S":"\u0078"},"r":{"N":"-0.5"}}}]}}"#,
+            r#"{"op":"replace","path":"/l/0/r","value":-0.5},{"op":"replace","path":"/n","value":1e+2}"#,
+        ),
+        (
             "everything removed",
             r#"{"a":{"S":"x"},"b":{"S":"y"}}"#,
             "{}",
