@@ -49,13 +49,14 @@ fn bench(c: &mut Criterion) {
         let fast = transform(raw, &settings).unwrap();
         let reference = transform_reference(raw, &settings).unwrap();
         assert_eq!(
-            fast.body, reference.body,
+            fast.body(),
+            reference.body(),
             "{name}: both paths give the same event"
         );
         println!(
             "{name}: record {} bytes, event {} bytes",
             raw.len(),
-            fast.body.len()
+            fast.body().len()
         );
 
         let mut group = c.benchmark_group(name);

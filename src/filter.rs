@@ -205,12 +205,14 @@ impl Filter {
         }
         let raw = self.drop_attributes(raw);
         match transform::transform(&raw, settings) {
-            Ok(mut event) => {
-                if ttl_expired {
-                    event.body = mark_ttl_expired(&event.body);
-                }
-                Filtered::Event(event)
-            }
+            Ok(event) if ttl_expired => Filtered::Event(Event::new(
+                event.eid,
+                &mark_ttl_expired(event.body()),
+                event.event_id(),
+                event.sequence_number(),
+                event.created_at_ms,
+            )),
+            Ok(event) => Filtered::Event(event),
             Err(failure) => Filtered::Failed { raw, failure },
         }
     }
@@ -245,13 +247,13 @@ impl Filter {
 /// The event with `"ttl_expired":true` as the last member of `data`. Both transform paths end
 /// the event with the `data` object (`…,"data":{"item":…,"patch":[…]}}`), which a test below
 /// holds them to, so the member goes before the last two braces.
-fn mark_ttl_expired(body: &[u8]) -> bytes::Bytes {
+fn mark_ttl_expired(body: &[u8]) -> Vec<u8> {
     debug_assert!(body.ends_with(b"]}}"), "the event ends with data.patch");
     let end = body.len() - 2;
     let mut out = Vec::with_capacity(body.len() + 20);
     out.extend_from_slice(&body[..end]);
     out.extend_from_slice(br#","ttl_expired":true}}"#);
-    out.into()
+    out
 }
 
 #[cfg(test)]
@@ -287,7 +289,7 @@ mod tests {
 
     fn event(filter: &Filter, raw: &str) -> Value {
         match filter.apply(raw, &settings()) {
-            Filtered::Event(e) => serde_json::from_slice(&e.body).unwrap(),
+            Filtered::Event(e) => serde_json::from_slice(e.body()).unwrap(),
             other => panic!("expected an event, got {other:?}"),
         }
     }
@@ -314,7 +316,7 @@ mod tests {
             let Filtered::Event(got) = f.apply(&raw, &settings()) else {
                 panic!("expected an event");
             };
-            assert_eq!(got.body, expected.body);
+            assert_eq!(got.body(), expected.body());
         }
     }
 
@@ -346,14 +348,13 @@ mod tests {
             record("MODIFY", false),
             record("REMOVE", true),
         ] {
-            for body in [
-                transform::transform(&raw, &settings()).unwrap().body,
-                transform::transform_reference(&raw, &settings())
-                    .unwrap()
-                    .body,
+            for event in [
+                transform::transform(&raw, &settings()).unwrap(),
+                transform::transform_reference(&raw, &settings()).unwrap(),
             ] {
-                let marked: Value = serde_json::from_slice(&mark_ttl_expired(&body)).unwrap();
-                let plain: Value = serde_json::from_slice(&body).unwrap();
+                let body = event.body();
+                let marked: Value = serde_json::from_slice(&mark_ttl_expired(body)).unwrap();
+                let plain: Value = serde_json::from_slice(body).unwrap();
                 assert_eq!(marked["data"]["ttl_expired"], true);
                 assert_eq!(marked["data"]["patch"], plain["data"]["patch"]);
                 assert_eq!(marked["metadata"], plain["metadata"]);

@@ -36,10 +36,10 @@ fn check_transform(raw: &str) -> bool {
     for compaction in [false, true] {
         match transform(raw, &settings(compaction)) {
             Ok(event) => {
-                let v: Value = serde_json::from_slice(&event.body).unwrap_or_else(|e| {
+                let v: Value = serde_json::from_slice(event.body()).unwrap_or_else(|e| {
                     panic!(
                         "event is not JSON ({e}): {:?}",
-                        String::from_utf8_lossy(&event.body)
+                        String::from_utf8_lossy(event.body())
                     )
                 });
                 let errors: Vec<String> = SCHEMA.iter_errors(&v).map(|e| e.to_string()).collect();
@@ -48,7 +48,7 @@ fn check_transform(raw: &str) -> bool {
                     "accepted {raw:?} as an invalid event {v}: {errors:?}"
                 );
                 assert_eq!(v["metadata"]["eid"], event.eid.to_string().as_str());
-                assert_eq!(event.eid, eid_for(&event.event_id));
+                assert_eq!(event.eid, eid_for(event.event_id()));
                 accepted |= !compaction;
             }
             Err(failure) => {

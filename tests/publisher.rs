@@ -16,7 +16,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use dynamodb_nakadi_relay::nakadi::{
     FailureKind, FailureMode, Outcome, PublishContext, Publisher, PublisherConfig, TokenSource,
 };
@@ -181,13 +180,13 @@ fn events(n: usize) -> Vec<Event> {
             let body = format!(
                 r#"{{"metadata":{{"eid":"{eid}","occurred_at":"2026-11-22T06:16:10.123Z"}},"data_op":"U","data_type":"payments:order","data":{{"item":{{"id":"order-{i}","amount":12.50,"big":123456789012345678901234567890123456.78}},"patch":[{{"op":"replace","path":"/amount","value":12.50}}]}}}}"#
             );
-            Event {
+            Event::new(
                 eid,
-                body: Bytes::from(body),
-                sequence_number: format!("{:021}", 4_000_000 + i),
-                event_id: format!("record-{i}"),
-                created_at_ms: 1_700_000_000_000,
-            }
+                body.as_bytes(),
+                &format!("record-{i}"),
+                &format!("{:021}", 4_000_000 + i),
+                1_700_000_000_000,
+            )
         })
         .collect()
 }
@@ -235,7 +234,7 @@ async fn assert_exactly_once_or_failed(
                 );
                 assert_eq!(
                     found[0].as_bytes(),
-                    &event.body[..],
+                    event.body(),
                     "stored bytes differ from the event"
                 );
             }
@@ -345,10 +344,16 @@ async fn status_422_items_rejects_the_failed_and_resends_the_aborted() {
         .await;
     // And one event that fails the server's real schema check.
     let invalid = Uuid::new_v4();
-    evs[2].eid = invalid;
-    evs[2].body = Bytes::from(format!(
+    let body = format!(
         r#"{{"metadata":{{"eid":"{invalid}","occurred_at":"2026-11-22T06:16:10Z"}},"data_op":"X","data_type":"t","data":{{"item":{{}},"patch":[]}}}}"#
-    ));
+    );
+    evs[2] = Event::new(
+        invalid,
+        body.as_bytes(),
+        evs[2].event_id(),
+        evs[2].sequence_number(),
+        evs[2].created_at_ms,
+    );
     let p = Publisher::new(server.config()).unwrap();
     let out = publish(&p, &evs).await;
     assert_exactly_once_or_failed(&server, &evs, &out).await;
@@ -593,7 +598,7 @@ async fn timeout_after_the_server_stored_the_batch_duplicates_with_the_same_eids
     for e in &evs {
         let copies: Vec<&String> = stored.iter().filter(|s| eid_of(s) == e.eid).collect();
         assert_eq!(copies.len(), 2, "the unanswered request and its retry");
-        assert!(copies.iter().all(|c| c.as_bytes() == &e.body[..]));
+        assert!(copies.iter().all(|c| c.as_bytes() == e.body()));
     }
     assert_eq!(stored.len(), 6);
 }

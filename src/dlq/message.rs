@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
@@ -82,7 +81,7 @@ impl DeadLetter {
         failure: &Failure,
     ) -> DeadLetter {
         let raw: &RawValue =
-            serde_json::from_slice(&event.body).expect("events are serialized JSON objects");
+            serde_json::from_slice(event.body()).expect("events are serialized JSON objects");
         let message = Message {
             event: Some(raw),
             record: None,
@@ -90,8 +89,8 @@ impl DeadLetter {
             source: Source {
                 stream_arn: stream_arn.to_owned(),
                 shard_id: shard.to_string(),
-                sequence_number: Some(event.sequence_number.clone()),
-                event_id: Some(event.event_id.clone()),
+                sequence_number: Some(event.sequence_number().to_owned()),
+                event_id: Some(event.event_id().to_owned()),
             },
             failure: FailureInfo {
                 reason: failure.reason.clone(),
@@ -197,13 +196,17 @@ pub fn event_from_body(body: &str) -> Result<(String, Event), String> {
     }
     let envelope: Envelope = serde_json::from_str(raw.get())
         .map_err(|e| format!("event has no valid metadata.eid: {e}"))?;
-    let event = Event {
-        eid: envelope.metadata.eid,
-        body: Bytes::copy_from_slice(raw.get().as_bytes()),
-        sequence_number: message.source.sequence_number.unwrap_or_default(),
-        event_id: message.source.event_id.unwrap_or_default(),
-        created_at_ms: 0,
-    };
+    let event = Event::new(
+        envelope.metadata.eid,
+        raw.get().as_bytes(),
+        message.source.event_id.as_deref().unwrap_or_default(),
+        message
+            .source
+            .sequence_number
+            .as_deref()
+            .unwrap_or_default(),
+        0,
+    );
     Ok((message.event_type, event))
 }
 
@@ -213,13 +216,13 @@ mod tests {
 
     fn event() -> Event {
         let body = r#"{"metadata":{"eid":"5f0c8a5e-3f8e-5d9a-9c1e-1f2b3c4d5e6f","occurred_at":"2026-11-22T06:16:10.123Z"},"data_op":"C","data_type":"t","data":{"item":{"n":12345678901234567890123456789012345678},"patch":[]}}"#;
-        Event {
-            eid: "5f0c8a5e-3f8e-5d9a-9c1e-1f2b3c4d5e6f".parse().unwrap(),
-            body: Bytes::from_static(body.as_bytes()),
-            sequence_number: "100".into(),
-            event_id: "e1".into(),
-            created_at_ms: 0,
-        }
+        Event::new(
+            "5f0c8a5e-3f8e-5d9a-9c1e-1f2b3c4d5e6f".parse().unwrap(),
+            body.as_bytes(),
+            "e1",
+            "100",
+            0,
+        )
     }
 
     fn failure() -> Failure {
@@ -250,9 +253,9 @@ mod tests {
         let (event_type, back) = event_from_body(&letter.body).unwrap();
         assert_eq!(event_type, "et");
         // Byte for byte: the 38-digit number and the eid are what was first published.
-        assert_eq!(back.body, event().body);
+        assert_eq!(back.body(), event().body());
         assert_eq!(back.eid, event().eid);
-        assert_eq!(back.sequence_number, "100");
+        assert_eq!(back.sequence_number(), "100");
     }
 
     #[test]
@@ -318,13 +321,13 @@ mod properties {
                 let eid = Uuid::from_u128(eid);
                 let body = json!({"metadata": {"eid": eid, "occurred_at": "2026-11-22T06:16:10.123Z"},
                                   "data_op": "U", "data_type": "t", "data": {"item": item, "patch": []}});
-                Event {
+                Event::new(
                     eid,
-                    body: Bytes::from(serde_json::to_vec(&body).unwrap()),
-                    sequence_number,
-                    event_id,
-                    created_at_ms: 0,
-                }
+                    &serde_json::to_vec(&body).unwrap(),
+                    &event_id,
+                    &sequence_number,
+                    0,
+                )
             },
         )
     }
@@ -373,7 +376,7 @@ mod properties {
     /// What the re-drain loop would publish from any body it gets: the event's own eid.
     fn check_any_body(body: &str) {
         if let Ok((_, event)) = event_from_body(body) {
-            let v: Value = serde_json::from_slice(&event.body).expect("a published event is JSON");
+            let v: Value = serde_json::from_slice(event.body()).expect("a published event is JSON");
             assert_eq!(
                 v["metadata"]["eid"]
                     .as_str()
@@ -399,10 +402,10 @@ mod properties {
             prop_assert_eq!(letter.eid, Some(event.eid.to_string()));
             let (back_type, back) = event_from_body(&letter.body).unwrap();
             prop_assert_eq!(back_type, event_type);
-            prop_assert_eq!(&back.body, &event.body);
+            prop_assert_eq!(&back.body(), &event.body());
             prop_assert_eq!(back.eid, event.eid);
-            prop_assert_eq!(back.sequence_number, event.sequence_number);
-            prop_assert_eq!(back.event_id, event.event_id);
+            prop_assert_eq!(back.sequence_number(), event.sequence_number());
+            prop_assert_eq!(back.event_id(), event.event_id());
             let v: Value = serde_json::from_str(&letter.body).unwrap();
             prop_assert_eq!(&v["failure"]["reason"], &json!(failure.reason));
             prop_assert_eq!(&v["failure"]["status"], &json!(failure.status));
@@ -410,7 +413,7 @@ mod properties {
         }
 
         #[test]
-        fn a_malformed_record_is_kept_whole(raw in prop_oneof![any::<String>(), event().prop_map(|e| String::from_utf8(e.body.to_vec()).unwrap())]) {
+        fn a_malformed_record_is_kept_whole(raw in prop_oneof![any::<String>(), event().prop_map(|e| String::from_utf8(e.body().to_vec()).unwrap())]) {
             let failure = TransformFailure {
                 sequence_number: Some("7".into()),
                 event_id: None,

@@ -267,24 +267,24 @@ impl Publisher {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut sendable = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
-            if event.body.len() <= MAX_EVENT_BYTES {
-                sendable.push((index, event.body.len()));
+            if event.body().len() <= MAX_EVENT_BYTES {
+                sendable.push((index, event.body().len()));
                 continue;
             }
             if config.on_failure == FailureMode::Block {
                 // Block mode never gives up on an event; whether this Nakadi takes it is its own
                 // call, and a refusal is retried and logged like any other.
-                warn!(shard_id = ctx.shard_id, sequence_number = %event.sequence_number, eid = %event.eid, bytes = event.body.len(), limit = MAX_EVENT_BYTES, "event is larger than Nakadi's default limit; sending it anyway (block mode)");
-                sendable.push((index, event.body.len()));
+                warn!(shard_id = ctx.shard_id, sequence_number = event.sequence_number(), eid = %event.eid, bytes = event.body().len(), limit = MAX_EVENT_BYTES, "event is larger than Nakadi's default limit; sending it anyway (block mode)");
+                sendable.push((index, event.body().len()));
                 continue;
             }
-            error!(shard_id = ctx.shard_id, sequence_number = %event.sequence_number, eid = %event.eid, bytes = event.body.len(), limit = MAX_EVENT_BYTES, "event is larger than Nakadi accepts; dead-lettering it without sending");
+            error!(shard_id = ctx.shard_id, sequence_number = event.sequence_number(), eid = %event.eid, bytes = event.body().len(), limit = MAX_EVENT_BYTES, "event is larger than Nakadi accepts; dead-lettering it without sending");
             let now = OffsetDateTime::now_utc();
             outcomes[index] = Some(Outcome::Failed(Failure {
                 kind: FailureKind::TooLarge,
                 reason: format!(
                     "the event is {} bytes, Nakadi accepts at most {MAX_EVENT_BYTES}",
-                    event.body.len()
+                    event.body().len()
                 ),
                 status: None,
                 attempts: 0,
@@ -331,14 +331,14 @@ impl Publisher {
             let (bytes, gzip) = body
                 .get_or_insert_with(|| {
                     batch::body(
-                        pending.iter().map(|&i| &events[i].body),
+                        pending.iter().map(|&i| events[i].body()),
                         config.gzip_min_bytes,
                     )
                 })
                 .clone();
             let flow_id = Uuid::new_v4();
-            let first_seq = events[pending[0]].sequence_number.as_str();
-            let last_seq = events[pending[pending.len() - 1]].sequence_number.as_str();
+            let first_seq = events[pending[0]].sequence_number();
+            let last_seq = events[pending[pending.len() - 1]].sequence_number();
             let request_bytes = bytes.len();
             let request = Request {
                 flow_id,
@@ -396,7 +396,7 @@ impl Publisher {
                     human(elapsed),
                     decided.detail
                 );
-                error!(%flow_id, shard_id = ctx.shard_id, first_sequence_number = %events[pending[0]].sequence_number, last_sequence_number = %events[pending[pending.len() - 1]].sequence_number, events = pending.len(), status, attempt, %reason, "publishing failed for good; the events go to the dead-letter queue");
+                error!(%flow_id, shard_id = ctx.shard_id, first_sequence_number = events[pending[0]].sequence_number(), last_sequence_number = events[pending[pending.len() - 1]].sequence_number(), events = pending.len(), status, attempt, %reason, "publishing failed for good; the events go to the dead-letter queue");
                 for i in pending {
                     outcomes[i] = Some(Outcome::Failed(Failure {
                         kind: FailureKind::RetriesExhausted,
@@ -472,7 +472,7 @@ impl Publisher {
 fn aborted(ctx: &PublishContext<'_>, events: &[Event], pending: &[usize]) -> Aborted {
     warn!(
         shard_id = ctx.shard_id,
-        first_sequence_number = %events[pending[0]].sequence_number,
+        first_sequence_number = events[pending[0]].sequence_number(),
         events = pending.len(),
         "shutdown deadline reached while publishing; the events are published again after restart"
     );

@@ -261,12 +261,18 @@ impl ShardWorker {
         let p = &self.pipeline;
         let mut events = Vec::with_capacity(page.len());
         let mut letters = Vec::new();
-        let mut last_seq = None;
+        // The page's last record: an event (its index; its sequence number is taken once, at the
+        // end) or another record's sequence number.
+        enum Last {
+            Event(usize),
+            Record(String),
+        }
+        let mut last = None;
         let mut newest_ms = None;
         for raw in page.records() {
             match p.filter.apply(raw, &p.settings) {
                 Filtered::Event(event) => {
-                    last_seq = Some(event.sequence_number.clone());
+                    last = Some(Last::Event(events.len()));
                     newest_ms = Some(event.created_at_ms);
                     events.push(event);
                 }
@@ -275,7 +281,7 @@ impl ShardWorker {
                     reason,
                 } => {
                     p.metrics.filtered(reason);
-                    last_seq = Some(sequence_number);
+                    last = Some(Last::Record(sequence_number));
                 }
                 Filtered::Failed { raw, failure } => {
                     error!(
@@ -284,7 +290,7 @@ impl ShardWorker {
                         "stream record cannot become an event; dead-lettering it"
                     );
                     if let Some(seq) = &failure.sequence_number {
-                        last_seq = Some(seq.clone());
+                        last = Some(Last::Record(seq.clone()));
                     }
                     letters.push(DeadLetter::malformed(
                         &p.stream_arn,
@@ -322,8 +328,10 @@ impl ShardWorker {
         if !letters.is_empty() {
             self.dead_letter(&letters).await?;
         }
-        let Some(last) = last_seq else {
-            return Ok(None);
+        let last = match last {
+            None => return Ok(None),
+            Some(Last::Event(i)) => events[i].sequence_number().to_owned(),
+            Some(Last::Record(seq)) => seq,
         };
         self.checkpoint(&Checkpoint::Sequence(last.clone())).await?;
         let lag = newest_ms.map_or(0, |ms| now_ms() - ms);

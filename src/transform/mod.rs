@@ -60,18 +60,85 @@ pub struct EventSettings {
 }
 
 /// One Nakadi event ready to publish, with where it came from. Also rebuilt from DLQ messages.
+///
+/// The serialized event, the record's eventID and its sequence number are one buffer (the
+/// fast path writes them into a thread's shared chunk): two `String`s of their own, a `malloc`
+/// and a `free` each, were 3% of the transform of a record.
 #[derive(Debug, Clone)]
 pub struct Event {
     /// `metadata.eid`: [`eid_for`] the record's eventID.
     pub eid: Uuid,
-    /// The serialized Nakadi event, a JSON object.
-    pub body: bytes::Bytes,
-    /// The stream record's `dynamodb.SequenceNumber`.
-    pub sequence_number: String,
-    /// The stream record's `eventID`.
-    pub event_id: String,
+    /// The body, then the eventID, then the sequence number.
+    data: bytes::Bytes,
+    body_len: u32,
+    event_id_len: u32,
     /// `ApproximateCreationDateTime` in milliseconds since the epoch (for lag).
     pub created_at_ms: i64,
+}
+
+impl Event {
+    /// An event of its parts, copied into one buffer.
+    pub fn new(
+        eid: Uuid,
+        body: &[u8],
+        event_id: &str,
+        sequence_number: &str,
+        created_at_ms: i64,
+    ) -> Event {
+        let mut data = Vec::with_capacity(body.len() + event_id.len() + sequence_number.len());
+        data.extend_from_slice(body);
+        data.extend_from_slice(event_id.as_bytes());
+        data.extend_from_slice(sequence_number.as_bytes());
+        Event::from_parts(eid, data.into(), body.len(), event_id.len(), created_at_ms)
+    }
+
+    /// An event whose `data` holds the body (`body_len` bytes), the eventID (`event_id_len`
+    /// bytes) and the sequence number, in that order.
+    fn from_parts(
+        eid: Uuid,
+        data: bytes::Bytes,
+        body_len: usize,
+        event_id_len: usize,
+        created_at_ms: i64,
+    ) -> Event {
+        let (body_len, event_id_len) = (
+            u32::try_from(body_len).expect("an event is far below 4 GiB"),
+            u32::try_from(event_id_len).expect("an eventID is far below 4 GiB"),
+        );
+        let event = Event {
+            eid,
+            data,
+            body_len,
+            event_id_len,
+            created_at_ms,
+        };
+        debug_assert!(
+            std::str::from_utf8(&event.data[body_len as usize..]).is_ok(),
+            "the eventID and sequence number are text"
+        );
+        event
+    }
+
+    /// The serialized Nakadi event, a JSON object.
+    pub fn body(&self) -> &[u8] {
+        &self.data[..self.body_len as usize]
+    }
+
+    /// The stream record's `eventID`.
+    pub fn event_id(&self) -> &str {
+        let at = self.body_len as usize;
+        text(&self.data[at..at + self.event_id_len as usize])
+    }
+
+    /// The stream record's `dynamodb.SequenceNumber`.
+    pub fn sequence_number(&self) -> &str {
+        text(&self.data[(self.body_len + self.event_id_len) as usize..])
+    }
+}
+
+/// Text the constructors copied from `str`s, whole.
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("copied from a str")
 }
 
 /// A record that could not become an event: the caller dead-letters it with the raw record.

@@ -133,13 +133,13 @@ fn build(
         partition_compaction_key,
     };
     let body = envelope(metadata, data_op, &settings.data_type, item, &patch);
-    Ok(Event {
+    Ok(Event::new(
         eid,
-        body: body.into(),
-        sequence_number: sequence_number.to_owned(),
-        event_id: event_id.to_owned(),
+        &body,
+        event_id,
+        sequence_number,
         created_at_ms,
-    })
+    ))
 }
 
 /// See `Writer::compaction_key` in the fast path for the format and why.

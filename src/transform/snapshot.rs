@@ -64,13 +64,7 @@ pub fn snapshot_event(
         partition_compaction_key,
     };
     let body = reference::envelope(metadata, "S", &settings.data_type, &item, &patch);
-    Ok(Event {
-        eid,
-        body: body.into(),
-        sequence_number: String::new(),
-        event_id,
-        created_at_ms: scanned_at_ms,
-    })
+    Ok(Event::new(eid, &body, &event_id, "", scanned_at_ms))
 }
 
 #[cfg(test)]
@@ -97,7 +91,7 @@ mod tests {
     }
 
     fn body(event: &Event) -> Value {
-        serde_json::from_slice(&event.body).unwrap()
+        serde_json::from_slice(event.body()).unwrap()
     }
 
     fn order() -> Value {
@@ -151,7 +145,7 @@ mod tests {
             &settings(None),
         )
         .unwrap();
-        let text = std::str::from_utf8(&s.body).unwrap();
+        let text = std::str::from_utf8(s.body()).unwrap();
         assert!(text.contains(r#""precise":12345678901234567890.123456789012345678"#));
         assert!(text.contains(r#""huge":9.9999999999999999999999999999999999999e+125"#));
         assert!(text.starts_with(r#"{"metadata":{"eid":""#), "{text}");
@@ -201,9 +195,9 @@ mod tests {
         };
         let (first, again) = (event(1_000), event(2_000));
         assert_eq!(first.eid, again.eid);
-        assert_eq!(first.event_id, r#"snapshot:orders:["order-42",17]"#);
-        assert_eq!(first.eid, eid_for(&first.event_id));
-        assert_ne!(first.body, again.body, "occurred_at is the scan time");
+        assert_eq!(first.event_id(), r#"snapshot:orders:["order-42",17]"#);
+        assert_eq!(first.eid, eid_for(first.event_id()));
+        assert_ne!(first.body(), again.body(), "occurred_at is the scan time");
     }
 
     #[test]

@@ -179,13 +179,13 @@ fn event(n: usize) -> Event {
     let body = format!(
         r#"{{"metadata":{{"eid":"{eid}","occurred_at":"2026-01-01T00:00:00.000Z"}},"data_op":"C","data_type":"t","data":{{"item":{{"n":{n},"amount":1.50}},"patch":[]}}}}"#
     );
-    Event {
+    Event::new(
         eid,
-        body: Bytes::from(body),
-        sequence_number: format!("{:021}", 100 + n),
-        event_id: format!("ev-{n}"),
-        created_at_ms: 0,
-    }
+        body.as_bytes(),
+        &format!("ev-{n}"),
+        &format!("{:021}", 100 + n),
+        0,
+    )
 }
 
 fn events(n: usize) -> Vec<Event> {
@@ -263,7 +263,7 @@ async fn delivers_in_order_split_by_count_and_bytes() {
 
     // Bytes: each event is the same size, so a limit of two events' array makes pairs.
     let nakadi = Nakadi::script(vec![]);
-    let two = batch::array_len([evs[0].body.len(), evs[1].body.len()]);
+    let two = batch::array_len([evs[0].body().len(), evs[1].body().len()]);
     let p = publisher(
         PublisherConfig {
             batch_bytes: two,
@@ -279,7 +279,7 @@ async fn delivers_in_order_split_by_count_and_bytes() {
 #[tokio::test(start_paused = true)]
 async fn body_is_the_events_joined_verbatim_and_gzipped_from_the_threshold() {
     let evs = events(3);
-    let expected = batch::json_array(evs.iter().map(|e| &e.body));
+    let expected = batch::json_array(evs.iter().map(|e| e.body()));
     for (threshold, gzip) in [(expected.len() + 1, false), (expected.len(), true)] {
         let nakadi = Nakadi::script(vec![]);
         let p = publisher(
@@ -300,13 +300,10 @@ async fn body_is_the_events_joined_verbatim_and_gzipped_from_the_threshold() {
 }
 
 fn huge_event(n: usize) -> Event {
-    let mut e = event(n);
+    let e = event(n);
     let pad = "x".repeat(MAX_EVENT_BYTES);
-    e.body = Bytes::from(format!(
-        r#"{{"metadata":{{"eid":"{}"}},"pad":"{pad}"}}"#,
-        e.eid
-    ));
-    e
+    let body = format!(r#"{{"metadata":{{"eid":"{}"}},"pad":"{pad}"}}"#, e.eid);
+    Event::new(e.eid, body.as_bytes(), e.event_id(), e.sequence_number(), 0)
 }
 
 #[tokio::test(start_paused = true)]
@@ -369,7 +366,7 @@ async fn partial_207_resends_only_what_was_not_submitted() {
     assert_eq!(seen[1].eids, vec![evs[1].eid, evs[3].eid]);
     assert_eq!(
         seen[1].json,
-        batch::json_array([&evs[1].body, &evs[3].body]),
+        batch::json_array([evs[1].body(), evs[3].body()]),
         "same bytes again"
     );
     let after = METRICS
