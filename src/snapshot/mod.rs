@@ -41,7 +41,7 @@ use crate::metrics;
 use crate::nakadi::{Outcome, PublishContext, Publisher};
 use crate::retry::Backoff;
 use crate::stream::ShardId;
-use crate::transform::{Event, EventSettings, TransformFailure, snapshot_event};
+use crate::transform::{EventSettings, TransformFailure, snapshot_event};
 
 /// Scan failures other than throttling, in a row, before a segment gives up. Its progress is
 /// saved, so the next run continues it.
@@ -529,14 +529,9 @@ impl Snapshot {
                 &self.key_attributes,
                 scanned_at_ms,
                 &self.settings,
+                &source,
             ) {
-                Ok(event) => events.push(Event::new(
-                    event.eid,
-                    event.body(),
-                    event.event_id(),
-                    &source,
-                    event.created_at_ms,
-                )),
+                Ok(event) => events.push(event),
                 Err(error) => {
                     error!(segment, %error, "scanned item cannot become an event; dead-lettering it");
                     let failure = TransformFailure {

@@ -164,9 +164,10 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
 }
 
 /// Where a thread writes its events, each its body, eventID and sequence number: slices of
-/// shared chunks, so that an event is not an allocation of its own. Allocating and freeing each event's body, 1.7 KB for the benchmark's
-/// order (above the allocator's per-thread cache), was a twentieth of the relay's CPU. A chunk
-/// is freed when its last event is (once published), which is some tens of events later.
+/// shared chunks, so that an event is not an allocation of its own. Allocating and freeing each
+/// event's body, 1.7 KB for the benchmark's order (above the allocator's per-thread cache), was a
+/// twentieth of the relay's CPU. A chunk is freed when its last event is (once published), which
+/// is some tens of events later.
 #[derive(Default)]
 struct Events(BytesMut);
 

@@ -438,7 +438,7 @@ impl<'a> Renderer<'a> {
         p.expect(b':')?;
         match tag {
             b"S" => self.string(p, out)?,
-            b"N" => write_number(out, p.string()?)?,
+            b"N" => write_number(out, p.str()?)?,
             b"B" => {
                 p.whitespace();
                 let at = p.at;
@@ -486,7 +486,7 @@ impl<'a> Renderer<'a> {
             b"NS" => {
                 self.numbers.clear();
                 p.elements(|p| {
-                    self.numbers.push(number_text(p.string()?)?);
+                    self.numbers.push(number::canonical(p.str()?)?);
                     Some(())
                 })?;
                 self.numbers
@@ -658,19 +658,15 @@ fn write_plain(out: &mut Vec<u8>, p: &Parser<'_>, tag: u8, value: Range<usize>) 
         _ if number::is_plain_decimal(&p.bytes[value.clone()]) => {
             out.extend_from_slice(&p.bytes[value]);
         }
-        _ => write_number(out, Text::Plain(&p.bytes[value]))?,
+        _ => write_number(out, p.text.get(value)?)?,
     }
     Some(())
 }
 
-fn write_number(out: &mut Vec<u8>, text: Text<'_>) -> Option<()> {
-    out.extend_from_slice(number_text(text)?.as_bytes());
+/// An `N`'s text in serde_json's spelling; `None` if it is not a JSON number.
+fn write_number(out: &mut Vec<u8>, text: &str) -> Option<()> {
+    out.extend_from_slice(number::canonical(text)?.as_bytes());
     Some(())
-}
-
-/// An `N`'s text in serde_json's spelling, `None` if it is not a JSON number.
-fn number_text(text: Text<'_>) -> Option<Cow<'_, str>> {
-    number::canonical(text.to_str()?)
 }
 
 fn write_array<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec<u8>, &T)) {

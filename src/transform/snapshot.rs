@@ -28,13 +28,14 @@ fn snapshot_eid_name(table: &str, key: &[Value]) -> String {
 /// `image` is the item in DynamoDB JSON, as in a stream record's `NewImage`
 /// (`{"pk":{"S":"a"},"n":{"N":"1.50"}}`); `key_attributes` are the table's key attribute names
 /// in key-schema order. The returned event's `event_id` is the eid's name; its `sequence_number`
-/// is empty, for the caller to say where the item came from.
+/// is `source`, where the caller says the item came from.
 pub fn snapshot_event(
     table: &str,
     image: Map<String, Value>,
     key_attributes: &[String],
     scanned_at_ms: i64,
     settings: &EventSettings,
+    source: &str,
 ) -> Result<Event, TransformError> {
     let mut holder = Map::new();
     holder.insert("Item".to_owned(), Value::Object(image));
@@ -64,7 +65,7 @@ pub fn snapshot_event(
         partition_compaction_key,
     };
     let body = reference::envelope(metadata, "S", &settings.data_type, &item, &patch);
-    Ok(Event::new(eid, &body, &event_id, "", scanned_at_ms))
+    Ok(Event::new(eid, &body, &event_id, source, scanned_at_ms))
 }
 
 #[cfg(test)]
@@ -119,6 +120,7 @@ mod tests {
                 &["pk".into(), "sk".into()],
                 1_763_792_170_100,
                 &settings,
+                "",
             )
             .unwrap();
             let c = transform_reference(&insert(&image), &settings).unwrap();
@@ -143,6 +145,7 @@ mod tests {
             &["pk".into()],
             0,
             &settings(None),
+            "",
         )
         .unwrap();
         let text = std::str::from_utf8(s.body()).unwrap();
@@ -190,6 +193,7 @@ mod tests {
                 &["pk".into(), "sk".into()],
                 at,
                 &settings(None),
+                "",
             )
             .unwrap()
         };
@@ -208,6 +212,7 @@ mod tests {
             &["pk".into()],
             0,
             &settings(None),
+            "",
         )
         .unwrap_err();
         assert!(no_key.to_string().contains("\"pk\""), "{no_key}");
@@ -220,6 +225,7 @@ mod tests {
             &["pk".into()],
             0,
             &settings(None),
+            "",
         )
         .unwrap_err();
         assert!(

@@ -45,15 +45,6 @@ impl<'a> Text<'a> {
             Text::Decoded(s) => s.as_bytes(),
         }
     }
-
-    /// The text as a `str`, where one is needed (a number in a form of its own, rare): checked
-    /// as UTF-8 there, which cannot fail.
-    pub(crate) fn to_str(self) -> Option<&'a str> {
-        match self {
-            Text::Plain(b) => std::str::from_utf8(b).ok(),
-            Text::Decoded(s) => Some(s),
-        }
-    }
 }
 
 /// An attribute name, with its first 16 bytes as an integer (zero-padded, big-endian) for
@@ -309,10 +300,10 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// A string as a `str`: a plain one is sliced from the record's text, which checks only
-    /// that its ends are char boundaries (they are, next to quotes), where taking its bytes as a
-    /// `str` checked all of them again (1% of a MODIFY's instructions, for the eventID and the
-    /// sequence number).
+    /// A string as a `str` (the eventID, the sequence number, a number's text): a plain one is
+    /// sliced from the record's text, which checks only that its ends are char boundaries (they
+    /// are, next to quotes), where taking its bytes as a `str` checked all of them again (1% of
+    /// a MODIFY's instructions).
     pub(crate) fn str(&mut self) -> Option<&'a str> {
         self.whitespace();
         let quote = self.at;
