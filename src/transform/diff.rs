@@ -2,11 +2,11 @@
 //! order, written as they are found.
 //!
 //! The old image is read against the new one, which is already read and written ([`Image`]):
-//! DynamoDB sends both images' attributes in the same order, so each old member is first
-//! compared as text with the new member after the last one matched, and an equal member is
-//! skipped after that one comparison of bytes. A changed map or list is walked the same way, its
+//! DynamoDB sends both images' attributes in the same order, so the old text is compared as one
+//! run of bytes with the new members from the one after the last matched, and every member it
+//! covers whole is skipped (`Parser::skip_run`). A changed map or list is walked the same way, its
 //! members or items compared as text with the new value's, so a list of maps where one item
-//! changed costs one comparison per other item. Any other changed value is written as JSON
+//! changed costs little more than comparing its bytes. Any other changed value is written as JSON
 //! (which checks it) and diffed with the new value's JSON: both are canonical (`render`), so
 //! values are equal exactly when their texts are. Old members the new image lacks are checked
 //! and removed.
@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 
 use crate::transform::number;
-use crate::transform::render::{Image, Renderer, escape, recycle};
+use crate::transform::render::{Image, Member, Renderer, escape, recycle};
 use crate::transform::wire::{Name, Parser, Text, equal, string_end, value_end};
 
 /// The operations written so far, each as `,{"op":…}` (so the array's text is all but the first
@@ -117,12 +117,16 @@ impl Patch {
         if !p.eat(b'}') {
             loop {
                 p.whitespace();
-                if next < new.members.len() && p.skip_same(new.members[next].wire(record)) {
-                    if self.olds[olds + next] != Old::Missing {
-                        return None;
+                let spans = new.members[next..].iter().map(Member::span);
+                let same = p.skip_run(spans);
+                if same > 0 {
+                    for old in &mut self.olds[olds + next..olds + next + same] {
+                        if *old != Old::Missing {
+                            return None;
+                        }
+                        *old = Old::Same;
                     }
-                    self.olds[olds + next] = Old::Same;
-                    next += 1;
+                    next += same;
                 } else {
                     let name = Name::new(p.string()?);
                     p.expect(b':')?;
@@ -207,24 +211,33 @@ impl Patch {
         r: &mut Renderer<'a>,
         items: std::ops::Range<usize>,
     ) -> Option<()> {
-        let record = p.bytes;
         let count = items.len();
-        let item = |r: &Renderer<'a>, i: usize| (i < count).then(|| r.list_item(items.start + i));
         let mut i = 0;
-        p.elements(|p| {
-            p.whitespace();
-            match item(r, i) {
-                Some((start, end)) if p.skip_same(&record[start..end]) => {}
-                Some((start, _)) => {
-                    let path = self.push_index(i);
-                    self.value(p, r, start, None)?;
-                    self.path.truncate(path);
+        p.expect(b'[')?;
+        p.enter()?;
+        if !p.eat(b']') {
+            loop {
+                p.whitespace();
+                let same = p.skip_run((items.start + i..items.end).map(|k| r.list_item(k)));
+                if same > 0 {
+                    i += same;
+                } else {
+                    if i < count {
+                        let (start, _) = r.list_item(items.start + i);
+                        let path = self.push_index(i);
+                        self.value(p, r, start, None)?;
+                        self.path.truncate(path);
+                    } else {
+                        self.check(p, r)?;
+                    }
+                    i += 1;
                 }
-                None => self.check(p, r)?,
+                if !p.next_or(b']')? {
+                    break;
+                }
             }
-            i += 1;
-            Some(())
-        })?;
+        }
+        p.leave();
         let path = self.push_index(count.min(i));
         for _ in count..i {
             op(&mut self.ops, &self.path, Op::Remove, None);

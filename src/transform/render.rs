@@ -51,9 +51,9 @@ impl<'a> Member<'a> {
         }
     }
 
-    /// The member's text in the record, `"name":value`.
-    pub(crate) fn wire<'t>(&self, record: &'t [u8]) -> &'t [u8] {
-        &record[self.at as usize..self.end as usize]
+    /// Where the member's text is in the record, `"name":value`.
+    pub(crate) fn span(&self) -> (usize, usize) {
+        (self.at as usize, self.end as usize)
     }
 
     /// The value's text in the record.
