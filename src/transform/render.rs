@@ -572,7 +572,12 @@ impl Orders {
         }
         let (last, moved) = &mut self.0[n];
         let name = |i: u32| &members[i as usize].name;
-        if last.len() == n && last.windows(2).all(|w| name(w[0]) < name(w[1])) {
+        // Names mostly differ in their first eight bytes: compared by those alone first.
+        let ascend = |w: &[u32]| {
+            let (a, b) = (name(w[0]), name(w[1]));
+            a.key.0 < b.key.0 || (a.key.0 == b.key.0 && a < b)
+        };
+        if last.len() == n && last.windows(2).all(ascend) {
             sorted.copy_from_slice(last);
             return Some(*moved);
         }
