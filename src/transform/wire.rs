@@ -504,29 +504,37 @@ pub(crate) fn equal(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-/// How many bytes `a` and `b` begin with in common: compared 64 at a time (four SSE2
-/// comparisons, one test), as runs of equal members are mostly some hundred bytes and more.
+/// How many bytes `a` and `b` begin with in common: compared 64 at a time, as runs of equal
+/// members are mostly some hundred bytes and more; the four comparisons' masks are one integer,
+/// so the first difference is found without comparing its block again.
 pub(crate) fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
-    let chunk = |s: &[u8], at: usize| u8x16::new(s[at..at + 16].try_into().expect("16 bytes"));
-    let eq = |at: usize| chunk(a, at).cmp_eq(chunk(b, at));
+    let (a, b) = (&a[..n], &b[..n]);
+    let lanes = |s: &[u8]| u8x16::new(s.try_into().expect("16 bytes"));
     let mut at = 0;
-    while at + 64 <= n {
-        if (eq(at) & eq(at + 16) & eq(at + 32) & eq(at + 48)).move_mask() != 0xffff {
-            break;
+    for (x, y) in a.chunks_exact(64).zip(b.chunks_exact(64)) {
+        let eq = |k: usize| {
+            let same = lanes(&x[k..k + 16])
+                .cmp_eq(lanes(&y[k..k + 16]))
+                .move_mask();
+            u64::from(same as u16) << k
+        };
+        let same = eq(0) | eq(16) | eq(32) | eq(48);
+        if same != u64::MAX {
+            return at + (!same).trailing_zeros() as usize;
         }
         at += 64;
     }
-    while at + 16 <= n {
-        let same = eq(at).move_mask();
+    for (x, y) in a[at..].chunks_exact(16).zip(b[at..].chunks_exact(16)) {
+        let same = lanes(x).cmp_eq(lanes(y)).move_mask();
         if same != 0xffff {
             return at + (!same).trailing_zeros() as usize;
         }
         at += 16;
     }
-    at + a[at..n]
+    at + a[at..]
         .iter()
-        .zip(&b[at..n])
+        .zip(&b[at..])
         .take_while(|(x, y)| x == y)
         .count()
 }
