@@ -292,7 +292,7 @@ impl<'a> Renderer<'a> {
                             }
                             false => at,
                         };
-                        out.extend_from_slice(&p.bytes[from..value_at]);
+                        copy(out, p.bytes, from..value_at);
                         let out_value = out.len();
                         write_plain(out, p, tag, value)?;
                         (
@@ -370,7 +370,7 @@ impl<'a> Renderer<'a> {
                 member.end as usize,
             );
             member.out_at = out.len() as u32;
-            out.extend_from_slice(&p.bytes[at..value_at]);
+            copy(out, p.bytes, at..value_at);
             member.out_value = out.len() as u32;
             // `{"S":"text"}`: the tag, and the text without its quotes.
             write_plain(out, p, p.bytes[value_at + 2], value_at + 6..end - 2)?;
@@ -659,13 +659,31 @@ fn write_text(out: &mut Vec<u8>, text: &Text<'_>, wire: &[u8]) {
 #[inline(always)]
 fn write_plain(out: &mut Vec<u8>, p: &Parser<'_>, tag: u8, value: Range<usize>) -> Option<()> {
     match tag {
-        b'S' => out.extend_from_slice(&p.bytes[value.start - 1..value.end + 1]),
+        b'S' => copy(out, p.bytes, value.start - 1..value.end + 1),
         _ if number::is_plain_decimal(&p.bytes[value.clone()]) => {
-            out.extend_from_slice(&p.bytes[value]);
+            copy(out, p.bytes, value);
         }
         _ => write_number(out, p.text.get(value)?)?,
     }
     Some(())
+}
+
+/// Appends `bytes[range]` to `out`. A text of up to 32 bytes (most names and values) is copied
+/// as 32 bytes, a length the compiler copies in two vector moves, and cut back: a `memcpy` call
+/// for a length it does not know took some 25 instructions, and the call itself more time than
+/// those (1.5% of a MODIFY, 3% of an INSERT, in alternating runs).
+#[inline(always)]
+fn copy(out: &mut Vec<u8>, bytes: &[u8], range: Range<usize>) {
+    let len = range.len();
+    match bytes.get(range.start..range.start + 32) {
+        Some(block) if len <= 32 => {
+            let at = out.len();
+            let block: &[u8; 32] = block.try_into().expect("32 bytes");
+            out.extend_from_slice(block);
+            out.truncate(at + len);
+        }
+        _ => out.extend_from_slice(&bytes[range]),
+    }
 }
 
 /// An `N`'s text in serde_json's spelling; `None` if it is not a JSON number.
