@@ -795,6 +795,17 @@ mod tests {
     }
 
     #[test]
+    fn copies_texts_of_any_length_anywhere() {
+        let bytes: Vec<u8> = (0..100).collect();
+        for range in [0..0, 3..10, 0..32, 60..92, 68..100, 90..100, 5..38, 0..100] {
+            let mut out = b"head".to_vec();
+            copy(&mut out, &bytes, range.clone());
+            assert_eq!(out[..4], *b"head");
+            assert_eq!(out[4..], bytes[range.clone()], "{range:?}");
+        }
+    }
+
+    #[test]
     fn recycling_keeps_the_allocation() {
         let text = String::from("name");
         let mut members = vec![member(&text)];
