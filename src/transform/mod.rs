@@ -20,8 +20,7 @@
 //!
 //! What bounds the fast path is reading and writing the new image: every byte of it is scanned,
 //! every value checked and copied, every map's members put in name order. Of the old image only
-//! what changed is read; the rest is one comparison of bytes per attribute (per item, inside a
-//! changed list).
+//! what changed is read; the rest is compared with the new image's text as runs of bytes.
 
 mod diff;
 mod event;
