@@ -213,31 +213,25 @@ impl Patch {
     ) -> Option<()> {
         let count = items.len();
         let mut i = 0;
-        p.expect(b'[')?;
-        p.enter()?;
-        if !p.eat(b']') {
-            loop {
-                p.whitespace();
-                let same = p.skip_run((items.start + i..items.end).map(|k| r.list_item(k)));
-                if same > 0 {
-                    i += same;
-                } else {
-                    if i < count {
-                        let (start, _) = r.list_item(items.start + i);
-                        let path = self.push_index(i);
-                        self.value(p, r, start, None)?;
-                        self.path.truncate(path);
-                    } else {
-                        self.check(p, r)?;
-                    }
-                    i += 1;
-                }
-                if !p.next_or(b']')? {
-                    break;
-                }
+        // An element here is a run of items the same as the new list's, or one other item.
+        p.elements(|p| {
+            p.whitespace();
+            let same = p.skip_run((items.start + i..items.end).map(|k| r.list_item(k)));
+            if same > 0 {
+                i += same;
+                return Some(());
             }
-        }
-        p.leave();
+            if i < count {
+                let (start, _) = r.list_item(items.start + i);
+                let path = self.push_index(i);
+                self.value(p, r, start, None)?;
+                self.path.truncate(path);
+            } else {
+                self.check(p, r)?;
+            }
+            i += 1;
+            Some(())
+        })?;
         let path = self.push_index(count.min(i));
         for _ in count..i {
             op(&mut self.ops, &self.path, Op::Remove, None);

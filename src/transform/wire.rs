@@ -241,7 +241,7 @@ impl<'a> Parser<'a> {
     /// ([`Parser::skip_same`]); how many. The spans are text already read and checked, one
     /// after the other in the record with only commas and whitespace between them: an object's
     /// members or an array's items. The old image's members are mostly its new image's, in the
-    /// same order, so they are compared as one run of bytes, sixteen at a time, not each on its
+    /// same order, so they are compared as one run of bytes ([`common_prefix`]), not each on its
     /// own with a step of the reader between (some hundred instructions per member).
     pub(crate) fn skip_run(&mut self, spans: impl IntoIterator<Item = (usize, usize)>) -> usize {
         let mut spans = spans.into_iter();
@@ -507,7 +507,7 @@ pub(crate) fn equal(a: &[u8], b: &[u8]) -> bool {
 /// How many bytes `a` and `b` begin with in common: compared 64 at a time, as runs of equal
 /// members are mostly some hundred bytes and more; the four comparisons' masks are one integer,
 /// so the first difference is found without comparing its block again.
-pub(crate) fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let lanes = |s: &[u8]| u8x16::new(s.try_into().expect("16 bytes"));
