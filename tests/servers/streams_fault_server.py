@@ -29,7 +29,11 @@ Control API (same port, plain JSON over HTTP, no X-Amz-Target):
   POST /_test/reset-calls
   GET  /_test/shards?stream_arn=...  shards with record counts, open/closed
   POST /_test/generate         fill every open shard quickly (benchmarks)
-  POST /_test/reset            forget all streams, throttles and counts
+  POST /_test/lifecycle        a "compressed day": background rollovers, splits,
+                               retention trimming and aging-out of closed shards
+  GET  /_test/lifecycle-report?stream_arn=...  rollovers, removed shards, and
+                               every record trimmed or removed before it was served
+  POST /_test/reset            forget all streams, throttles and counts; stop lifecycles
 The request/response shapes are documented on each handler below.
 
 CLI: streams_fault_server.py --port 0 [--host 127.0.0.1] [--region eu-central-1] [--verbose]
@@ -231,7 +235,8 @@ class GeneratedRun:
 
 class Shard:
     __slots__ = ("shard_id", "parent_id", "hash_lo", "hash_hi", "start_seq", "end_seq",
-                 "seqs", "recs", "times", "sizes", "trim_index")
+                 "seqs", "recs", "times", "sizes", "trim_index", "added_at", "added_from",
+                 "closed_at", "removed_at", "served")
 
     def __init__(self, shard_id: str, parent_id: str | None, hash_lo: int, hash_hi: int,
                  start_seq: int):
@@ -252,6 +257,18 @@ class Shard:
         # Records [0, trim_index) are trimmed (gone). Records are never removed
         # from the lists, so an index is a stable position for iterators.
         self.trim_index = 0
+        # Append times, for retention. Not ApproximateCreationDateTime (a test
+        # may set that into the past): the time the server took the record.
+        # Run-length encoded, one entry per append call: records
+        # [added_from[k], added_from[k+1]) were appended at added_at[k].
+        # Both lists are non-decreasing, so retention is one bisect.
+        self.added_at: list[float] = []
+        self.added_from: list[int] = []
+        self.closed_at: float | None = None  # epoch seconds, set when closed
+        self.removed_at: float | None = None  # set when it aged out of the stream
+        # Record indexes ever returned by GetRecords: sorted, disjoint, merged
+        # half-open [lo, hi) intervals (usually just one).
+        self.served: list[list[int]] = []
 
     @property
     def is_open(self) -> bool:
@@ -260,6 +277,61 @@ class Shard:
     def record(self, i: int) -> bytes:
         r = self.recs[i]
         return r if isinstance(r, bytes) else r.render(i, self.seqs[i])
+
+    def event_id(self, i: int) -> str:
+        # Every record starts with {"eventID":"<id>" (see record_bytes).
+        r = self.record(i)
+        return r[12:r.index(b'"', 12)].decode()
+
+    def note_appended(self, first_index: int, t: float):
+        """Records from `first_index` on were appended at `t` (call before
+        adding them to the lists)."""
+        if self.added_at and self.added_from[-1] == first_index:
+            self.added_at[-1] = max(self.added_at[-1], t)  # nothing was added at the old time
+        elif not self.added_at or t > self.added_at[-1]:
+            self.added_at.append(t)
+            self.added_from.append(first_index)
+        # else: same time (or the clock stepped back): the run goes on.
+
+    def appended_before(self, cutoff: float) -> int:
+        """How many records (from the head) were appended before `cutoff`."""
+        k = bisect.bisect_left(self.added_at, cutoff)
+        return len(self.seqs) if k >= len(self.added_at) else self.added_from[k]
+
+    def mark_served(self, lo: int, hi: int):
+        """GetRecords returned records [lo, hi)."""
+        if lo >= hi:
+            return
+        iv = self.served
+        last = iv[-1] if iv else None
+        if last is not None and last[0] <= lo <= last[1]:  # the usual case: reading on
+            last[1] = max(last[1], hi)
+            return
+        merged = []
+        for a, b in sorted(iv + [[lo, hi]]):
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        self.served[:] = merged
+
+    def served_count(self) -> int:
+        return sum(b - a for a, b in self.served)
+
+    def unserved(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The parts of [lo, hi) that GetRecords never returned."""
+        out = []
+        for a, b in self.served:
+            if b <= lo:
+                continue
+            if a >= hi:
+                break
+            if a > lo:
+                out.append((lo, a))
+            lo = max(lo, b)
+        if lo < hi:
+            out.append((lo, hi))
+        return out
 
     def describe(self) -> dict:
         rng = {"StartingSequenceNumber": str(self.start_seq)}
@@ -293,11 +365,44 @@ class Stream:
         # Iterators carry the serial number they were issued with; those below
         # this were expired by /_test/expire-iterators.
         self.expired_below = 0
+        # Shards that aged out (/_test/remove-shard or lifecycle retention), in
+        # removal order; no longer in `shards`/`by_id`.
+        self.removed: list[Shard] = []
+        # Records trimmed or removed before any GetRecords returned them:
+        # (shard, lo, hi, reason) for record indexes [lo, hi) of the shard.
+        self.lost: list[tuple[Shard, int, int, str]] = []
+        # /_test/lifecycle: the running background thread, if any, and what
+        # all lifecycle runs on this stream did so far.
+        self.lifecycle: Lifecycle | None = None
+        self.rollovers = 0
+        self.splits = 0
+        self.history: list[dict] = []
+        self.lifecycle_error: str | None = None  # a lifecycle thread died of a bug
 
     def take_seq(self) -> int:
         s = self.next_seq
         self.next_seq += SEQUENCE_STEP
         return s
+
+    def trim_to(self, shard: Shard, index: int, reason: str):
+        """Trim records [0, index) of a shard (never un-trims); the ones never
+        served are remembered as lost."""
+        index = min(index, len(shard.seqs))
+        if index <= shard.trim_index:
+            return
+        for lo, hi in shard.unserved(shard.trim_index, index):
+            self.lost.append((shard, lo, hi, reason))
+        shard.trim_index = index
+
+    def remove(self, shard: Shard, reason: str):
+        """A closed shard ages out: gone from DescribeStream and by_id; its
+        untrimmed records that were never served are lost."""
+        for lo, hi in shard.unserved(shard.trim_index, len(shard.seqs)):
+            self.lost.append((shard, lo, hi, reason))
+        self.shards.remove(shard)
+        del self.by_id[shard.shard_id]
+        shard.removed_at = time.time()
+        self.removed.append(shard)
 
     def open_shards(self) -> list[Shard]:
         return [s for s in self.shards if s.is_open]
@@ -323,6 +428,14 @@ class State:
         self.calls = {op: 0 for op in OPERATIONS}
         # operation -> list of [error code, remaining, message]
         self.faults: dict[str, list] = {}
+
+    def stop_lifecycles(self):
+        """Stop every lifecycle thread (lock held). The threads notice at
+        their next tick and exit; nothing is joined under the lock."""
+        for stream in self.streams.values():
+            if stream.lifecycle is not None:
+                stream.lifecycle.stop()
+                stream.lifecycle = None
 
     # ---- helpers (call with the lock held) ----
 
@@ -370,6 +483,88 @@ class State:
             return p["a"], p["s"], int(p["i"]), float(p["t"]), int(p["n"])
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise ApiError("ValidationException", "Invalid ShardIterator") from None
+
+
+# --------------------------------------------------------------------------
+# Lifecycle: a stream's life in fast motion
+# --------------------------------------------------------------------------
+
+# Seconds between retention passes (rollovers are timed to the tick they are due).
+LIFECYCLE_TICK = 0.1
+
+
+class Lifecycle:
+    """The background thread behind POST /_test/lifecycle: DynamoDB's shard
+    life cycle on a short clock. Every `rollover_every` seconds each open shard
+    closes and gets one child (two for one shard at the rollover numbers in
+    `split_at`); every tick, records appended more than `retention` seconds
+    ago are trimmed and closed shards that closed more than `retention` ago
+    leave the stream (as /_test/remove-shard). All of it under the state lock.
+    """
+
+    def __init__(self, st: State, stream: Stream, rollover_every: float | None,
+                 retention: float | None, split_at: list[int]):
+        self.st = st
+        self.stream = stream
+        self.rollover_every = rollover_every  # None: no rollovers
+        self.retention = retention  # None: nothing ages out
+        self.split_at = sorted(set(split_at))
+        self.started = time.time()
+        self.next_rollover = None if rollover_every is None else self.started + rollover_every
+        self._stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"lifecycle {stream.table}/{stream.label}")
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self._stopped.set()
+
+    def _run(self):
+        while True:
+            wait = LIFECYCLE_TICK
+            if self.next_rollover is not None:
+                wait = min(wait, max(0.0, self.next_rollover - time.time()))
+            if self._stopped.wait(wait):
+                return
+            with self.st.lock:
+                # Stopped, replaced or reset while this thread waited.
+                if self._stopped.is_set() or self.stream.lifecycle is not self:
+                    return
+                try:
+                    self.step(time.time())
+                except Exception as e:  # a bug: say so in the report and stop
+                    traceback.print_exc()
+                    self.stream.lifecycle_error = f"{type(e).__name__}: {e}"
+                    self.stream.lifecycle = None
+                    return
+
+    def step(self, now: float):
+        """One tick (lock held): a rollover if one is due, then retention."""
+        stream = self.stream
+        if self.next_rollover is not None and now >= self.next_rollover:
+            stream.rollovers += 1
+            n = stream.rollovers
+            split = n in self.split_at
+            children = {}
+            # Shard ids sort in creation order: the first open shard splits.
+            for k, shard in enumerate(sorted(stream.open_shards(), key=lambda s: s.shard_id)):
+                children[shard.shard_id] = _split(self.st, stream, shard, 2 if split and k == 0 else 1)
+            if split:
+                stream.splits += 1
+            stream.history.append({"rollover": n, "time": round(now, 3), "split": split,
+                                   "children": children})
+            self.next_rollover += self.rollover_every
+            if self.next_rollover <= now:  # fell behind (a stalled machine): no burst
+                self.next_rollover = now + self.rollover_every
+        if self.retention is not None:
+            cutoff = now - self.retention
+            for shard in list(stream.shards):
+                stream.trim_to(shard, shard.appended_before(cutoff), "retention")
+                if (shard.closed_at is not None and shard.closed_at < cutoff
+                        and shard.trim_index >= len(shard.seqs)):
+                    stream.remove(shard, "retention")
 
 
 # --------------------------------------------------------------------------
@@ -535,6 +730,7 @@ def op_get_records(st: State, req: dict):
             if total > stream.max_page_bytes and k > 0:
                 refs, seqs, end = refs[:k], seqs[:k], index + k
                 break
+    shard.mark_served(index, end)
     # A closed shard read to its end has no next iterator: the response that
     # carries its last records already omits NextShardIterator.
     at_end = not shard.is_open and end >= len(shard.seqs)
@@ -674,6 +870,7 @@ def ctl_records(st: State, req: dict):
         data = record_bytes(event_id.encode(), name, t, body, str(seq).encode(),
                             int(r.get("size_bytes", size)), stream.view_type, st.region,
                             bool(r.get("ttl_delete")))
+        shard.note_appended(len(shard.seqs), now)
         shard.seqs.append(seq)
         shard.recs.append(data)
         shard.times.append(t)
@@ -689,6 +886,7 @@ def _split(st: State, stream: Stream, shard: Shard, children: int) -> list[str]:
         raise ControlError("children must be an integer >= 1")
     # EndingSequenceNumber: the last record's, or a fresh one for an empty shard.
     shard.end_seq = shard.seqs[-1] if shard.seqs else stream.take_seq()
+    shard.closed_at = time.time()
     lo, hi = shard.hash_lo, shard.hash_hi
     ids = []
     for i in range(children):
@@ -727,9 +925,131 @@ def ctl_remove_shard(st: State, req: dict):
     shard = _cshard(stream, _need(req, "shard_id"))
     if shard.is_open:
         raise ControlError(f"shard {shard.shard_id} is open; split it first")
-    stream.shards.remove(shard)
-    del stream.by_id[shard.shard_id]
+    stream.remove(shard, "removed")
     return {"ok": True}
+
+
+def _seconds(req: dict, name: str) -> float | None:
+    v = req.get(name)
+    if v is None or v == 0:
+        return None
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+        raise ControlError(f"'{name}' must be a number of seconds > 0 (or 0/null for none)")
+    return float(v)
+
+
+def ctl_lifecycle(st: State, req: dict):
+    """POST /_test/lifecycle {"stream_arn", "rollover_every": 0.3, "retention": 0.8,
+      "split_at": [2, 5], "stop": false}
+    Starts a background thread that gives the stream DynamoDB's shard life
+    cycle on a short clock:
+    - every `rollover_every` seconds (the first one that long after this call)
+      a rollover: every open shard closes and gets one child, like
+      /_test/split-all; at the rollover numbers listed in `split_at` (1-based,
+      counted per stream over all lifecycle runs, as in the report) the first
+      open shard by id gets two children instead (a split);
+    - every 0.1 s retention: records appended more than `retention` seconds
+      ago are trimmed (the append time is when the server took the record, via
+      /_test/records or /_test/generate, not its ApproximateCreationDateTime),
+      and a closed shard that closed more than `retention` seconds ago (so all
+      its records are older) leaves the stream exactly as with
+      /_test/remove-shard.
+    Either time may be 0/null: no rollovers, or nothing ages out (not both).
+    Posting again replaces the running lifecycle (counts go on); {"stream_arn",
+    "stop": true} stops it. /_test/reset and server shutdown stop it too.
+    -> {"running": true|false, "started_at": <epoch seconds>|null}"""
+    stream = _cstream(st, req)
+    if req.get("stop"):
+        if stream.lifecycle is not None:
+            stream.lifecycle.stop()
+            stream.lifecycle = None
+        return {"running": False, "started_at": None}
+    every = _seconds(req, "rollover_every")
+    retention = _seconds(req, "retention")
+    if every is None and retention is None:
+        raise ControlError("give rollover_every and/or retention (seconds > 0)")
+    split_at = req.get("split_at") or []
+    if not isinstance(split_at, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in split_at):
+        raise ControlError("split_at must be a list of rollover numbers >= 1")
+    if split_at and every is None:
+        raise ControlError("split_at needs rollover_every")
+    if stream.lifecycle is not None:
+        stream.lifecycle.stop()
+    lc = Lifecycle(st, stream, every, retention, split_at)
+    stream.lifecycle = lc
+    stream.lifecycle_error = None
+    lc.start()
+    return {"running": True, "started_at": round(lc.started, 3)}
+
+
+def ctl_lifecycle_report(st: State, req: dict):
+    """GET /_test/lifecycle-report?stream_arn=... What happened to the stream's
+    shards and records, so a test can tell unavoidable losses from bugs.
+    "served" counts a shard's records that some GetRecords call returned;
+    "unread" = records - served. Removals and trims by /_test/remove-shard and
+    /_test/trim count too, with or without a lifecycle.
+    -> {"running": bool, "rollover_every": s|null, "retention": s|null,
+        "split_at": [n], "error": null|"<the lifecycle thread's crash>",
+        "rollovers": n (rollovers done, splits included), "splits": n,
+        "history": [{"rollover": n, "time": epoch, "split": bool,
+                     "children": {parent_id: [child ids]}}],
+        "removed": [{"shard_id", "parent_shard_id", "records", "served", "unread",
+                     "trimmed", "starting_sequence_number", "ending_sequence_number",
+                     "closed_at", "removed_at"}]   (in removal order),
+        "trimmed_unserved": [{"shard_id", "sequence_number", "event_id",
+                              "reason": "retention"|"trim"|"removed"}],
+        "trimmed_unserved_count": n,
+        "shards": [{"shard_id", "parent_shard_id", "open", "records", "trimmed",
+                    "served", "closed_at"}]   (the shards DescribeStream lists)}
+    trimmed_unserved: every record trimmed (by retention or /_test/trim) or
+    removed with its shard (by retention or /_test/remove-shard) before any
+    GetRecords call returned it, in the order they went; event_id is the
+    record's eventID."""
+    stream = _cstream(st, req)
+    lc = stream.lifecycle
+
+    def t(v):
+        return None if v is None else round(v, 3)
+
+    lost = []
+    for shard, lo, hi, reason in stream.lost:
+        for i in range(lo, hi):
+            lost.append({"shard_id": shard.shard_id, "sequence_number": str(shard.seqs[i]),
+                         "event_id": shard.event_id(i), "reason": reason})
+    return {
+        "running": lc is not None,
+        "rollover_every": lc.rollover_every if lc else None,
+        "retention": lc.retention if lc else None,
+        "split_at": lc.split_at if lc else [],
+        "error": stream.lifecycle_error,
+        "rollovers": stream.rollovers,
+        "splits": stream.splits,
+        "history": stream.history,
+        "removed": [{
+            "shard_id": s.shard_id,
+            "parent_shard_id": s.parent_id,
+            "records": len(s.seqs),
+            "served": s.served_count(),
+            "unread": len(s.seqs) - s.served_count(),
+            "trimmed": s.trim_index,
+            "starting_sequence_number": str(s.start_seq),
+            "ending_sequence_number": str(s.end_seq),
+            "closed_at": t(s.closed_at),
+            "removed_at": t(s.removed_at),
+        } for s in stream.removed],
+        "trimmed_unserved": lost,
+        "trimmed_unserved_count": len(lost),
+        "shards": [{
+            "shard_id": s.shard_id,
+            "parent_shard_id": s.parent_id,
+            "open": s.is_open,
+            "records": len(s.seqs),
+            "trimmed": s.trim_index,
+            "served": s.served_count(),
+            "closed_at": t(s.closed_at),
+        } for s in stream.shards],
+    }
 
 
 def ctl_expire(st: State, req: dict):
@@ -752,7 +1072,7 @@ def ctl_trim(st: State, req: dict):
         idx = min(int(req["count"]), len(shard.seqs))
     else:
         raise ControlError("give before_sequence_number or count")
-    shard.trim_index = max(shard.trim_index, idx)  # trimming never un-trims
+    stream.trim_to(shard, idx, "trim")  # trimming never un-trims
     horizon = shard.seqs[shard.trim_index] if shard.trim_index < len(shard.seqs) else None
     return {"trimmed": shard.trim_index, "trim_horizon": None if horizon is None else str(horizon)}
 
@@ -830,6 +1150,7 @@ def ctl_generate(st: State, req: dict):
     n_base = 0
     for shard in stream.open_shards():
         run = GeneratedRun(len(shard.seqs), n_base, template)
+        shard.note_appended(len(shard.seqs), t)
         first = stream.next_seq
         stream.next_seq += per * SEQUENCE_STEP
         shard.seqs.extend(range(first, first + per * SEQUENCE_STEP, SEQUENCE_STEP))
@@ -842,7 +1163,9 @@ def ctl_generate(st: State, req: dict):
 
 
 def ctl_reset(st: State, req: dict):
-    """POST /_test/reset: forget every stream, queued fault and call count."""
+    """POST /_test/reset: forget every stream, queued fault and call count;
+    stops every /_test/lifecycle thread."""
+    st.stop_lifecycles()
     st.streams.clear()
     st.faults.clear()
     for op in st.calls:
@@ -861,11 +1184,13 @@ CONTROL_POST = {
     "/_test/throttle": ctl_throttle,
     "/_test/reset-calls": ctl_reset_calls,
     "/_test/generate": ctl_generate,
+    "/_test/lifecycle": ctl_lifecycle,
     "/_test/reset": ctl_reset,
 }
 CONTROL_GET = {
     "/_test/calls": ctl_calls,
     "/_test/shards": ctl_shards,
+    "/_test/lifecycle-report": ctl_lifecycle_report,
 }
 
 
@@ -980,11 +1305,23 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True  # keep-alive threads must not block shutdown
     allow_reuse_address = True
     request_queue_size = 128
+    state: State = None  # set by make_server
+
+    def server_close(self):
+        # Lifecycle threads are daemons anyway; stopping them keeps an
+        # in-process server (tests) from leaving them running.
+        if self.state is not None:
+            with self.state.lock:
+                self.state.stop_lifecycles()
+        super().server_close()
 
 
 def make_server(host: str, port: int, region: str = "eu-central-1", verbose: bool = False) -> Server:
-    handler = type("BoundHandler", (Handler,), {"state": State(region), "verbose": verbose})
-    return Server((host, port), handler)
+    state = State(region)
+    handler = type("BoundHandler", (Handler,), {"state": state, "verbose": verbose})
+    server = Server((host, port), handler)
+    server.state = state
+    return server
 
 
 def main(argv=None) -> int:

@@ -821,6 +821,333 @@ def small_calls_are_not_delayed():
 
 
 # --------------------------------------------------------------------------
+# Lifecycle: a compressed day (rollovers, splits, retention, aging out)
+# --------------------------------------------------------------------------
+
+def report(arn: str) -> dict:
+    return ctl(f"/_test/lifecycle-report?stream_arn={urllib.parse.quote(arn)}", method="GET")
+
+
+def wait_for(what: str, fn, timeout: float = 10.0):
+    """Poll fn() until it returns something truthy; that value is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def lifecycle(arn: str, **kw) -> dict:
+    return ctl("/_test/lifecycle", {"stream_arn": arn, **kw})
+
+
+@test
+def lifecycle_control_validation():
+    arn = new_stream()
+    for bad in ({"rollover_every": -1}, {"rollover_every": "1"}, {"retention": True},
+                {}, {"rollover_every": 0, "retention": None},
+                {"rollover_every": 1, "split_at": "2"}, {"rollover_every": 1, "split_at": [0]},
+                {"rollover_every": 1, "split_at": [1.5]}, {"retention": 1, "split_at": [1]}):
+        ctl("/_test/lifecycle", {"stream_arn": arn, **bad}, expect=400)
+    ctl("/_test/lifecycle", {"stream_arn": arn + "x", "retention": 1}, expect=404)
+    ctl(f"/_test/lifecycle-report?stream_arn={urllib.parse.quote(arn + 'x')}", method="GET", expect=404)
+    assert lifecycle(arn, stop=True) == {"running": False, "started_at": None}, "stop when idle is fine"
+    r = report(arn)
+    assert r["running"] is False and r["rollovers"] == 0 and r["splits"] == 0 and r["error"] is None
+    assert r["removed"] == [] and r["trimmed_unserved"] == [] and r["trimmed_unserved_count"] == 0
+    assert [s["parent_shard_id"] for s in r["shards"]] == [None] and r["shards"][0]["open"]
+    # Existing endpoints are unchanged by the new bookkeeping.
+    st = ctl(f"/_test/shards?stream_arn={urllib.parse.quote(arn)}", method="GET")["shards"]
+    assert set(st[0]) == {"shard_id", "parent_shard_id", "open", "records", "trimmed",
+                          "starting_sequence_number", "ending_sequence_number",
+                          "last_sequence_number"}, st
+
+
+@test
+def lifecycle_report_counts_manual_trim_and_remove():
+    # Without a lifecycle: /_test/trim and /_test/remove-shard feed the report.
+    arn = new_stream()
+    (sid,) = [s["ShardId"] for s in shards(arn)]
+    rs = post(arn, [{"key": "k", "new_image": {"i": {"N": str(i)}}} for i in range(6)])
+    out = ok("GetRecords", {"ShardIterator": iterator(arn, sid), "Limit": 2})
+    assert len(out["Records"]) == 2
+    # Served records trimmed are no loss; rs[2] is.
+    ctl("/_test/trim", {"stream_arn": arn, "shard_id": sid, "count": 3})
+    r = report(arn)
+    assert [(x["shard_id"], x["sequence_number"], x["event_id"], x["reason"])
+            for x in r["trimmed_unserved"]] == [(sid, rs[2]["sequence_number"], rs[2]["event_id"], "trim")]
+    assert r["shards"][0]["served"] == 2 and r["shards"][0]["trimmed"] == 3
+    # Reading the same records again counts them once; a read further on adds.
+    ok("GetRecords", {"ShardIterator": iterator(arn, sid, "AT_SEQUENCE_NUMBER", rs[5]["sequence_number"])})
+    ok("GetRecords", {"ShardIterator": iterator(arn, sid, "AT_SEQUENCE_NUMBER", rs[5]["sequence_number"])})
+    assert report(arn)["shards"][0]["served"] == 3
+    (child,) = ctl("/_test/split-all", {"stream_arn": arn})["children"]
+    ctl("/_test/remove-shard", {"stream_arn": arn, "shard_id": sid})
+    r = report(arn)
+    (gone,) = r["removed"]
+    assert gone["shard_id"] == sid and gone["parent_shard_id"] is None
+    assert (gone["records"], gone["served"], gone["unread"], gone["trimmed"]) == (6, 3, 3, 3), gone
+    assert gone["ending_sequence_number"] == rs[-1]["sequence_number"]
+    assert gone["removed_at"] >= gone["closed_at"]
+    assert [(x["event_id"], x["reason"]) for x in r["trimmed_unserved"]] == \
+        [(rs[2]["event_id"], "trim"), (rs[3]["event_id"], "removed"), (rs[4]["event_id"], "removed")]
+    assert r["trimmed_unserved_count"] == 3
+    assert [s["shard_id"] for s in r["shards"]] == [child]
+    assert r["shards"][0]["parent_shard_id"] == sid
+
+
+@test
+def lifecycle_rollovers_and_split():
+    arn = new_stream(shards=2)
+    first = [s["ShardId"] for s in shards(arn)]
+    post(arn, [{"key": f"k{i}", "new_image": {}} for i in range(6)])
+    try:
+        started = lifecycle(arn, rollover_every=0.3, retention=60, split_at=[2])
+        assert started["running"] is True
+        wait_for("3 rollovers", lambda: report(arn)["rollovers"] >= 3)
+    finally:
+        assert lifecycle(arn, stop=True)["running"] is False
+    r = report(arn)
+    assert r["running"] is False and r["error"] is None
+    n = r["rollovers"]
+    assert n >= 3 and len(r["history"]) == n and r["splits"] == 1, r
+    h = r["history"]
+    assert [x["rollover"] for x in h] == list(range(1, n + 1))
+    assert [x["split"] for x in h[:3]] == [False, True, False]
+    # 1: every open shard rolls over to one child.
+    assert sorted(h[0]["children"]) == sorted(first)
+    assert all(len(c) == 1 for c in h[0]["children"].values())
+    # 2: the first open shard by id splits in two, the other rolls over.
+    gen1 = sorted(c for cs in h[0]["children"].values() for c in cs)
+    assert sorted(h[1]["children"]) == gen1
+    assert [len(h[1]["children"][p]) for p in gen1] == [2, 1], h[1]
+    # 3: three open shards, one child each.
+    gen2 = sorted(c for cs in h[1]["children"].values() for c in cs)
+    assert sorted(h[2]["children"]) == gen2 and all(len(c) == 1 for c in h[2]["children"].values())
+    # On the clock: the first one rollover_every after the start, then one per period.
+    assert h[0]["time"] - started["started_at"] >= 0.29, (h[0], started)
+    assert all(b["time"] - a["time"] >= 0.25 for a, b in zip(h, h[1:])), h
+    # DescribeStream shows the same lineage; nothing aged out (retention 60 s).
+    desc = {s["ShardId"]: s for s in shards(arn)}
+    assert r["removed"] == [] and r["trimmed_unserved"] == []
+    for x in h:
+        for parent, children in x["children"].items():
+            assert "EndingSequenceNumber" in desc[parent]["SequenceNumberRange"]
+            for c in children:
+                assert desc[c]["ParentShardId"] == parent
+    open_ids = [s for s, d in desc.items() if "EndingSequenceNumber" not in d["SequenceNumberRange"]]
+    assert len(open_ids) == 3, open_ids
+    assert sorted(open_ids) == sorted(s["shard_id"] for s in r["shards"] if s["open"])
+    assert sorted(open_ids) == sorted(c for cs in h[-1]["children"].values() for c in cs)
+    # The children cover the key space: new records land in open shards.
+    assert {x["shard_id"] for x in post(arn, [{"key": f"k{i}", "new_image": {}} for i in range(20)])} \
+        <= set(open_ids)
+    # Stopped means stopped: nothing happens for several periods.
+    time.sleep(0.7)
+    assert report(arn)["rollovers"] == n
+
+
+@test
+def lifecycle_retention_removes_aged_out_shards():
+    arn = new_stream()
+    (s0,) = [s["ShardId"] for s in shards(arn)]
+    a = post(arn, [{"key": "a", "new_image": {"i": {"N": str(i)}}} for i in range(5)])
+    (c1,) = ctl("/_test/split-all", {"stream_arn": arn})["children"]
+    d = post(arn, [{"key": "d", "shard_id": c1, "new_image": {"i": {"N": str(i)}}} for i in range(2)])
+    b = post(arn, [{"key": "b", "shard_id": c1, "new_image": {"i": {"N": str(i)}}} for i in range(3)])
+    ctl("/_test/trim", {"stream_arn": arn, "shard_id": c1, "count": 2})  # d: lost to a trim
+    # A reader got part of s0: records 0, 1 and 4, not 2 and 3.
+    out = ok("GetRecords", {"ShardIterator": iterator(arn, s0), "Limit": 2})
+    assert [x["eventID"] for x in out["Records"]] == [x["event_id"] for x in a[:2]]
+    s0_next = out["NextShardIterator"]
+    out = ok("GetRecords", {"ShardIterator": iterator(arn, s0, "AT_SEQUENCE_NUMBER", a[4]["sequence_number"])})
+    assert [x["eventID"] for x in out["Records"]] == [a[4]["event_id"]]
+    recs, _ = read_all(iterator(arn, c1))  # all of b
+    assert [x["eventID"] for x in recs] == [x["event_id"] for x in b]
+    try:
+        lifecycle(arn, rollover_every=0.3, retention=0.8)
+        r = wait_for("s0 and c1 to age out", lambda: (
+            lambda r: {s0, c1} <= {x["shard_id"] for x in r["removed"]} and r)(report(arn)))
+    finally:
+        lifecycle(arn, stop=True)
+    r = report(arn)
+    removed = {x["shard_id"]: x for x in r["removed"]}
+    assert [x["shard_id"] for x in r["removed"][:2]] == [s0, c1], "removed in the order they aged out"
+    assert {k: removed[s0][k] for k in ("parent_shard_id", "records", "served", "unread", "trimmed")} == \
+        {"parent_shard_id": None, "records": 5, "served": 3, "unread": 2, "trimmed": 5}, removed[s0]
+    assert {k: removed[c1][k] for k in ("parent_shard_id", "records", "served", "unread", "trimmed")} == \
+        {"parent_shard_id": s0, "records": 5, "served": 3, "unread": 2, "trimmed": 5}, removed[c1]
+    for x in (removed[s0], removed[c1]):
+        assert x["removed_at"] - x["closed_at"] >= 0.79, x  # a closed shard stays for `retention`
+    # Lost: d by the trim, a[2] and a[3] by retention; nothing any reader got.
+    assert [(x["shard_id"], x["sequence_number"], x["event_id"], x["reason"])
+            for x in r["trimmed_unserved"]] == \
+        [(c1, x["sequence_number"], x["event_id"], "trim") for x in d] + \
+        [(s0, x["sequence_number"], x["event_id"], "retention") for x in a[2:4]]
+    # DescribeStream no longer lists them; their children keep ParentShardId.
+    desc = shards(arn)
+    listed = {s["ShardId"] for s in desc}
+    assert s0 not in listed and c1 not in listed
+    assert listed == {s["shard_id"] for s in r["shards"]}
+    gone = set(removed)
+    assert any(s.get("ParentShardId") in gone for s in desc), "a listed child names an unlisted parent"
+    assert all(s.get("ParentShardId") in listed | gone for s in desc)
+    for sid in (s0, c1):
+        err("GetShardIterator", {"StreamArn": arn, "ShardId": sid, "ShardIteratorType": "TRIM_HORIZON"},
+            "ResourceNotFoundException")
+    err("GetRecords", {"ShardIterator": s0_next}, "ResourceNotFoundException")
+
+
+@test
+def lifecycle_retention_trims_by_append_time():
+    # No rollovers: an open shard is trimmed but never leaves the stream.
+    arn = new_stream()
+    (sid,) = [s["ShardId"] for s in shards(arn)]
+    # An ancient ApproximateCreationDateTime does not count: the append time does.
+    old = post(arn, [{"key": "k", "new_image": {}, "approximate_creation_time": 1000.0} for _ in range(3)])
+    it_old = iterator(arn, sid)
+    it_latest = iterator(arn, sid, "LATEST")
+    try:
+        lifecycle(arn, retention=1.0)
+        time.sleep(0.5)  # spacing between the two batches (not a correctness wait)
+        assert report(arn)["shards"][0]["trimmed"] == 0
+        assert ctl("/_test/generate", {"stream_arn": arn, "records_per_shard": 4})["records"] == 4
+        (g0,) = ok("GetRecords", {"ShardIterator": it_latest, "Limit": 1})["Records"]
+        trimmed = wait_for("the first batch to be trimmed",
+                           lambda: report(arn)["shards"][0]["trimmed"])
+        assert trimmed == 3, trimmed
+        err("GetRecords", {"ShardIterator": it_old}, "TrimmedDataAccessException")
+        (h,) = ok("GetRecords", {"ShardIterator": iterator(arn, sid), "Limit": 1})["Records"]
+        assert h["eventID"] == g0["eventID"], "TRIM_HORIZON is the first generated record"
+        wait_for("the generated records to be trimmed",
+                 lambda: report(arn)["shards"][0]["trimmed"] == 7)
+    finally:
+        lifecycle(arn, stop=True)
+    r = report(arn)
+    assert r["rollovers"] == 0 and r["removed"] == []
+    (s,) = r["shards"]
+    assert s["shard_id"] == sid and s["open"] and (s["records"], s["trimmed"], s["served"]) == (7, 7, 1)
+    lost = r["trimmed_unserved"]
+    assert [x["event_id"] for x in lost[:3]] == [x["event_id"] for x in old]
+    assert all(x["reason"] == "retention" and x["shard_id"] == sid for x in lost)
+    gen = lost[3:]
+    assert len(gen) == 3 and g0["eventID"] not in {x["event_id"] for x in gen}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", x["event_id"]) for x in gen), gen
+    assert int(gen[0]["sequence_number"]) > int(g0["dynamodb"]["SequenceNumber"])
+    assert [s["ShardId"] for s in shards(arn)] == [sid]
+
+
+@test
+def lifecycle_every_record_is_served_or_reported_lost():
+    # A writer and a reader too slow to keep up, through rollovers, a split
+    # and retention: every record ends up read or in trimmed_unserved, never
+    # both, and removed shards' `unread` adds up.
+    arn = new_stream(shards=2)
+    written, read = [], []
+    its = {}  # shard id -> next iterator, or None once read to its end
+    dead = set()  # shards that left the stream while we read them
+
+    def read_pass(limit):
+        for s in shards(arn):
+            sid = s["ShardId"]
+            if its.get(sid, "") is None:
+                continue
+            it = its.get(sid)
+            if not it:
+                # Listed a moment ago, but it may age out before this call.
+                st, out, _ = api("GetShardIterator", {"StreamArn": arn, "ShardId": sid,
+                                                      "ShardIteratorType": "TRIM_HORIZON"})
+                if st == 400 and out["__type"].endswith("#ResourceNotFoundException"):
+                    dead.add(sid)
+                    its[sid] = None
+                    continue
+                assert st == 200, out
+                it = out["ShardIterator"]
+            st, out, _ = api("GetRecords", {"ShardIterator": it, "Limit": limit})
+            if st == 400 and out["__type"].endswith("#TrimmedDataAccessException"):
+                its[sid] = ""  # start again at TRIM_HORIZON
+                continue
+            if st == 400 and out["__type"].endswith("#ResourceNotFoundException"):
+                dead.add(sid)
+                its[sid] = None
+                continue
+            assert st == 200, out
+            read.extend(x["eventID"] for x in out["Records"])
+            its[sid] = out.get("NextShardIterator")
+
+    try:
+        lifecycle(arn, rollover_every=0.25, retention=0.6, split_at=[2])
+        t_end = time.monotonic() + 1.6
+        i = 0
+        while time.monotonic() < t_end:
+            written += [x["event_id"] for x in post(arn, [
+                {"key": f"k{i}-{j}", "new_image": {"n": {"N": str(i)}}} for j in range(4)])]
+            if i % 4 == 0:  # a reader that falls behind: records age out unread
+                read_pass(1)
+            i += 1
+            time.sleep(0.02)
+    finally:
+        lifecycle(arn, stop=True)
+    while True:  # drain what is still there
+        before = len(read)
+        read_pass(1000)
+        if len(read) == before:
+            break
+    r = report(arn)
+    lost = [x["event_id"] for x in r["trimmed_unserved"]]
+    assert r["rollovers"] >= 3 and r["splits"] == 1 and r["removed"], r
+    assert lost and read, (len(lost), len(read))
+    assert len(set(read)) == len(read), "no record read twice by this reader"
+    assert not set(read) & set(lost), "a record reported lost was read"
+    assert sorted(read + lost) == sorted(written), (len(read), len(lost), len(written))
+    removed_ids = {x["shard_id"] for x in r["removed"]}
+    assert dead <= removed_ids, (dead, removed_ids)
+    assert sum(x["unread"] for x in r["removed"]) == \
+        sum(1 for x in r["trimmed_unserved"] if x["shard_id"] in removed_ids)
+    assert sum(x["served"] for x in r["removed"]) + sum(x["served"] for x in r["shards"]) == len(read)
+
+
+@test
+def lifecycle_threads_stop_on_reset_and_shutdown():
+    # In-process server, to see the threads themselves.
+    global BASE
+    sys.path.insert(0, str(HERE))
+    import streams_fault_server as sfs
+
+    def threads():
+        return [t for t in threading.enumerate() if t.name.startswith("lifecycle ")]
+
+    srv = sfs.make_server("127.0.0.1", 0)
+    serving = threading.Thread(target=srv.serve_forever, daemon=True)
+    serving.start()
+    saved, BASE = BASE, f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        a, b = new_stream(), new_stream(table="other")
+        lifecycle(a, rollover_every=0.05)
+        lifecycle(b, retention=5)
+        assert len(threads()) == 2
+        wait_for("rollovers", lambda: report(a)["rollovers"] >= 2)
+        lifecycle(a, rollover_every=0.05, retention=5)  # replaces a's thread; counts go on
+        wait_for("the replaced thread to end", lambda: len(threads()) == 2)
+        assert report(a)["rollovers"] >= 2 and report(a)["retention"] == 5
+        lifecycle(a, stop=True)
+        wait_for("a's thread to end", lambda: len(threads()) == 1)
+        ctl("/_test/reset")
+        wait_for("reset to stop every lifecycle", lambda: not threads())
+        c = new_stream()
+        lifecycle(c, rollover_every=0.05)
+        assert len(threads()) == 1
+    finally:
+        BASE = saved
+        srv.shutdown()
+        srv.server_close()
+    wait_for("server shutdown to stop the lifecycle", lambda: not threads())
+
+
+# --------------------------------------------------------------------------
 # boto3 pass (runs under .venv/bin/python, against the same server)
 # --------------------------------------------------------------------------
 
