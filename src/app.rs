@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, StreamSource, TableConfig};
 use crate::dlq::{DeadLetterQueue, DlqError, Redrainer};
+use crate::fence::Fence;
 use crate::lease::coordinator::Coordinator;
 use crate::lease::{LeaseError, LeaseTable};
 use crate::metrics::TableMetrics;
@@ -75,11 +76,14 @@ pub struct App {
 pub struct AwsClients {
     pub streams: aws_sdk_dynamodbstreams::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    /// The lease table's client: each attempt bounded by RELAY_LEASE_CALL_TIMEOUT, so a retry
+    /// still fits in the call's own deadline, well inside the lease duration.
+    pub leases: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
 }
 
 impl AwsClients {
-    pub async fn from_env() -> AwsClients {
+    pub async fn from_env(lease_call_timeout: Duration) -> AwsClients {
         // Every call gets a deadline: without one a hung connection would stall a shard or the
         // coordinator's round forever.
         let timeouts = TimeoutConfig::builder()
@@ -91,9 +95,18 @@ impl AwsClients {
             .timeout_config(timeouts)
             .load()
             .await;
+        let lease_timeouts = TimeoutConfig::builder()
+            .connect_timeout(lease_call_timeout)
+            .operation_attempt_timeout(lease_call_timeout / 2)
+            .operation_timeout(lease_call_timeout)
+            .build();
+        let leases = aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .timeout_config(lease_timeouts)
+            .build();
         AwsClients {
             streams: aws_sdk_dynamodbstreams::Client::new(&sdk),
             dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            leases: aws_sdk_dynamodb::Client::from_conf(leases),
             sqs: aws_sdk_sqs::Client::new(&sdk),
         }
     }
@@ -168,7 +181,7 @@ impl App {
     pub async fn build(config: Config) -> Result<App, StartupError> {
         // Registers every metric now, so the first scrape shows them all.
         std::sync::LazyLock::force(&crate::metrics::METRICS);
-        let aws = AwsClients::from_env().await;
+        let aws = AwsClients::from_env(config.lease.call_timeout).await;
         let redrainer = redrainer(&config, &aws).await?;
         let mut pipelines = Vec::with_capacity(config.tables.len());
         for table in &config.tables {
@@ -334,9 +347,10 @@ async fn pipeline(
     Ok(Pipeline {
         table: table.name().to_owned(),
         leases: LeaseTable::new(
-            aws.dynamodb.clone(),
+            aws.leases.clone(),
             config.lease_table.clone(),
             stream_arn.clone(),
+            config.lease.call_timeout,
         ),
         stream_arn,
         worker_id: config.worker_id.clone(),
@@ -346,6 +360,8 @@ async fn pipeline(
         settings,
         filter: table.filter.clone(),
         metrics: TableMetrics::new(table.name()),
+        fence: Arc::new(Fence::new(config.lease.duration)),
+        fingerprint: table.fingerprint(),
     })
 }
 

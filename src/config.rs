@@ -21,11 +21,15 @@ pub enum StreamSource {
     Arn(String),
 }
 
-/// Where a shard is read from when its lease has no checkpoint yet.
+/// Where a stream is first read (RELAY_INITIAL_POSITION), decided once per stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitialPosition {
+    /// Everything the stream still holds.
     TrimHorizon,
+    /// Only what is written from the first start on.
     Latest,
+    /// What was written from this time on (a cut-over from another relay, a replay).
+    At(time::OffsetDateTime),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,10 +41,13 @@ pub enum LogFormat {
 /// Timing of the lease protocol; the trade-offs are in docs/DESIGN.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseTiming {
-    /// A lease whose counter has not moved for this long (on the observer's own clock) is expired.
+    /// A pod whose heartbeat counter has not moved for this long (on the observer's own clock)
+    /// may have its leases taken over; it stops publishing a margin before that (the fence).
     pub duration: Duration,
-    /// How often owned leases are renewed and the lease table is read for balancing.
+    /// How often the heartbeat is written and the lease table is read for balancing.
     pub renew_interval: Duration,
+    /// The longest one lease-table call may take, retries included.
+    pub call_timeout: Duration,
     /// How often the whole stream is described to find new shards.
     pub shard_sync_interval: Duration,
 }
@@ -70,6 +77,18 @@ impl TableConfig {
     }
 
     /// Which setting names the table's stream, for start-up errors.
+    /// What the table's events are, as a short digest: pods that publish one stream must agree
+    /// on it, or they would split the stream's records between two configurations.
+    pub fn fingerprint(&self) -> String {
+        use sha1::Digest;
+        let described = format!(
+            "{}|{}|{}|{:?}",
+            self.event_type, self.data_type, self.compaction_key, self.filter
+        );
+        let digest = sha1::Sha1::digest(described.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     pub fn source_variable(&self, from_file: bool) -> &'static str {
         match (&self.source, from_file) {
             (_, true) => "RELAY_TABLES_FILE",
@@ -267,6 +286,7 @@ impl Reader<'_> {
     }
 }
 
+const MILLISECOND: Duration = Duration::from_millis(1);
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -347,7 +367,19 @@ impl Config {
             |raw| match raw {
                 "TRIM_HORIZON" => Ok(InitialPosition::TrimHorizon),
                 "LATEST" => Ok(InitialPosition::Latest),
-                _ => Err("must be TRIM_HORIZON or LATEST".into()),
+                time => match time::OffsetDateTime::parse(
+                    time,
+                    &time::format_description::well_known::Rfc3339,
+                ) {
+                    Ok(at) if at <= time::OffsetDateTime::now_utc() => {
+                        Ok(InitialPosition::At(at.to_offset(time::UtcOffset::UTC)))
+                    }
+                    Ok(_) => Err(format!("{time} is in the future")),
+                    Err(_) => Err(
+                        "must be TRIM_HORIZON, LATEST, or an RFC 3339 time such as 2026-12-01T08:00:00Z"
+                            .into(),
+                    ),
+                },
             },
         );
         let http_addr = r.parse(
@@ -374,16 +406,36 @@ impl Config {
             duration: r.duration("RELAY_LEASE_DURATION", 6 * SECOND, SECOND, 10 * 60 * SECOND),
             renew_interval: r.duration(
                 "RELAY_LEASE_RENEW_INTERVAL",
-                2 * SECOND,
+                1500 * MILLISECOND,
                 Duration::from_millis(100),
                 5 * 60 * SECOND,
             ),
+            call_timeout: r.duration(
+                "RELAY_LEASE_CALL_TIMEOUT",
+                SECOND,
+                Duration::from_millis(50),
+                60 * SECOND,
+            ),
             shard_sync_interval: r.duration("RELAY_SHARD_SYNC_INTERVAL", 60 * SECOND, SECOND, HOUR),
         };
-        if lease.renew_interval * 2 >= lease.duration {
+        // A pod must get several tries at its heartbeat within one fence, and one slow call must
+        // not use up the time for the next.
+        if lease.renew_interval * 3 >= lease.duration {
             r.fail(
                 "RELAY_LEASE_RENEW_INTERVAL",
-                "must be less than half of RELAY_LEASE_DURATION, or leases expire between renewals",
+                format!(
+                    "must be less than a third of RELAY_LEASE_DURATION ({}), or one failed heartbeat fences the pod",
+                    humantime::format_duration(lease.duration)
+                ),
+            );
+        }
+        if lease.call_timeout >= lease.renew_interval {
+            r.fail(
+                "RELAY_LEASE_CALL_TIMEOUT",
+                format!(
+                    "must be less than RELAY_LEASE_RENEW_INTERVAL ({}), or a slow heartbeat delays the next",
+                    humantime::format_duration(lease.renew_interval)
+                ),
             );
         }
         let shutdown_timeout = r.duration(
@@ -392,6 +444,17 @@ impl Config {
             SECOND,
             10 * 60 * SECOND,
         );
+        // After the drain deadline no new request is sent, but the one in flight is answered: a
+        // deadline shorter than one request cannot let even one page finish.
+        if shutdown_timeout < nakadi.request_timeout {
+            r.fail(
+                "RELAY_SHUTDOWN_TIMEOUT",
+                format!(
+                    "must be at least RELAY_NAKADI_TIMEOUT ({}), the longest single publish request",
+                    humantime::format_duration(nakadi.request_timeout)
+                ),
+            );
+        }
 
         let snapshot = SnapshotConfig {
             segments: r.number("RELAY_SNAPSHOT_SEGMENTS", 4, 1, 64),
@@ -612,8 +675,9 @@ fn tables_from_file(r: &mut Reader<'_>, path: &std::path::Path) -> Vec<TableConf
                 drop_attributes: entry.drop_attributes,
             },
         };
-        // Two entries of one stream would run two lease sets over the same shards.
-        if tables.iter().any(|t| t.source == table.source) {
+        // Two entries of one stream (by name and by ARN alike) would run two lease sets over the
+        // same shards and take each other's leases.
+        if tables.iter().any(|t| t.name() == table.name()) {
             problems.push(format!("{} is configured twice", table.name()));
         }
         for p in problems {
@@ -1011,5 +1075,99 @@ mod tests {
             Config::from_vars(&v).unwrap().nakadi.token,
             TokenSource::CredentialsDir { name, .. } if name == "nakadi"
         ));
+    }
+
+    /// Cause 11 of the stream-lifecycle issue: one stream named once by its table and once by
+    /// its ARN ran two coordinators that took each other's leases.
+    #[test]
+    fn one_stream_configured_by_name_and_by_arn_is_refused() {
+        let (_dir, v) = with_tables_file(
+            r#"
+            [[table]]
+            name = "orders"
+            event_type = "payments.order-changed"
+
+            [[table]]
+            stream_arn = "arn:aws:dynamodb:eu-central-1:123456789012:table/orders/stream/2026-11-01T00:00:00.000"
+            event_type = "payments.order-changed-again"
+            "#,
+        );
+        let errors = Config::from_vars(&v).unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.problem.contains("orders is configured twice")),
+            "{errors:?}"
+        );
+    }
+
+    /// Cause 5 and 10: timings that cannot work are refused, naming the variables.
+    #[test]
+    fn lease_and_shutdown_timings_that_cannot_work_are_refused() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[
+                    ("RELAY_LEASE_DURATION", "6s"),
+                    ("RELAY_LEASE_RENEW_INTERVAL", "2s"),
+                ],
+                "RELAY_LEASE_RENEW_INTERVAL",
+            ),
+            (
+                &[
+                    ("RELAY_LEASE_RENEW_INTERVAL", "1s"),
+                    ("RELAY_LEASE_CALL_TIMEOUT", "1s"),
+                ],
+                "RELAY_LEASE_CALL_TIMEOUT",
+            ),
+            (
+                &[
+                    ("RELAY_SHUTDOWN_TIMEOUT", "5s"),
+                    ("RELAY_NAKADI_TIMEOUT", "10s"),
+                ],
+                "RELAY_SHUTDOWN_TIMEOUT",
+            ),
+        ];
+        for (set, variable) in cases {
+            let mut v = minimal();
+            for (k, val) in *set {
+                v.insert((*k).into(), (*val).into());
+            }
+            assert_eq!(problems(&v), vec![*variable], "{set:?}");
+        }
+        let c = Config::from_vars(&minimal()).unwrap();
+        assert!(
+            c.lease.renew_interval * 3 < c.lease.duration,
+            "defaults work"
+        );
+        assert!(c.lease.call_timeout < c.lease.renew_interval);
+        assert!(c.shutdown_timeout >= c.nakadi.request_timeout);
+    }
+
+    #[test]
+    fn the_initial_position_may_be_a_time_in_the_past() {
+        let mut v = minimal();
+        v.insert(
+            "RELAY_INITIAL_POSITION".into(),
+            "2026-12-01T08:00:00+01:00".into(),
+        );
+        let c = Config::from_vars(&v).unwrap();
+        assert_eq!(
+            c.initial_position,
+            InitialPosition::At(time::macros::datetime!(2026-12-01 07:00:00 UTC))
+        );
+        for bad in ["3026-01-01T00:00:00Z", "yesterday", "2026-12-01"] {
+            v.insert("RELAY_INITIAL_POSITION".into(), bad.into());
+            assert_eq!(problems(&v), vec!["RELAY_INITIAL_POSITION"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_tells_configurations_apart() {
+        let a = Config::from_vars(&minimal()).unwrap().tables.remove(0);
+        let mut v = minimal();
+        v.insert("RELAY_EVENT_TYPE".into(), "payments.other".into());
+        let b = Config::from_vars(&v).unwrap().tables.remove(0);
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
     }
 }

@@ -12,6 +12,8 @@
 //! - [`transform`]: pure; a stream record → the Nakadi event (item + JSON Patch).
 //! - [`filter`]: the configured filters in front of it (TTL deletions, event names, dropped
 //!   attributes).
+//! - [`fence`]: how long this pod may act on its leases after its last successful heartbeat.
+//! - [`delivery`]: one page's publish → dead-letter → "how much is done", for every caller.
 //! - [`nakadi`]: the publisher: batching, gzip, token file, Nakadi's responses, retries.
 //! - [`dlq`]: the SQS dead-letter queue writer and the periodic re-drain loop.
 //! - [`snapshot`]: the `snapshot` subcommand: a parallel, rate-limited, resumable Scan that
@@ -21,7 +23,9 @@
 
 pub mod app;
 pub mod config;
+pub mod delivery;
 pub mod dlq;
+pub mod fence;
 pub mod filter;
 pub mod http;
 pub mod lease;

@@ -74,7 +74,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Redrive { once } => {
-            let aws = AwsClients::from_env().await;
+            let aws = AwsClients::from_env(config.lease.call_timeout).await;
             let redrainer = match app::redrainer(&config, &aws).await {
                 Ok(r) => r,
                 Err(e) => return cannot_start(&e),
@@ -95,7 +95,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Snapshot { restart, table } => {
-            let aws = AwsClients::from_env().await;
+            let aws = AwsClients::from_env(config.lease.call_timeout).await;
             let snapshot = match Snapshot::build(&config, table.as_deref(), &aws).await {
                 Ok(s) => s,
                 Err(e) => return cannot_start(&e),

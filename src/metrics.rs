@@ -57,6 +57,10 @@ pub struct Metrics {
     pub dlq_write_failures: IntCounter,
     pub dlq_redrained: IntCounterVec,
     pub dlq_depth: IntGauge,
+    pub shards_blocked: IntGauge,
+    pub shards_trimmed: IntCounterVec,
+    pub fence_lapses: IntCounterVec,
+    pub config_conflict: IntGaugeVec,
     pub leases_owned: IntGaugeVec,
     pub lease_takeovers: IntCounterVec,
     pub leases_lost: IntCounterVec,
@@ -137,6 +141,25 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         dlq_depth: gauge(
             "relay_dlq_depth",
             "Approximate number of messages in the dead-letter queue, sampled by the re-drain loop.",
+        ),
+        shards_blocked: gauge(
+            "relay_shards_blocked",
+            "Shards waiting because the dead-letter queue does not take their letters (unreachable, or a letter too large for it); their checkpoints do not move.",
+        ),
+        shards_trimmed: counter_vec(
+            "relay_shards_trimmed_total",
+            "Shards that left the stream (older than its retention) before they were read to their end; their unread records are lost and their children started.",
+            &["table"],
+        ),
+        fence_lapses: counter_vec(
+            "relay_fence_lapses_total",
+            "Times this pod went without a successful heartbeat for the lease duration and stopped publishing every shard of the table (self-fencing).",
+            &["table"],
+        ),
+        config_conflict: gauge_vec(
+            "relay_config_conflict",
+            "1 while a live pod of the same stream runs a different table configuration (event type, filters, options) and this pod takes no leases.",
+            &["table"],
         ),
         leases_owned: gauge_vec(
             "relay_leases_owned",
@@ -229,6 +252,9 @@ pub struct TableMetrics {
     pub leases_owned: IntGauge,
     pub leases_lost: IntCounter,
     pub workers: IntGauge,
+    pub shards_trimmed: IntCounter,
+    pub fence_lapses: IntCounter,
+    pub config_conflict: IntGauge,
     table: String,
 }
 
@@ -257,6 +283,9 @@ impl TableMetrics {
             leases_owned: m.leases_owned.with_label_values(&[table]),
             leases_lost: m.leases_lost.with_label_values(&[table]),
             workers: m.workers.with_label_values(&[table]),
+            shards_trimmed: m.shards_trimmed.with_label_values(&[table]),
+            fence_lapses: m.fence_lapses.with_label_values(&[table]),
+            config_conflict: m.config_conflict.with_label_values(&[table]),
             table: table.to_owned(),
         }
     }

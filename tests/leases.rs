@@ -1,8 +1,14 @@
-//! The lease table's fencing against moto (DynamoDB conditional writes): of two workers racing
-//! for one lease only one wins, and a worker that lost its lease can no longer checkpoint.
+//! The lease table's fencing against moto (DynamoDB conditional writes and transactions): of two
+//! workers racing for one lease only one wins, a worker that lost its lease can no longer
+//! checkpoint, a take of a silent pod's lease loses to a heartbeat that lands first, and a
+//! stream's start is decided once.
 
 mod support;
 
+use std::time::Duration;
+
+use dynamodb_nakadi_relay::config::InitialPosition;
+use dynamodb_nakadi_relay::lease::plan::Liveness;
 use dynamodb_nakadi_relay::lease::{Checkpoint, LeaseError, LeaseTable};
 use dynamodb_nakadi_relay::stream::ShardId;
 use support::*;
@@ -11,7 +17,12 @@ const STREAM: &str =
     "arn:aws:dynamodb:eu-central-1:123456789012:table/orders/stream/2026-11-22T00:00:00.000";
 
 async fn table(moto: &Moto) -> LeaseTable {
-    let t = LeaseTable::new(moto.dynamodb().await, "leases".into(), STREAM.into());
+    let t = LeaseTable::new(
+        moto.dynamodb().await,
+        "leases".into(),
+        STREAM.into(),
+        Duration::from_secs(5),
+    );
     t.ensure_exists(true).await.unwrap();
     t
 }
@@ -22,18 +33,17 @@ async fn two_workers_racing_for_one_lease_never_both_own_it() {
     let (a, b) = (table(&moto).await, table(&moto).await);
     for round in 0..20 {
         let shard = ShardId::new(format!("shard-{round}"));
-        assert!(
-            a.create(&shard, &[], &Checkpoint::TrimHorizon)
-                .await
-                .unwrap()
-        );
+        assert!(a.create(&shard, &[]).await.unwrap());
         let snapshot = a.scan().await.unwrap();
         let lease = snapshot
             .leases
             .iter()
             .find(|l| l.shard_id == shard)
             .unwrap();
-        let (ra, rb) = tokio::join!(a.take(lease, "worker-a"), b.take(lease, "worker-b"));
+        let (ra, rb) = tokio::join!(
+            a.take(lease, "worker-a", None),
+            b.take(lease, "worker-b", None)
+        );
         let winners = [ra.is_ok(), rb.is_ok()].iter().filter(|w| **w).count();
         assert_eq!(winners, 1, "round {round}: both or neither took the lease");
         assert!(matches!(ra.err().or(rb.err()), Some(LeaseError::Lost(_))));
@@ -41,22 +51,21 @@ async fn two_workers_racing_for_one_lease_never_both_own_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_that_lost_its_lease_cannot_checkpoint_or_renew() {
+async fn a_worker_that_lost_its_lease_cannot_checkpoint_or_release() {
     let moto = Moto::start("leases_fencing").await;
     let (a, b) = (table(&moto).await, table(&moto).await);
     let shard = ShardId::new("shard-1");
-    a.create(&shard, &[], &Checkpoint::TrimHorizon)
-        .await
-        .unwrap();
+    a.create(&shard, &[]).await.unwrap();
     let seen = a.scan().await.unwrap().leases.remove(0);
-    let owned_a = a.take(&seen, "worker-a").await.unwrap();
+    let owned_a = a.take(&seen, "worker-a", None).await.unwrap();
     a.checkpoint(&owned_a, "worker-a", &Checkpoint::Sequence("100".into()))
         .await
         .unwrap();
 
-    // B takes the lease over (as after A's lease expired).
+    // B takes the lease over (as after A's heartbeat fell silent; A never wrote one here).
     let seen = b.scan().await.unwrap().leases.remove(0);
-    let owned_b = b.take(&seen, "worker-b").await.unwrap();
+    let silent = ("worker-a".to_owned(), Liveness::Absent);
+    let owned_b = b.take(&seen, "worker-b", Some(&silent)).await.unwrap();
     b.checkpoint(&owned_b, "worker-b", &Checkpoint::Sequence("200".into()))
         .await
         .unwrap();
@@ -66,10 +75,6 @@ async fn a_worker_that_lost_its_lease_cannot_checkpoint_or_renew() {
         .await;
     assert!(matches!(late, Err(LeaseError::Lost(_))), "{late:?}");
     assert!(matches!(
-        a.renew(&owned_a, "worker-a").await,
-        Err(LeaseError::Lost(_))
-    ));
-    assert!(matches!(
         a.release(&owned_a, "worker-a").await,
         Err(LeaseError::Lost(_))
     ));
@@ -77,4 +82,91 @@ async fn a_worker_that_lost_its_lease_cannot_checkpoint_or_renew() {
     assert_eq!(lease.owner.as_deref(), Some("worker-b"));
     assert_eq!(lease.checkpoint, Checkpoint::Sequence("200".into()));
     assert_eq!(lease.owner_switches, 2);
+}
+
+/// Cause 5/6 of the stream-lifecycle issue: a take of a silent pod's lease is one transaction
+/// with a check of that pod's heartbeat counter, so a heartbeat that lands between the scan and
+/// the take keeps the lease where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_landing_before_the_take_keeps_the_lease() {
+    let moto = Moto::start("leases_heartbeat_wins").await;
+    let (a, b) = (table(&moto).await, table(&moto).await);
+    let shard = ShardId::new("shard-1");
+    a.create(&shard, &[]).await.unwrap();
+    a.heartbeat("worker-a", "fp").await.unwrap();
+    let seen = a.scan().await.unwrap().leases.remove(0);
+    a.take(&seen, "worker-a", None).await.unwrap();
+
+    let snapshot = b.scan().await.unwrap();
+    let beat = snapshot
+        .workers
+        .iter()
+        .find(|w| w.worker_id == "worker-a")
+        .unwrap()
+        .counter;
+    let lease = snapshot.leases[0].clone();
+    // A beats again after B's scan: B's view of A is stale.
+    a.heartbeat("worker-a", "fp").await.unwrap();
+    let silent = ("worker-a".to_owned(), Liveness::Silent { counter: beat });
+    let taken = b.take(&lease, "worker-b", Some(&silent)).await;
+    assert!(matches!(taken, Err(LeaseError::Lost(_))), "{taken:?}");
+    let lease = b.scan().await.unwrap().leases.remove(0);
+    assert_eq!(lease.owner.as_deref(), Some("worker-a"));
+
+    // Once A really is silent at the counter B saw, the take goes through.
+    let snapshot = b.scan().await.unwrap();
+    let beat = snapshot.workers[0].counter;
+    let silent = ("worker-a".to_owned(), Liveness::Silent { counter: beat });
+    b.take(&snapshot.leases[0], "worker-b", Some(&silent))
+        .await
+        .unwrap();
+    let lease = b.scan().await.unwrap().leases.remove(0);
+    assert_eq!(lease.owner.as_deref(), Some("worker-b"));
+}
+
+/// Cause 4: the first start is decided once per stream, by whichever pod comes first, and never
+/// again: not by a pod configured otherwise, not after every lease aged out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_start_is_decided_once_and_kept() {
+    let moto = Moto::start("leases_stream_start").await;
+    let (a, b) = (table(&moto).await, table(&moto).await);
+    let (sa, sb) = tokio::join!(
+        a.stream_start(InitialPosition::Latest, false),
+        b.stream_start(InitialPosition::TrimHorizon, false)
+    );
+    let (sa, sb) = (sa.unwrap(), sb.unwrap());
+    assert_eq!(sa, sb, "both pods follow the one decision");
+    // Decided again later, with no lease at all (every lease aged out): still the first answer.
+    let again = a
+        .stream_start(InitialPosition::TrimHorizon, false)
+        .await
+        .unwrap();
+    assert_eq!(again, sa);
+    if sa.position == "LATEST" {
+        let start = sa
+            .skip_before_ms
+            .expect("LATEST records when reading began");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        assert!(
+            (now - start).abs() < 60_000,
+            "the service's time: {start} vs {now}"
+        );
+        assert!(!sa.skips(start - 1000), "a margin of a second is kept");
+        assert!(sa.skips(start - 1001));
+    } else {
+        assert_eq!(sa.skip_before_ms, None);
+    }
+}
+
+/// An upgraded stream (leases of an earlier version, no start item) skips nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_leases_from_before_the_start_item_skips_nothing() {
+    let moto = Moto::start("leases_stream_start_upgrade").await;
+    let a = table(&moto).await;
+    let start = a.stream_start(InitialPosition::Latest, true).await.unwrap();
+    assert_eq!(start.position, "TRIM_HORIZON");
+    assert_eq!(start.skip_before_ms, None);
 }

@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use super::message::{GZIP, decode_gzip, event_from_body};
 use super::writer::DeadLetterQueue;
 use crate::metrics::{self, METRICS};
-use crate::nakadi::{Outcome, PublishContext, Publisher};
+use crate::nakadi::{Gate, Outcome, PublishContext, Publisher};
 use crate::transform::Event;
 
 /// Long-poll wait of one ReceiveMessage call (SQS allows up to 20 s).
@@ -152,15 +152,17 @@ impl Redrainer {
         };
         let mut delete = Vec::new();
         for (event_type, (events, event_messages)) in &batches {
-            let Ok(outcomes) = self.publishers[event_type]
-                .publish(events, &ctx, shutdown)
-                .await
-            else {
-                // Shutdown: everything stays in the queue and becomes visible again.
-                return report;
+            let gate = Gate {
+                deadline: shutdown,
+                fence: None,
             };
+            let outcomes = self.publishers[event_type]
+                .publish(events, &ctx, &gate)
+                .await;
             for (m, outcome) in event_messages.iter().zip(outcomes) {
                 match outcome {
+                    // Shutdown: the message stays in the queue and becomes visible again.
+                    Outcome::NotSent(_) => {}
                     Outcome::Delivered => {
                         report.published += 1;
                         delete.push(*m);

@@ -1,32 +1,33 @@
-//! The coordinator: one task per pod that owns the leases and the shard workers.
+//! The coordinator: one task per pod and stream that owns the leases and the shard workers.
 //!
-//! Every round (RELAY_LEASE_RENEW_INTERVAL) it
-//! 1. beats its heartbeat and renews every lease it owns (a lost one stops its worker at once),
-//! 2. reads the lease table, and notes for every lease and heartbeat when its counter last moved,
-//!    on this pod's own monotonic clock: a counter that has not moved for RELAY_LEASE_DURATION is
-//!    expired. No two clocks are compared, so skew between pods does not matter (as in KCL);
-//! 3. now and then describes the stream and creates leases for new shards,
-//! 4. takes free and expired leases whose parents are finished, up to its fair share, and asks
-//!    the busiest worker for one lease per round while that one has two more than this pod, so
-//!    pods end within one lease of the mean. The owner hands a requested lease over gracefully
-//!    (finishes its page, checkpoints, releases), so balancing publishes nothing twice,
-//! 5. starts a shard worker per newly owned lease and publishes status and metrics.
+//! Two loops, so that nothing delays the heartbeat:
+//! - the **heartbeat** task writes this pod's heartbeat every RELAY_LEASE_RENEW_INTERVAL and
+//!   extends the fence (`crate::fence`) from each success's send time. Nothing else runs in it.
+//! - the **round** (same interval) reads the lease table, notes on this pod's own monotonic clock
+//!   when every other pod's heartbeat counter last moved, describes the stream now and then
+//!   (creating leases for new shards, finishing those that aged out), asks `plan` what to do, and
+//!   does it: takes leases, asks busier pods for one, hands requested leases over, stops workers
+//!   whose lease was lost.
 //!
-//! On shutdown it lets the workers finish their pages (renewing meanwhile), releases their leases
-//! and removes its heartbeat, so the other pods continue at their next round.
+//! Lease items are written only on take, release, hand-over request and checkpoint; an idle lease
+//! costs nothing. A pod whose heartbeat fails for the lease duration fences itself: its
+//! publisher sends nothing more, every worker stops, and the pod takes leases afresh once its
+//! heartbeat works again.
+//!
+//! On shutdown the workers finish their pages (the heartbeat keeps the fence open meanwhile),
+//! their leases are released, and the heartbeat is removed, so the other pods continue at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use rand::seq::SliceRandom;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::plan::{self, Liveness, View};
 use super::table::Snapshot;
-use super::{Checkpoint, Lease, LeaseError, OwnedLease};
+use super::{Checkpoint, LeaseError, OwnedLease, StreamStart};
 use crate::config::{InitialPosition, LeaseTiming};
 use crate::metrics::SHARD_STATES;
 use crate::status::{ShardStatus, StatusBoard};
@@ -34,24 +35,17 @@ use crate::stream::lineage::Lineage;
 use crate::stream::worker::{Pipeline, ShardExit, ShardWorker};
 use crate::stream::{Shard, ShardId};
 
-/// How many lease writes run at once when renewing: enough for a pod with a thousand shards to
-/// renew within a round, few enough not to burst the table.
-const RENEW_CONCURRENCY: usize = 32;
-
 struct Running {
     lease: Arc<OwnedLease>,
     stop: CancellationToken,
-    abort: CancellationToken,
     lost: CancellationToken,
 }
 
-impl Running {
-    /// The lease is gone: stop the worker where it is, without a checkpoint.
-    fn cancel_lost(&self) {
-        self.lost.cancel();
-        self.abort.cancel();
-        self.stop.cancel();
-    }
+/// A lease held while the coordinator checks whether its shard aged out of the stream.
+struct Gone {
+    lease: Arc<OwnedLease>,
+    /// Complete listings of the stream since the error that did not list the shard.
+    listings_without_it: u32,
 }
 
 pub struct Coordinator {
@@ -63,17 +57,22 @@ pub struct Coordinator {
     slot: usize,
     /// SIGTERM: stop reading; workers finish their pages.
     shutdown: CancellationToken,
-    /// The drain deadline: workers stop even mid-page.
+    /// The drain deadline: no new publish request.
     deadline: CancellationToken,
     running: HashMap<ShardId, Running>,
     workers: JoinSet<ShardExit>,
     /// Which shard each worker task reads, to know the shard even when its task panicked.
     tasks: HashMap<tokio::task::Id, ShardId>,
-    /// Per lease and heartbeat key: the counter last seen and when it was first seen.
+    /// Per other pod: its heartbeat counter last seen and when this pod first saw it.
     observed: HashMap<String, (u64, Instant)>,
     /// The stream's shards at the last sync.
     stream_shards: Vec<Shard>,
     last_sync: Option<Instant>,
+    gone: HashMap<ShardId, Gone>,
+    /// Where the stream was first read; read (or decided) before the first lease is taken.
+    start: Option<StreamStart>,
+    /// A live pod of another configuration was seen in the last round.
+    conflict: Option<String>,
 }
 
 impl Coordinator {
@@ -99,10 +98,19 @@ impl Coordinator {
             observed: HashMap::new(),
             stream_shards: Vec::new(),
             last_sync: None,
+            gone: HashMap::new(),
+            start: None,
+            conflict: None,
         }
     }
 
     pub async fn run(mut self) {
+        let beating = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(
+            self.pipeline.clone(),
+            self.timing.renew_interval,
+            beating.clone(),
+        ));
         let mut tick = tokio::time::interval(self.timing.renew_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first round only observes: pods started together see each other's heartbeats
@@ -119,14 +127,20 @@ impl Coordinator {
             }
         }
         self.drain().await;
+        beating.cancel();
+        let _ = heartbeat.await;
+        let p = &self.pipeline;
+        if let Err(e) = p.leases.remove_heartbeat(&p.worker_id).await {
+            warn!(error = %e, "removing the heartbeat failed; other pods see it fall silent");
+        }
+        info!("all shards released");
     }
 
     async fn round(&mut self, observe_only: bool) {
         let p = self.pipeline.clone();
-        if let Err(e) = p.leases.heartbeat(&p.worker_id).await {
-            warn!(error = %e, "heartbeat failed");
+        if p.fence.lapsed() {
+            self.on_fence_lapsed().await;
         }
-        self.renew_all().await;
         let snapshot = match p.leases.scan().await {
             Ok(s) => s,
             Err(e) => {
@@ -136,8 +150,20 @@ impl Coordinator {
             }
         };
         let now = Instant::now();
-        self.observe(&snapshot, now);
-        self.hand_over_requested(&snapshot);
+        let liveness = self.observe(&snapshot, now);
+        self.check_conflict(&snapshot, &liveness);
+        if self.start.is_none() {
+            match p
+                .leases
+                .stream_start(self.initial_position, !snapshot.leases.is_empty())
+                .await
+            {
+                Ok(start) => self.start = Some(start),
+                Err(e) => {
+                    warn!(error = %e, "reading the stream's start failed; trying again next round")
+                }
+            }
+        }
         if self.sync_due(now) {
             match self.sync_shards(&snapshot).await {
                 Ok(()) => {
@@ -147,125 +173,188 @@ impl Coordinator {
                 Err(e) => warn!(error = %e, "shard sync failed; trying again next round"),
             }
         }
-        let live_workers = self.live_workers(&snapshot, now);
-        if !observe_only && self.status.synced(self.slot) {
-            self.acquire(&snapshot, live_workers, now).await;
+        let held: HashSet<ShardId> = self
+            .running
+            .keys()
+            .chain(self.gone.keys())
+            .cloned()
+            .collect();
+        // Owned, so that the plan can be carried out while the lineage is still read.
+        let listed: Vec<ShardId> = self.stream_shards.iter().map(|s| s.id.clone()).collect();
+        let lineage = lineage(&snapshot, &listed);
+        let view = View {
+            me: &p.worker_id,
+            leases: &snapshot.leases,
+            workers: &snapshot.workers,
+            liveness: &liveness,
+            lineage: &lineage,
+            running: &held,
+        };
+        let may_take = !observe_only
+            && self.status.synced(self.slot)
+            && self.start.is_some()
+            && self.conflict.is_none()
+            && p.fence.is_open();
+        let plan = plan::plan(&view, may_take);
+        for shard in &plan.lost {
+            if let Some(r) = self.running.get(shard) {
+                warn!(shard_id = %shard, "lease taken by another pod; stopping the shard without checkpoint");
+                p.metrics.leases_lost.inc();
+                r.lost.cancel();
+                r.stop.cancel();
+            }
         }
-        self.publish_status(&snapshot, live_workers);
+        for shard in &plan.hand_over {
+            if let Some(r) = self.running.get(shard).filter(|r| !r.stop.is_cancelled()) {
+                info!(shard_id = %shard, "handing a lease over");
+                r.stop.cancel();
+            }
+        }
+        for take in &plan.take {
+            match p
+                .leases
+                .take(take.lease, &p.worker_id, take.owner.as_ref())
+                .await
+            {
+                Ok(owned) => {
+                    match &take.owner {
+                        Some((from, _)) => {
+                            p.metrics.takeover("expired");
+                            info!(shard_id = %take.lease.shard_id, %from, "took over the lease of a silent pod");
+                        }
+                        None => {
+                            info!(shard_id = %take.lease.shard_id, checkpoint = %take.lease.checkpoint, "took a lease")
+                        }
+                    }
+                    self.start_worker(Arc::new(owned));
+                }
+                Err(LeaseError::Lost(_)) => {
+                    info!(shard_id = %take.lease.shard_id, "the lease changed or its owner beat again; not taken");
+                }
+                Err(e) => {
+                    warn!(shard_id = %take.lease.shard_id, error = %e, "taking a lease failed")
+                }
+            }
+        }
+        for lease in &plan.request {
+            match p.leases.request_handoff(lease, &p.worker_id).await {
+                Ok(()) => {
+                    p.metrics.takeover("balanced");
+                    info!(shard_id = %lease.shard_id, from = lease.owner.as_deref(), "asked for a lease to balance the load");
+                }
+                Err(e) => {
+                    info!(shard_id = %lease.shard_id, error = %e, "asking for a lease failed")
+                }
+            }
+        }
+        self.publish_status(&snapshot, &lineage, &liveness, plan.live_workers);
         self.status.round_done(self.slot);
     }
 
-    fn sync_due(&self, now: Instant) -> bool {
-        self.last_sync
-            .is_none_or(|last| now.duration_since(last) >= self.timing.shard_sync_interval)
+    /// Heartbeat counters of the other pods, as observed on this pod's clock: silent once a
+    /// counter has not moved for the lease duration. No two clocks are compared.
+    fn observe(&mut self, snapshot: &Snapshot, now: Instant) -> HashMap<String, Liveness> {
+        let me = &self.pipeline.worker_id;
+        let mut liveness = HashMap::new();
+        for w in snapshot.workers.iter().filter(|w| &w.worker_id != me) {
+            let entry = self
+                .observed
+                .entry(w.worker_id.clone())
+                .or_insert((w.counter, now));
+            if entry.0 != w.counter {
+                *entry = (w.counter, now);
+            }
+            let state = if now.duration_since(entry.1) >= self.timing.duration {
+                Liveness::Silent { counter: w.counter }
+            } else {
+                Liveness::Alive
+            };
+            liveness.insert(w.worker_id.clone(), state);
+        }
+        self.observed.retain(|id, _| liveness.contains_key(id));
+        liveness
     }
 
-    async fn renew_all(&mut self) {
+    /// Pods that publish this stream under another configuration must not share its shards: this
+    /// pod takes nothing while one of them is alive (a rolling deploy that changes the
+    /// configuration waits for the old pods to go; docs/operating.md).
+    fn check_conflict(&mut self, snapshot: &Snapshot, liveness: &HashMap<String, Liveness>) {
+        let p = &self.pipeline;
+        let other = snapshot.workers.iter().find(|w| {
+            w.worker_id != p.worker_id
+                && liveness.get(&w.worker_id) == Some(&Liveness::Alive)
+                && w.fingerprint.as_deref().is_some_and(|f| f != p.fingerprint)
+        });
+        match (other, &self.conflict) {
+            (Some(w), None) => {
+                error!(other_worker = %w.worker_id, theirs = w.fingerprint.as_deref(), ours = %p.fingerprint, "a live pod publishes this stream with another configuration (event type, filters or options); taking no leases until it is gone");
+                self.conflict = Some(w.worker_id.clone());
+            }
+            (None, Some(was)) => {
+                info!(other_worker = %was, "no live pod of another configuration any more; taking leases again");
+                self.conflict = None;
+            }
+            _ => {}
+        }
+        p.metrics
+            .config_conflict
+            .set(i64::from(self.conflict.is_some()));
+    }
+
+    /// The fence lapsed: the leases may be other pods' by now. Every worker stops (the publisher
+    /// already sends nothing), their leases are released where they are still this pod's, and
+    /// a new term starts with the next heartbeat.
+    async fn on_fence_lapsed(&mut self) {
         let p = self.pipeline.clone();
-        let leases: Vec<Arc<OwnedLease>> = self.running.values().map(|r| r.lease.clone()).collect();
-        let results: Vec<(ShardId, Result<(), LeaseError>)> = futures::stream::iter(leases)
-            .map(|lease| {
-                let p = p.clone();
-                async move {
-                    let r = p.leases.renew(&lease, &p.worker_id).await;
-                    (lease.shard_id.clone(), r)
-                }
-            })
-            .buffer_unordered(RENEW_CONCURRENCY)
-            .collect()
-            .await;
-        for (shard, result) in results {
-            match result {
-                Ok(()) => {}
-                Err(LeaseError::Lost(_)) => {
-                    warn!(shard_id = %shard, "lease lost to another worker; stopping the shard without checkpoint");
-                    self.pipeline.metrics.leases_lost.inc();
-                    if let Some(r) = self.running.get(&shard) {
-                        r.cancel_lost();
-                    }
-                }
-                Err(e) => {
-                    warn!(shard_id = %shard, error = %e, "renewing a lease failed; it may expire")
-                }
-            }
+        error!(
+            shards = self.running.len(),
+            "no successful heartbeat for the lease duration; this pod stopped publishing and drops every lease (self-fencing)"
+        );
+        p.metrics.fence_lapses.inc();
+        for r in self.running.values() {
+            r.stop.cancel();
         }
-    }
-
-    fn observe(&mut self, snapshot: &Snapshot, now: Instant) {
-        let keys = snapshot
-            .leases
-            .iter()
-            .map(|l| (format!("shard:{}", l.shard_id), l.counter))
-            .chain(
-                snapshot
-                    .workers
-                    .iter()
-                    .map(|w| (format!("worker:{}", w.worker_id), w.counter)),
-            );
-        let mut seen = HashSet::new();
-        for (key, counter) in keys {
-            let entry = self.observed.entry(key.clone()).or_insert((counter, now));
-            if entry.0 != counter {
-                *entry = (counter, now);
-            }
-            seen.insert(key);
+        while let Some(joined) = self.workers.join_next_with_id().await {
+            self.on_worker_exit(joined).await;
         }
-        self.observed.retain(|k, _| seen.contains(k));
+        for (_, gone) in self.gone.drain() {
+            let _ = p.leases.release(&gone.lease, &p.worker_id).await;
+        }
+        p.fence.reopen();
     }
 
-    /// A counter that has not moved for a lease duration, as this pod observed it.
-    fn expired(&self, key: &str, now: Instant) -> bool {
-        self.observed
-            .get(key)
-            .is_some_and(|(_, at)| now.duration_since(*at) >= self.timing.duration)
+    fn sync_due(&self, now: Instant) -> bool {
+        // A shard that answered ResourceNotFoundException is checked sooner than the full
+        // interval: its children wait on the answer.
+        let interval = if self.gone.is_empty() {
+            self.timing.shard_sync_interval
+        } else {
+            self.timing
+                .shard_sync_interval
+                .min(GONE_RECHECK.max(self.timing.renew_interval))
+        };
+        self.last_sync
+            .is_none_or(|last| now.duration_since(last) >= interval)
     }
 
-    /// Workers whose heartbeat moves, this pod included. A worker with an expired lease has
-    /// stopped renewing and counts as gone even if its heartbeat has not expired yet (it beats
-    /// before it renews, so it expires up to a round later): otherwise the survivors would keep
-    /// their old share for one more round before taking its leases.
-    fn live_workers(&self, snapshot: &Snapshot, now: Instant) -> usize {
-        let stalled: HashSet<&str> = snapshot
-            .leases
-            .iter()
-            .filter(|l| self.expired(&format!("shard:{}", l.shard_id), now))
-            .filter_map(|l| l.owner.as_deref())
-            .collect();
-        let others = snapshot
-            .workers
-            .iter()
-            .filter(|w| w.worker_id != self.pipeline.worker_id)
-            .filter(|w| !self.expired(&format!("worker:{}", w.worker_id), now))
-            .filter(|w| !stalled.contains(w.worker_id.as_str()))
-            .count();
-        others + 1
-    }
-
-    /// Describes the stream and creates a lease for every shard that has none. On the very first
-    /// start (no leases for this stream at all) shards start at RELAY_INITIAL_POSITION; shards
-    /// found later always start at TRIM_HORIZON, so nothing written after the first start is
-    /// skipped.
+    /// Describes the stream, creates a lease for every shard that has none (always from
+    /// TRIM_HORIZON: the stream's start decides what is skipped), deletes finished leases the
+    /// stream no longer lists, and finishes the leases of shards that aged out unread.
     async fn sync_shards(&mut self, snapshot: &Snapshot) -> Result<(), crate::stream::StreamError> {
         let p = self.pipeline.clone();
         let info = p.streams.describe(&p.stream_arn).await?;
-        let first_start = snapshot.leases.is_empty();
         let known: HashSet<&ShardId> = snapshot.leases.iter().map(|l| &l.shard_id).collect();
         for shard in info.shards.iter().filter(|s| !known.contains(&s.id)) {
-            let checkpoint = match (first_start, self.initial_position) {
-                (true, InitialPosition::Latest) if shard.closed => Checkpoint::ShardEnd,
-                (true, InitialPosition::Latest) => Checkpoint::Latest,
-                _ => Checkpoint::TrimHorizon,
-            };
             let parents: Vec<ShardId> = shard.parent.iter().cloned().collect();
-            match p.leases.create(&shard.id, &parents, &checkpoint).await {
-                Ok(true) => info!(shard_id = %shard.id, %checkpoint, "new shard"),
+            match p.leases.create(&shard.id, &parents).await {
+                Ok(true) => info!(shard_id = %shard.id, "new shard"),
                 Ok(false) => {}
                 Err(e) => warn!(shard_id = %shard.id, error = %e, "creating a lease failed"),
             }
         }
-        // Leases of finished shards that the stream no longer lists (trimmed after 24 h) are
-        // deleted; their children then count them as done (see lineage).
         let listed: HashSet<&ShardId> = info.shards.iter().map(|s| &s.id).collect();
+        // Leases of finished shards that the stream no longer lists are deleted; their children
+        // then count them as done (see lineage).
         for lease in &snapshot.leases {
             if lease.checkpoint == Checkpoint::ShardEnd && !listed.contains(&lease.shard_id) {
                 if let Err(e) = p.leases.delete(lease).await {
@@ -273,150 +362,64 @@ impl Coordinator {
                 }
             }
         }
+        let mut decided = Vec::new();
+        for (shard, gone) in &mut self.gone {
+            if listed.contains(shard) {
+                decided.push((shard.clone(), false));
+            } else {
+                gone.listings_without_it += 1;
+                if plan::aged_out(gone.listings_without_it) {
+                    decided.push((shard.clone(), true));
+                }
+            }
+        }
+        for (shard, aged_out) in decided {
+            let gone = self.gone.remove(&shard).expect("decided from the map");
+            if aged_out {
+                self.finish_trimmed(&shard, &gone.lease).await;
+            } else {
+                info!(shard_id = %shard, "shard not found but still listed; releasing it to be read again");
+                if let Err(e) = p.leases.release(&gone.lease, &p.worker_id).await {
+                    warn!(shard_id = %shard, error = %e, "releasing a lease failed");
+                }
+            }
+        }
         self.stream_shards = info.shards;
         Ok(())
     }
 
-    fn lineage<'a>(&'a self, snapshot: &'a Snapshot) -> Lineage<'a> {
-        Lineage::new(
-            snapshot
-                .leases
-                .iter()
-                .map(|l| (&l.shard_id, l.checkpoint == Checkpoint::ShardEnd)),
-            self.stream_shards.iter().map(|s| &s.id),
-        )
-    }
-
-    async fn acquire(&mut self, snapshot: &Snapshot, live_workers: usize, now: Instant) {
-        let me = self.pipeline.worker_id.clone();
-        let lineage = self.lineage(snapshot);
-        let active: Vec<&Lease> = snapshot
-            .leases
-            .iter()
-            .filter(|l| {
-                l.checkpoint != Checkpoint::ShardEnd && lineage.may_start(&l.parent_shard_ids)
-            })
-            .collect();
-        let target = active.len().div_ceil(live_workers);
-        let owner_live = |l: &Lease| {
-            l.owner
-                .as_deref()
-                .is_some_and(|o| o != me && !self.expired(&format!("shard:{}", l.shard_id), now))
-        };
-        // Free, expired, or ours in the table but not running here (this pod restarted under
-        // the same worker id): free ones first, they need no takeover.
-        let mut candidates: Vec<&Lease> = active
-            .iter()
-            .copied()
-            .filter(|l| !self.running.contains_key(&l.shard_id) && !owner_live(l))
-            .collect();
-        // In random order, so pods starting together do not all race for the same leases.
-        candidates.shuffle(&mut rand::rng());
-        candidates.sort_by_key(|l| l.owner.is_some());
-        let to_take: Vec<&Lease> = candidates
-            .into_iter()
-            .take(target.saturating_sub(self.running.len()))
-            .collect();
-        if to_take.is_empty() {
-            self.balance(&active, target, &owner_live).await;
-        }
-        for lease in to_take {
-            match self.pipeline.leases.take(lease, &me).await {
-                Ok(owned) => {
-                    if lease.owner.as_deref().is_some_and(|o| o != me) {
-                        self.pipeline.metrics.takeover("expired");
-                        info!(shard_id = %lease.shard_id, from = lease.owner.as_deref(), "took over an expired lease");
-                    } else {
-                        info!(shard_id = %lease.shard_id, checkpoint = %lease.checkpoint, "took a lease");
-                    }
-                    self.start(Arc::new(owned));
-                }
-                Err(LeaseError::Lost(_)) => {
-                    info!(shard_id = %lease.shard_id, "another worker took the lease first");
-                }
-                Err(e) => warn!(shard_id = %lease.shard_id, error = %e, "taking a lease failed"),
+    /// The failure table's "shard gone from the stream before it was read to its end": counted
+    /// as trimmed, and the lease finished so its children start.
+    async fn finish_trimmed(&mut self, shard: &ShardId, lease: &Arc<OwnedLease>) {
+        let p = &self.pipeline;
+        let checkpoint = lease.checkpoint().await;
+        match p.leases.finish_trimmed(lease, &p.worker_id).await {
+            Ok(()) => {
+                p.metrics.shards_trimmed.inc();
+                error!(shard_id = %shard, %checkpoint, "shard aged out of the stream before it was read to its end; its unread records are lost; its children start now");
+            }
+            Err(e) => {
+                warn!(shard_id = %shard, error = %e, "finishing the lease of an aged-out shard failed; trying again")
             }
         }
     }
 
-    /// Asks busier workers for leases until this pod would have its share: each request goes to
-    /// the worker that has the most while it has at least two more than this pod, counting the
-    /// requests already made, so pods end within one lease of the mean and never ask for more
-    /// than they lack.
-    async fn balance(
-        &self,
-        active: &[&Lease],
-        target: usize,
-        owner_live: &impl Fn(&Lease) -> bool,
-    ) {
-        let me = self.pipeline.worker_id.as_str();
-        let mut mine = self.running.len()
-            + active
-                .iter()
-                .filter(|l| l.handoff_to.as_deref() == Some(me) && l.owner.is_some())
-                .count();
-        let mut per_owner: HashMap<&str, Vec<&Lease>> = HashMap::new();
-        for l in active
-            .iter()
-            .copied()
-            .filter(|l| owner_live(l) && l.handoff_to.is_none())
-        {
-            per_owner
-                .entry(l.owner.as_deref().unwrap_or_default())
-                .or_default()
-                .push(l);
-        }
-        while mine < target {
-            let Some((owner, leases)) = per_owner
-                .iter_mut()
-                .max_by_key(|(owner, leases)| (leases.len(), **owner))
-                .filter(|(_, leases)| leases.len() >= mine + 2)
-            else {
-                return;
-            };
-            let lease = leases.pop().expect("a busiest worker has leases");
-            match self.pipeline.leases.request_handoff(lease, me).await {
-                Ok(()) => {
-                    self.pipeline.metrics.takeover("balanced");
-                    info!(shard_id = %lease.shard_id, from = %owner, "asked for a lease to balance the load");
-                }
-                Err(e) => {
-                    info!(shard_id = %lease.shard_id, error = %e, "asking for a lease failed")
-                }
-            }
-            mine += 1;
-        }
-    }
-
-    /// Leases another worker asked for: their workers stop as on shutdown (finish the page,
-    /// checkpoint) and `on_worker_exit` releases them.
-    fn hand_over_requested(&self, snapshot: &Snapshot) {
-        let me = &self.pipeline.worker_id;
-        for lease in &snapshot.leases {
-            let requested = lease.owner.as_ref() == Some(me)
-                && lease.handoff_to.as_ref().is_some_and(|to| to != me);
-            if let Some(running) = self.running.get(&lease.shard_id).filter(|_| requested) {
-                if !running.stop.is_cancelled() {
-                    info!(shard_id = %lease.shard_id, to = lease.handoff_to.as_deref(), "handing a lease over");
-                    running.stop.cancel();
-                }
-            }
-        }
-    }
-
-    fn start(&mut self, lease: Arc<OwnedLease>) {
+    fn start_worker(&mut self, lease: Arc<OwnedLease>) {
         let running = Running {
             lease: lease.clone(),
             stop: self.shutdown.child_token(),
-            abort: self.deadline.child_token(),
             lost: CancellationToken::new(),
         };
         let worker = ShardWorker {
             pipeline: self.pipeline.clone(),
             lease: lease.clone(),
+            start: self
+                .start
+                .clone()
+                .expect("leases are taken once the start is known"),
             stop: running.stop.clone(),
-            abort: running.abort.clone(),
             lost: running.lost.clone(),
+            deadline: self.deadline.clone(),
         };
         let task = self.workers.spawn(worker.run());
         self.tasks.insert(task.id(), lease.shard_id.clone());
@@ -444,43 +447,53 @@ impl Coordinator {
         };
         match exit {
             ShardExit::Finished | ShardExit::LeaseLost => {}
-            ShardExit::Stopped | ShardExit::Aborted | ShardExit::Gone => {
+            ShardExit::Gone => {
+                warn!(shard_id = %shard, "shard not found; checking whether it aged out of the stream");
+                self.gone.insert(
+                    shard,
+                    Gone {
+                        lease: running.lease,
+                        listings_without_it: 0,
+                    },
+                );
+            }
+            ShardExit::Stopped | ShardExit::Aborted | ShardExit::Fenced => {
                 if let Err(e) = self
                     .pipeline
                     .leases
                     .release(&running.lease, &self.pipeline.worker_id)
                     .await
                 {
-                    warn!(shard_id = %shard, error = %e, "releasing a lease failed; it will expire");
+                    warn!(shard_id = %shard, error = %e, "releasing a lease failed; another pod takes it once this one is silent");
                 }
             }
         }
     }
 
     /// Shutdown: the workers' `stop` tokens are children of `shutdown`, so they are stopping;
-    /// wait for them while renewing, so a long last page does not let the leases expire under
-    /// them, then release what they held.
+    /// wait for them (the heartbeat keeps the fence open), then release what they held.
     async fn drain(&mut self) {
         info!(shards = self.running.len(), "draining shard workers");
-        let mut tick = tokio::time::interval(self.timing.renew_interval);
-        tick.tick().await;
-        while !self.workers.is_empty() {
-            tokio::select! {
-                Some(joined) = self.workers.join_next_with_id() => self.on_worker_exit(joined).await,
-                _ = tick.tick() => self.renew_all().await,
+        while let Some(joined) = self.workers.join_next_with_id().await {
+            self.on_worker_exit(joined).await;
+        }
+        let p = self.pipeline.clone();
+        for (shard, gone) in self.gone.drain() {
+            if let Err(e) = p.leases.release(&gone.lease, &p.worker_id).await {
+                warn!(shard_id = %shard, error = %e, "releasing a lease failed");
             }
         }
-        let p = &self.pipeline;
-        if let Err(e) = p.leases.remove_heartbeat(&p.worker_id).await {
-            warn!(error = %e, "removing the heartbeat failed; it will expire");
-        }
-        self.pipeline.metrics.leases_owned.set(0);
-        info!("all shards released");
+        p.metrics.leases_owned.set(0);
     }
 
-    fn publish_status(&self, snapshot: &Snapshot, live_workers: usize) {
-        let lineage = self.lineage(snapshot);
-        let now = Instant::now();
+    fn publish_status(
+        &self,
+        snapshot: &Snapshot,
+        lineage: &Lineage<'_>,
+        liveness: &HashMap<String, Liveness>,
+        live_workers: usize,
+    ) {
+        let me = &self.pipeline.worker_id;
         let mut counts: HashMap<&'static str, i64> =
             SHARD_STATES.into_iter().map(|s| (s, 0)).collect();
         let shards: Vec<ShardStatus> = snapshot
@@ -491,17 +504,19 @@ impl Coordinator {
                 // pod runs now is fresher.
                 let mine = self.running.contains_key(&l.shard_id);
                 let owner = if mine {
-                    Some(self.pipeline.worker_id.clone())
+                    Some(me.clone())
                 } else {
                     l.owner.clone()
                 };
+                let owner_alive = l
+                    .owner
+                    .as_deref()
+                    .is_some_and(|o| o == me.as_str() || liveness.get(o) == Some(&Liveness::Alive));
                 let state = if l.checkpoint == Checkpoint::ShardEnd {
                     "finished"
                 } else if !lineage.may_start(&l.parent_shard_ids) {
                     "waiting_for_parent"
-                } else if mine
-                    || (l.owner.is_some() && !self.expired(&format!("shard:{}", l.shard_id), now))
-                {
+                } else if mine || owner_alive {
                     "owned"
                 } else {
                     "unowned"
@@ -536,5 +551,43 @@ impl Coordinator {
         m.workers.set(live_workers as i64);
         self.status
             .publish(self.slot, shards, live_workers, self.running.len());
+    }
+}
+
+fn lineage<'a>(snapshot: &'a Snapshot, listed: &'a [ShardId]) -> Lineage<'a> {
+    Lineage::new(
+        snapshot
+            .leases
+            .iter()
+            .map(|l| (&l.shard_id, l.checkpoint == Checkpoint::ShardEnd)),
+        listed,
+    )
+}
+
+/// How soon a shard that answered ResourceNotFoundException is looked for in the stream again.
+const GONE_RECHECK: Duration = Duration::from_secs(5);
+
+/// The heartbeat loop: nothing else runs in it, so a slow scan or a slow DescribeStream never
+/// delays it. Each beat is bounded by the lease table's call timeout; a success extends the fence
+/// from the time the beat was sent.
+async fn heartbeat(pipeline: Arc<Pipeline>, interval: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sent_at = tokio::time::Instant::now();
+        match pipeline
+            .leases
+            .heartbeat(&pipeline.worker_id, &pipeline.fingerprint)
+            .await
+        {
+            Ok(()) => pipeline.fence.heartbeat_succeeded(sent_at),
+            Err(e) => {
+                warn!(error = %e, "heartbeat failed; the pod stops publishing if this lasts the lease duration")
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! shards, renews, takes and balances leases and runs a shard worker per owned lease.
 
 pub mod coordinator;
+pub mod plan;
 pub mod table;
 
 use std::fmt;
@@ -20,6 +21,9 @@ pub use table::{LeaseError, LeaseTable};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checkpoint {
     TrimHorizon,
+    /// Written by versions that opened a LATEST iterator for a lease that had not reached a
+    /// record yet; read from TRIM_HORIZON now (see [`StreamStart`]), so a new owner never skips
+    /// what was written while the lease changed hands.
     Latest,
     /// The last record whose event was delivered or dead-lettered.
     Sequence(String),
@@ -46,11 +50,13 @@ impl Checkpoint {
         }
     }
 
-    /// Where reading continues; None for a finished shard.
+    /// Where reading continues; None for a finished shard. A lease that has not reached a record
+    /// reads from TRIM_HORIZON, whatever the stream's initial position: records before the
+    /// stream's start are skipped by their creation time instead, so no record written after
+    /// the start can fall between two owners' iterators.
     pub fn position(&self) -> Option<Position> {
         match self {
-            Checkpoint::TrimHorizon => Some(Position::TrimHorizon),
-            Checkpoint::Latest => Some(Position::Latest),
+            Checkpoint::TrimHorizon | Checkpoint::Latest => Some(Position::TrimHorizon),
             Checkpoint::Sequence(seq) => Some(Position::After(seq.clone())),
             Checkpoint::ShardEnd => None,
         }
@@ -84,6 +90,36 @@ pub struct Lease {
 pub struct Heartbeat {
     pub worker_id: String,
     pub counter: u64,
+    /// What the pod publishes this stream's records as (event type, filters, options), so pods
+    /// of two different configurations never share one stream's shards. `None` from versions
+    /// that did not write one.
+    pub fingerprint: Option<String>,
+}
+
+/// How a stream was first read: decided once, by the first pod that ever started on it, and kept
+/// in an item that is never deleted, so neither a pod starting later nor a stream whose leases
+/// all aged out decides again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStart {
+    /// `TRIM_HORIZON`, `LATEST`, or an RFC 3339 time, as configured when it was decided.
+    pub position: String,
+    /// Records created before this instant (ms since the epoch), less [`START_MARGIN_MS`], are
+    /// skipped by every owner of a lease that has not reached a record yet; `None` reads
+    /// everything the stream holds.
+    pub skip_before_ms: Option<i64>,
+}
+
+/// `ApproximateCreationDateTime` is rounded down to the second, and so is the `Date` header the
+/// start time comes from: a record written after the start may carry a time up to a second
+/// before it, so it is kept.
+pub const START_MARGIN_MS: i64 = 1000;
+
+impl StreamStart {
+    /// Whether a record created at `created_ms` predates the stream's start.
+    pub fn skips(&self, created_ms: i64) -> bool {
+        self.skip_before_ms
+            .is_some_and(|start| created_ms < start - START_MARGIN_MS)
+    }
 }
 
 /// A lease this pod owns, shared by its shard worker (checkpoints) and the coordinator

@@ -3,18 +3,27 @@
 //! duration and another pod took it) finds out at its next write and writes nothing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TransactWriteItem,
+    Update,
 };
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{Checkpoint, Heartbeat, Lease, OwnedLease};
+use super::plan::Liveness;
+use super::{Checkpoint, Heartbeat, Lease, OwnedLease, StreamStart};
+use crate::config::InitialPosition;
 use crate::metrics;
 use crate::stream::ShardId;
 
@@ -34,6 +43,14 @@ pub enum LeaseError {
 }
 
 impl LeaseError {
+    fn timed_out(operation: &'static str, after: Duration) -> LeaseError {
+        metrics::aws_error(operation, "timeout");
+        LeaseError::Unavailable {
+            operation,
+            message: format!("no answer within {}", humantime::format_duration(after)),
+        }
+    }
+
     fn from_sdk<E, R>(operation: &'static str, key: &str, err: SdkError<E, R>) -> LeaseError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -68,11 +85,15 @@ pub struct LeaseTable {
     client: Client,
     table: String,
     stream_arn: String,
+    /// Every call of the lease protocol, retries included, ends within this: a heartbeat or a
+    /// checkpoint that hangs must not outlive the lease it protects.
+    call_timeout: Duration,
 }
 
 const KEY: &str = "lease_key";
 const KIND_SHARD: &str = "shard";
 const KIND_WORKER: &str = "worker";
+const KIND_START: &str = "stream_start";
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -96,12 +117,33 @@ pub struct Snapshot {
 }
 
 impl LeaseTable {
-    pub fn new(client: Client, table: String, stream_arn: String) -> LeaseTable {
+    pub fn new(
+        client: Client,
+        table: String,
+        stream_arn: String,
+        call_timeout: Duration,
+    ) -> LeaseTable {
         LeaseTable {
             client,
             table,
             stream_arn,
+            call_timeout,
         }
+    }
+
+    /// Runs one call of the lease protocol within `call_timeout`.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, LeaseError>>,
+    ) -> Result<T, LeaseError> {
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(LeaseError::timed_out(operation, self.call_timeout)))
+    }
+
+    fn start_key(&self) -> String {
+        format!("{}|start", self.stream_arn)
     }
 
     pub fn lease_key(&self, shard: &ShardId) -> String {
@@ -182,7 +224,7 @@ impl LeaseTable {
         let mut snapshot = Snapshot::default();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
-            let out = self
+            let page = self
                 .client
                 .scan()
                 .table_name(&self.table)
@@ -190,25 +232,17 @@ impl LeaseTable {
                 .filter_expression("stream_arn = :arn")
                 .expression_attribute_values(":arn", s(&self.stream_arn))
                 .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| LeaseError::from_sdk("Scan", &self.table, e))?;
+                .send();
+            let out = self
+                .bounded("Scan", async {
+                    page.await
+                        .map_err(|e| LeaseError::from_sdk("Scan", &self.table, e))
+                })
+                .await?;
             for item in out.items() {
-                match item
-                    .get("kind")
-                    .and_then(|v| v.as_s().ok())
-                    .map(String::as_str)
-                {
-                    Some(KIND_WORKER) => {
-                        if let Some(hb) = parse_heartbeat(item) {
-                            snapshot.workers.push(hb);
-                        }
-                    }
-                    Some(KIND_SHARD) => {
-                        if let Some(lease) = parse_lease(item) {
-                            snapshot.leases.push(lease);
-                        }
-                    }
+                match get_s(item, "kind") {
+                    Some(KIND_WORKER) => snapshot.workers.extend(parse_heartbeat(item)),
+                    Some(KIND_SHARD) => snapshot.leases.extend(parse_lease(item)),
                     _ => {}
                 }
             }
@@ -219,17 +253,104 @@ impl LeaseTable {
         }
     }
 
+    /// The stream's start, deciding it when no pod has yet: a conditional put that only the
+    /// first pod ever wins. A start "now" (`LATEST`) is DynamoDB's time from the `Date` header of
+    /// the read just before the put, not this pod's clock, so it never lies after a write that
+    /// DynamoDB accepted after the decision. `has_leases`: an earlier version already reads this
+    /// stream from where its leases stand, so nothing is skipped.
+    pub async fn stream_start(
+        &self,
+        configured: InitialPosition,
+        has_leases: bool,
+    ) -> Result<StreamStart, LeaseError> {
+        let key = self.start_key();
+        let date = ServiceDate::default();
+        let read = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY, s(&key))
+            .consistent_read(true)
+            .customize()
+            .interceptor(date.clone())
+            .send();
+        let out = self
+            .bounded("GetItem", async {
+                read.await
+                    .map_err(|e| LeaseError::from_sdk("GetItem", &key, e))
+            })
+            .await?;
+        if let Some(start) = out.item.as_ref().and_then(parse_start) {
+            return Ok(start);
+        }
+        let (position, skip_before_ms) = match configured {
+            _ if has_leases => ("TRIM_HORIZON".to_owned(), None),
+            InitialPosition::TrimHorizon => ("TRIM_HORIZON".to_owned(), None),
+            InitialPosition::Latest => ("LATEST".to_owned(), Some(date.millis())),
+            InitialPosition::At(at) => (
+                at.format(&Rfc3339).expect("UTC time formats as RFC 3339"),
+                Some((at.unix_timestamp_nanos() / 1_000_000) as i64),
+            ),
+        };
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(KEY, s(&key))
+            .item("kind", s(KIND_START))
+            .item("stream_arn", s(&self.stream_arn))
+            .item("initial_position", s(&position))
+            .item("decided_at", now())
+            .condition_expression("attribute_not_exists(lease_key)");
+        if let Some(ms) = skip_before_ms {
+            put = put.item("skip_before_ms", AttributeValue::N(ms.to_string()));
+        }
+        let put = put.send();
+        let decided = self
+            .bounded("PutItem", async {
+                match put.await {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+                    Err(e) => Err(LeaseError::from_sdk("PutItem", &key, e)),
+                }
+            })
+            .await?;
+        if decided {
+            tracing::info!(stream_arn = %self.stream_arn, %position, ?skip_before_ms, "decided where this stream is first read");
+            return Ok(StreamStart {
+                position,
+                skip_before_ms,
+            });
+        }
+        // Another pod decided first: its decision counts.
+        let read = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY, s(&key))
+            .consistent_read(true)
+            .send();
+        let out = self
+            .bounded("GetItem", async {
+                read.await
+                    .map_err(|e| LeaseError::from_sdk("GetItem", &key, e))
+            })
+            .await?;
+        out.item
+            .as_ref()
+            .and_then(parse_start)
+            .ok_or_else(|| LeaseError::Unavailable {
+                operation: "GetItem",
+                message: format!("the stream start item {key} is unreadable"),
+            })
+    }
+
     /// Creates a free lease for a newly found shard; false when it exists already (another pod,
     /// or an earlier sync, created it).
-    pub async fn create(
-        &self,
-        shard: &ShardId,
-        parents: &[ShardId],
-        checkpoint: &Checkpoint,
-    ) -> Result<bool, LeaseError> {
+    pub async fn create(&self, shard: &ShardId, parents: &[ShardId]) -> Result<bool, LeaseError> {
         let key = self.lease_key(shard);
         let parents = AttributeValue::L(parents.iter().map(|p| s(p.as_str())).collect());
-        let result = self
+        let put = self
             .client
             .put_item()
             .table_name(&self.table)
@@ -238,28 +359,36 @@ impl LeaseTable {
             .item("stream_arn", s(&self.stream_arn))
             .item("shard_id", s(shard.as_str()))
             .item("counter", n(0))
-            .item("checkpoint", s(checkpoint.as_str()))
+            .item("checkpoint", s(Checkpoint::TrimHorizon.as_str()))
             .item("parent_shard_ids", parents)
             .item("owner_switches", n(0))
             .item("updated_at", now())
             .condition_expression("attribute_not_exists(lease_key)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
-            Err(e) => Err(LeaseError::from_sdk("PutItem", &key, e)),
-        }
+            .send();
+        self.bounded("PutItem", async {
+            match put.await {
+                Ok(_) => Ok(true),
+                Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+                Err(e) => Err(LeaseError::from_sdk("PutItem", &key, e)),
+            }
+        })
+        .await
     }
 
-    /// Takes a lease that is free, expired, or (balancing) owned by a worker with too many:
-    /// conditioned on the counter this pod observed, so of two pods racing for it only one wins.
-    pub async fn take(&self, lease: &Lease, me: &str) -> Result<OwnedLease, LeaseError> {
+    /// Takes a lease that is free, or whose owner fell silent or exited: conditioned on the
+    /// lease's counter as observed, so of two pods racing for it only one wins, and, when it has
+    /// an owner, in one transaction with a check that the owner's heartbeat is still what was
+    /// observed, so an owner that beat again since keeps its lease.
+    pub async fn take(
+        &self,
+        lease: &Lease,
+        me: &str,
+        owner: Option<&(String, Liveness)>,
+    ) -> Result<OwnedLease, LeaseError> {
         let key = self.lease_key(&lease.shard_id);
         let next = lease.counter + 1;
         let switches = lease.owner_switches + u64::from(lease.owner.as_deref() != Some(me));
-        self.client
-            .update_item()
+        let update = Update::builder()
             .table_name(&self.table)
             .key(KEY, s(&key))
             .update_expression(
@@ -273,9 +402,57 @@ impl LeaseTable {
             .expression_attribute_values(":seen", n(lease.counter))
             .expression_attribute_values(":switches", n(switches))
             .expression_attribute_values(":now", now())
-            .send()
-            .await
-            .map_err(|e| LeaseError::from_sdk("UpdateItem", &key, e))?;
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .expect("complete update");
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        if let Some((owner, liveness)) = owner {
+            let check = ConditionCheck::builder()
+                .table_name(&self.table)
+                .key(KEY, s(self.worker_key(owner)));
+            let check = match liveness {
+                Liveness::Silent { counter } => check
+                    .condition_expression("#counter = :beat")
+                    .expression_attribute_names("#counter", "counter")
+                    .expression_attribute_values(":beat", n(*counter)),
+                _ => check.condition_expression("attribute_not_exists(lease_key)"),
+            };
+            items.push(
+                TransactWriteItem::builder()
+                    .condition_check(check.build().expect("complete condition check"))
+                    .build(),
+            );
+        }
+        let call = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send();
+        self.bounded("TransactWriteItems", async {
+            match call.await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    // A timed-out attempt may have committed before the retry that failed.
+                    let ours = e
+                        .as_service_error()
+                        .and_then(|s| match s {
+                            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => c.cancellation_reasons().first(),
+                            _ => None,
+                        })
+                        .and_then(|r| r.item())
+                        .is_some_and(|old| written_by(old, me, next));
+                    if ours {
+                        Ok(())
+                    } else if e.code() == Some("TransactionCanceledException") {
+                        metrics::aws_error("TransactWriteItems", "lease_lost");
+                        Err(LeaseError::Lost(key.clone()))
+                    } else {
+                        Err(LeaseError::from_sdk("TransactWriteItems", &key, e))
+                    }
+                }
+            }
+        })
+        .await?;
         Ok(OwnedLease::new(
             lease.shard_id.clone(),
             key,
@@ -284,11 +461,13 @@ impl LeaseTable {
         ))
     }
 
-    /// Asks the owner of a lease to hand it over. The counter is left alone, so the owner's
-    /// renewals keep working; it sees the request in its next read of the table.
+    /// Asks the owner of a lease to hand it over at its next page boundary. Conditioned on the
+    /// counter, so a request never lands on a lease that changed hands since it was read; the
+    /// counter itself is left alone, so the owner's checkpoints keep working.
     pub async fn request_handoff(&self, lease: &Lease, me: &str) -> Result<(), LeaseError> {
         let key = self.lease_key(&lease.shard_id);
-        self.client
+        let call = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key(KEY, s(&key))
@@ -299,19 +478,25 @@ impl LeaseTable {
             .expression_attribute_values(":me", s(me))
             .expression_attribute_values(":owner", s(lease.owner.as_deref().unwrap_or_default()))
             .expression_attribute_values(":seen", n(lease.counter))
-            .send()
-            .await
-            .map_err(|e| LeaseError::from_sdk("UpdateItem", &key, e))?;
-        Ok(())
+            .send();
+        self.bounded("UpdateItem", async {
+            call.await
+                .map(|_| ())
+                .map_err(|e| LeaseError::from_sdk("UpdateItem", &key, e))
+        })
+        .await
     }
 
-    /// One conditional write on an owned lease: `set` is the rest of the update expression.
+    /// One conditional write on an owned lease: `update` is the whole update expression. A
+    /// condition that fails on an item that already shows this very write (an earlier attempt
+    /// committed, its answer was lost) counts as success.
     async fn write_owned(
         &self,
         lease: &OwnedLease,
         me: &str,
         update: &str,
         checkpoint: Option<&Checkpoint>,
+        extra: &[(&str, AttributeValue)],
     ) -> Result<(), LeaseError> {
         let mut state = lease.state.lock().await;
         let next = state.counter + 1;
@@ -327,23 +512,44 @@ impl LeaseTable {
             .expression_attribute_values(":me", s(me))
             .expression_attribute_values(":next", n(next))
             .expression_attribute_values(":seen", n(state.counter))
-            .expression_attribute_values(":now", now());
+            .expression_attribute_values(":now", now())
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if let Some(cp) = checkpoint {
             req = req.expression_attribute_values(":cp", s(cp.as_str()));
         }
-        req.send()
-            .await
-            .map_err(|e| LeaseError::from_sdk("UpdateItem", &lease.lease_key, e))?;
+        for (name, value) in extra {
+            req = req.expression_attribute_values(*name, value.clone());
+        }
+        let call = req.send();
+        let releasing = update.starts_with("REMOVE #owner");
+        self.bounded("UpdateItem", async {
+            match call.await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let ours = e
+                        .as_service_error()
+                        .and_then(|s| match s {
+                            aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item(),
+                            _ => None,
+                        })
+                        .is_some_and(|old| {
+                            get_n(old, "counter") == Some(next)
+                                && (releasing || get_s(old, "owner") == Some(me))
+                        });
+                    if ours {
+                        Ok(())
+                    } else {
+                        Err(LeaseError::from_sdk("UpdateItem", &lease.lease_key, e))
+                    }
+                }
+            }
+        })
+        .await?;
         state.counter = next;
         if let Some(cp) = checkpoint {
             state.checkpoint = cp.clone();
         }
         Ok(())
-    }
-
-    pub async fn renew(&self, lease: &OwnedLease, me: &str) -> Result<(), LeaseError> {
-        self.write_owned(lease, me, "SET #counter = :next, updated_at = :now", None)
-            .await
     }
 
     pub async fn checkpoint(
@@ -357,6 +563,21 @@ impl LeaseTable {
             me,
             "SET #counter = :next, checkpoint = :cp, updated_at = :now",
             Some(checkpoint),
+            &[],
+        )
+        .await
+    }
+
+    /// Finishes the lease of a shard that aged out of the stream before it was read to its end,
+    /// so its children start; what it stood at is kept on the item for the operator.
+    pub async fn finish_trimmed(&self, lease: &OwnedLease, me: &str) -> Result<(), LeaseError> {
+        let stood_at = lease.checkpoint().await;
+        self.write_owned(
+            lease,
+            me,
+            "SET #counter = :next, checkpoint = :cp, trimmed_at = :now, trimmed_from = :from, updated_at = :now",
+            Some(&Checkpoint::ShardEnd),
+            &[(":from", s(stood_at.as_str()))],
         )
         .await
     }
@@ -368,51 +589,62 @@ impl LeaseTable {
             me,
             "REMOVE #owner, handoff_to SET #counter = :next, updated_at = :now",
             None,
+            &[],
         )
         .await
     }
 
-    /// This pod's heartbeat: its counter moves every round while the pod is alive.
-    pub async fn heartbeat(&self, me: &str) -> Result<(), LeaseError> {
+    /// This pod's heartbeat: its counter moves every beat while the pod is alive, and other pods
+    /// tell its liveness from that alone. It carries the configuration fingerprint.
+    pub async fn heartbeat(&self, me: &str, fingerprint: &str) -> Result<(), LeaseError> {
         let key = self.worker_key(me);
-        self.client
+        let call = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key(KEY, s(&key))
             .update_expression(
-                "SET #kind = :kind, stream_arn = :arn, worker_id = :me, updated_at = :now ADD #counter :one",
+                "SET #kind = :kind, stream_arn = :arn, worker_id = :me, fingerprint = :fp, updated_at = :now ADD #counter :one",
             )
             .expression_attribute_names("#kind", "kind")
             .expression_attribute_names("#counter", "counter")
             .expression_attribute_values(":kind", s(KIND_WORKER))
             .expression_attribute_values(":arn", s(&self.stream_arn))
             .expression_attribute_values(":me", s(me))
+            .expression_attribute_values(":fp", s(fingerprint))
             .expression_attribute_values(":now", now())
             .expression_attribute_values(":one", n(1))
-            .send()
-            .await
-            .map_err(|e| LeaseError::from_sdk("UpdateItem", &key, e))?;
-        Ok(())
+            .send();
+        self.bounded("UpdateItem", async {
+            call.await
+                .map(|_| ())
+                .map_err(|e| LeaseError::from_sdk("UpdateItem", &key, e))
+        })
+        .await
     }
 
     /// Removes this pod's heartbeat on a clean exit, so the others rebalance at once.
     pub async fn remove_heartbeat(&self, me: &str) -> Result<(), LeaseError> {
         let key = self.worker_key(me);
-        self.client
+        let call = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .key(KEY, s(&key))
-            .send()
-            .await
-            .map_err(|e| LeaseError::from_sdk("DeleteItem", &key, e))?;
-        Ok(())
+            .send();
+        self.bounded("DeleteItem", async {
+            call.await
+                .map(|_| ())
+                .map_err(|e| LeaseError::from_sdk("DeleteItem", &key, e))
+        })
+        .await
     }
 
     /// Deletes the lease of a finished shard that the stream no longer lists; conditioned on the
     /// counter so a lease somebody just wrote is kept.
     pub async fn delete(&self, lease: &Lease) -> Result<(), LeaseError> {
         let key = self.lease_key(&lease.shard_id);
-        let result = self
+        let call = self
             .client
             .delete_item()
             .table_name(&self.table)
@@ -420,13 +652,62 @@ impl LeaseTable {
             .condition_expression("#counter = :seen")
             .expression_attribute_names("#counter", "counter")
             .expression_attribute_values(":seen", n(lease.counter))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
-            Err(e) => Err(LeaseError::from_sdk("DeleteItem", &key, e)),
+            .send();
+        self.bounded("DeleteItem", async {
+            match call.await {
+                Ok(_) => Ok(()),
+                Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
+                Err(e) => Err(LeaseError::from_sdk("DeleteItem", &key, e)),
+            }
+        })
+        .await
+    }
+}
+
+/// Whether an item, as a failed condition returned it, already shows this pod's take.
+fn written_by(old: &HashMap<String, AttributeValue>, me: &str, counter: u64) -> bool {
+    get_s(old, "owner") == Some(me) && get_n(old, "counter") == Some(counter)
+}
+
+/// The `Date` header of a DynamoDB response: the service's clock, for a start time that no
+/// pod's clock can move.
+#[derive(Debug, Clone, Default)]
+struct ServiceDate(Arc<std::sync::Mutex<Option<String>>>);
+
+impl ServiceDate {
+    /// Milliseconds since the epoch; this pod's clock when no parseable header came.
+    fn millis(&self) -> i64 {
+        let header = self.0.lock().expect("date lock").clone();
+        let at = header
+            .as_deref()
+            .and_then(|h| httpdate::parse_http_date(h).ok())
+            .unwrap_or_else(|| {
+                tracing::warn!(
+                    ?header,
+                    "DynamoDB sent no usable Date header; the stream start is this pod's clock"
+                );
+                std::time::SystemTime::now()
+            });
+        at.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+}
+
+impl Intercept for ServiceDate {
+    fn name(&self) -> &'static str {
+        "ServiceDate"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(date) = context.response().headers().get("date") {
+            *self.0.lock().expect("date lock") = Some(date.to_owned());
         }
+        Ok(())
     }
 }
 
@@ -466,6 +747,17 @@ fn parse_heartbeat(item: &HashMap<String, AttributeValue>) -> Option<Heartbeat> 
     Some(Heartbeat {
         worker_id: get_s(item, "worker_id")?.to_owned(),
         counter: get_n(item, "counter")?,
+        fingerprint: get_s(item, "fingerprint").map(str::to_owned),
+    })
+}
+
+fn parse_start(item: &HashMap<String, AttributeValue>) -> Option<StreamStart> {
+    Some(StreamStart {
+        position: get_s(item, "initial_position")?.to_owned(),
+        skip_before_ms: item
+            .get("skip_before_ms")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok()),
     })
 }
 

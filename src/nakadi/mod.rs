@@ -15,6 +15,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::fence::Fence;
 
 mod batch;
 mod publisher;
@@ -82,6 +85,44 @@ pub enum Outcome {
     Delivered,
     /// Nakadi finally did not take it; the caller dead-letters it.
     Failed(Failure),
+    /// Not decided: the gate closed before Nakadi accepted it. It may have landed with a request
+    /// whose answer never came; the caller neither dead-letters it nor checkpoints past it, so
+    /// whoever continues publishes it again with the same eid.
+    NotSent(Halt),
+}
+
+/// Why the publisher stopped sending new requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    /// The drain deadline of a shutdown passed.
+    Deadline,
+    /// This pod's self-fence closed: the leases behind these events may be another pod's now.
+    Fenced,
+}
+
+/// When the publisher must stop sending: checked before every request, never in the middle of
+/// one. A request already sent is answered (within the request timeout) and its answer counts,
+/// so what Nakadi accepted is known and checkpointed.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate<'a> {
+    /// The drain deadline of a shutdown.
+    pub deadline: &'a CancellationToken,
+    /// The self-fence of the leases these events come from; `None` where no lease guards them
+    /// (the re-drain loop, the snapshot's own progress fencing).
+    pub fence: Option<&'a Fence>,
+}
+
+impl Gate<'_> {
+    /// `Some` once no new request may be sent.
+    pub fn halted(&self) -> Option<Halt> {
+        if self.deadline.is_cancelled() {
+            Some(Halt::Deadline)
+        } else if self.fence.is_some_and(|f| !f.is_open()) {
+            Some(Halt::Fenced)
+        } else {
+            None
+        }
+    }
 }
 
 /// Why an event was not published, for the dead-letter message.
@@ -119,12 +160,6 @@ impl FailureKind {
         }
     }
 }
-
-/// The shutdown deadline passed while publishing. What was in flight may or may not have reached
-/// Nakadi; the caller stops without checkpointing, so those events are replayed (same eids).
-#[derive(Debug, thiserror::Error)]
-#[error("publishing aborted by the shutdown deadline")]
-pub struct Aborted;
 
 /// Why the publisher cannot start. Token problems name the file, never the token.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,6 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderName, RETRY_AFTER};
 use time::OffsetDateTime;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 use uuid::Uuid;
 
@@ -32,12 +31,16 @@ use super::response::{
 };
 use super::token::{Authorization, TokenProvider};
 use super::{
-    Aborted, Failure, FailureKind, FailureMode, NakadiError, Outcome, PublishContext,
+    Failure, FailureKind, FailureMode, Gate, Halt, NakadiError, Outcome, PublishContext,
     PublisherConfig,
 };
 use crate::metrics::{self, METRICS};
 use crate::retry::Backoff;
 use crate::transform::{Event, MAX_EVENT_BYTES};
+
+/// The longest wait after a 429 before trying again: Nakadi's `Retry-After` on a rate limit is
+/// obeyed up to this, and a shorter wait only costs one more 429.
+pub(crate) const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(30);
 
 const FLOW_ID: HeaderName = HeaderName::from_static("x-flow-id");
 
@@ -255,14 +258,18 @@ impl Publisher {
     /// [`FailureKind::RetriesExhausted`]. In [`FailureMode::Block`] nothing fails: everything,
     /// rejections and oversized events included, is retried with capped backoff and ERROR logs.
     ///
-    /// `abort` is the hard shutdown deadline: once cancelled this returns `Err(Aborted)`
-    /// promptly, dropping the request in flight.
+    /// A 429 is never a reason to give up: it is retried after `min(Retry-After, MAX_RATE_LIMIT_WAIT)`
+    /// and neither its attempts nor its waits count against the budgets.
+    ///
+    /// `gate` is checked before every request: once it is closed (drain deadline, self-fence)
+    /// no new request goes out, and every event not yet decided ends [`Outcome::NotSent`]. A
+    /// request already sent is waited for, so its answer is known.
     pub async fn publish(
         &self,
         events: &[Event],
         ctx: &PublishContext<'_>,
-        abort: &CancellationToken,
-    ) -> Result<Vec<Outcome>, Aborted> {
+        gate: &Gate<'_>,
+    ) -> Vec<Outcome> {
         let config = &self.inner.config;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut sendable = Vec::with_capacity(events.len());
@@ -293,39 +300,49 @@ impl Publisher {
             }));
         }
         for group in batch::split(sendable, config.batch_size, config.batch_bytes) {
-            self.publish_group(events, group, &mut outcomes, ctx, abort)
-                .await?;
+            if let Some(halt) = self
+                .publish_group(events, &group, &mut outcomes, ctx, gate)
+                .await
+            {
+                for &i in &group {
+                    outcomes[i].get_or_insert(Outcome::NotSent(halt));
+                }
+            }
         }
-        Ok(outcomes
+        outcomes
             .into_iter()
             .map(|o| o.expect("every event got an outcome"))
-            .collect())
+            .collect()
     }
 
-    /// One request's worth of events, retried until each is decided.
+    /// One request's worth of events, retried until each is decided; `Some` when the gate closed
+    /// first (the undecided events are left without an outcome).
     async fn publish_group(
         &self,
         events: &[Event],
-        group: Vec<usize>,
+        group: &[usize],
         outcomes: &mut [Option<Outcome>],
         ctx: &PublishContext<'_>,
-        abort: &CancellationToken,
-    ) -> Result<(), Aborted> {
+        gate: &Gate<'_>,
+    ) -> Option<Halt> {
         let config = &self.inner.config;
         let block = config.on_failure == FailureMode::Block;
         let started = Instant::now();
         // Only ever shrinks: an event leaves when it is decided, so every event still here was in
         // every request so far and failed in each, and `attempt` and `first_failed_at` are the
         // same for all of them.
-        let mut pending = group;
+        let mut pending = group.to_vec();
         let mut first_failed_at = None;
+        // Rate-limited attempts and the time spent waiting on them: not held against the budgets.
+        let mut limited_attempts: u32 = 0;
+        let mut limited_for = Duration::ZERO;
         // The encoded body, kept while `pending` does not change: a retry re-sends the same bytes
         // without re-compressing them.
         let mut body: Option<(Bytes, bool)> = None;
         let mut attempt: u32 = 0;
         loop {
-            if abort.is_cancelled() {
-                return Err(aborted(ctx, events, &pending));
+            if let Some(halt) = gate.halted() {
+                return Some(halted(halt, ctx, events, &pending));
             }
             attempt = attempt.saturating_add(1);
             let (bytes, gzip) = body
@@ -346,11 +363,7 @@ impl Publisher {
                 gzip,
                 authorization: self.inner.token.current(),
             };
-            let (status, verdict) = tokio::select! {
-                biased;
-                () = abort.cancelled() => return Err(aborted(ctx, events, &pending)),
-                answer = self.send(request) => answer,
-            };
+            let (status, verdict) = self.send(request).await;
 
             let sent = pending.len();
             let decided = decide(verdict, events, &pending, block);
@@ -376,7 +389,7 @@ impl Publisher {
             }
             if decided.again.is_empty() {
                 debug!(%flow_id, shard_id = ctx.shard_id, first_sequence_number = first_seq, last_sequence_number = last_seq, events = sent, delivered, rejected, status, attempt, bytes = request_bytes, gzip, "publishing request done");
-                return Ok(());
+                return None;
             }
             let first_failed_at = *first_failed_at.get_or_insert(now);
             if decided.again.len() != pending.len() {
@@ -387,9 +400,28 @@ impl Publisher {
                 self.inner.token.reload();
             }
 
-            let delay = Backoff::NAKADI.delay(attempt - 1, decided.retry_after);
+            let rate_limited = decided
+                .again
+                .iter()
+                .all(|&(_, reason)| reason == RetryReason::RateLimited);
+            let delay = if rate_limited {
+                limited_attempts += 1;
+                let wait = decided
+                    .retry_after
+                    .unwrap_or_else(|| Backoff::NAKADI.delay(attempt - 1, None))
+                    .min(MAX_RATE_LIMIT_WAIT);
+                limited_for += wait;
+                wait
+            } else {
+                Backoff::NAKADI.delay(attempt - limited_attempts - 1, decided.retry_after)
+            };
             let elapsed = started.elapsed();
-            if !block && (attempt >= config.max_attempts || elapsed + delay > config.max_retry_time)
+            let budgeted_attempts = attempt - limited_attempts;
+            let budgeted_time = elapsed.saturating_sub(limited_for);
+            if !block
+                && !rate_limited
+                && (budgeted_attempts >= config.max_attempts
+                    || budgeted_time + delay > config.max_retry_time)
             {
                 let reason = format!(
                     "gave up after {attempt} attempts in {}: {}",
@@ -407,7 +439,7 @@ impl Publisher {
                         last_failed_at: now,
                     }));
                 }
-                return Ok(());
+                return None;
             }
 
             let mut by_reason: HashMap<RetryReason, u64> = HashMap::new();
@@ -427,7 +459,7 @@ impl Publisher {
             }
             tokio::select! {
                 biased;
-                () = abort.cancelled() => return Err(aborted(ctx, events, &pending)),
+                () = gate.deadline.cancelled() => return Some(halted(Halt::Deadline, ctx, events, &pending)),
                 () = tokio::time::sleep(delay) => {}
             }
         }
@@ -469,14 +501,23 @@ impl Publisher {
     }
 }
 
-fn aborted(ctx: &PublishContext<'_>, events: &[Event], pending: &[usize]) -> Aborted {
-    warn!(
-        shard_id = ctx.shard_id,
-        first_sequence_number = events[pending[0]].sequence_number(),
-        events = pending.len(),
-        "shutdown deadline reached while publishing; the events are published again after restart"
-    );
-    Aborted
+fn halted(halt: Halt, ctx: &PublishContext<'_>, events: &[Event], pending: &[usize]) -> Halt {
+    let first_sequence_number = events[pending[0]].sequence_number();
+    match halt {
+        Halt::Deadline => warn!(
+            shard_id = ctx.shard_id,
+            first_sequence_number,
+            events = pending.len(),
+            "drain deadline reached while publishing; no new request is sent, whoever continues publishes these events"
+        ),
+        Halt::Fenced => warn!(
+            shard_id = ctx.shard_id,
+            first_sequence_number,
+            events = pending.len(),
+            "self-fence closed (no successful heartbeat for the lease duration); no new request is sent"
+        ),
+    }
+    halt
 }
 
 /// What one response means for each event that was in the request.

@@ -38,7 +38,7 @@ use crate::dlq::{DeadLetter, DeadLetterQueue};
 use crate::lease::LeaseTable;
 use crate::lease::table::{LeaseError, SegmentProgress};
 use crate::metrics;
-use crate::nakadi::{Outcome, PublishContext, Publisher};
+use crate::nakadi::{Gate, Outcome, PublishContext, Publisher};
 use crate::retry::Backoff;
 use crate::stream::ShardId;
 use crate::transform::{EventSettings, TransformFailure, snapshot_event};
@@ -67,6 +67,9 @@ pub enum SnapshotError {
 }
 
 /// Everything one snapshot run needs, checked at start.
+/// The longest one progress write of the snapshot may take, retries included.
+const SNAPSHOT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct Snapshot {
     dynamodb: Client,
     table: String,
@@ -212,11 +215,13 @@ impl Snapshot {
                 (provisioned as f64 * share).max(0.1)
             }
         };
-        // The snapshot writes no shard leases, so the lease table needs no stream here.
+        // The snapshot writes no shard leases, so the lease table needs no stream here, and its
+        // progress writes have no lease duration to fit in: the SDK's own timeouts bound them.
         let leases = LeaseTable::new(
             aws.dynamodb.clone(),
             config.lease_table.clone(),
             String::new(),
+            SNAPSHOT_CALL_TIMEOUT,
         );
         leases
             .ensure_exists(config.create_lease_table)
@@ -552,15 +557,18 @@ impl Snapshot {
         let ctx = PublishContext {
             shard_id: &format!("snapshot-{source}"),
         };
-        let outcomes = self
-            .publisher
-            .publish(&events, &ctx, abort)
-            .await
-            .map_err(|_| SegmentExit::Aborted)?;
+        let gate = Gate {
+            deadline: abort,
+            fence: None,
+        };
+        let outcomes = self.publisher.publish(&events, &ctx, &gate).await;
         let mut published = 0;
         for (event, outcome) in events.iter().zip(outcomes) {
             match outcome {
                 Outcome::Delivered => published += 1,
+                // A page's progress is one LastEvaluatedKey: a page not wholly decided is scanned
+                // again by whoever continues the segment.
+                Outcome::NotSent(_) => return Err(SegmentExit::Aborted),
                 Outcome::Failed(failure) => letters.push(DeadLetter::from_event(
                     &self.table_arn,
                     &shard,

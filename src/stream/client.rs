@@ -72,7 +72,6 @@ impl StreamError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Position {
     TrimHorizon,
-    Latest,
     After(String),
 }
 
@@ -167,7 +166,6 @@ impl StreamsClient {
             .shard_id(shard.as_str());
         let req = match position {
             Position::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
-            Position::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
             Position::After(seq) => req
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .sequence_number(seq),

@@ -1,12 +1,14 @@
 //! The loop that carries one shard's records to Nakadi.
 //!
-//! wait for records (the only step that races shutdown) → transform → publish → dead-letter what
-//! finally failed → checkpoint the page → again, with the next page read while this one is
-//! published. A page that was read is always finished and checkpointed before the loop looks at
-//! the stop signal again; the page read ahead meanwhile is dropped unpublished on stop. Only the
-//! lease being lost or the drain deadline passing (`abort`) cuts a page short, and then nothing is
-//! checkpointed, so the page is read again by whoever continues (at least once, never lost).
-
+//! wait for records (the only step that races shutdown) → transform → deliver (publish,
+//! dead-letter what finally failed: [`crate::delivery`]) → checkpoint the done prefix → again,
+//! with the next page read while this one is delivered. A page that was read is finished and
+//! checkpointed before the loop looks at the stop signal again; the page read ahead meanwhile is
+//! dropped unpublished on stop.
+//!
+//! What cuts a page short: the drain deadline and the self-fence stop new publish requests (the
+//! prefix that was delivered is still checkpointed, so whoever continues starts right after it);
+//! the lease being lost stops everything at once, without a checkpoint.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +18,13 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::capture::RecordsPage;
 use super::{Position, StreamError, StreamsClient};
+use crate::delivery::{Delivery, Entry};
 use crate::dlq::{DeadLetter, DeadLetterQueue};
+use crate::fence::Fence;
 use crate::filter::{Filter, Filtered};
-use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease};
-use crate::metrics::{METRICS, TableMetrics};
-use crate::nakadi::{Outcome, PublishContext, Publisher};
+use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease, StreamStart};
+use crate::metrics::TableMetrics;
+use crate::nakadi::{Gate, Halt, PublishContext, Publisher};
 use crate::retry::Backoff;
 use crate::transform::EventSettings;
 
@@ -37,6 +41,10 @@ pub struct Pipeline {
     pub settings: EventSettings,
     pub filter: Filter,
     pub metrics: TableMetrics,
+    /// This pod's fence over the stream's leases, opened by the heartbeat.
+    pub fence: Arc<Fence>,
+    /// [`crate::config::TableConfig::fingerprint`], carried in the heartbeat.
+    pub fingerprint: String,
 }
 
 /// Why a shard worker ended.
@@ -48,9 +56,13 @@ pub enum ShardExit {
     Stopped,
     /// Another worker owns the lease now; nothing was checkpointed after the loss.
     LeaseLost,
-    /// The drain deadline passed mid-page; the page was not checkpointed and will be re-read.
+    /// The drain deadline passed mid-page: what was delivered is checkpointed, the rest is read
+    /// again by whoever continues.
     Aborted,
-    /// The shard disappeared from the stream.
+    /// The self-fence closed mid-page: as `Aborted`, and the coordinator drops every lease.
+    Fenced,
+    /// The shard answered ResourceNotFoundException: it may have aged out of the stream, which
+    /// the coordinator checks before it finishes the lease.
     Gone,
 }
 
@@ -71,29 +83,19 @@ static READS: Semaphore = Semaphore::const_new(READS_IN_FLIGHT);
 pub struct ShardWorker {
     pub pipeline: Arc<Pipeline>,
     pub lease: Arc<OwnedLease>,
-    /// Shutdown or lease lost: stop waiting for records.
+    /// Where the stream was first read: records before it are skipped.
+    pub start: StreamStart,
+    /// Shutdown, hand-over or fence lapse: stop waiting for records.
     pub stop: CancellationToken,
-    /// Lease lost or drain deadline passed: stop even in the middle of a page.
-    pub abort: CancellationToken,
-    /// Set (with the two above) when the coordinator finds the lease lost, to tell the two
-    /// reasons for `abort` apart.
+    /// The lease is another pod's: stop even in the middle of a page, without a checkpoint.
     pub lost: CancellationToken,
+    /// The drain deadline: no new publish request.
+    pub deadline: CancellationToken,
 }
 
-/// Why an in-flight page could not be finished.
-enum Interrupted {
-    LeaseLost,
-    Aborted,
-}
-
-impl From<Interrupted> for ShardExit {
-    fn from(i: Interrupted) -> ShardExit {
-        match i {
-            Interrupted::LeaseLost => ShardExit::LeaseLost,
-            Interrupted::Aborted => ShardExit::Aborted,
-        }
-    }
-}
+/// Checkpoint attempts once the drain deadline passed or the fence closed: the lease is released
+/// next, and giving up on a struggling lease table only means a few records published again.
+const CHECKPOINTS_AFTER_GIVING_UP: u32 = 3;
 
 impl ShardWorker {
     pub async fn run(self) -> ShardExit {
@@ -173,8 +175,8 @@ impl ShardWorker {
             idle = IDLE_POLL_MIN;
             let Some(next) = page.next_iterator.as_deref() else {
                 // The shard's last page: nothing to read ahead.
-                if let Err(i) = self.deliver(&page).await {
-                    return i.into();
+                if let Err(exit) = self.deliver(&page).await {
+                    return exit;
                 }
                 return self.finish().await;
             };
@@ -194,7 +196,7 @@ impl ShardWorker {
             match delivered {
                 Ok(Some(last)) => position = Position::After(last),
                 Ok(None) => {}
-                Err(i) => return i.into(),
+                Err(exit) => return exit,
             }
             // Stopping drops the page read ahead: neither published nor checkpointed, it is
             // read again by whoever continues. Only this wait for records races the stop.
@@ -255,33 +257,42 @@ impl ShardWorker {
         }
     }
 
-    /// Publishes a page, dead-letters what failed, and checkpoints its last record. Returns the
-    /// checkpointed sequence number.
-    async fn deliver(&self, page: &RecordsPage) -> Result<Option<String>, Interrupted> {
+    /// Delivers a page and checkpoints its done prefix. Returns the checkpointed sequence
+    /// number, or why the shard stops.
+    async fn deliver(&self, page: &RecordsPage) -> Result<Option<String>, ShardExit> {
         let p = &self.pipeline;
         let mut events = Vec::with_capacity(page.len());
-        let mut letters = Vec::new();
-        // The page's last record: an event (its index; its sequence number is taken once, at the
-        // end) or another record's sequence number.
-        enum Last {
+        let mut entries = Vec::with_capacity(page.len());
+        // Each entry's sequence number: an event's is taken from it only for the entry that is
+        // checkpointed.
+        enum Seq {
             Event(usize),
             Record(String),
+            Unknown,
         }
-        let mut last = None;
+        let mut seqs = Vec::with_capacity(page.len());
         let mut newest_ms = None;
+        let mut before_start = 0u64;
         for raw in page.records() {
             match p.filter.apply(raw, &p.settings) {
+                Filtered::Event(event) if self.start.skips(event.created_at_ms) => {
+                    before_start += 1;
+                    seqs.push(Seq::Record(event.sequence_number().to_owned()));
+                    entries.push(Entry::Skipped);
+                }
                 Filtered::Event(event) => {
-                    last = Some(Last::Event(events.len()));
+                    seqs.push(Seq::Event(events.len()));
                     newest_ms = Some(event.created_at_ms);
                     events.push(event);
+                    entries.push(Entry::Event);
                 }
                 Filtered::Skipped {
                     sequence_number,
                     reason,
                 } => {
                     p.metrics.filtered(reason);
-                    last = Some(Last::Record(sequence_number));
+                    seqs.push(Seq::Record(sequence_number));
+                    entries.push(Entry::Skipped);
                 }
                 Filtered::Failed { raw, failure } => {
                     error!(
@@ -289,80 +300,77 @@ impl ShardWorker {
                         error = %failure.error,
                         "stream record cannot become an event; dead-lettering it"
                     );
-                    if let Some(seq) = &failure.sequence_number {
-                        last = Some(Last::Record(seq.clone()));
-                    }
-                    letters.push(DeadLetter::malformed(
+                    seqs.push(
+                        failure
+                            .sequence_number
+                            .clone()
+                            .map_or(Seq::Unknown, Seq::Record),
+                    );
+                    entries.push(Entry::Letter(DeadLetter::malformed(
                         &p.stream_arn,
                         &self.lease.shard_id,
                         p.publisher.event_type(),
                         &raw,
                         &failure,
-                    ));
+                    )));
                 }
             }
         }
+        if before_start > 0 {
+            info!(
+                records = before_start,
+                "skipped records written before the stream's first start"
+            );
+        }
+        let delivery = Delivery {
+            publisher: &p.publisher,
+            dlq: &p.dlq,
+        };
         let ctx = PublishContext {
             shard_id: self.lease.shard_id.as_str(),
         };
-        let outcomes = p
-            .publisher
-            .publish(&events, &ctx, &self.abort)
-            .await
-            .map_err(|_| self.interruption())?;
-        let failed_before = letters.len();
-        for (event, outcome) in events.iter().zip(outcomes) {
-            if let Outcome::Failed(failure) = outcome {
-                letters.push(DeadLetter::from_event(
-                    &p.stream_arn,
-                    &self.lease.shard_id,
-                    p.publisher.event_type(),
-                    event,
-                    &failure,
-                ));
-            }
-        }
-        p.metrics
-            .delivered
-            .inc_by((events.len() - (letters.len() - failed_before)) as u64);
-        if !letters.is_empty() {
-            self.dead_letter(&letters).await?;
-        }
-        let last = match last {
-            None => return Ok(None),
-            Some(Last::Event(i)) => events[i].sequence_number().to_owned(),
-            Some(Last::Record(seq)) => seq,
+        let gate = Gate {
+            deadline: &self.deadline,
+            fence: Some(&p.fence),
         };
-        self.checkpoint(&Checkpoint::Sequence(last.clone())).await?;
-        let lag = newest_ms.map_or(0, |ms| now_ms() - ms);
-        self.lease.set_lag_ms(lag);
-        Ok(Some(last))
-    }
-
-    /// The DLQ write must succeed before the checkpoint moves past these records; until then the
-    /// shard waits and retries (failure table: "DLQ write fails").
-    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), Interrupted> {
-        let mut attempt = 0;
-        loop {
-            match self.pipeline.dlq.send(letters).await {
-                Ok(()) => {
-                    self.pipeline
-                        .metrics
-                        .dead_lettered
-                        .inc_by(letters.len() as u64);
-                    return Ok(());
-                }
-                Err(e) => {
-                    METRICS.dlq_write_failures.inc();
-                    error!(error = %e, letters = letters.len(), attempt, "writing to the dead-letter queue failed; the shard waits and retries without checkpointing");
-                }
+        let letter = |event: &crate::transform::Event, failure: &crate::nakadi::Failure| {
+            DeadLetter::from_event(
+                &p.stream_arn,
+                &self.lease.shard_id,
+                p.publisher.event_type(),
+                event,
+                failure,
+            )
+        };
+        let report = tokio::select! {
+            biased;
+            _ = self.lost.cancelled() => return Err(ShardExit::LeaseLost),
+            report = delivery.deliver(&events, &entries, letter, &ctx, &gate) => report,
+        };
+        p.metrics.delivered.inc_by(report.delivered);
+        p.metrics.dead_lettered.inc_by(report.dead_lettered);
+        let last = seqs[..report.done].iter().rev().find_map(|seq| match seq {
+            Seq::Event(i) => Some(events[*i].sequence_number().to_owned()),
+            Seq::Record(seq) => Some(seq.clone()),
+            Seq::Unknown => None,
+        });
+        if let Some(last) = &last {
+            self.checkpoint(&Checkpoint::Sequence(last.clone())).await?;
+            if report.halted.is_none() {
+                self.lease
+                    .set_lag_ms(newest_ms.map_or(0, |ms| now_ms() - ms));
             }
-            self.wait_before_retry(attempt).await?;
-            attempt += 1;
+        }
+        match report.halted {
+            None => Ok(last),
+            Some(Halt::Deadline) => Err(ShardExit::Aborted),
+            Some(Halt::Fenced) => Err(ShardExit::Fenced),
         }
     }
 
-    async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), Interrupted> {
+    /// Retries until the lease table has the checkpoint, or the lease is found lost. Conditioned
+    /// on the lease's counter, so a pod that lost the lease can never move its checkpoint.
+    async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ShardExit> {
         let p = &self.pipeline;
         let mut attempt = 0;
         loop {
@@ -377,35 +385,28 @@ impl ShardWorker {
                 }
                 Err(LeaseError::Lost(_)) => {
                     warn!(%checkpoint, "lease lost; stopping without checkpoint");
-                    return Err(Interrupted::LeaseLost);
+                    return Err(ShardExit::LeaseLost);
                 }
                 Err(e) => warn!(error = %e, attempt, "checkpoint failed; retrying"),
             }
-            self.wait_before_retry(attempt).await?;
             attempt += 1;
-        }
-    }
-
-    async fn wait_before_retry(&self, attempt: u32) -> Result<(), Interrupted> {
-        tokio::select! {
-            _ = self.abort.cancelled() => Err(self.interruption()),
-            _ = tokio::time::sleep(Backoff::AWS.delay(attempt, None)) => Ok(()),
-        }
-    }
-
-    fn interruption(&self) -> Interrupted {
-        if self.lost.is_cancelled() {
-            Interrupted::LeaseLost
-        } else {
-            Interrupted::Aborted
+            let stopping = self.deadline.is_cancelled() || !p.fence.is_open();
+            if stopping && attempt >= CHECKPOINTS_AFTER_GIVING_UP {
+                warn!(%checkpoint, "the checkpoint still fails after the drain deadline or the fence; whoever continues reads from the last one");
+                return Err(ShardExit::Aborted);
+            }
+            tokio::select! {
+                _ = self.lost.cancelled() => return Err(ShardExit::LeaseLost),
+                _ = tokio::time::sleep(Backoff::AWS.delay(attempt - 1, None)) => {}
+            }
         }
     }
 
     /// The shard was read to its end: mark it so its children may start, and create their leases
     /// now rather than at the next full sync, so they start within one coordinator round.
     async fn finish(&self) -> ShardExit {
-        if let Err(i) = self.checkpoint(&Checkpoint::ShardEnd).await {
-            return i.into();
+        if let Err(exit) = self.checkpoint(&Checkpoint::ShardEnd).await {
+            return exit;
         }
         self.lease.set_lag_ms(0);
         let p = &self.pipeline;
@@ -417,11 +418,7 @@ impl ShardWorker {
             Ok(children) => {
                 for child in children {
                     let parents = [self.lease.shard_id.clone()];
-                    if let Err(e) = p
-                        .leases
-                        .create(&child.id, &parents, &Checkpoint::TrimHorizon)
-                        .await
-                    {
+                    if let Err(e) = p.leases.create(&child.id, &parents).await {
                         warn!(child = %child.id, error = %e, "creating a child lease failed; the next shard sync does it");
                     }
                 }

@@ -9,7 +9,10 @@ use std::sync::Mutex;
 
 use flate2::read::GzDecoder;
 
+use tokio_util::sync::CancellationToken;
+
 use super::*;
+use crate::fence::Fence;
 use crate::nakadi::TokenSource;
 
 /// What the scripted Nakadi does with one request.
@@ -20,6 +23,8 @@ enum Reply {
         body: String,
     },
     Hang,
+    /// Answers `status` after a while.
+    Slow(Duration, u16),
     Fail(TransportError),
 }
 
@@ -142,6 +147,14 @@ impl Transport for Scripted {
                     body: Body::Read(Bytes::from(body)),
                 }),
                 Reply::Hang => std::future::pending().await,
+                Reply::Slow(after, status) => {
+                    tokio::time::sleep(after).await;
+                    Ok(Response {
+                        status,
+                        retry_after: None,
+                        body: Body::Read(Bytes::new()),
+                    })
+                }
                 Reply::Fail(e) => Err(e),
             }
         })
@@ -217,10 +230,12 @@ async fn publish(p: &Publisher, events: &[Event]) -> Vec<Outcome> {
         &PublishContext {
             shard_id: "shard-1",
         },
-        &CancellationToken::new(),
+        &Gate {
+            deadline: &CancellationToken::new(),
+            fence: None,
+        },
     )
     .await
-    .unwrap()
 }
 
 fn eids(events: &[Event]) -> Vec<Uuid> {
@@ -230,7 +245,7 @@ fn eids(events: &[Event]) -> Vec<Uuid> {
 fn failure(o: &Outcome) -> &Failure {
     match o {
         Outcome::Failed(f) => f,
-        Outcome::Delivered => panic!("expected a failure"),
+        other => panic!("expected a failure, got {other:?}"),
     }
 }
 
@@ -650,31 +665,48 @@ async fn connection_errors_are_retried() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn abort_ends_a_hanging_request_promptly() {
-    let nakadi = Nakadi::always(|| Reply::Hang);
+async fn the_deadline_lets_the_request_in_flight_answer_and_sends_no_new_one() {
+    // The request in flight when the deadline passes is answered, and its answer counts: the
+    // first event was accepted and is not published again by whoever continues.
+    let nakadi = Nakadi::script(vec![fixed(Reply::Slow(Duration::from_secs(2), 200))]);
     let p = publisher(
         PublisherConfig {
-            request_timeout: Duration::from_secs(600),
+            batch_size: 1,
+            max_retry_time: Duration::from_secs(3600),
             ..config()
         },
         &nakadi,
     );
-    let abort = CancellationToken::new();
-    let deadline = abort.clone();
+    let deadline = CancellationToken::new();
+    let gate = Gate {
+        deadline: &deadline,
+        fence: None,
+    };
+    let cancel = deadline.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        deadline.cancel();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cancel.cancel();
     });
     let start = Instant::now();
-    let result = p
-        .publish(&events(2), &PublishContext { shard_id: "s" }, &abort)
+    let out = p
+        .publish(&events(3), &PublishContext { shard_id: "s" }, &gate)
         .await;
-    assert!(result.is_err());
-    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(out[0], Outcome::Delivered);
+    assert_eq!(out[1], Outcome::NotSent(Halt::Deadline));
+    assert_eq!(out[2], Outcome::NotSent(Halt::Deadline));
+    assert_eq!(nakadi.seen().len(), 1, "no request after the deadline");
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+
+    // A closed gate sends nothing at all.
+    let out = p
+        .publish(&events(1), &PublishContext { shard_id: "s" }, &gate)
+        .await;
+    assert_eq!(out, vec![Outcome::NotSent(Halt::Deadline)]);
+    assert_eq!(nakadi.seen().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
-async fn abort_ends_a_backoff_wait_promptly_and_a_cancelled_call_sends_nothing() {
+async fn the_deadline_ends_a_backoff_wait_promptly() {
     let nakadi = Nakadi::always(|| retry_after(503, 60));
     let p = publisher(
         PublisherConfig {
@@ -683,20 +715,110 @@ async fn abort_ends_a_backoff_wait_promptly_and_a_cancelled_call_sends_nothing()
         },
         &nakadi,
     );
-    let abort = CancellationToken::new();
-    let deadline = abort.clone();
+    let deadline = CancellationToken::new();
+    let cancel = deadline.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        deadline.cancel();
+        cancel.cancel();
     });
     let start = Instant::now();
-    let ctx = PublishContext { shard_id: "s" };
-    assert!(p.publish(&events(1), &ctx, &abort).await.is_err());
+    let gate = Gate {
+        deadline: &deadline,
+        fence: None,
+    };
+    let out = p
+        .publish(&events(1), &PublishContext { shard_id: "s" }, &gate)
+        .await;
+    assert_eq!(out, vec![Outcome::NotSent(Halt::Deadline)]);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
     assert_eq!(nakadi.seen().len(), 1);
+}
 
-    assert!(p.publish(&events(1), &ctx, &abort).await.is_err());
-    assert_eq!(nakadi.seen().len(), 1);
+#[tokio::test(start_paused = true)]
+async fn a_closed_fence_is_checked_before_every_request() {
+    let lease = Duration::from_secs(6);
+    let fence = Fence::new(lease);
+    fence.heartbeat_succeeded(Instant::now());
+    // Every request fails, so the publisher keeps retrying until the fence closes.
+    let nakadi = Nakadi::always(|| status(503));
+    let p = publisher(
+        PublisherConfig {
+            max_retry_time: Duration::from_secs(3600),
+            max_attempts: 1000,
+            ..config()
+        },
+        &nakadi,
+    );
+    let never = CancellationToken::new();
+    let gate = Gate {
+        deadline: &never,
+        fence: Some(&fence),
+    };
+    let out = p
+        .publish(&events(2), &PublishContext { shard_id: "s" }, &gate)
+        .await;
+    assert_eq!(out, vec![Outcome::NotSent(Halt::Fenced); 2]);
+    let closes = lease - Fence::margin(lease);
+    let seen = nakadi.seen();
+    let last = seen.last().expect("requests were sent").at;
+    assert!(
+        last.duration_since(seen[0].at) < closes,
+        "a request was sent after the fence closed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_is_never_dead_lettered_however_long_it_lasts() {
+    // Retry-After far beyond the budget: the relay waits (capped) and tries again, never gives up.
+    let mut script: Vec<Step> = (0..20).map(|_| fixed(retry_after(429, 600))).collect();
+    script.push(fixed(status(200)));
+    let nakadi = Nakadi::script(script);
+    let p = publisher(
+        PublisherConfig {
+            max_attempts: 3,
+            max_retry_time: Duration::from_secs(5),
+            ..config()
+        },
+        &nakadi,
+    );
+    let before = METRICS
+        .publish_retries
+        .with_label_values(&["rate_limited"])
+        .get();
+    let out = publish(&p, &events(2)).await;
+    assert!(all_delivered(&out), "{out:?}");
+    assert_eq!(nakadi.seen().len(), 21);
+    assert!(
+        nakadi
+            .gaps()
+            .iter()
+            .all(|g| *g <= MAX_RATE_LIMIT_WAIT + Duration::from_millis(1))
+    );
+    assert!(nakadi.gaps().iter().all(|g| *g >= MAX_RATE_LIMIT_WAIT));
+    assert!(
+        METRICS
+            .publish_retries
+            .with_label_values(&["rate_limited"])
+            .get()
+            >= before + 40
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_attempts_do_not_use_up_the_budget_of_other_failures() {
+    let mut script: Vec<Step> = (0..5).map(|_| fixed(retry_after(429, 1))).collect();
+    script.push(fixed(status(503)));
+    script.push(fixed(status(200)));
+    let nakadi = Nakadi::script(script);
+    let p = publisher(
+        PublisherConfig {
+            max_attempts: 3,
+            ..config()
+        },
+        &nakadi,
+    );
+    assert!(all_delivered(&publish(&p, &events(1)).await));
+    assert_eq!(nakadi.seen().len(), 7);
 }
 
 fn token_file(content: &str) -> (tempfile::TempDir, PathBuf) {
