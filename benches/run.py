@@ -383,7 +383,7 @@ def many_shards(relay_bin: str, shards: int, per_shard: int, idle_seconds: float
         # A round renews every owned lease: with a thousand leases on moto, which serves DynamoDB
         # one call at a time, 2 s rounds would keep it saturated. Production DynamoDB has no such
         # limit; the rates below scale to the default by renew interval.
-        timing = {"RELAY_LEASE_RENEW_INTERVAL": "5s", "RELAY_LEASE_DURATION": "15s"}
+        timing = {"RELAY_LEASE_RENEW_INTERVAL": "4s", "RELAY_LEASE_DURATION": "15s"}
         relay, http = start_relay(procs, relay_bin, moto, sink, arn, dlq,
                                   {"AWS_ENDPOINT_URL_DYNAMODB_STREAMS": fault, **timing})
         wait_owned(http, shards, 300)

@@ -265,6 +265,66 @@ async fn sigterm_halfway_and_restart_loses_and_repeats_nothing() {
     check_exactly_once(&events, &writes);
 }
 
+/// Cause 3 of the stream-lifecycle issue: with RELAY_INITIAL_POSITION=LATEST a lease stayed at the
+/// literal LATEST until its first record, and every new owner opened a fresh LATEST iterator, so
+/// the writes between two owners were lost (0 of 10 arrived). Now the stream's start is recorded
+/// once, every owner reads from TRIM_HORIZON and skips only what predates the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_loses_nothing_when_the_first_owner_dies_before_any_record() {
+    let test = "latest_takeover";
+    let t = setup(test).await;
+    let ddb = t.moto.dynamodb().await;
+    let before = write_changes(&ddb, &t.table, 5, 5, 1).await;
+    // ApproximateCreationDateTime is whole seconds and the start keeps a second's margin: the
+    // records above must be older than that to be skipped.
+    let written_at = std::time::Instant::now();
+    wait_for("two seconds to pass", Duration::from_secs(5), || async {
+        (written_at.elapsed() >= Duration::from_millis(2100)).then_some(())
+    })
+    .await;
+    let mut env = t.env.clone();
+    env.insert("RELAY_INITIAL_POSITION".into(), "LATEST".into());
+    let mut first = Relay::start(test, "relay-1", &env);
+    first.wait_ready().await;
+    wait_for(
+        "relay-1 to own the lease",
+        Duration::from_secs(30),
+        || async {
+            let owners: Vec<String> = lease_items(&t.moto, "relay-leases", "shard")
+                .await
+                .ok()?
+                .iter()
+                .filter_map(|i| i.get("owner").and_then(|v| v.as_s().ok()).cloned())
+                .collect();
+            (owners == ["relay-1"]).then_some(())
+        },
+    )
+    .await;
+    first.process.signal("KILL");
+    first.process.wait_exit(Duration::from_secs(10)).await;
+
+    let after = write_changes(&ddb, &t.table, 10, 10, 2).await;
+    let second = Relay::start(test, "relay-2", &env);
+    second.wait_ready().await;
+    let events = wait_for(
+        "the writes after the start at Nakadi",
+        Duration::from_secs(60),
+        || async {
+            let events = t.nakadi.events().await;
+            (events.len() >= after.len()).then_some(events)
+        },
+    )
+    .await;
+    check_exactly_once(&events, &after);
+    let early: HashSet<&str> = before.iter().map(|w| w.key.as_str()).collect();
+    assert!(
+        events
+            .iter()
+            .all(|e| !early.contains(e["data"]["item"]["pk"].as_str().unwrap_or_default())),
+        "a record written before the start was published"
+    );
+}
+
 #[test]
 fn each_required_variable_missing_exits_2_naming_it() {
     let full: HashMap<&str, &str> = HashMap::from([

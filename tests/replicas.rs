@@ -441,3 +441,66 @@ async fn trimmed_checkpoint_continues_from_trim_horizon_and_counts_it() {
         "an ERROR log names the trimmed data"
     );
 }
+
+/// Cause 1 of the stream-lifecycle issue: a shard that aged out of the stream with its lease
+/// checkpointed mid-shard was taken, ended `Gone`, released and taken again every round, for
+/// ever, and its children were never read. Now it is counted as trimmed once two listings no
+/// longer show it, its lease is finished, and its children are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_aged_out_unread_is_counted_as_trimmed_and_its_children_start() {
+    let test = "replicas_aged_out";
+    let s = setup(test, 1).await;
+    let mut env = s.env.clone();
+    env.insert("RELAY_SHARD_SYNC_INTERVAL".into(), "1s".into());
+    let mut relay = Relay::start(test, "relay-1", &env);
+    relay.wait_ready().await;
+    let first = write_some(&s, 0, 10).await;
+    check_complete_and_ordered(&s.nakadi, &first).await;
+    relay.process.signal("KILL");
+    relay.process.wait_exit(Duration::from_secs(10)).await;
+
+    // While no relay runs, the shard gets records nobody reads, closes, and ages out.
+    let unread = write_some(&s, 1, 10).await;
+    let parent = first[0].shard.clone();
+    let split = s
+        .streams
+        .ctl
+        .call(
+            "split",
+            json!({"stream_arn": s.arn, "shard_id": parent, "children": 2}),
+        )
+        .await;
+    assert_eq!(
+        split["children"].as_array().map(Vec::len),
+        Some(2),
+        "{split}"
+    );
+    s.streams
+        .ctl
+        .call(
+            "remove-shard",
+            json!({"stream_arn": s.arn, "shard_id": parent}),
+        )
+        .await;
+    let children = write_some(&s, 2, 10).await;
+    assert!(children.iter().all(|w| w.shard != parent));
+
+    let relay = Relay::start(test, "relay-2", &env);
+    relay.wait_ready().await;
+    let expected: Vec<Written> = first.iter().chain(&children).cloned().collect();
+    check_complete_and_ordered(&s.nakadi, &expected).await;
+    let arrived = arrived_eids(&s.nakadi).await;
+    assert!(unread.iter().all(|w| !arrived.contains(&w.eid)));
+    let trimmed = wait_for(
+        "the trimmed shard to be counted",
+        Duration::from_secs(30),
+        || async {
+            let (_, m) = relay.get("/metrics").await?;
+            let n = metric(&m, "relay_shards_trimmed_total{table=\"orders\"}");
+            (n >= 1.0).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(trimmed, 1.0, "counted once, never in a loop");
+    assert!(relay.logs().contains("aged out of the stream"));
+}

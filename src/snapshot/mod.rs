@@ -34,14 +34,15 @@ pub use limiter::CapacityLimiter;
 
 use crate::app::{AwsClients, StartupError, redrainer, startup};
 use crate::config::{Config, ReadCapacity};
+use crate::delivery::{Delivery, Entry};
 use crate::dlq::{DeadLetter, DeadLetterQueue};
 use crate::lease::LeaseTable;
 use crate::lease::table::{LeaseError, SegmentProgress};
 use crate::metrics;
-use crate::nakadi::{Gate, Outcome, PublishContext, Publisher};
+use crate::nakadi::{Failure, Gate, PublishContext, Publisher};
 use crate::retry::Backoff;
 use crate::stream::ShardId;
-use crate::transform::{EventSettings, TransformFailure, snapshot_event};
+use crate::transform::{Event, EventSettings, TransformFailure, snapshot_event};
 
 /// Scan failures other than throttling, in a row, before a segment gives up. Its progress is
 /// saved, so the next run continues it.
@@ -520,7 +521,7 @@ impl Snapshot {
         let event_type = self.publisher.event_type();
         let scanned_at_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let mut events = Vec::with_capacity(items.len());
-        let mut letters = Vec::new();
+        let mut entries = Vec::with_capacity(items.len());
         for item in items {
             let image: Map<String, Value> = item
                 .iter()
@@ -536,7 +537,10 @@ impl Snapshot {
                 &self.settings,
                 &source,
             ) {
-                Ok(event) => events.push(event),
+                Ok(event) => {
+                    events.push(event);
+                    entries.push(Entry::Event);
+                }
                 Err(error) => {
                     error!(segment, %error, "scanned item cannot become an event; dead-lettering it");
                     let failure = TransformFailure {
@@ -544,13 +548,13 @@ impl Snapshot {
                         event_id: None,
                         error,
                     };
-                    letters.push(DeadLetter::malformed(
+                    entries.push(Entry::Letter(DeadLetter::malformed(
                         &self.table_arn,
                         &shard,
                         event_type,
                         &raw,
                         &failure,
-                    ));
+                    )));
                 }
             }
         }
@@ -561,48 +565,22 @@ impl Snapshot {
             deadline: abort,
             fence: None,
         };
-        let outcomes = self.publisher.publish(&events, &ctx, &gate).await;
-        let mut published = 0;
-        for (event, outcome) in events.iter().zip(outcomes) {
-            match outcome {
-                Outcome::Delivered => published += 1,
-                // A page's progress is one LastEvaluatedKey: a page not wholly decided is scanned
-                // again by whoever continues the segment.
-                Outcome::NotSent(_) => return Err(SegmentExit::Aborted),
-                Outcome::Failed(failure) => letters.push(DeadLetter::from_event(
-                    &self.table_arn,
-                    &shard,
-                    event_type,
-                    event,
-                    &failure,
-                )),
-            }
+        let delivery = Delivery {
+            publisher: &self.publisher,
+            dlq: &self.dlq,
+        };
+        let letter = |event: &Event, failure: &Failure| {
+            DeadLetter::from_event(&self.table_arn, &shard, event_type, event, failure)
+        };
+        let report = delivery
+            .deliver(&events, &entries, letter, &ctx, &gate)
+            .await;
+        // A page's progress is one LastEvaluatedKey: a page not wholly done is scanned again by
+        // whoever continues the segment.
+        if report.done < entries.len() {
+            return Err(SegmentExit::Aborted);
         }
-        if !letters.is_empty() {
-            self.dead_letter(segment, &letters, abort).await?;
-        }
-        Ok((published, letters.len() as u64))
-    }
-
-    /// As in the shard worker: progress must not move past these items until the queue has
-    /// them, so this retries until it does.
-    async fn dead_letter(
-        &self,
-        segment: u32,
-        letters: &[DeadLetter],
-        abort: &CancellationToken,
-    ) -> Result<(), SegmentExit> {
-        let mut attempt = 0;
-        loop {
-            match self.dlq.send(letters).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    error!(segment, error = %e, letters = letters.len(), attempt, "writing to the dead-letter queue failed; the segment waits and retries without saving progress")
-                }
-            }
-            wait_before_retry(attempt, abort).await?;
-            attempt += 1;
-        }
+        Ok((report.delivered, report.dead_lettered))
     }
 
     async fn save(

@@ -349,8 +349,9 @@ pub fn base_env(
         ("RELAY_EVENT_TYPE", "payments.order-changed"),
         ("RELAY_DLQ_URL", dlq_url),
         ("RELAY_LOG_FORMAT", "json"),
-        ("RELAY_LEASE_RENEW_INTERVAL", "500ms"),
-        ("RELAY_LEASE_DURATION", "3s"),
+        ("RELAY_LEASE_RENEW_INTERVAL", "1s"),
+        ("RELAY_LEASE_CALL_TIMEOUT", "900ms"),
+        ("RELAY_LEASE_DURATION", "4s"),
         ("RELAY_NAKADI_MAX_RETRY_TIME", "2s"),
         ("RELAY_DLQ_REDRAIN_INTERVAL", "1s"),
     ]
