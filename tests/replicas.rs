@@ -504,3 +504,61 @@ async fn a_shard_that_aged_out_unread_is_counted_as_trimmed_and_its_children_sta
     assert_eq!(trimmed, 1.0, "counted once, never in a loop");
     assert!(relay.logs().contains("aged out of the stream"));
 }
+
+/// Cause 11 of the stream-lifecycle issue: two releases with different event types sharing one
+/// lease table and stream split its records between them. Now a pod that sees a live pod of
+/// another configuration takes no leases until that pod is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_of_another_configuration_takes_no_leases_while_the_first_is_alive() {
+    let test = "replicas_conflict";
+    let s = setup(test, 4).await;
+    let mut first = Relay::start(test, "relay-1", &s.env);
+    first.wait_ready().await;
+    wait_for(
+        "relay-1 to own every lease",
+        Duration::from_secs(30),
+        || async { status(&first).await.filter(|st| owned(st) == 4) },
+    )
+    .await;
+    let mut env = s.env.clone();
+    env.insert("RELAY_EVENT_TYPE".into(), "payments.other-type".into());
+    let second = Relay::start(test, "relay-2", &env);
+    second.wait_ready().await;
+    let conflict = |relay: &Relay| {
+        let relay = relay.http.clone();
+        async move {
+            let m = reqwest::get(format!("{relay}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            Some(metric(&m, "relay_config_conflict{table=\"orders\"}"))
+        }
+    };
+    wait_for(
+        "relay-2 to see the conflict",
+        Duration::from_secs(30),
+        || async { (conflict(&second).await? == 1.0).then_some(()) },
+    )
+    .await;
+    let written = write_some(&s, 0, 20).await;
+    check_complete_and_ordered(&s.nakadi, &written).await;
+    let st = status(&second).await.expect("relay-2 answers /status");
+    assert_eq!(
+        owned(&st),
+        0,
+        "a pod of another configuration took a lease: {st}"
+    );
+    assert!(second.logs().contains("another configuration"));
+
+    first.process.signal("TERM");
+    first.process.wait_exit(Duration::from_secs(30)).await;
+    wait_for(
+        "relay-2 to take over once relay-1 is gone",
+        Duration::from_secs(30),
+        || async { status(&second).await.filter(|st| owned(st) == 4) },
+    )
+    .await;
+    assert_eq!(conflict(&second).await, Some(0.0));
+}
