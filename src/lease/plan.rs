@@ -262,6 +262,11 @@ mod tests {
         }
 
         fn plan(&self) -> Plan<'_> {
+            self.plan_taking(true)
+        }
+
+        /// The lineage lives as long as the plan that borrows it: leaked, in a test.
+        fn plan_taking(&self, may_take: bool) -> Plan<'_> {
             let lineage = Box::leak(Box::new(Lineage::new(
                 self.leases
                     .iter()
@@ -276,7 +281,7 @@ mod tests {
                 lineage,
                 running: &self.running,
             };
-            plan(&view, true)
+            plan(&view, may_take)
         }
     }
 
@@ -392,20 +397,9 @@ mod tests {
     #[test]
     fn nothing_is_taken_while_taking_is_not_allowed() {
         let world = World::new(vec![lease("s1", None, "TRIM_HORIZON", &[])], &[], &[]);
-        let lineage = Lineage::new(
-            world.leases.iter().map(|l| (&l.shard_id, false)),
-            world.listed.iter(),
-        );
-        let view = View {
-            me: "me",
-            leases: &world.leases,
-            workers: &world.workers,
-            liveness: &world.liveness,
-            lineage: &lineage,
-            running: &world.running,
-        };
-        let plan = plan(&view, false);
+        let plan = world.plan_taking(false);
         assert!(plan.take.is_empty() && plan.request.is_empty());
+        assert_eq!(world.plan().take.len(), 1);
     }
 
     #[test]
