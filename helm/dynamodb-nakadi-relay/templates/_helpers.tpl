@@ -62,7 +62,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 Seconds of a humantime duration such as 20s, 1m30s, 1m 30s or 500ms (the units the schema
-allows), rounded up. Used to check terminationGracePeriodSeconds against RELAY_SHUTDOWN_TIMEOUT.
+allows), rounded up. Used to check terminationGracePeriodSeconds against the longest shutdown.
 */}}
 {{- define "relay.durationSeconds" -}}
 {{- $ms := 0 }}
@@ -112,6 +112,7 @@ nakadiMaxAttempts: RELAY_NAKADI_MAX_ATTEMPTS
 nakadiMaxRetryTime: RELAY_NAKADI_MAX_RETRY_TIME
 leaseDuration: RELAY_LEASE_DURATION
 leaseRenewInterval: RELAY_LEASE_RENEW_INTERVAL
+leaseCallTimeout: RELAY_LEASE_CALL_TIMEOUT
 shardSyncInterval: RELAY_SHARD_SYNC_INTERVAL
 shutdownTimeout: RELAY_SHUTDOWN_TIMEOUT
 snapshotSegments: RELAY_SNAPSHOT_SEGMENTS
