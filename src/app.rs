@@ -131,6 +131,7 @@ pub async fn redrainer(config: &Config, aws: &AwsClients) -> Result<Redrainer, S
         publishers,
         interval: config.dlq_redrain_interval,
         rate: config.dlq_redrain_rate,
+        visibility: crate::dlq::redrain::VISIBILITY_TIMEOUT,
     })
 }
 

@@ -7,9 +7,17 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use dynamodb_nakadi_relay::transform::eid_for;
+use aws_sdk_sqs::types::QueueAttributeName;
+use dynamodb_nakadi_relay::dlq::message::encode_gzip;
+use dynamodb_nakadi_relay::dlq::{DeadLetter, DeadLetterQueue, DlqError, Redrainer};
+use dynamodb_nakadi_relay::nakadi::{
+    Failure, FailureKind, FailureMode, Publisher, PublisherConfig, TokenSource,
+};
+use dynamodb_nakadi_relay::stream::ShardId;
+use dynamodb_nakadi_relay::transform::{Event, eid_for};
 use serde_json::{Value, json};
 use support::*;
+use tokio_util::sync::CancellationToken;
 
 struct Env {
     moto: Moto,
@@ -341,4 +349,284 @@ async fn redrive_once_republishes_the_queue_and_exits() {
     assert_eq!(queue_depth(&t.moto, &t.dlq).await, 0);
     let got: HashSet<String> = eids(&t.nakadi.events().await).into_iter().collect();
     assert_eq!(got, expected_eids(&t).await);
+}
+
+/// A Nakadi event of the test event type whose item carries `payload`, and its dead letter.
+fn letter_with(i: u64, payload: &str) -> DeadLetter {
+    let eid = uuid::Uuid::from_u128(0x5f0c_8a5e_3f8e_5d9a_9c1e_0000_0000_0000 + u128::from(i));
+    let body = json!({
+        "metadata": {"eid": eid, "occurred_at": "2026-11-22T06:16:10.123Z"},
+        "data_op": "C",
+        "data_type": "payments.order-changed",
+        "data": {"item": {"pk": format!("order-{i}"), "payload": payload}, "patch": []},
+    });
+    let event = Event::new(
+        eid,
+        body.to_string().as_bytes(),
+        &format!("event-{i}"),
+        &format!("{}", 1000 + i),
+        0,
+    );
+    let failure = Failure {
+        kind: FailureKind::RetriesExhausted,
+        reason: "test".into(),
+        status: Some(503),
+        attempts: 3,
+        first_failed_at: time::OffsetDateTime::UNIX_EPOCH,
+        last_failed_at: time::OffsetDateTime::UNIX_EPOCH,
+    };
+    DeadLetter::from_event(
+        "arn:aws:dynamodb:eu-central-1:1:table/orders/stream/x",
+        &ShardId::new("shard-1"),
+        "payments.order-changed",
+        &event,
+        &failure,
+    )
+}
+
+/// `n` characters of the base64 alphabet, uniformly random (xorshift): gzip cannot shrink their
+/// base64 encoding below their own length.
+fn incompressible(n: usize, mut seed: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(ALPHABET[(seed >> 58) as usize])
+        })
+        .collect()
+}
+
+async fn set_max_message_size(moto: &Moto, url: &str, bytes: usize) {
+    moto.sqs()
+        .await
+        .set_queue_attributes()
+        .queue_url(url)
+        .attributes(QueueAttributeName::MaximumMessageSize, bytes.to_string())
+        .send()
+        .await
+        .expect("setting MaximumMessageSize");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_too_large_for_the_queue_goes_once_its_limit_is_raised_without_a_restart() {
+    let moto = Moto::start("dlq_too_large_then_raised").await;
+    let url = moto
+        .create_queue("small-dlq", &[("MaximumMessageSize", "1024")])
+        .await;
+    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
+        .await
+        .unwrap();
+    // Shared with every shard's delivery: a clone made now sees the limit read later.
+    let shard_copy = dlq.clone();
+    assert_eq!(dlq.max_bytes(), 1024);
+    let letter = letter_with(7, &incompressible(6000, 0x9e37_79b9_7f4a_7c15));
+    assert!(
+        encode_gzip(&letter.body).len() > 6000,
+        "the test letter compresses"
+    );
+
+    let err = dlq.send(std::slice::from_ref(&letter)).await.unwrap_err();
+    assert!(matches!(err, DlqError::TooLarge { .. }), "{err:?}");
+    let text = err.to_string();
+    for part in [
+        letter.eid.as_deref().unwrap(),
+        "shard shard-1",
+        "sequence number 1007",
+        "MaximumMessageSize of 1024 bytes",
+        "raise the queue's MaximumMessageSize to at least",
+        url.as_str(),
+    ] {
+        assert!(text.contains(part), "{part:?} not in: {text}");
+    }
+    assert_eq!(queue_depth(&moto, &url).await, 0);
+
+    // The operator raises the limit; the same queue value (no restart) takes the letter.
+    set_max_message_size(&moto, &url, 1_048_576).await;
+    dlq.send(std::slice::from_ref(&letter)).await.unwrap();
+    assert_eq!(shard_copy.max_bytes(), 1_048_576);
+    let out = moto
+        .sqs()
+        .await
+        .receive_message()
+        .queue_url(&url)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap();
+    let [m] = out.messages() else {
+        panic!("expected one message: {out:?}")
+    };
+    // It fits now as it is: plain JSON, no content-encoding.
+    assert!(
+        !m.message_attributes()
+            .unwrap()
+            .contains_key("content-encoding")
+    );
+    assert_eq!(m.body(), Some(letter.body.as_str()));
+
+    // A letter no SQS queue can take says so instead of asking for a raise.
+    let huge = letter_with(8, &incompressible(1_100_000, 0x2545_f491_4f6c_dd1d));
+    let err = dlq.send(&[huge]).await.unwrap_err().to_string();
+    assert!(err.contains("more than any SQS queue takes"), "{err}");
+}
+
+/// A re-drain loop for the test event type whose publish retries for up to a minute, with the
+/// given visibility timeout.
+fn redrainer(dlq: DeadLetterQueue, nakadi: &Nakadi, visibility: Duration) -> Redrainer {
+    let publisher = Publisher::new(PublisherConfig {
+        base_url: nakadi.url.clone(),
+        event_type: "payments.order-changed".into(),
+        token: TokenSource::None,
+        batch_size: 100,
+        batch_bytes: 1_000_000,
+        gzip_min_bytes: 1_000_000,
+        request_timeout: Duration::from_secs(10),
+        max_attempts: 10,
+        max_retry_time: Duration::from_secs(60),
+        on_failure: FailureMode::DeadLetter,
+    })
+    .unwrap();
+    Redrainer {
+        dlq,
+        publishers: HashMap::from([("payments.order-changed".to_string(), publisher)]),
+        interval: Duration::from_secs(1),
+        rate: 1000,
+        visibility,
+    }
+}
+
+/// A receiver that leaves what it gets visible (timeout 0): how many messages are visible.
+async fn visible_messages(sqs: &aws_sdk_sqs::Client, url: &str) -> usize {
+    sqs.receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap()
+        .messages()
+        .len()
+}
+
+/// Messages received and not yet visible again (ApproximateNumberOfMessagesNotVisible).
+async fn in_flight(moto: &Moto, url: &str) -> usize {
+    let out = moto
+        .sqs()
+        .await
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    out.attributes()
+        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrain_keeps_messages_invisible_while_a_slow_publish_retries_then_deletes_them() {
+    let test = "dlq_redrain_visibility";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    let url = moto.create_queue("relay-dlq", &[]).await;
+    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
+        .await
+        .unwrap();
+    let letters: Vec<DeadLetter> = (0..5).map(|i| letter_with(i, "x")).collect();
+    dlq.send(&letters).await.unwrap();
+
+    let probe = moto.sqs().await;
+    assert_eq!(
+        visible_messages(&probe, &url).await,
+        5,
+        "the probe sees visible messages"
+    );
+
+    // Each request answers 503 after 2 s, three times: the publish takes over 6 s, twice the
+    // visibility timeout of 3 s.
+    nakadi
+        .fault(json!({"status": 503, "latency_ms": 2000, "times": 3}))
+        .await;
+    let visibility = Duration::from_secs(3);
+    let redrainer = redrainer(dlq, &nakadi, visibility);
+    let started = std::time::Instant::now();
+    let round = tokio::spawn(async move {
+        let report = redrainer.round(&CancellationToken::new()).await;
+        (report, started.elapsed())
+    });
+    wait_for(
+        "the re-drain to receive the messages",
+        Duration::from_secs(30),
+        || async { (in_flight(&moto, &url).await == 5).then_some(()) },
+    )
+    .await;
+    // From then until the round is over, the probe must never see the messages.
+    let deadline = started + Duration::from_secs(60);
+    let mut seen = 0;
+    while !round.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the re-drain round did not end within 60 s"
+        );
+        seen += visible_messages(&probe, &url).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (report, took) = round.await.unwrap();
+    assert_eq!(
+        seen, 0,
+        "other receivers got messages whose publish was in flight"
+    );
+    assert!(took > visibility * 2, "the publish was not slow: {took:?}");
+    assert_eq!(
+        (report.published, report.failed, report.undecodable),
+        (5, 0, 0)
+    );
+    assert_eq!(queue_depth(&moto, &url).await, 0, "delivered, not deleted");
+    let got: Vec<String> = eids(&nakadi.events().await);
+    let want: Vec<String> = letters.iter().map(|l| l.eid.clone().unwrap()).collect();
+    assert_eq!(got, want, "each published once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_visibility_extension_is_counted_and_the_publish_goes_on() {
+    let test = "dlq_redrain_extension_fails";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    let url = moto.create_queue("relay-dlq", &[]).await;
+    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
+        .await
+        .unwrap();
+    let letters: Vec<DeadLetter> = (0..2).map(|i| letter_with(i, "x")).collect();
+    dlq.send(&letters).await.unwrap();
+    let series =
+        "relay_aws_errors_total{kind=\"other\",operation=\"ChangeMessageVisibilityBatch\"}";
+    let errors = || {
+        let text = dynamodb_nakadi_relay::metrics::render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = errors();
+
+    nakadi
+        .fault(json!({"status": 503, "latency_ms": 2000, "times": 2}))
+        .await;
+    let redrainer = redrainer(dlq, &nakadi, Duration::from_secs(3));
+    let round = tokio::spawn(async move { redrainer.round(&CancellationToken::new()).await });
+    let sqs = moto.sqs().await;
+    wait_for(
+        "the re-drain to receive the messages",
+        Duration::from_secs(30),
+        || async { (in_flight(&moto, &url).await == 2).then_some(()) },
+    )
+    .await;
+    // Their receipt handles become invalid: every extension fails.
+    sqs.purge_queue().queue_url(&url).send().await.unwrap();
+    let report = round.await.unwrap();
+    assert_eq!(report.published, 2, "the publish went on: {report:?}");
+    assert!(errors() > before, "the failed extension was not counted");
 }

@@ -29,6 +29,10 @@ pub struct DeadLetter {
     pub reason: &'static str,
     pub event_type: String,
     pub eid: Option<String>,
+    /// Where the record came from, for error messages: `source.shard_id` and
+    /// `source.sequence_number` of the body.
+    pub shard_id: String,
+    pub sequence_number: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -105,6 +109,8 @@ impl DeadLetter {
             reason: reason_label(&failure.kind),
             event_type: event_type.to_owned(),
             eid: Some(event.eid.to_string()),
+            shard_id: shard.to_string(),
+            sequence_number: Some(event.sequence_number().to_owned()),
         }
     }
 
@@ -150,7 +156,23 @@ impl DeadLetter {
             reason: "malformed_record",
             event_type: event_type.to_owned(),
             eid: None,
+            shard_id: shard.to_string(),
+            sequence_number: failure.sequence_number.clone(),
         }
+    }
+
+    /// Names the record for an operator: eid (when it became an event), shard, sequence number.
+    pub fn describe(&self) -> String {
+        let mut text = match &self.eid {
+            Some(eid) => format!("eid {eid}, "),
+            None => String::new(),
+        };
+        text.push_str(&format!("shard {}", self.shard_id));
+        match &self.sequence_number {
+            Some(seq) => text.push_str(&format!(", sequence number {seq}")),
+            None => text.push_str(", no sequence number"),
+        }
+        text
     }
 }
 
@@ -246,6 +268,10 @@ mod tests {
             &failure(),
         );
         assert_eq!(letter.reason, "rejected");
+        assert_eq!(
+            letter.describe(),
+            "eid 5f0c8a5e-3f8e-5d9a-9c1e-1f2b3c4d5e6f, shard shard-1, sequence number 100"
+        );
         let v: serde_json::Value = serde_json::from_str(&letter.body).unwrap();
         assert_eq!(v["source"]["shard_id"], "shard-1");
         assert_eq!(v["failure"]["status"], 422);
@@ -277,6 +303,7 @@ mod tests {
         for raw in [r#"{"dynamodb":{}}"#, "not json at all"] {
             let letter = DeadLetter::malformed("arn:s", &ShardId::new("s"), "et", raw, &failure);
             assert_eq!(letter.reason, "malformed_record");
+            assert_eq!(letter.describe(), "shard s, sequence number 7");
             let v: serde_json::Value = serde_json::from_str(&letter.body).unwrap();
             assert!(v.get("event").is_none());
             assert_eq!(v["source"]["sequence_number"], "7");

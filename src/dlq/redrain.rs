@@ -2,11 +2,18 @@
 //! it. It runs in every pod; SQS's visibility timeout keeps pods from working on the same
 //! message at once.
 //!
+//! A message is received with an explicit visibility timeout ([`VISIBILITY_TIMEOUT`]) which is
+//! extended every third of it for as long as its publish is in flight: one publish may retry for
+//! `RELAY_NAKADI_MAX_RETRY_TIME`, longer than the timeout, and a message that became visible
+//! meanwhile would be published by another pod too and count a receive towards its parking.
+//!
 //! Never a busy loop: a round ends when the queue is empty or Nakadi keeps failing, then the loop
 //! waits `RELAY_DLQ_REDRAIN_INTERVAL` (longer, doubling, while Nakadi keeps failing). A rate limit
 //! keeps a full queue from flooding a Nakadi that has just recovered.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::error::DisplayErrorContext;
@@ -27,6 +34,9 @@ use crate::transform::Event;
 const RECEIVE_WAIT_SECONDS: i32 = 1;
 /// Longest visibility timeout SQS allows (12 hours).
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+/// How long a received message stays invisible to other pods before its visibility is extended;
+/// it is extended every third of this while its publish is in flight.
+pub const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Redrainer {
     pub dlq: DeadLetterQueue,
@@ -37,6 +47,9 @@ pub struct Redrainer {
     pub interval: Duration,
     /// Events per second at most.
     pub rate: u32,
+    /// Visibility timeout of received messages, extended while they are published:
+    /// [`VISIBILITY_TIMEOUT`] (whole seconds, at least one; tests set less).
+    pub visibility: Duration,
 }
 
 /// What one round did.
@@ -112,6 +125,7 @@ impl Redrainer {
             .queue_url(self.dlq.url())
             .max_number_of_messages(10)
             .wait_time_seconds(RECEIVE_WAIT_SECONDS)
+            .visibility_timeout(self.visibility_seconds())
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
@@ -147,31 +161,24 @@ impl Redrainer {
                 }
             }
         }
-        let ctx = PublishContext {
-            shard_id: "dlq-redrain",
-        };
+        // Other pods must not receive them while the publish retries, however long that takes.
+        let in_flight: Vec<&Message> = batches.values().flat_map(|b| b.1.clone()).collect();
+        let published = self
+            .while_invisible(&in_flight, self.publish(&batches, shutdown))
+            .await;
         let mut delete = Vec::new();
-        for (event_type, (events, event_messages)) in &batches {
-            let gate = Gate {
-                deadline: shutdown,
-                fence: None,
-            };
-            let outcomes = self.publishers[event_type]
-                .publish(events, &ctx, &gate)
-                .await;
-            for (m, outcome) in event_messages.iter().zip(outcomes) {
-                match outcome {
-                    // Shutdown: the message stays in the queue and becomes visible again.
-                    Outcome::NotSent(_) => {}
-                    Outcome::Delivered => {
-                        report.published += 1;
-                        delete.push(*m);
-                    }
-                    Outcome::Failed(f) => {
-                        warn!(message_id = m.message_id(), reason = %f.reason, "dead letter failed again");
-                        report.failed += 1;
-                        keep.push(*m);
-                    }
+        for (m, outcome) in published {
+            match outcome {
+                // Shutdown: the message stays in the queue and becomes visible again.
+                Outcome::NotSent(_) => {}
+                Outcome::Delivered => {
+                    report.published += 1;
+                    delete.push(m);
+                }
+                Outcome::Failed(f) => {
+                    warn!(message_id = m.message_id(), reason = %f.reason, "dead letter failed again");
+                    report.failed += 1;
+                    keep.push(m);
                 }
             }
         }
@@ -181,6 +188,59 @@ impl Redrainer {
         metrics::dlq_redrained("failed", report.failed);
         metrics::dlq_redrained("undecodable", report.undecodable);
         report
+    }
+
+    /// Publishes each event type's batch; an outcome per message.
+    async fn publish<'m>(
+        &self,
+        batches: &BTreeMap<String, (Vec<Event>, Vec<&'m Message>)>,
+        shutdown: &CancellationToken,
+    ) -> Vec<(&'m Message, Outcome)> {
+        let ctx = PublishContext {
+            shard_id: "dlq-redrain",
+        };
+        let gate = Gate {
+            deadline: shutdown,
+            fence: None,
+        };
+        let mut published = Vec::new();
+        for (event_type, (events, event_messages)) in batches {
+            let outcomes = self.publishers[event_type]
+                .publish(events, &ctx, &gate)
+                .await;
+            published.extend(event_messages.iter().copied().zip(outcomes));
+        }
+        published
+    }
+
+    fn visibility_seconds(&self) -> i32 {
+        self.visibility.as_secs().clamp(1, MAX_VISIBILITY.as_secs()) as i32
+    }
+
+    /// Runs `work` while extending the visibility of `messages` every third of the timeout, so
+    /// they stay invisible until it returns. An extension in flight when `work` returns is
+    /// finished first, so that it cannot land after the delete or back-off that follows.
+    async fn while_invisible<T>(&self, messages: &[&Message], work: impl Future<Output = T>) -> T {
+        let mut work = pin!(work);
+        let every = Duration::from_secs(self.visibility_seconds() as u64) / 3;
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                () = tokio::time::sleep(every) => {}
+            }
+            let mut extend = pin!(self.change_visibility(
+                messages,
+                |_| Duration::from_secs(self.visibility_seconds() as u64),
+                "could not extend the visibility of dead letters being re-published; another pod may publish them too",
+            ));
+            tokio::select! {
+                out = &mut work => {
+                    extend.await;
+                    return out;
+                }
+                () = &mut extend => {}
+            }
+        }
     }
 
     /// A message that was published but could not be deleted is received and published again
@@ -224,6 +284,32 @@ impl Redrainer {
     /// Hides messages that failed again for longer each time they are received, so a message
     /// Nakadi keeps refusing is retried ever more rarely until the redrive policy parks it.
     async fn back_off(&self, messages: &[&Message]) {
+        self.change_visibility(
+            messages,
+            |m| {
+                let received: u32 = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                self.interval
+                    .saturating_mul(1u32.checked_shl(received.min(16)).unwrap_or(u32::MAX))
+                    .min(MAX_VISIBILITY)
+            },
+            "could not extend the visibility of failed dead letters",
+        )
+        .await;
+    }
+
+    /// Sets each message's visibility timeout (from now) to `visibility(message)`. A failure,
+    /// of the call or of some entries, is logged with `failed_to` and counted, never fatal: at
+    /// worst a message becomes visible early and is published again, with the same eid.
+    async fn change_visibility(
+        &self,
+        messages: &[&Message],
+        visibility: impl Fn(&Message) -> Duration,
+        failed_to: &str,
+    ) {
         if messages.is_empty() {
             return;
         }
@@ -231,34 +317,39 @@ impl Redrainer {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                let received: u32 = m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
-                let visibility = self
-                    .interval
-                    .saturating_mul(1u32.checked_shl(received.min(16)).unwrap_or(u32::MAX))
-                    .min(MAX_VISIBILITY);
                 ChangeMessageVisibilityBatchRequestEntry::builder()
                     .id(i.to_string())
                     .receipt_handle(m.receipt_handle().unwrap_or_default())
-                    .visibility_timeout(visibility.as_secs() as i32)
+                    .visibility_timeout(visibility(m).as_secs() as i32)
                     .build()
                     .expect("id and handle are set")
             })
             .collect();
-        if let Err(e) = self
+        let result = self
             .dlq
             .client()
             .change_message_visibility_batch()
             .queue_url(self.dlq.url())
             .set_entries(Some(entries))
             .send()
-            .await
-        {
-            metrics::aws_error("ChangeMessageVisibilityBatch", "other");
-            warn!(error = %DisplayErrorContext(&e), "could not extend the visibility of failed dead letters");
+            .await;
+        match result {
+            Ok(out) if out.failed().is_empty() => {}
+            Ok(out) => {
+                metrics::aws_error("ChangeMessageVisibilityBatch", "other");
+                let first = &out.failed()[0];
+                warn!(
+                    failed = out.failed().len(),
+                    total = messages.len(),
+                    code = first.code(),
+                    error = first.message().unwrap_or_default(),
+                    "{failed_to}"
+                );
+            }
+            Err(e) => {
+                metrics::aws_error("ChangeMessageVisibilityBatch", "other");
+                warn!(error = %DisplayErrorContext(&e), "{failed_to}");
+            }
         }
     }
 
