@@ -856,3 +856,31 @@ pub fn per_key_sequences(
     }
     (per_key, seen)
 }
+
+impl Writer {
+    /// `Writer::start` whose first round writes `seq` = `first_seq`: it continues the keys of a
+    /// writer that finished after `first_seq` rounds, so per-key order spans both.
+    pub fn start_from(
+        ctl: StreamsControl,
+        stream_arn: String,
+        keys: usize,
+        every: Duration,
+        first_seq: u64,
+    ) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (flag, out) = (stop.clone(), log.clone());
+        let handle = tokio::spawn(async move {
+            let mut seq = first_seq;
+            while !flag.load(Ordering::SeqCst) {
+                let batch: Vec<(String, u64)> =
+                    (0..keys).map(|k| (format!("key-{k:03}"), seq)).collect();
+                let written = ctl.write(&stream_arn, &batch).await;
+                out.lock().unwrap().extend(written);
+                seq += 1;
+                tokio::time::sleep(every).await;
+            }
+        });
+        Writer { stop, log, handle }
+    }
+}

@@ -1,0 +1,1100 @@
+//! A compressed day: a DynamoDB stream's whole life, with three relay pods reading it.
+//!
+//! The DynamoDB Streams fault server runs its lifecycle (`POST /_test/lifecycle`): every open
+//! shard rolls over every [`ROLLOVER_EVERY`] (one child; at rollover [`SPLIT_AT`] the first open
+//! shard splits in two), records older than [`RETENTION`] are trimmed and closed shards older than
+//! that leave the stream. Against it, once per initial position (TRIM_HORIZON and LATEST):
+//!
+//! 1. records are written before the first pod starts (LATEST must skip them, TRIM_HORIZON must
+//!    deliver them), then three pods start and a writer changes [`KEYS`] keys continuously, each
+//!    key's `seq` counting up;
+//! 2. one pod is SIGKILLed and restarted, one SIGTERMed and restarted, one SIGSTOPped until the
+//!    others own its leases and then SIGCONTed;
+//! 3. before the outage: everything written has arrived, every pod sees three live workers and the
+//!    active leases are spread within one per pod;
+//! 4. every pod is SIGKILLed for longer than the retention while writes go on: the shards that
+//!    were open at the kill close and age out with records nobody read;
+//! 5. three new pods start, catch up, writing goes on over more rollovers, then stops.
+//!
+//! Asserted at the end, from the fault server's `/_test/lifecycle-report` (what was trimmed or
+//! removed before any GetRecords returned it) and the Nakadi test server (what it accepted):
+//! - the records lost are exactly those written while no pod ran into the shards that aged out,
+//!   and every other record arrived (duplicates allowed), per key in write order;
+//! - the pods' `relay_shards_trimmed_total` add up to the removed shards with unread records;
+//! - the paused pod counted a fence lapse and sent nothing for the shards it had owned after
+//!   SIGCONT, unless it had taken the shard again first;
+//! - the stream's start (the `stream_start` item) was decided once and survived the outage;
+//! - every pod reports `relay_workers` = 3 and the active leases are within one per pod.
+//!
+//! Issue causes covered:
+//! - 1 "aged-out unfinished lease blocks children": the shards open at the outage age out unread;
+//!   their leases must be finished as trimmed so that their children (and all records written
+//!   into them later) are read;
+//! - 2 "balancing collapses after rollover": balance is checked after many rollovers and a split,
+//!   before the outage and at the end;
+//! - 3 "LATEST loses writes across owners": the LATEST run loses nothing written after the start
+//!   through kills, a SIGTERM, a pause and the outage;
+//! - 4 "first start decided again after outage": after the outage every lease of the old shards is
+//!   gone, yet records written during it (LATEST) must arrive and the start item is unchanged;
+//! - 6 "paused pod keeps publishing": the SIGSTOP/SIGCONT check.
+//!
+//! Scale: each run takes about 75 s on two cores. `LIFECYCLE_ROLLOVERS` (default 6)
+//! is the number of rollovers before the outage; a longer form is e.g. `LIFECYCLE_ROLLOVERS=30`.
+//!
+//! Timing of the scenario (not asserted; what makes the assertions exact):
+//! - writes pause before the outage until everything has arrived, so no record was read but not
+//!   published when the pods die (such a record would be trimmed as "served", yet never arrive);
+//! - the pods die right after a rollover, once every closed shard is finished, so the shards that
+//!   age out unread are exactly the ones open at the kill, and writes go into each of them before
+//!   the next rollover closes them; then writes pause until 2 s after that rollover, so the
+//!   retention pass that removes those shards trims nothing else;
+//! - the stream's clock (the lifecycle) is stopped from the moment those shards are gone until the
+//!   new pods caught up. A real stream rolls over every ~4 h and a relay finishes an aged-out shard
+//!   within seconds; compressed to 3 s rollovers, seconds matter, and without the pause each
+//!   generation written during the outage would age out before the pods reach it, one after the
+//!   other (children wait for their parents), racing the report.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dynamodb_nakadi_relay::transform::eid_for;
+use serde_json::{Value, json};
+use support::*;
+
+const SHARDS: usize = 3;
+const ROLLOVER_EVERY: f64 = 3.0;
+const RETENTION: f64 = 20.0;
+const SPLIT_AT: u64 = 2;
+/// Keys per write round: with 24 keys every shard of the stream (thirds, and sixths after the
+/// split) gets writes in every round.
+const KEYS: usize = 24;
+const WRITE_EVERY: Duration = Duration::from_millis(120);
+const PRE_START_KEYS: usize = 8;
+const LEASES: &str = "relay-leases";
+const WORKERS: &str = "relay_workers{table=\"orders\"}";
+const TRIMMED: &str = "relay_shards_trimmed_total{table=\"orders\"}";
+const FENCE_LAPSES: &str = "relay_fence_lapses_total{table=\"orders\"}";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+fn epoch_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Polls `check` until it returns Ok, or returns its last Err at the deadline (for a message
+/// that says what was still missing).
+async fn poll<T, F, Fut>(timeout: Duration, every: Duration, mut check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = check().await;
+        if last.is_ok() || Instant::now() >= deadline {
+            return last;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Who wrote a record, which tells what must become of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Before any pod started.
+    BeforeStart,
+    /// While the first pods ran.
+    Running,
+    /// Right after every pod was killed, into the shards that age out before any pod is back.
+    IntoAgingShards,
+    /// From 2 s after those shards closed to the end.
+    Later,
+}
+
+#[derive(Clone, Debug)]
+struct Rec {
+    key: String,
+    seq: u64,
+    shard: String,
+    eid: String,
+    phase: Phase,
+}
+
+/// The records of a writer whose first round wrote `first_seq`: a round writes every key once,
+/// in key order, in one call.
+fn recs(written: &[Written], first_seq: u64, phase: Phase) -> Vec<Rec> {
+    written
+        .iter()
+        .enumerate()
+        .map(|(i, w)| Rec {
+            key: format!("key-{:03}", i % KEYS),
+            seq: first_seq + (i / KEYS) as u64,
+            shard: w.shard.clone(),
+            eid: w.eid.clone(),
+            phase,
+        })
+        .collect()
+}
+
+/// One shard lease of the lease table.
+#[derive(Debug)]
+struct LeaseRow {
+    shard: String,
+    owner: Option<String>,
+    checkpoint: String,
+    parents: Vec<String>,
+}
+
+impl LeaseRow {
+    fn finished(&self) -> bool {
+        self.checkpoint == "SHARD_END"
+    }
+}
+
+async fn lease_rows(moto: &Moto) -> Vec<LeaseRow> {
+    let s = |i: &LeaseItem, k: &str| i.get(k).and_then(|v| v.as_s().ok()).cloned();
+    lease_items(moto, LEASES, "shard")
+        .await
+        .expect("scanning the lease table")
+        .iter()
+        .map(|i| LeaseRow {
+            shard: s(i, "shard_id").unwrap(),
+            owner: s(i, "owner"),
+            checkpoint: s(i, "checkpoint").unwrap(),
+            parents: i
+                .get("parent_shard_ids")
+                .and_then(|v| v.as_l().ok())
+                .map(|l| l.iter().filter_map(|p| p.as_s().ok().cloned()).collect())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Leases to be read now: not finished, every parent finished or gone from both the stream and
+/// the lease table (as the relay's lineage decides).
+fn active<'a>(rows: &'a [LeaseRow], listed: &HashSet<String>) -> Vec<&'a LeaseRow> {
+    let finished: HashMap<&str, bool> = rows
+        .iter()
+        .map(|r| (r.shard.as_str(), r.finished()))
+        .collect();
+    rows.iter()
+        .filter(|r| !r.finished())
+        .filter(|r| {
+            r.parents.iter().all(|p| {
+                finished
+                    .get(p.as_str())
+                    .copied()
+                    .unwrap_or(!listed.contains(p))
+            })
+        })
+        .collect()
+}
+
+/// The stream's start as the lease table keeps it.
+async fn stream_start(moto: &Moto) -> Option<Vec<(String, String)>> {
+    let items = lease_items(moto, LEASES, "stream_start").await.ok()?;
+    let item = items.first()?;
+    let mut attrs: Vec<(String, String)> = item
+        .iter()
+        .map(|(k, v)| (k.clone(), format!("{v:?}")))
+        .collect();
+    attrs.sort();
+    Some(attrs)
+}
+
+fn attr<'a>(start: &'a [(String, String)], name: &str) -> &'a str {
+    start
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+struct Stream<'a> {
+    ctl: &'a StreamsControl,
+    arn: &'a str,
+}
+
+impl Stream<'_> {
+    /// The shards DescribeStream lists now.
+    async fn listed(&self) -> Vec<Value> {
+        self.ctl
+            .get(&format!("shards?stream_arn={}", self.arn))
+            .await["shards"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    async fn report(&self) -> Value {
+        self.ctl
+            .get(&format!("lifecycle-report?stream_arn={}", self.arn))
+            .await
+    }
+
+    async fn rollovers(&self) -> u64 {
+        let report = self.report().await;
+        assert!(
+            report["error"].is_null(),
+            "the lifecycle thread crashed: {}",
+            report["error"]
+        );
+        report["rollovers"].as_u64().unwrap()
+    }
+
+    /// Starts (or resumes) the compressed day.
+    async fn run_day(&self) {
+        self.ctl
+            .call(
+                "lifecycle",
+                json!({"stream_arn": self.arn, "rollover_every": ROLLOVER_EVERY,
+                       "retention": RETENTION, "split_at": [SPLIT_AT]}),
+            )
+            .await;
+    }
+
+    /// Stops the stream's clock: no rollover, no trimming, no aging out.
+    async fn stop_day(&self) {
+        self.ctl
+            .call("lifecycle", json!({"stream_arn": self.arn, "stop": true}))
+            .await;
+    }
+
+    /// Waits for the next rollover; returns its number and its time (epoch seconds).
+    async fn next_rollover(&self) -> (u64, f64) {
+        let now = self.rollovers().await;
+        let n = wait_for_every(
+            "the next rollover",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async {
+                let n = self.rollovers().await;
+                (n > now).then_some(n)
+            },
+        )
+        .await;
+        (n, self.rollover_time(n).await)
+    }
+
+    async fn rollover_time(&self, n: u64) -> f64 {
+        self.report().await["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["rollover"].as_u64() == Some(n))
+            .and_then(|h| h["time"].as_f64())
+            .unwrap_or_else(|| panic!("rollover {n} is not in the history"))
+    }
+}
+
+async fn scrape(relay: &Relay) -> Option<String> {
+    match relay.get("/metrics").await {
+        Some((200, m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// The three pods, each slot restarted under a new name (as a Deployment names its pods).
+struct Pods {
+    test: &'static str,
+    env: HashMap<String, String>,
+    slots: Vec<Option<Relay>>,
+    started: usize,
+    /// The last /metrics of every pod that is gone, scraped right before it was stopped:
+    /// counters live in the process.
+    gone_metrics: Vec<(String, String)>,
+    unexpected_exits: Vec<String>,
+}
+
+impl Pods {
+    fn start(&mut self, slot: usize) -> String {
+        self.started += 1;
+        let name = format!("relay-{}-{}", (b'a' + slot as u8) as char, self.started);
+        self.slots[slot] = Some(Relay::start(self.test, &name, &self.env));
+        name
+    }
+
+    fn pod(&self, slot: usize) -> &Relay {
+        self.slots[slot].as_ref().expect("a pod in the slot")
+    }
+
+    fn name(&self, slot: usize) -> String {
+        self.pod(slot).process.name.clone()
+    }
+
+    fn names(&self) -> Vec<String> {
+        (0..self.slots.len()).map(|i| self.name(i)).collect()
+    }
+
+    async fn wait_ready(&self) {
+        for relay in self.slots.iter().flatten() {
+            relay.wait_ready().await;
+        }
+    }
+
+    /// Takes a pod out of its slot, its counters scraped first.
+    async fn take_out(&mut self, slot: usize) -> Relay {
+        let relay = self.slots[slot].take().expect("a pod in the slot");
+        let metrics = scrape(&relay)
+            .await
+            .unwrap_or_else(|| panic!("{} does not serve /metrics", relay.process.name));
+        self.gone_metrics
+            .push((relay.process.name.clone(), metrics));
+        relay
+    }
+
+    /// A counter summed over every pod that ever ran: the gone ones as last scraped, the
+    /// running ones now.
+    async fn counter_sum(&self, series: &str) -> Result<f64, String> {
+        let mut sum: f64 = self
+            .gone_metrics
+            .iter()
+            .map(|(_, m)| metric(m, series))
+            .sum();
+        for relay in self.slots.iter().flatten() {
+            let m = scrape(relay)
+                .await
+                .ok_or_else(|| format!("{} does not serve /metrics", relay.process.name))?;
+            sum += metric(&m, series);
+        }
+        Ok(sum)
+    }
+
+    /// Pods that exited by themselves are noted (the test fails on them at the end).
+    fn check_alive(&mut self) {
+        for relay in self.slots.iter_mut().flatten() {
+            if let Some(status) = relay.process.child.try_wait().unwrap() {
+                let tail: Vec<String> = relay
+                    .logs()
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .map(String::from)
+                    .collect();
+                let note = format!(
+                    "{} exited by itself ({status}): {tail:?}",
+                    relay.process.name
+                );
+                if !self.unexpected_exits.contains(&note) {
+                    println!("lifecycle: {note}");
+                    self.unexpected_exits.push(note);
+                }
+            }
+        }
+    }
+}
+
+/// Every pod sees three live workers, and the active leases are all owned by the three pods,
+/// within one per pod. Ok(a description) or Err(why not).
+async fn balanced(moto: &Moto, stream: &Stream<'_>, pods: &Pods) -> Result<String, String> {
+    let names = pods.names();
+    for (slot, name) in names.iter().enumerate() {
+        let m = scrape(pods.pod(slot))
+            .await
+            .ok_or_else(|| format!("{name} serves no /metrics"))?;
+        let workers = metric(&m, WORKERS);
+        if workers != 3.0 {
+            return Err(format!("{name} sees {workers} live workers"));
+        }
+    }
+    let listed: HashSet<String> = stream
+        .listed()
+        .await
+        .iter()
+        .map(|s| s["shard_id"].as_str().unwrap().to_owned())
+        .collect();
+    let rows = lease_rows(moto).await;
+    let active = active(&rows, &listed);
+    let mut per_pod: HashMap<&str, usize> = names.iter().map(|n| (n.as_str(), 0)).collect();
+    for lease in &active {
+        match lease.owner.as_deref().and_then(|o| per_pod.get_mut(o)) {
+            Some(n) => *n += 1,
+            None => {
+                return Err(format!(
+                    "active lease {} owned by {:?}",
+                    lease.shard, lease.owner
+                ));
+            }
+        }
+    }
+    let (min, max) = (
+        per_pod.values().min().copied().unwrap(),
+        per_pod.values().max().copied().unwrap(),
+    );
+    let described = format!("{} active leases: {per_pod:?}", active.len());
+    if max - min > 1 {
+        return Err(described);
+    }
+    Ok(described)
+}
+
+/// Waits until every record in `expected` has arrived at Nakadi; Err names what is missing.
+async fn all_arrived(nakadi: &Nakadi, expected: &[Rec], timeout: Duration) -> Result<(), String> {
+    poll(timeout, Duration::from_millis(500), || async {
+        let events = nakadi.events().await;
+        let got: HashSet<&str> = events
+            .iter()
+            .map(|e| e["metadata"]["eid"].as_str().unwrap())
+            .collect();
+        let missing: Vec<&Rec> = expected
+            .iter()
+            .filter(|r| !got.contains(r.eid.as_str()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut shards: HashMap<&str, usize> = HashMap::new();
+        for r in &missing {
+            *shards.entry(r.shard.as_str()).or_default() += 1;
+        }
+        Err(format!(
+            "{} of {} records missing, per shard {shards:?}, e.g. {:?}",
+            missing.len(),
+            expected.len(),
+            &missing[..missing.len().min(3)]
+        ))
+    })
+    .await
+}
+
+/// What the paused pod published after SIGCONT, as Nakadi stored it.
+struct AfterSigcont {
+    /// Requests for shards it had owned before SIGSTOP, sent before it had taken the shard
+    /// again: (shard, flow id, eids stored).
+    stale: Vec<(String, String, Vec<String>)>,
+    /// Events it published after SIGCONT.
+    events: usize,
+    /// Of those, events of shards it had owned, published after it had taken them again.
+    retaken: usize,
+}
+
+/// The paused pod's publish requests after SIGCONT, judged against the shards it owned before
+/// SIGSTOP.
+/// The pod's log after SIGCONT gives its flow ids (the publisher logs each request with it at
+/// debug level) and the order of its takes and requests; the Nakadi test server gives what it
+/// stored under each flow id and when; the writer's log gives each eid's shard.
+async fn stale_publishes(
+    nakadi: &Nakadi,
+    log_after_sigcont: &str,
+    sigcont_epoch: f64,
+    old_shards: &HashSet<String>,
+    shard_of: &HashMap<String, String>,
+) -> AfterSigcont {
+    // Line number in the log of each flow id's request, and of each take.
+    let mut flows: HashMap<String, usize> = HashMap::new();
+    let mut taken_at: HashMap<String, usize> = HashMap::new();
+    for (i, line) in log_after_sigcont.lines().enumerate() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if let Some(flow) = v["flow_id"].as_str() {
+            flows.entry(flow.to_owned()).or_insert(i);
+        }
+        let message = v["message"].as_str().unwrap_or("");
+        if message.starts_with("took a lease") || message.starts_with("took over the lease") {
+            if let Some(shard) = v["shard_id"].as_str() {
+                taken_at.entry(shard.to_owned()).or_insert(i);
+            }
+        }
+    }
+    let body: Value = reqwest::get(format!("{}/_test/events?meta=1", nakadi.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut stale: HashMap<(String, String), Vec<String>> = HashMap::new();
+    let (mut events, mut retaken) = (0, 0);
+    for e in body["events"].as_array().unwrap() {
+        let Some(flow) = e["flow_id"].as_str() else {
+            continue;
+        };
+        let Some(&line) = flows.get(flow) else {
+            continue;
+        };
+        if e["received_epoch"].as_f64().unwrap() < sigcont_epoch {
+            continue; // sent before SIGSTOP, answered after SIGCONT
+        }
+        events += 1;
+        let eid = e["eid"].as_str().unwrap();
+        let Some(shard) = shard_of.get(eid) else {
+            continue;
+        };
+        if !old_shards.contains(shard) {
+            continue;
+        }
+        if taken_at.get(shard).is_some_and(|&t| t < line) {
+            retaken += 1; // it took the shard again first
+            continue;
+        }
+        stale
+            .entry((shard.clone(), flow.to_owned()))
+            .or_default()
+            .push(eid.to_owned());
+    }
+    AfterSigcont {
+        stale: stale
+            .into_iter()
+            .map(|((shard, flow), eids)| (shard, flow, eids))
+            .collect(),
+        events,
+        retaken,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_day_from_trim_horizon() {
+    compressed_day("lifecycle_trim_horizon", "TRIM_HORIZON").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_day_from_latest() {
+    compressed_day("lifecycle_latest", "LATEST").await;
+}
+
+async fn compressed_day(test: &'static str, initial: &str) {
+    let min_rollovers = env_usize("LIFECYCLE_ROLLOVERS", 6) as u64;
+    let began = Instant::now();
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    let streams = StreamsFault::start(test);
+    let ctl = streams.ctl.clone();
+    let arn = ctl.create_stream(SHARDS, 100).await;
+    let stream = Stream {
+        ctl: &ctl,
+        arn: &arn,
+    };
+    let dlq = moto.create_queue("relay-dlq", &[]).await;
+    let mut env = fault_env(&moto, &nakadi, &streams, &arn, &dlq);
+    env.insert("RELAY_INITIAL_POSITION".into(), initial.into());
+    env.insert("RELAY_SHARD_SYNC_INTERVAL".into(), "2s".into());
+    // The publisher logs every request's flow id at debug level: which pod sent what.
+    env.insert(
+        "RUST_LOG".into(),
+        "info,dynamodb_nakadi_relay::nakadi::publisher=debug".into(),
+    );
+    stream.run_day().await;
+
+    // Records before the first start. ApproximateCreationDateTime is whole seconds and the
+    // relay keeps a 1 s margin, so they are written 2.5 s before the pods start.
+    let pre_batch: Vec<(String, u64)> = (0..PRE_START_KEYS)
+        .map(|k| (format!("pre-{k:03}"), 0))
+        .collect();
+    let pre: Vec<Rec> = ctl
+        .write(&arn, &pre_batch)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| Rec {
+            key: format!("pre-{i:03}"),
+            seq: 0,
+            shard: w.shard,
+            eid: w.eid,
+            phase: Phase::BeforeStart,
+        })
+        .collect();
+    // The pause is part of the scenario, not a wait for a condition.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let mut pods = Pods {
+        test,
+        env,
+        slots: vec![None, None, None],
+        started: 0,
+        gone_metrics: Vec::new(),
+        unexpected_exits: Vec::new(),
+    };
+    for slot in 0..3 {
+        pods.start(slot);
+    }
+    pods.wait_ready().await;
+    let start = wait_for_every(
+        "the stream's start to be decided",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || stream_start(&moto),
+    )
+    .await;
+    assert!(
+        attr(&start, "initial_position").contains(&format!("\"{initial}\"")),
+        "the start item: {start:?}"
+    );
+
+    let writer = Writer::start(ctl.clone(), arn.clone(), KEYS, WRITE_EVERY);
+    wait_for_every(
+        "the first events",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async { (nakadi.events().await.len() >= 2 * KEYS).then_some(()) },
+    )
+    .await;
+
+    // SIGKILL: the others take its leases once its heartbeat stood still; then it comes back.
+    stream.next_rollover().await;
+    let mut killed = pods.take_out(0).await;
+    let killed_name = killed.process.name.clone();
+    killed.process.signal("KILL");
+    killed.process.wait_exit(Duration::from_secs(10)).await;
+    wait_for_every(
+        "the killed pod's leases taken over",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let rows = lease_rows(&moto).await;
+            (!rows
+                .iter()
+                .any(|r| r.owner.as_deref() == Some(killed_name.as_str()) && !r.finished()))
+            .then_some(())
+        },
+    )
+    .await;
+    println!("lifecycle: SIGKILLed {killed_name}; its leases were taken over");
+    pods.start(0);
+    pods.wait_ready().await;
+
+    // SIGTERM: hands its leases over and exits 0; then it comes back.
+    stream.next_rollover().await;
+    let mut leaving = pods.take_out(1).await;
+    leaving.process.signal("TERM");
+    let status = leaving.process.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0), "SIGTERM: {}", leaving.logs());
+    println!("lifecycle: SIGTERMed {}", leaving.process.name);
+    pods.start(1);
+    pods.wait_ready().await;
+
+    // SIGSTOP for longer than the lease duration: the others take its leases; after SIGCONT it
+    // must notice that its fence lapsed and publish nothing for the shards it had.
+    stream.next_rollover().await;
+    let paused_name = pods.name(2);
+    wait_for_every(
+        "the pod to be paused to own an active lease",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let rows = lease_rows(&moto).await;
+            rows.iter()
+                .any(|r| r.owner.as_deref() == Some(paused_name.as_str()) && !r.finished())
+                .then_some(())
+        },
+    )
+    .await;
+    pods.pod(2).process.signal("STOP");
+    let paused_at = Instant::now();
+    // Read after SIGSTOP: a stopped process writes nothing more.
+    let old_shards: HashSet<String> = lease_rows(&moto)
+        .await
+        .into_iter()
+        .filter(|r| r.owner.as_deref() == Some(paused_name.as_str()))
+        .map(|r| r.shard)
+        .collect();
+    wait_for_every(
+        "the paused pod's leases taken over",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let rows = lease_rows(&moto).await;
+            (!rows
+                .iter()
+                .any(|r| r.owner.as_deref() == Some(paused_name.as_str()) && !r.finished()))
+            .then_some(())
+        },
+    )
+    .await;
+    let log_offset = std::fs::metadata(&pods.pod(2).log).unwrap().len() as usize;
+    let sigcont_epoch = epoch_now();
+    pods.pod(2).process.signal("CONT");
+    println!(
+        "lifecycle: SIGSTOPped {paused_name} for {:.1?} (it held the leases of {} shards); SIGCONT",
+        paused_at.elapsed(),
+        old_shards.len()
+    );
+    let lapses = wait_for_every(
+        "the paused pod to count its fence lapse",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let m = scrape(pods.pod(2)).await?;
+            let n = metric(&m, FENCE_LAPSES);
+            (n >= 1.0).then_some(n)
+        },
+    )
+    .await;
+
+    while stream.rollovers().await < min_rollovers {
+        stream.next_rollover().await;
+    }
+    pods.check_alive();
+
+    // Before the outage: writes pause until everything has arrived.
+    let a_written = writer.finish().await;
+    let next_seq = (a_written.len() / KEYS) as u64;
+    let running = recs(&a_written, 0, Phase::Running);
+    let mut expected: Vec<Rec> = running.clone();
+    if initial == "TRIM_HORIZON" {
+        expected.extend(pre.iter().cloned());
+    }
+    all_arrived(&nakadi, &expected, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|why| panic!("before the outage: {why}; see target/test-output/{test}/"));
+
+    let shard_of: HashMap<String, String> = running
+        .iter()
+        .chain(&pre)
+        .map(|r| (r.eid.clone(), r.shard.clone()))
+        .collect();
+    let paused_log = pods.pod(2).logs();
+    let after_sigcont = stale_publishes(
+        &nakadi,
+        paused_log.get(log_offset..).unwrap_or(""),
+        sigcont_epoch,
+        &old_shards,
+        &shard_of,
+    )
+    .await;
+    println!(
+        "lifecycle: after SIGCONT {paused_name} counted {lapses} fence lapse(s) and published {} events \
+         ({} of its former shards after taking them again, {} stale)",
+        after_sigcont.events,
+        after_sigcont.retaken,
+        after_sigcont
+            .stale
+            .iter()
+            .map(|(_, _, e)| e.len())
+            .sum::<usize>()
+    );
+
+    let before_outage = poll(Duration::from_secs(45), Duration::from_millis(500), || {
+        balanced(&moto, &stream, &pods)
+    })
+    .await
+    .unwrap_or_else(|why| panic!("not balanced before the outage: {why}"));
+    println!("lifecycle: balanced before the outage: {before_outage}");
+
+    // The kill: right after a rollover, once every closed shard is finished and every listed
+    // shard has a lease, so the next rollover is at least 1.5 s away.
+    let (rollover_at_kill, k_listed, k_open) = loop {
+        let (n, at) = stream.next_rollover().await;
+        let ready = poll(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || async {
+                let listed = stream.listed().await;
+                let rows = lease_rows(&moto).await;
+                let finished: HashSet<&str> = rows
+                    .iter()
+                    .filter(|r| r.finished())
+                    .map(|r| r.shard.as_str())
+                    .collect();
+                let leased: HashSet<&str> = rows.iter().map(|r| r.shard.as_str()).collect();
+                let pending: Vec<&str> = listed
+                    .iter()
+                    .filter(|s| {
+                        let id = s["shard_id"].as_str().unwrap();
+                        !leased.contains(id) || (s["open"] == false && !finished.contains(id))
+                    })
+                    .map(|s| s["shard_id"].as_str().unwrap())
+                    .collect();
+                if pending.is_empty() {
+                    Ok(listed)
+                } else {
+                    Err(format!(
+                        "closed or unleased shards not finished: {pending:?}"
+                    ))
+                }
+            },
+        )
+        .await;
+        let listed = match ready {
+            Ok(listed) => listed,
+            Err(why) => panic!("the relay did not finish closed shards: {why}"),
+        };
+        if stream.rollovers().await == n && epoch_now() < at + ROLLOVER_EVERY - 1.5 {
+            let ids = |open: bool| -> HashSet<String> {
+                listed
+                    .iter()
+                    .filter(|s| !open || s["open"] == true)
+                    .map(|s| s["shard_id"].as_str().unwrap().to_owned())
+                    .collect()
+            };
+            break (n, ids(false), ids(true));
+        }
+    };
+    for slot in 0..3 {
+        let mut relay = pods.take_out(slot).await;
+        relay.process.signal("KILL");
+        relay.process.wait_exit(Duration::from_secs(10)).await;
+    }
+    let killed_at = Instant::now();
+    println!(
+        "lifecycle: outage: every pod SIGKILLed after rollover {rollover_at_kill}; {} shards listed, {} open",
+        k_listed.len(),
+        k_open.len()
+    );
+
+    // Writes into the open shards, which close at the next rollover and age out unread: a round
+    // writes into every shard, so half a second is enough and ends well before that rollover.
+    let writer = Writer::start_from(ctl.clone(), arn.clone(), KEYS, WRITE_EVERY, next_seq);
+    tokio::time::sleep_until(tokio::time::Instant::from_std(
+        killed_at + Duration::from_millis(500),
+    ))
+    .await;
+    let b_written = writer.finish().await;
+    let aging = recs(&b_written, next_seq, Phase::IntoAgingShards);
+    let next_seq = next_seq + (b_written.len() / KEYS) as u64;
+    let outside: Vec<&Rec> = aging
+        .iter()
+        .filter(|r| !k_open.contains(&r.shard))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "scenario: writes meant for the shards open at the kill landed in their children \
+         (the machine was too slow to write before the next rollover): {outside:?}"
+    );
+    let aging_shards: HashSet<&String> = aging.iter().map(|r| &r.shard).collect();
+    assert_eq!(
+        aging_shards.len(),
+        k_open.len(),
+        "scenario: every shard open at the kill gets writes"
+    );
+    // Writes go on from 2 s after the rollover that closed those shards.
+    let (_, r1) = stream.next_rollover().await;
+    let resume_writes = r1 + 2.0 - epoch_now();
+    if resume_writes > 0.0 {
+        // Part of the scenario: the gap keeps the pass that removes those shards from trimming
+        // anything written later.
+        tokio::time::sleep(Duration::from_secs_f64(resume_writes)).await;
+    }
+    let writer = Writer::start_from(ctl.clone(), arn.clone(), KEYS, WRITE_EVERY, next_seq);
+    let later_first_seq = next_seq;
+
+    // The outage lasts until every shard listed at the kill has aged out of the stream.
+    poll(
+        Duration::from_secs_f64(RETENTION + 3.0 * ROLLOVER_EVERY + 15.0),
+        Duration::from_millis(100),
+        || async {
+            let listed: Vec<String> = stream
+                .listed()
+                .await
+                .iter()
+                .map(|s| s["shard_id"].as_str().unwrap().to_owned())
+                .filter(|id| k_listed.contains(id))
+                .collect();
+            if listed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still listed: {listed:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|why| panic!("the shards of before the outage never aged out: {why}"));
+    stream.stop_day().await;
+    let outage = killed_at.elapsed();
+    println!(
+        "lifecycle: every shard of before the outage aged out after {outage:.1?}; pods start again"
+    );
+
+    for slot in 0..3 {
+        pods.start(slot);
+    }
+    pods.wait_ready().await;
+    let catch_up_began = Instant::now();
+    poll(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || async {
+            let trimmed = pods.counter_sum(TRIMMED).await?;
+            if trimmed != k_open.len() as f64 {
+                return Err(format!(
+                    "relay_shards_trimmed_total adds up to {trimmed}, {} shards aged out unread",
+                    k_open.len()
+                ));
+            }
+            let listed = stream.listed().await;
+            let rows = lease_rows(&moto).await;
+            let unfinished: Vec<&str> = listed
+                .iter()
+                .filter(|s| s["open"] == false)
+                .map(|s| s["shard_id"].as_str().unwrap())
+                .filter(|id| !rows.iter().any(|r| r.shard == *id && r.finished()))
+                .collect();
+            if !unfinished.is_empty() {
+                return Err(format!("closed shards not finished: {unfinished:?}"));
+            }
+            let so_far: Vec<Rec> = expected
+                .iter()
+                .cloned()
+                .chain(recs(&writer.written(), later_first_seq, Phase::Later))
+                .collect();
+            all_arrived(&nakadi, &so_far, Duration::ZERO).await
+        },
+    )
+    .await
+    .unwrap_or_else(|why| {
+        panic!("the pods did not catch up after the outage: {why}; see target/test-output/{test}/")
+    });
+    println!(
+        "lifecycle: caught up {:.1?} after the pods started again",
+        catch_up_began.elapsed()
+    );
+    assert_eq!(
+        stream_start(&moto).await.as_ref(),
+        Some(&start),
+        "the stream's start was decided again"
+    );
+
+    // The day goes on: more rollovers with writes, then writing stops.
+    stream.run_day().await;
+    let resumed_at = stream.rollovers().await;
+    while stream.rollovers().await < resumed_at + 2 {
+        stream.next_rollover().await;
+    }
+    let c_written = writer.finish().await;
+    let later = recs(&c_written, later_first_seq, Phase::Later);
+    expected.extend(later.iter().cloned());
+    all_arrived(&nakadi, &expected, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|why| panic!("at the end: {why}; see target/test-output/{test}/"));
+    stream.stop_day().await;
+    let report = stream.report().await;
+    pods.check_alive();
+
+    // What the stream lost: records trimmed or removed before any GetRecords returned them.
+    let lost: HashSet<String> = report["trimmed_unserved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| eid_for(r["event_id"].as_str().unwrap()).to_string())
+        .collect();
+    let removed_unread: HashSet<String> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["unread"].as_u64().unwrap() > 0)
+        .map(|r| r["shard_id"].as_str().unwrap().to_owned())
+        .collect();
+    let trimmed = pods
+        .counter_sum(TRIMMED)
+        .await
+        .unwrap_or_else(|why| panic!("{why}"));
+    let events = nakadi.events().await;
+    let (per_key, arrived) = per_key_sequences(&events);
+    let all: Vec<&Rec> = pre
+        .iter()
+        .chain(&running)
+        .chain(&aging)
+        .chain(&later)
+        .collect();
+    let written_eids: HashSet<&str> = all.iter().map(|r| r.eid.as_str()).collect();
+    let unknown: Vec<&String> = arrived
+        .iter()
+        .filter(|e| !written_eids.contains(e.as_str()))
+        .collect();
+    let missing: Vec<&&Rec> = all
+        .iter()
+        .filter(|r| !lost.contains(&r.eid) && !arrived.contains(&r.eid))
+        .filter(|r| !(r.phase == Phase::BeforeStart && initial == "LATEST"))
+        .collect();
+    let aging_eids: HashSet<String> = aging.iter().map(|r| r.eid.clone()).collect();
+    println!(
+        "lifecycle report ({initial}): records={} (before start {}, running {}, into aging shards {}, later {}) \
+         lost={} arrived={} duplicates={} rollovers={} splits={} removed={} removed_unread={} \
+         relay_shards_trimmed_total={trimmed} outage={outage:.1?} total={:.1?}",
+        all.len(),
+        pre.len(),
+        running.len(),
+        aging.len(),
+        later.len(),
+        lost.len(),
+        arrived.len(),
+        events.len() - arrived.len(),
+        report["rollovers"],
+        report["splits"],
+        report["removed"].as_array().unwrap().len(),
+        removed_unread.len(),
+        began.elapsed(),
+    );
+
+    assert!(report["error"].is_null(), "lifecycle: {}", report["error"]);
+    assert!(
+        report["rollovers"].as_u64().unwrap() >= min_rollovers.max(6)
+            && report["splits"].as_u64() == Some(1),
+        "the day had too few rollovers or no split: {} rollovers, {} splits",
+        report["rollovers"],
+        report["splits"]
+    );
+    assert!(unknown.is_empty(), "events nobody wrote: {unknown:?}");
+    assert!(
+        missing.is_empty(),
+        "{} records lost that the stream still served, e.g. {:?}; see target/test-output/{test}/",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(
+        lost, aging_eids,
+        "the stream lost exactly the records written while no pod ran into the shards that aged out"
+    );
+    if initial == "LATEST" {
+        let early: Vec<&Rec> = pre.iter().filter(|r| arrived.contains(&r.eid)).collect();
+        assert!(
+            early.is_empty(),
+            "records written before the first start arrived: {early:?}"
+        );
+    }
+    // Per key, the first arrival of each eid in write order, and nothing else.
+    let mut want: HashMap<&str, Vec<u64>> = HashMap::new();
+    for r in &all {
+        if arrived.contains(&r.eid) {
+            want.entry(r.key.as_str()).or_default().push(r.seq);
+        }
+    }
+    for (key, seqs) in &per_key {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{key} out of write order: {seqs:?}"
+        );
+        assert_eq!(
+            Some(seqs),
+            want.get(key.as_str()),
+            "{key}: events against what was written and not lost"
+        );
+    }
+    assert_eq!(
+        removed_unread, k_open,
+        "the shards that aged out with unread records are those open at the kill"
+    );
+    assert_eq!(
+        trimmed,
+        removed_unread.len() as f64,
+        "relay_shards_trimmed_total over every pod against the removed shards with unread records"
+    );
+    assert!(lapses >= 1.0);
+    assert!(
+        after_sigcont.stale.is_empty(),
+        "{paused_name} published after SIGCONT for shards it no longer owned: {:?}",
+        after_sigcont.stale
+    );
+    let at_end = poll(Duration::from_secs(45), Duration::from_millis(500), || {
+        balanced(&moto, &stream, &pods)
+    })
+    .await
+    .unwrap_or_else(|why| panic!("not balanced at the end: {why}"));
+    println!("lifecycle: balanced at the end: {at_end}");
+    assert!(
+        pods.unexpected_exits.is_empty(),
+        "pods exited by themselves: {:?}",
+        pods.unexpected_exits
+    );
+}
