@@ -73,6 +73,9 @@ pub struct Coordinator {
     start: Option<StreamStart>,
     /// A live pod of another configuration was seen in the last round.
     conflict: Option<String>,
+    /// Leases this round's sync wrote (finished as trimmed, or released): the snapshot read
+    /// before it shows them as they were, so the plan must not act on them until the next read.
+    settled: HashSet<ShardId>,
 }
 
 impl Coordinator {
@@ -101,6 +104,7 @@ impl Coordinator {
             gone: HashMap::new(),
             start: None,
             conflict: None,
+            settled: HashSet::new(),
         }
     }
 
@@ -164,6 +168,7 @@ impl Coordinator {
                 }
             }
         }
+        self.settled.clear();
         if self.sync_due(now) {
             match self.sync_shards(&snapshot).await {
                 Ok(()) => {
@@ -177,6 +182,7 @@ impl Coordinator {
             .running
             .keys()
             .chain(self.gone.keys())
+            .chain(&self.settled)
             .cloned()
             .collect();
         // Owned, so that the plan can be carried out while the lineage is still read.
@@ -375,6 +381,7 @@ impl Coordinator {
         }
         for (shard, aged_out) in decided {
             let gone = self.gone.remove(&shard).expect("decided from the map");
+            self.settled.insert(shard.clone());
             if aged_out {
                 self.finish_trimmed(&shard, &gone.lease).await;
             } else {

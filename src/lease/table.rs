@@ -388,12 +388,16 @@ impl LeaseTable {
         let key = self.lease_key(&lease.shard_id);
         let next = lease.counter + 1;
         let switches = lease.owner_switches + u64::from(lease.owner.as_deref() != Some(me));
+        // Names this take alone: owner and counter could also be this pod's own later write
+        // (a lease it finished), which must not pass for this take having committed.
+        let token = uuid::Uuid::new_v4().to_string();
         let update = Update::builder()
             .table_name(&self.table)
             .key(KEY, s(&key))
             .update_expression(
-                "SET #owner = :me, #counter = :next, owner_switches = :switches, updated_at = :now REMOVE handoff_to",
+                "SET #owner = :me, #counter = :next, owner_switches = :switches, take_token = :token, updated_at = :now REMOVE handoff_to",
             )
+            .expression_attribute_values(":token", s(&token))
             .condition_expression("#counter = :seen")
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_names("#counter", "counter")
@@ -440,7 +444,7 @@ impl LeaseTable {
                             _ => None,
                         })
                         .and_then(|r| r.item())
-                        .is_some_and(|old| written_by(old, me, next));
+                        .is_some_and(|old| get_s(old, "take_token") == Some(token.as_str()));
                     if ours {
                         Ok(())
                     } else if e.code() == Some("TransactionCanceledException") {
@@ -662,11 +666,6 @@ impl LeaseTable {
         })
         .await
     }
-}
-
-/// Whether an item, as a failed condition returned it, already shows this pod's take.
-fn written_by(old: &HashMap<String, AttributeValue>, me: &str, counter: u64) -> bool {
-    get_s(old, "owner") == Some(me) && get_n(old, "counter") == Some(counter)
 }
 
 /// The `Date` header of a DynamoDB response: the service's clock, for a start time that no
