@@ -221,15 +221,17 @@ async fn sigterm_halfway_and_restart_loses_and_repeats_nothing() {
     env.insert("RELAY_NAKADI_BATCH_SIZE".into(), "20".into());
     let mut first = Relay::start(test, "relay-1", &env);
     first.wait_ready().await;
-    // More changes while the first relay runs, some before and some after its SIGTERM.
-    let writer = {
-        let (ddb, table) = (ddb.clone(), t.table.clone());
-        tokio::spawn(async move { write_changes(&ddb, &table, 300, 100, 3).await })
-    };
     wait_for("some events to arrive", Duration::from_secs(60), || async {
         (t.nakadi.events().await.len() >= 100).then_some(())
     })
     .await;
+    // More changes while the first relay is mid-page, some before and some after its SIGTERM.
+    // Started only once it publishes: written before its first read, they would all be in its
+    // first page, which it finishes before it stops.
+    let writer = {
+        let (ddb, table) = (ddb.clone(), t.table.clone());
+        tokio::spawn(async move { write_changes(&ddb, &table, 300, 100, 3).await })
+    };
     first.process.signal("TERM");
     let status = first.process.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(
