@@ -16,7 +16,7 @@ const MAX_ENTRIES: usize = 10;
 /// Room left for the message attributes, which count towards the queue's size limit.
 const ATTRIBUTE_ROOM: usize = 1024;
 
-/// The largest MaximumMessageSize SQS allows (1 MiB).
+/// The largest MaximumMessageSize SQS allows.
 pub const SQS_MAX_MESSAGE_BYTES: usize = 1_048_576;
 
 #[derive(Debug, thiserror::Error)]
@@ -237,7 +237,7 @@ impl DeadLetterQueue {
     }
 }
 
-/// The queue's MaximumMessageSize (256 KiB when SQS does not say).
+/// The queue's MaximumMessageSize (SQS's default when it does not say).
 async fn read_max_bytes(client: &Client, url: &str) -> Result<usize, DlqError> {
     let out = client
         .get_queue_attributes()

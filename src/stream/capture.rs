@@ -1,8 +1,7 @@
 //! Taking GetRecords' records raw from the response body, under the SDK.
 //!
-//! The SDK decodes every record into its own types (`Record`, `AttributeValue` maps): about 18 µs
-//! of CPU per 1.2 KB record, measured, which is more than the whole rest of the relay's work for
-//! that record. The relay needs the records as raw JSON anyway, because the transform writes the
+//! The SDK decodes every record into its own types (`Record`, `AttributeValue` maps), which costs
+//! more CPU than the whole rest of the relay's work for that record (docs/performance.md). The relay needs the records as raw JSON anyway, because the transform writes the
 //! event straight from the wire's attribute values.
 //!
 //! So a per-call interceptor wraps a successful (200) response body: when the body has been read
@@ -249,8 +248,8 @@ impl Drop for RecordsPage {
 /// skipped, no whitespace, no escaped member names. `None` for anything else.
 ///
 /// Records are found by matching brackets and skipping strings, not read: serde's reading of
-/// the page took 2.6 µs per 3 KB record (measured), more than half of what the transform costs,
-/// and the transform reads every record strictly anyway; a record it cannot read is
+/// the page cost more than half of what the transform costs (docs/performance.md), and the
+/// transform reads every record strictly anyway; a record it cannot read is
 /// dead-lettered with the reason. The brackets are matched by kind, so a record's end is where
 /// its JSON value ends.
 fn locate(b: &[u8]) -> Option<(Vec<Range<usize>>, Option<String>)> {
@@ -343,10 +342,8 @@ fn skip(b: &[u8], at: &mut usize) -> Option<()> {
 /// backslashes or control characters; the strings are the spans between unescaped quotes (a
 /// prefix XOR of the quote bits), and only the brackets outside them are visited one by one.
 /// Records are mostly small `{"S":"…"}` objects, so the walk byte by byte it replaced (strings
-/// skipped eight bytes at a time) paid per token: 1.70 µs per 3 KB record, where this pays per
-/// 64 bytes and per bracket: 0.65 µs; 0.40 instead of 1.26 µs when a string attribute holds
-/// escaped JSON (`cargo bench --bench records`, scan and scan_escaped: medians of 10 and 5 runs,
-/// alternating, on the same busy machine).
+/// skipped eight bytes at a time) paid per token, where this pays per 64 bytes and per bracket
+/// (`cargo bench --bench records`, scan and scan_escaped; figures in docs/performance.md).
 ///
 /// It reads exactly as that walk did: a backslash in a string steps over the next byte, whatever
 /// it is, one outside a string is an ordinary byte, and a raw control character in a string

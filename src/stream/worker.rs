@@ -73,8 +73,9 @@ const IDLE_POLL_MAX: Duration = Duration::from_millis(250);
 const IDLE_POLL_MIN: Duration = Duration::from_millis(25);
 
 /// Most GetRecords calls of a pod in flight at once. Each call in flight holds an HTTP/1.1
-/// connection whose buffers grow to the megabyte pages it has read: a pod owning 1,000 shards had
-/// ~840 connections open and 91 MiB resident (measured). An idle shard's poll takes milliseconds a
+/// connection whose buffers grow to the megabyte pages it has read, so without a bound a pod
+/// owning a thousand shards keeps nearly as many connections and their buffers (figures in
+/// docs/performance.md). An idle shard's poll takes milliseconds a
 /// few times a second, so 64 calls serve thousands of shards; a busy shard keeps its call short
 /// because its page is delivered without a permit.
 const READS_IN_FLIGHT: usize = 64;

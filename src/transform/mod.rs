@@ -196,9 +196,10 @@ pub const EID_NAMESPACE: Uuid = Uuid::from_u128(0x567b5df6_5f14_5551_95be_61791e
 /// The eid of the record with this `eventID`: UUID v5 of it under [`EID_NAMESPACE`].
 ///
 /// SHA-1 from the `sha1` crate, not the `uuid` crate's own: that one has no SHA-NI code, and
-/// hashing was a thirtieth of the transform. `eid_is_uuid_v5` holds the two to the same UUIDs.
-/// An eventID of up to 39 bytes (DynamoDB's have 32) fits one block with the namespace and the
-/// padding, which is compressed straight away: the hasher's buffering took 20 of the 67 ns.
+/// hashing is a noticeable part of the transform. `eid_is_uuid_v5` holds the two to the same
+/// UUIDs. An eventID of up to 39 bytes (DynamoDB's have 32) fits one block with the namespace and
+/// the padding, which is compressed straight away, skipping the hasher's buffering
+/// (docs/performance.md has the figures).
 pub fn eid_for(event_id: &str) -> Uuid {
     let id = event_id.as_bytes();
     let len = 16 + id.len();
