@@ -33,15 +33,6 @@ const NAKADI_TIMEOUT: Duration = Duration::from_secs(2);
 /// have published at most this many records past its checkpoint.
 const MAX_PAGE: usize = 1000;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
 /// (shard id, checkpoint) of the shard leases `owner` holds.
 async fn leases_of(moto: &Moto, owner: &str) -> Vec<(String, String)> {
     let s = |i: &LeaseItem, k: &str| i.get(k).and_then(|v| v.as_s().ok()).cloned();

@@ -77,13 +77,21 @@ const WORKERS: &str = "relay_workers{table=\"orders\"}";
 const TRIMMED: &str = "relay_shards_trimmed_total{table=\"orders\"}";
 const FENCE_LAPSES: &str = "relay_fence_lapses_total{table=\"orders\"}";
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
+/// Waits until `pod` owns no unfinished lease: the others took them over.
+async fn leases_taken_from(moto: &Moto, pod: &str) {
+    wait_for_every(
+        &format!("{pod}'s leases taken over"),
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let rows = lease_rows(moto).await;
+            (!rows
+                .iter()
+                .any(|r| r.owner.as_deref() == Some(pod) && !r.finished()))
+            .then_some(())
+        },
+    )
+    .await;
 }
 
 fn epoch_now() -> f64 {
@@ -647,19 +655,7 @@ async fn compressed_day(test: &'static str, initial: &str) {
     let killed_name = killed.process.name.clone();
     killed.process.signal("KILL");
     killed.process.wait_exit(Duration::from_secs(10)).await;
-    wait_for_every(
-        "the killed pod's leases taken over",
-        Duration::from_secs(30),
-        Duration::from_millis(250),
-        || async {
-            let rows = lease_rows(&moto).await;
-            (!rows
-                .iter()
-                .any(|r| r.owner.as_deref() == Some(killed_name.as_str()) && !r.finished()))
-            .then_some(())
-        },
-    )
-    .await;
+    leases_taken_from(&moto, &killed_name).await;
     println!("lifecycle: SIGKILLed {killed_name}; its leases were taken over");
     pods.start(0);
     pods.wait_ready().await;
@@ -699,19 +695,7 @@ async fn compressed_day(test: &'static str, initial: &str) {
         .filter(|r| r.owner.as_deref() == Some(paused_name.as_str()))
         .map(|r| r.shard)
         .collect();
-    wait_for_every(
-        "the paused pod's leases taken over",
-        Duration::from_secs(30),
-        Duration::from_millis(250),
-        || async {
-            let rows = lease_rows(&moto).await;
-            (!rows
-                .iter()
-                .any(|r| r.owner.as_deref() == Some(paused_name.as_str()) && !r.finished()))
-            .then_some(())
-        },
-    )
-    .await;
+    leases_taken_from(&moto, &paused_name).await;
     let log_offset = std::fs::metadata(&pods.pod(2).log).unwrap().len() as usize;
     let sigcont_epoch = epoch_now();
     pods.pod(2).process.signal("CONT");

@@ -777,11 +777,23 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(ctl: StreamsControl, stream_arn: String, keys: usize, every: Duration) -> Writer {
+        Writer::start_from(ctl, stream_arn, keys, every, 0)
+    }
+
+    /// `Writer::start` whose first round writes `seq` = `first_seq`: it continues the keys of a
+    /// writer that finished after `first_seq` rounds, so per-key order spans both.
+    pub fn start_from(
+        ctl: StreamsControl,
+        stream_arn: String,
+        keys: usize,
+        every: Duration,
+        first_seq: u64,
+    ) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (flag, out) = (stop.clone(), log.clone());
         let handle = tokio::spawn(async move {
-            let mut seq = 0u64;
+            let mut seq = first_seq;
             while !flag.load(Ordering::SeqCst) {
                 let batch: Vec<(String, u64)> =
                     (0..keys).map(|k| (format!("key-{k:03}"), seq)).collect();
@@ -857,30 +869,12 @@ pub fn per_key_sequences(
     (per_key, seen)
 }
 
-impl Writer {
-    /// `Writer::start` whose first round writes `seq` = `first_seq`: it continues the keys of a
-    /// writer that finished after `first_seq` rounds, so per-key order spans both.
-    pub fn start_from(
-        ctl: StreamsControl,
-        stream_arn: String,
-        keys: usize,
-        every: Duration,
-        first_seq: u64,
-    ) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (flag, out) = (stop.clone(), log.clone());
-        let handle = tokio::spawn(async move {
-            let mut seq = first_seq;
-            while !flag.load(Ordering::SeqCst) {
-                let batch: Vec<(String, u64)> =
-                    (0..keys).map(|k| (format!("key-{k:03}"), seq)).collect();
-                let written = ctl.write(&stream_arn, &batch).await;
-                out.lock().unwrap().extend(written);
-                seq += 1;
-                tokio::time::sleep(every).await;
-            }
-        });
-        Writer { stop, log, handle }
+/// A number from the environment, for the long forms of the chaos and lifecycle tests.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
     }
 }
