@@ -562,3 +562,62 @@ async fn a_pod_of_another_configuration_takes_no_leases_while_the_first_is_alive
     .await;
     assert_eq!(conflict(&second).await, Some(0.0));
 }
+
+/// Cause 5 of the stream-lifecycle issue: heartbeats and renewals shared one loop with
+/// DescribeStream, so one slow call (an SDK attempt may take up to 10 s) outlasted the lease and
+/// the other pods took every lease of a healthy pod. The heartbeat now has a task of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_describe_stream_takes_no_lease_from_a_healthy_pod() {
+    let test = "replicas_slow_describe";
+    let s = setup(test, 4).await;
+    let mut env = s.env.clone();
+    // A sync every round, so every round of both pods meets the slow calls.
+    env.insert("RELAY_SHARD_SYNC_INTERVAL".into(), "1s".into());
+    let relays = [
+        Relay::start(test, "relay-1", &env),
+        Relay::start(test, "relay-2", &env),
+    ];
+    for r in &relays {
+        r.wait_ready().await;
+    }
+    wait_for("two leases each", Duration::from_secs(60), || async {
+        for r in &relays {
+            status(r).await.filter(|st| owned(st) == 2)?;
+        }
+        Some(())
+    })
+    .await;
+    // Twice the lease duration (4 s) per call, two calls in a row for each pod.
+    s.streams.ctl.call("reset-calls", json!({})).await;
+    s.streams
+        .ctl
+        .call(
+            "latency",
+            json!({"operation": "DescribeStream", "seconds": 8, "times": 4}),
+        )
+        .await;
+    let written = write_some(&s, 0, 32).await;
+    // The fifth and sixth calls start only after both pods sat through two slow ones each.
+    wait_for(
+        "the slow calls to be answered",
+        Duration::from_secs(60),
+        || async {
+            let calls = s.streams.ctl.get("/_test/calls").await;
+            (calls["DescribeStream"].as_u64()? >= 6).then_some(())
+        },
+    )
+    .await;
+    let duplicates = check_complete_and_ordered(&s.nakadi, &written).await;
+    assert_eq!(duplicates, 0, "a lease moved while its owner was healthy");
+    for r in &relays {
+        let (_, m) = r.get("/metrics").await.unwrap();
+        for series in [
+            r#"relay_lease_takeovers_total{kind="expired",table="orders"}"#,
+            r#"relay_fence_lapses_total{table="orders"}"#,
+        ] {
+            assert_eq!(metric(&m, series), 0.0, "{series} on {}", r.process.name);
+        }
+        let st = status(r).await.unwrap();
+        assert_eq!(owned(&st), 2, "{st}");
+    }
+}

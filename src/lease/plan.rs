@@ -133,6 +133,14 @@ pub fn plan<'a>(view: &View<'a>, may_take: bool) -> Plan<'a> {
         .iter()
         .filter(|l| !view.running.contains(&l.shard_id))
         .filter_map(|&lease| match lease.owner.as_deref() {
+            // Handed over at another live pod's request: that pod takes it.
+            None if lease
+                .handoff_to
+                .as_deref()
+                .is_some_and(|to| to != me && view.liveness(to) == Liveness::Alive) =>
+            {
+                None
+            }
             None => Some(Take { lease, owner: None }),
             // Ours in the table but not running here: this process restarted under its old id.
             Some(o) if o == me => Some(Take { lease, owner: None }),
@@ -400,6 +408,21 @@ mod tests {
         let plan = world.plan_taking(false);
         assert!(plan.take.is_empty() && plan.request.is_empty());
         assert_eq!(world.plan().take.len(), 1);
+    }
+
+    #[test]
+    fn a_lease_handed_over_is_left_to_the_pod_that_asked_while_it_lives() {
+        // The owner released it at the request and, short of its share, must not take it back.
+        let mut handed = lease("s1", None, "5", &[]);
+        handed.handoff_to = Some("asker".into());
+        let world = World::new(vec![handed.clone()], &["asker"], &[]);
+        assert!(world.plan().take.is_empty());
+        let world = World::new(vec![handed], &[], &["asker"]);
+        assert_eq!(
+            shards(&world.plan().take),
+            vec!["s1"],
+            "unless the asker fell silent"
+        );
     }
 
     #[test]

@@ -587,11 +587,13 @@ impl LeaseTable {
     }
 
     /// Gives the lease up so another pod takes it at its next round, without waiting for expiry.
+    /// A hand-over request stays on the item: the lease is kept for the pod that asked (see
+    /// `plan`), or this pod, still short of its share, would take it straight back.
     pub async fn release(&self, lease: &OwnedLease, me: &str) -> Result<(), LeaseError> {
         self.write_owned(
             lease,
             me,
-            "REMOVE #owner, handoff_to SET #counter = :next, updated_at = :now",
+            "REMOVE #owner SET #counter = :next, updated_at = :now",
             None,
             &[],
         )

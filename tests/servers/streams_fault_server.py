@@ -25,6 +25,7 @@ Control API (same port, plain JSON over HTTP, no X-Amz-Target):
   POST /_test/trim             trim the head of a shard
   POST /_test/remove-shard     a closed shard ages out of DescribeStream
   POST /_test/throttle         the next `times` calls of an operation fail
+  POST /_test/latency          the next `times` calls of an operation answer late
   GET  /_test/calls            API call counts since start (or last reset)
   POST /_test/reset-calls
   GET  /_test/shards?stream_arn=...  shards with record counts, open/closed
@@ -428,6 +429,8 @@ class State:
         self.calls = {op: 0 for op in OPERATIONS}
         # operation -> list of [error code, remaining, message]
         self.faults: dict[str, list] = {}
+        # Per operation: [seconds, times] of answers to delay (/_test/latency).
+        self.latency: dict[str, list] = {}
 
     def stop_lifecycles(self):
         """Stop every lifecycle thread (lock held). The threads notice at
@@ -452,6 +455,15 @@ class State:
             raise ApiError("ResourceNotFoundException",
                            f"Requested resource not found: Stream: {arn} not found")
         return s
+
+    def take_latency(self, op: str) -> float:
+        """Seconds to hold the next answer of `op` back (0 when none is queued)."""
+        entry = self.latency.get(op)
+        if not entry or entry[1] <= 0:
+            self.latency.pop(op, None)
+            return 0.0
+        entry[1] -= 1
+        return entry[0]
 
     def take_fault(self, op: str):
         queue = self.faults.get(op)
@@ -1099,6 +1111,25 @@ def ctl_throttle(st: State, req: dict):
     return {"ok": True}
 
 
+def ctl_latency(st: State, req: dict):
+    """POST /_test/latency {"operation": "DescribeStream", "seconds": 8, "times": 3}
+    The next `times` calls of the operation are answered `seconds` late (the
+    wait happens outside the server's lock, so other calls go on). `times: 0`
+    clears it."""
+    op = _need(req, "operation")
+    if op not in OPERATIONS:
+        raise ControlError(f"operation must be one of {OPERATIONS}")
+    seconds = req.get("seconds", 1)
+    times = req.get("times", 1)
+    if not isinstance(seconds, (int, float)) or seconds < 0 or not isinstance(times, int) or times < 0:
+        raise ControlError("seconds must be a number >= 0 and times an integer >= 0")
+    if times == 0:
+        st.latency.pop(op, None)
+    else:
+        st.latency[op] = [float(seconds), times]
+    return {"ok": True}
+
+
 def ctl_calls(st: State, req: dict):
     """GET /_test/calls -> {"DescribeStream": n, "GetShardIterator": n, "GetRecords": n, "ListStreams": n}"""
     return dict(st.calls)
@@ -1168,6 +1199,7 @@ def ctl_reset(st: State, req: dict):
     st.stop_lifecycles()
     st.streams.clear()
     st.faults.clear()
+    st.latency.clear()
     for op in st.calls:
         st.calls[op] = 0
     return {"ok": True}
@@ -1182,6 +1214,7 @@ CONTROL_POST = {
     "/_test/remove-shard": ctl_remove_shard,
     "/_test/trim": ctl_trim,
     "/_test/throttle": ctl_throttle,
+    "/_test/latency": ctl_latency,
     "/_test/reset-calls": ctl_reset_calls,
     "/_test/generate": ctl_generate,
     "/_test/lifecycle": ctl_lifecycle,
@@ -1280,6 +1313,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError("SerializationException", "Start of structure or map found where not expected.") from None
             with st.lock:
                 st.calls[op] += 1
+                delay = st.take_latency(op)
                 st.take_fault(op)
                 if op == "GetRecords":
                     refs, seqs, ctx = op_get_records(st, req)
@@ -1292,6 +1326,8 @@ class Handler(BaseHTTPRequestHandler):
             if op == "GetRecords":
                 # Rendering and joining ~1 MB happens outside the lock.
                 out = finish_get_records(refs, seqs, ctx)
+            if delay:
+                time.sleep(delay)
             self._send(200, out, JSON_10)
         except ApiError as e:
             self._send(e.status, e.body(), JSON_10)

@@ -627,6 +627,31 @@ def throttling_and_internal_errors():
 
 
 @test
+def latency():
+    arn = new_stream()
+    ctl("/_test/latency", {"operation": "DescribeStream", "seconds": 0.5, "times": 1})
+    started = time.monotonic()
+    # Another operation is not held up by the late answer.
+    done = threading.Event()
+    slow = threading.Thread(target=lambda: (ok("DescribeStream", {"StreamArn": arn}), done.set()))
+    slow.start()
+    ok("ListStreams")
+    assert not done.is_set(), "ListStreams waited for the delayed DescribeStream"
+    slow.join()
+    assert time.monotonic() - started >= 0.5
+    quick = time.monotonic()
+    ok("DescribeStream", {"StreamArn": arn})
+    assert time.monotonic() - quick < 0.4, "only `times` answers are late"
+    ctl("/_test/latency", {"operation": "DescribeStream", "seconds": 5, "times": 3})
+    ctl("/_test/latency", {"operation": "DescribeStream", "times": 0})
+    quick = time.monotonic()
+    ok("DescribeStream", {"StreamArn": arn})
+    assert time.monotonic() - quick < 0.4, "times 0 clears"
+    ctl("/_test/latency", {"operation": "Nope"}, expect=400)
+    ctl("/_test/latency", {"operation": "GetRecords", "seconds": -1}, expect=400)
+
+
+@test
 def call_counts():
     arn = new_stream()
     ctl("/_test/reset-calls")
