@@ -602,7 +602,7 @@ async fn a_slow_describe_stream_takes_no_lease_from_a_healthy_pod() {
         "the slow calls to be answered",
         Duration::from_secs(60),
         || async {
-            let calls = s.streams.ctl.get("/_test/calls").await;
+            let calls = s.streams.ctl.get("calls").await;
             (calls["DescribeStream"].as_u64()? >= 6).then_some(())
         },
     )
