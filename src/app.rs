@@ -80,6 +80,8 @@ pub struct AwsClients {
     /// still fits in the call's own deadline, well inside the lease duration.
     pub leases: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
+    /// Dead letters too large for the queue (RELAY_DLQ_S3_BUCKET).
+    pub s3: aws_sdk_s3::Client,
 }
 
 impl AwsClients {
@@ -108,8 +110,24 @@ impl AwsClients {
             dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
             leases: aws_sdk_dynamodb::Client::from_conf(leases),
             sqs: aws_sdk_sqs::Client::new(&sdk),
+            s3: s3_client(&sdk),
         }
     }
+}
+
+/// The S3 client for dead letters too large for the queue. Path-style addressing
+/// (`<endpoint>/<bucket>/<key>`) only when an endpoint is configured (`AWS_ENDPOINT_URL`, or
+/// `AWS_ENDPOINT_URL_S3`): local emulators (moto, LocalStack, MinIO) serve every bucket on one
+/// host, where the virtual-hosted name `<bucket>.127.0.0.1` does not resolve. On AWS itself the
+/// SDK's default stays: its endpoint rules choose virtual-hosted style, which AWS recommends
+/// (path-style is deprecated there), and fall back to path-style by themselves where a bucket's
+/// name needs it (dots over TLS).
+pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let s3_endpoint = std::env::var_os("AWS_ENDPOINT_URL_S3").is_some_and(|v| !v.is_empty());
+    let config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(sdk.endpoint_url().is_some() || s3_endpoint)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }
 
 /// The publisher and DLQ for the re-drain loop (also `redrive --once`).
@@ -119,7 +137,8 @@ pub async fn redrainer(config: &Config, aws: &AwsClients) -> Result<Redrainer, S
         .map_err(|e| match e {
             DlqError::Unreachable { .. } => transient("RELAY_DLQ_URL", e),
             _ => startup("RELAY_DLQ_URL", e),
-        })?;
+        })?
+        .with_s3(aws.s3.clone(), config.dlq_s3_bucket.clone());
     let mut publishers = HashMap::new();
     for table in &config.tables {
         let mut nakadi = config.publisher(&table.event_type);

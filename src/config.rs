@@ -109,6 +109,9 @@ pub struct Config {
     /// Nakadi settings shared by all tables; `event_type` is empty here, see [`Config::publisher`].
     pub nakadi: PublisherConfig,
     pub dlq_url: String,
+    /// RELAY_DLQ_S3_BUCKET: where dead letters too large for the queue even gzip-compressed go
+    /// (the queue then carries the SQS Extended Client pointer); none: such a letter waits.
+    pub dlq_s3_bucket: Option<String>,
     pub initial_position: InitialPosition,
     pub http_addr: SocketAddr,
     pub worker_id: String,
@@ -361,6 +364,9 @@ impl Config {
                 format!("must be an SQS queue URL (got {dlq_url:?})"),
             );
         }
+        let dlq_s3_bucket = r.parse("RELAY_DLQ_S3_BUCKET", None, |raw| {
+            check_bucket_name(raw).map(|()| Some(raw.to_owned()))
+        });
         let initial_position = r.parse(
             "RELAY_INITIAL_POSITION",
             InitialPosition::TrimHorizon,
@@ -476,6 +482,7 @@ impl Config {
             create_lease_table,
             nakadi,
             dlq_url,
+            dlq_s3_bucket,
             initial_position,
             http_addr,
             worker_id,
@@ -518,6 +525,47 @@ fn check_stream_arn(arn: &str) -> Result<(), String> {
         Err(format!(
             "must be a DynamoDB stream ARN (arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL), got {arn:?}"
         ))
+    }
+}
+
+/// An S3 general purpose bucket name, by S3's naming rules: 3 to 63 lower-case letters, digits,
+/// dots and hyphens, a letter or digit at both ends, no two dots in a row, not an IP address,
+/// none of the prefixes and suffixes S3 reserves (those end in other kinds of bucket: access
+/// point aliases, directory buckets, table buckets).
+fn check_bucket_name(name: &str) -> Result<(), String> {
+    let problem = if name.contains("://") || name.starts_with("arn:") || name.contains('/') {
+        Some("the bucket's name alone, not a URL, ARN or path")
+    } else if !(3..=63).contains(&name.len()) {
+        Some("3 to 63 characters long")
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+    {
+        Some("only lower-case letters, digits, dots and hyphens")
+    } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !name.ends_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        Some("a letter or digit at both ends")
+    } else if name.contains("..") {
+        Some("without two dots in a row")
+    } else if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        Some("not an IP address")
+    } else if ["xn--", "sthree-", "amzn-s3-demo-"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        || ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"]
+            .iter()
+            .any(|s| name.ends_with(s))
+    {
+        Some("a general purpose bucket's name, without a prefix or suffix S3 reserves")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(format!(
+            "must be an S3 bucket name such as orders-relay-dead-letters: {problem}"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -1024,6 +1072,55 @@ mod tests {
         assert_eq!(
             problems(&v),
             vec!["RELAY_SNAPSHOT_SEGMENTS", "RELAY_SNAPSHOT_PAGE_SIZE"]
+        );
+    }
+
+    #[test]
+    fn dlq_s3_bucket_must_be_a_bucket_name() {
+        assert_eq!(Config::from_vars(&minimal()).unwrap().dlq_s3_bucket, None);
+        let mut v = minimal();
+        for good in [
+            "orders-relay-dead-letters",
+            "abc",
+            "a.b-c.1",
+            &"a".repeat(63),
+        ] {
+            v.insert("RELAY_DLQ_S3_BUCKET".into(), format!(" {good} "));
+            assert_eq!(
+                Config::from_vars(&v).unwrap().dlq_s3_bucket.as_deref(),
+                Some(good)
+            );
+        }
+        for bad in [
+            "ab",
+            &"a".repeat(64),
+            "Orders",
+            "orders_dlq",
+            "s3://orders",
+            "arn:aws:s3:::orders",
+            "orders/dead-letters",
+            "-orders",
+            "orders.",
+            "a..b",
+            "192.168.5.4",
+            "xn--orders",
+            "orders--x-s3",
+            "orders-s3alias",
+        ] {
+            v.insert("RELAY_DLQ_S3_BUCKET".into(), bad.into());
+            let errors = Config::from_vars(&v).unwrap_err();
+            assert_eq!(
+                errors.0.iter().map(|e| e.variable).collect::<Vec<_>>(),
+                vec!["RELAY_DLQ_S3_BUCKET"],
+                "{bad}"
+            );
+            assert!(errors.to_string().contains("S3 bucket name"), "{errors}");
+        }
+        // Reported together with the other problems.
+        v.insert("RELAY_LOG_FORMAT".into(), "xml".into());
+        assert_eq!(
+            problems(&v),
+            vec!["RELAY_DLQ_S3_BUCKET", "RELAY_LOG_FORMAT"]
         );
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
-use dynamodb_nakadi_relay::dlq::message::encode_gzip;
+use dynamodb_nakadi_relay::dlq::message::{EXTENDED_PAYLOAD_SIZE, S3Pointer, encode_gzip};
 use dynamodb_nakadi_relay::dlq::{DeadLetter, DeadLetterQueue, DlqError, Redrainer};
 use dynamodb_nakadi_relay::nakadi::{
     Failure, FailureKind, FailureMode, Publisher, PublisherConfig, TokenSource,
@@ -629,4 +629,300 @@ async fn a_failed_visibility_extension_is_counted_and_the_publish_goes_on() {
     let report = round.await.unwrap();
     assert_eq!(report.published, 2, "the publish went on: {report:?}");
     assert!(errors() > before, "the failed extension was not counted");
+}
+
+const BUCKET: &str = "relay-dead-letters";
+
+/// The one message of the queue, received with its attributes and left visible.
+async fn the_message(moto: &Moto, url: &str) -> aws_sdk_sqs::types::Message {
+    let out = moto
+        .sqs()
+        .await
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .visibility_timeout(0)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap();
+    let [m] = out.messages() else {
+        panic!("expected one message: {out:?}")
+    };
+    m.clone()
+}
+
+/// The checks of an SQS Extended Client pointer message to `letter`: the body exactly the
+/// library's format, `ExtendedPayloadSize` the letter's size, the letter's own attributes kept,
+/// the object the plain letter, under `dead-letters/<event type>/<eid>/`. Returns the key.
+async fn assert_pointer_to(
+    moto: &Moto,
+    m: &aws_sdk_sqs::types::Message,
+    letter: &DeadLetter,
+) -> String {
+    let body = m.body().unwrap();
+    let key = body
+        .strip_prefix(&format!(
+            r#"["software.amazon.payloadoffloading.PayloadS3Pointer",{{"s3BucketName":"{BUCKET}","s3Key":""#
+        ))
+        .and_then(|rest| rest.strip_suffix(r#""}]"#))
+        .unwrap_or_else(|| panic!("not the Extended Client pointer: {body}"))
+        .to_owned();
+    let eid = letter.eid.as_deref().unwrap();
+    assert!(
+        key.starts_with(&format!("dead-letters/payments.order-changed/{eid}/"))
+            && key.ends_with(".json"),
+        "{key}"
+    );
+    let attributes = m.message_attributes().unwrap();
+    let size = &attributes[EXTENDED_PAYLOAD_SIZE];
+    assert_eq!(size.data_type(), "Number");
+    assert_eq!(
+        size.string_value(),
+        Some(letter.body.len().to_string().as_str())
+    );
+    assert_eq!(
+        attributes["event_type"].string_value(),
+        Some("payments.order-changed")
+    );
+    assert_eq!(attributes["reason"].string_value(), Some(letter.reason));
+    assert_eq!(attributes["eid"].string_value(), Some(eid));
+    assert!(!attributes.contains_key("content-encoding"));
+    assert_eq!(
+        moto.object(BUCKET, &key).await.as_deref(),
+        Some(letter.body.as_str()),
+        "the object is the letter, plain"
+    );
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_too_large_even_gzipped_goes_to_s3_and_the_queue_gets_the_extended_client_pointer()
+{
+    let moto = Moto::start("dlq_s3_offload").await;
+    moto.create_bucket(BUCKET).await;
+    let url = moto
+        .create_queue("small-dlq", &[("MaximumMessageSize", "1024")])
+        .await;
+    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
+        .await
+        .unwrap()
+        .with_s3(moto.s3().await, Some(BUCKET.into()));
+    let letter = letter_with(7, &incompressible(6000, 0x9e37_79b9_7f4a_7c15));
+    assert!(
+        encode_gzip(&letter.body).len() > 6000,
+        "the test letter compresses"
+    );
+
+    dlq.send(std::slice::from_ref(&letter)).await.unwrap();
+
+    assert_eq!(dlq.max_bytes(), 1024, "the limit is what it was");
+    let m = the_message(&moto, &url).await;
+    let key = assert_pointer_to(&moto, &m, &letter).await;
+    assert_eq!(moto.object_keys(BUCKET).await, vec![key.clone()]);
+    // What a consumer of the format reads from the body.
+    assert_eq!(
+        S3Pointer::from_body(m.body().unwrap()),
+        Some(Ok(S3Pointer {
+            bucket: BUCKET.into(),
+            key
+        }))
+    );
+
+    // The same letter sent again (a retried send) gets an object of its own.
+    dlq.send(std::slice::from_ref(&letter)).await.unwrap();
+    assert_eq!(moto.object_keys(BUCKET).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrain_publishes_a_letter_from_s3_then_deletes_its_message_and_then_its_object() {
+    let test = "dlq_s3_redrain";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    moto.create_bucket(BUCKET).await;
+    // Room for a small letter as it is; the large one does not fit even gzip-compressed.
+    let url = moto
+        .create_queue("relay-dlq", &[("MaximumMessageSize", "4096")])
+        .await;
+    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
+        .await
+        .unwrap()
+        .with_s3(moto.s3().await, Some(BUCKET.into()));
+    let payload = incompressible(6000, 0x2545_f491_4f6c_dd1d);
+    let letters = vec![letter_with(1, "small"), letter_with(2, &payload)];
+    dlq.send(&letters).await.unwrap();
+    assert_eq!(queue_depth(&moto, &url).await, 2);
+    let [key] = &moto.object_keys(BUCKET).await[..] else {
+        panic!("expected one object")
+    };
+    assert!(key.contains(letters[1].eid.as_deref().unwrap()), "{key}");
+
+    let report = redrainer(dlq, &nakadi, Duration::from_secs(30))
+        .round(&CancellationToken::new())
+        .await;
+
+    assert_eq!(
+        (report.published, report.failed, report.undecodable),
+        (2, 0, 0)
+    );
+    let events = nakadi.events().await;
+    let want: Vec<String> = letters.iter().map(|l| l.eid.clone().unwrap()).collect();
+    assert_eq!(eids(&events), want);
+    let large = &events[1];
+    assert_eq!(large["data"]["item"]["payload"], payload.as_str());
+    assert_eq!(
+        queue_depth(&moto, &url).await,
+        0,
+        "the messages are deleted"
+    );
+    assert!(
+        moto.object_keys(BUCKET).await.is_empty(),
+        "the object is deleted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pointer_whose_message_could_not_be_deleted_keeps_its_object() {
+    let test = "dlq_s3_message_kept";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    moto.create_bucket(BUCKET).await;
+    let url = moto
+        .create_queue("relay-dlq", &[("MaximumMessageSize", "1024")])
+        .await;
+    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
+        .await
+        .unwrap()
+        .with_s3(moto.s3().await, Some(BUCKET.into()));
+    let letter = letter_with(3, &incompressible(3000, 0x1234_5678_9abc_def1));
+    dlq.send(std::slice::from_ref(&letter)).await.unwrap();
+    let keys = moto.object_keys(BUCKET).await;
+    assert_eq!(keys.len(), 1);
+
+    // A slow publish (two 503s after 2 s each), during which the queue is purged: the receipt
+    // handle becomes invalid, so the message cannot be deleted once Nakadi took the event.
+    nakadi
+        .fault(json!({"status": 503, "latency_ms": 2000, "times": 2}))
+        .await;
+    let redrainer = redrainer(dlq, &nakadi, Duration::from_secs(30));
+    let round = tokio::spawn(async move { redrainer.round(&CancellationToken::new()).await });
+    wait_for(
+        "the re-drain to receive the message",
+        Duration::from_secs(30),
+        || async { (in_flight(&moto, &url).await == 1).then_some(()) },
+    )
+    .await;
+    moto.sqs()
+        .await
+        .purge_queue()
+        .queue_url(&url)
+        .send()
+        .await
+        .unwrap();
+    let report = round.await.unwrap();
+
+    assert_eq!(report.published, 1, "{report:?}");
+    assert_eq!(
+        eids(&nakadi.events().await),
+        vec![letter.eid.clone().unwrap()]
+    );
+    // Deleting the object of a message that may come back would lose its letter.
+    assert_eq!(moto.object_keys(BUCKET).await, keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pointer_whose_object_is_gone_stays_in_the_queue_to_be_parked() {
+    let test = "dlq_s3_object_gone";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    moto.create_bucket(BUCKET).await;
+    let url = moto
+        .create_queue("relay-dlq", &[("MaximumMessageSize", "1024")])
+        .await;
+    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
+        .await
+        .unwrap()
+        .with_s3(moto.s3().await, Some(BUCKET.into()));
+    let letter = letter_with(4, &incompressible(3000, 0x0f0f_1234_5678_9abc));
+    dlq.send(std::slice::from_ref(&letter)).await.unwrap();
+    let [key] = &moto.object_keys(BUCKET).await[..] else {
+        panic!("expected one object")
+    };
+    moto.s3()
+        .await
+        .delete_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+
+    let report = redrainer(dlq, &nakadi, Duration::from_secs(30))
+        .round(&CancellationToken::new())
+        .await;
+
+    assert_eq!(
+        (report.published, report.failed, report.undecodable),
+        (0, 0, 1)
+    );
+    assert!(nakadi.events().await.is_empty());
+    assert_eq!(
+        queue_depth(&moto, &url).await,
+        1,
+        "the message stays for the redrive policy"
+    );
+}
+
+/// The wiring end to end: RELAY_DLQ_S3_BUCKET → the relay's S3 client → the pointer in the
+/// queue → the re-drain loop reads it back, publishes, and cleans up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_puts_a_letter_too_large_for_its_queue_to_s3_and_redrains_it() {
+    let test = "dlq_s3_relay";
+    let t = setup(test, &[("MaximumMessageSize", "1024")]).await;
+    t.moto.create_bucket(BUCKET).await;
+    let mut env = t.env.clone();
+    env.insert("RELAY_DLQ_S3_BUCKET".into(), BUCKET.into());
+    t.nakadi.fault(json!({"status": 503})).await;
+    let blob = incompressible(5000, 0x5555_1234_aaaa_0001);
+    put(&t.moto, 0..1, &[("blob", AttributeValue::S(blob.clone()))]).await;
+    let relay = Relay::start(test, "relay-1", &env);
+    relay.wait_ready().await;
+    let last = last_sequence(&t).await;
+    wait_for(
+        "the letter in the DLQ and the checkpoint past it",
+        Duration::from_secs(60),
+        || async {
+            let cps = checkpoints(&t.moto, "relay-leases").await;
+            (queue_depth(&t.moto, &t.dlq).await == 1 && cps == vec![last.clone()]).then_some(())
+        },
+    )
+    .await;
+    let [key] = &t.moto.object_keys(BUCKET).await[..] else {
+        panic!("expected one object")
+    };
+    let letter: Value = serde_json::from_str(&t.moto.object(BUCKET, key).await.unwrap()).unwrap();
+    assert_eq!(letter["event"]["data"]["item"]["blob"], blob.as_str());
+    assert!(t.nakadi.events().await.is_empty());
+
+    t.nakadi.clear_faults().await;
+    let events = wait_for("the re-drained event", Duration::from_secs(60), || async {
+        let events = t.nakadi.events().await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events[0]["data"]["item"]["blob"], blob.as_str());
+    assert_eq!(
+        eids(&events),
+        expected_eids(&t).await.into_iter().collect::<Vec<_>>()
+    );
+    wait_for(
+        "the message and then the object deleted",
+        Duration::from_secs(30),
+        || async {
+            (queue_depth(&t.moto, &t.dlq).await == 0 && t.moto.object_keys(BUCKET).await.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    drop(relay);
 }

@@ -198,6 +198,92 @@ pub fn decode_gzip(body: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// The SQS Extended Client Library's pointer to a payload in S3: what the queue carries instead
+/// of a letter that does not fit it even gzip-compressed (the letter itself, plain JSON, is the
+/// object). The format is the library's, so its Java and Python clients (and tools built on them)
+/// read such a message as the letter:
+///
+/// - body:
+///   `["software.amazon.payloadoffloading.PayloadS3Pointer",{"s3BucketName":"…","s3Key":"…"}]`,
+///   Jackson's default typing of the class `PayloadS3Pointer`
+///   (awslabs/payload-offloading-java-common-lib-for-aws, `PayloadS3Pointer.java` and
+///   `JsonDataConverter.java`: `enableDefaultTyping(NON_FINAL)` writes `[class name, object]`);
+///   the Python client (awslabs/amazon-sqs-python-extended-client-lib, `client.py`) writes the
+///   same list with `MESSAGE_POINTER_CLASS`, and reads the legacy class
+///   `com.amazon.sqs.javamessaging.MessageS3Pointer` too.
+/// - message attribute `ExtendedPayloadSize` (DataType `Number`): the payload's size in bytes;
+///   both clients recognise a pointer by it (`RESERVED_ATTRIBUTE_NAME` in
+///   awslabs/amazon-sqs-java-extended-client-lib `SQSExtendedClientConstants.java` and in the
+///   Python `client.py`; older versions used `SQSLargePayloadSize`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Pointer {
+    #[serde(rename = "s3BucketName")]
+    pub bucket: String,
+    #[serde(rename = "s3Key")]
+    pub key: String,
+}
+
+/// The class name that opens a pointer body.
+pub const POINTER_CLASS: &str = "software.amazon.payloadoffloading.PayloadS3Pointer";
+/// The class name of pointers written by version 1 of the Java library, still read by its
+/// successors.
+const LEGACY_POINTER_CLASS: &str = "com.amazon.sqs.javamessaging.MessageS3Pointer";
+/// The message attribute of a pointer: the payload's size in bytes.
+pub const EXTENDED_PAYLOAD_SIZE: &str = "ExtendedPayloadSize";
+
+impl S3Pointer {
+    /// The message body, exactly as the Java library writes it (no white space).
+    pub fn to_body(&self) -> String {
+        serde_json::to_string(&(POINTER_CLASS, self)).expect("a pointer serializes")
+    }
+
+    /// `None` when `body` is no pointer: a dead-letter body is a JSON object and a gzip one is
+    /// base64, neither starts with `[`. `Some(Err)`: it looks like one but is not readable.
+    pub fn from_body(body: &str) -> Option<Result<S3Pointer, String>> {
+        if !body.trim_start().starts_with('[') {
+            return None;
+        }
+        Some(match serde_json::from_str::<(String, S3Pointer)>(body) {
+            Ok((class, pointer)) if class == POINTER_CLASS || class == LEGACY_POINTER_CLASS => {
+                Ok(pointer)
+            }
+            Ok((class, _)) => Err(format!(
+                "a pointer of class {class:?}, not an SQS Extended Client Library pointer"
+            )),
+            Err(e) => Err(format!("not an SQS Extended Client Library pointer: {e}")),
+        })
+    }
+
+    /// Where a letter too large for the queue goes in the bucket:
+    /// `dead-letters/<event type>/<eid>/<random UUID>.json` (`no-eid` for a stream record that
+    /// could not become an event). The eid makes an event's objects easy to find; the random
+    /// part makes every write its own object, so a letter sent twice (a retried send, a record
+    /// read again after a crash) never shares an object with another message, whose re-drain
+    /// would delete it from under this one. Characters outside `A-Z a-z 0-9 . _ -` of the event
+    /// type become `_` (Nakadi's names have none).
+    pub fn key_for(letter: &DeadLetter) -> String {
+        let event_type: String = letter
+            .event_type
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!(
+            "{OBJECT_PREFIX}{event_type}/{}/{}.json",
+            letter.eid.as_deref().unwrap_or("no-eid"),
+            uuid::Uuid::new_v4()
+        )
+    }
+}
+
+/// The prefix of every object the relay puts to the bucket (lifecycle rules and IAM use it).
+pub const OBJECT_PREFIX: &str = "dead-letters/";
+
 /// What the re-drain loop can publish again from a message body.
 pub fn event_from_body(body: &str) -> Result<(String, Event), String> {
     let message: Message<'_> =
@@ -282,6 +368,79 @@ mod tests {
         assert_eq!(back.body(), event().body());
         assert_eq!(back.eid, event().eid);
         assert_eq!(back.sequence_number(), "100");
+    }
+
+    #[test]
+    fn the_s3_pointer_is_the_extended_client_format() {
+        let pointer = S3Pointer {
+            bucket: "orders-relay-dead-letters".into(),
+            key: "dead-letters/et/5f0c8a5e-3f8e-5d9a-9c1e-1f2b3c4d5e6f/x.json".into(),
+        };
+        assert_eq!(
+            pointer.to_body(),
+            r#"["software.amazon.payloadoffloading.PayloadS3Pointer",{"s3BucketName":"orders-relay-dead-letters","s3Key":"dead-letters/et/5f0c8a5e-3f8e-5d9a-9c1e-1f2b3c4d5e6f/x.json"}]"#
+        );
+        assert_eq!(S3Pointer::from_body(&pointer.to_body()), Some(Ok(pointer)));
+        // As the Python client writes it (json.dumps: spaces), and the legacy Java class.
+        for body in [
+            r#"["software.amazon.payloadoffloading.PayloadS3Pointer", {"s3BucketName": "b", "s3Key": "k"}]"#,
+            r#" ["com.amazon.sqs.javamessaging.MessageS3Pointer",{"s3Key":"k","s3BucketName":"b","extra":1}]"#,
+        ] {
+            assert_eq!(
+                S3Pointer::from_body(body),
+                Some(Ok(S3Pointer {
+                    bucket: "b".into(),
+                    key: "k".into()
+                })),
+                "{body}"
+            );
+        }
+        for broken in [
+            r#"["java.lang.String",{"s3BucketName":"b","s3Key":"k"}]"#,
+            r#"["software.amazon.payloadoffloading.PayloadS3Pointer",{"s3BucketName":"b"}]"#,
+            "[1, 2, 3]",
+        ] {
+            assert!(
+                matches!(S3Pointer::from_body(broken), Some(Err(_))),
+                "{broken}"
+            );
+        }
+        let letter = DeadLetter::from_event(
+            "arn:s",
+            &ShardId::new("shard-1"),
+            "et",
+            &event(),
+            &failure(),
+        );
+        assert_eq!(S3Pointer::from_body(&letter.body), None);
+        assert_eq!(S3Pointer::from_body(&encode_gzip(&letter.body)), None);
+    }
+
+    #[test]
+    fn object_keys_name_the_event_type_and_eid_and_are_unique() {
+        let mut letter = DeadLetter::from_event(
+            "arn:s",
+            &ShardId::new("shard-1"),
+            "payments.order-changed",
+            &event(),
+            &failure(),
+        );
+        let key = S3Pointer::key_for(&letter);
+        let rest = key
+            .strip_prefix(
+                "dead-letters/payments.order-changed/5f0c8a5e-3f8e-5d9a-9c1e-1f2b3c4d5e6f/",
+            )
+            .unwrap_or_else(|| panic!("{key}"));
+        let id = rest.strip_suffix(".json").unwrap();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{key}");
+        assert_ne!(S3Pointer::key_for(&letter), key);
+        letter.eid = None;
+        letter.event_type = "odd type/x".into();
+        assert!(
+            S3Pointer::key_for(&letter).starts_with("dead-letters/odd_type_x/no-eid/"),
+            "{}",
+            S3Pointer::key_for(&letter)
+        );
     }
 
     #[test]
@@ -462,6 +621,7 @@ mod properties {
         fn decoding_never_panics_on_any_text(body in any::<String>()) {
             check_any_body(&body);
             let _ = decode_gzip(&body);
+            let _ = S3Pointer::from_body(&body);
         }
 
         #[test]

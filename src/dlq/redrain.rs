@@ -7,6 +7,13 @@
 //! `RELAY_NAKADI_MAX_RETRY_TIME`, longer than the timeout, and a message that became visible
 //! meanwhile would be published by another pod too and count a receive towards its parking.
 //!
+//! A message that is the SQS Extended Client Library's pointer (a letter too large for the queue,
+//! in the bucket of `RELAY_DLQ_S3_BUCKET`) is read from S3 and published like any other; once
+//! Nakadi took it, the message is deleted first and the object after it: an object left behind
+//! is garbage for the bucket's lifecycle rule, while a message left without its object could
+//! never be published. A pointer whose object is missing stays in the queue, whose redrive
+//! policy parks it.
+//!
 //! Never a busy loop: a round ends when the queue is empty or Nakadi keeps failing, then the loop
 //! waits `RELAY_DLQ_REDRAIN_INTERVAL` (longer, doubling, while Nakadi keeps failing). A rate limit
 //! keeps a full queue from flooding a Nakadi that has just recovered.
@@ -16,7 +23,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageSystemAttributeName, QueueAttributeName,
@@ -24,7 +31,7 @@ use aws_sdk_sqs::types::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::message::{GZIP, decode_gzip, event_from_body};
+use super::message::{GZIP, S3Pointer, decode_gzip, event_from_body};
 use super::writer::DeadLetterQueue;
 use crate::metrics::{self, METRICS};
 use crate::nakadi::{Gate, Outcome, PublishContext, Publisher};
@@ -142,21 +149,39 @@ impl Redrainer {
         // Per event type (one per configured table), in the order received.
         let mut batches: BTreeMap<String, (Vec<Event>, Vec<&Message>)> = BTreeMap::new();
         let mut keep: Vec<&Message> = Vec::new();
-        for m in messages {
-            match decode(m) {
-                Ok((event_type, event)) if self.publishers.contains_key(&event_type) => {
-                    let batch = batches.entry(event_type).or_default();
-                    batch.0.push(event);
+        // The S3 objects of pointer messages, by receipt handle: deleted after their message.
+        let mut objects: HashMap<&str, S3Pointer> = HashMap::new();
+        // Reading S3 objects may take a while: other pods must not receive the messages meanwhile.
+        let all: Vec<&Message> = messages.iter().collect();
+        let decoded = self
+            .while_invisible(
+                &all,
+                futures::future::join_all(messages.iter().map(|m| self.decode(m))),
+            )
+            .await;
+        for (m, decoded) in messages.iter().zip(decoded) {
+            match decoded {
+                Ok(d) if self.publishers.contains_key(&d.event_type) => {
+                    if let Some(object) = d.object {
+                        objects.insert(m.receipt_handle().unwrap_or_default(), object);
+                    }
+                    let batch = batches.entry(d.event_type).or_default();
+                    batch.0.push(d.event);
                     batch.1.push(m);
                 }
-                Ok((event_type, _)) => {
-                    warn!(message_id = m.message_id(), %event_type, "dead letter is for an event type no table of this deployment publishes; leaving it");
+                Ok(d) => {
+                    warn!(message_id = m.message_id(), event_type = %d.event_type, "dead letter is for an event type no table of this deployment publishes; leaving it");
                     report.undecodable += 1;
                     keep.push(m);
                 }
-                Err(why) => {
+                Err(Undecoded::Never(why)) => {
                     error!(message_id = m.message_id(), %why, "dead letter cannot be republished; the queue's redrive policy will park it");
                     report.undecodable += 1;
+                    keep.push(m);
+                }
+                Err(Undecoded::NotNow(why)) => {
+                    warn!(message_id = m.message_id(), %why, "the S3 object of a dead letter could not be read; trying again later");
+                    report.failed += 1;
                     keep.push(m);
                 }
             }
@@ -182,7 +207,13 @@ impl Redrainer {
                 }
             }
         }
-        self.delete(&delete).await;
+        let deleted = self.delete(&delete).await;
+        self.delete_objects(
+            deleted
+                .iter()
+                .filter_map(|m| objects.get(m.receipt_handle()?)),
+        )
+        .await;
         self.back_off(&keep).await;
         metrics::dlq_redrained("published", report.published);
         metrics::dlq_redrained("failed", report.failed);
@@ -244,10 +275,10 @@ impl Redrainer {
     }
 
     /// A message that was published but could not be deleted is received and published again
-    /// later: a duplicate with the same eid, never a loss.
-    async fn delete(&self, messages: &[&Message]) {
+    /// later: a duplicate with the same eid, never a loss. Returns the messages deleted.
+    async fn delete<'m>(&self, messages: &[&'m Message]) -> Vec<&'m Message> {
         if messages.is_empty() {
-            return;
+            return Vec::new();
         }
         let entries = messages
             .iter()
@@ -269,16 +300,107 @@ impl Redrainer {
             .send()
             .await;
         match result {
-            Ok(out) if out.failed().is_empty() => {}
-            Ok(out) => warn!(
-                failed = out.failed().len(),
-                "some re-drained dead letters were not deleted and will be published again"
-            ),
+            Ok(out) => {
+                if !out.failed().is_empty() {
+                    warn!(
+                        failed = out.failed().len(),
+                        "some re-drained dead letters were not deleted and will be published again"
+                    );
+                }
+                out.successful()
+                    .iter()
+                    .filter_map(|e| messages.get(e.id().parse::<usize>().ok()?).copied())
+                    .collect()
+            }
             Err(e) => {
                 metrics::aws_error("DeleteMessageBatch", "other");
                 warn!(error = %DisplayErrorContext(&e), "re-drained dead letters were not deleted and will be published again");
+                Vec::new()
             }
         }
+    }
+
+    /// Deletes the S3 objects of pointer messages that were published and deleted. One that
+    /// stays is only garbage (the bucket's lifecycle rule removes it).
+    async fn delete_objects(&self, objects: impl Iterator<Item = &S3Pointer>) {
+        let Some(s3) = self.dlq.s3() else { return };
+        for object in objects {
+            let result = s3
+                .delete_object()
+                .bucket(&object.bucket)
+                .key(&object.key)
+                .send()
+                .await;
+            if let Err(e) = result {
+                metrics::aws_error("DeleteObject", "other");
+                warn!(bucket = %object.bucket, key = %object.key, error = %DisplayErrorContext(&e), "the S3 object of a re-drained dead letter was not deleted; the bucket's lifecycle rule will remove it");
+            }
+        }
+    }
+
+    /// The event of a message: its body, gzip-compressed or not, or the S3 object it points to.
+    async fn decode(&self, m: &Message) -> Result<Decoded, Undecoded> {
+        let body = m
+            .body()
+            .ok_or_else(|| Undecoded::Never("message has no body".into()))?;
+        let Some(pointer) = S3Pointer::from_body(body) else {
+            let (event_type, event) = decode_body(m, body).map_err(Undecoded::Never)?;
+            return Ok(Decoded {
+                event_type,
+                event,
+                object: None,
+            });
+        };
+        let pointer = pointer.map_err(Undecoded::Never)?;
+        let letter = self.read_object(&pointer).await?;
+        let (event_type, event) = event_from_body(&letter).map_err(|why| {
+            Undecoded::Never(format!(
+                "object s3://{}/{}: {why}",
+                pointer.bucket, pointer.key
+            ))
+        })?;
+        Ok(Decoded {
+            event_type,
+            event,
+            object: Some(pointer),
+        })
+    }
+
+    /// The letter an SQS Extended Client pointer names.
+    async fn read_object(&self, pointer: &S3Pointer) -> Result<String, Undecoded> {
+        let at = format!("s3://{}/{}", pointer.bucket, pointer.key);
+        let Some(s3) = self.dlq.s3() else {
+            return Err(Undecoded::NotNow(format!(
+                "{at}: the message points to S3, but the relay has no S3 client"
+            )));
+        };
+        let out = s3
+            .get_object()
+            .bucket(&pointer.bucket)
+            .key(&pointer.key)
+            .send()
+            .await
+            .map_err(|e| {
+                metrics::aws_error("GetObject", "other");
+                let missing = e.as_service_error().is_some_and(|s| s.is_no_such_key())
+                    || e.code() == Some("NoSuchBucket");
+                let why = format!("{at}: {}", DisplayErrorContext(&e));
+                if missing {
+                    Undecoded::Never(format!(
+                        "{why} (the object is gone: deleted, or expired by the bucket's lifecycle rule)"
+                    ))
+                } else {
+                    Undecoded::NotNow(why)
+                }
+            })?;
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Undecoded::NotNow(format!("{at}: reading the object failed: {e}")))?
+            .into_bytes();
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| Undecoded::Never(format!("{at}: the object is not UTF-8: {e}")))
     }
 
     /// Hides messages that failed again for longer each time they are received, so a message
@@ -380,8 +502,25 @@ impl Redrainer {
     }
 }
 
-fn decode(m: &Message) -> Result<(String, Event), String> {
-    let body = m.body().ok_or("message has no body")?;
+/// A received message ready to publish.
+struct Decoded {
+    event_type: String,
+    event: Event,
+    /// The S3 object it came from, when the message is a pointer.
+    object: Option<S3Pointer>,
+}
+
+/// Why a message cannot be published now.
+enum Undecoded {
+    /// It never will be (not a dead letter, a record that never became an event, a pointer
+    /// whose object is gone): left for the queue's redrive policy to park.
+    Never(String),
+    /// Its S3 object could not be read (throttling, access denied, a network fault): it may pass.
+    NotNow(String),
+}
+
+/// The event of a message body that is no pointer.
+fn decode_body(m: &Message, body: &str) -> Result<(String, Event), String> {
     let gzip = m
         .message_attributes()
         .and_then(|a| a.get("content-encoding"))

@@ -1,14 +1,20 @@
 //! Writes dead letters to SQS with SendMessageBatch.
+//!
+//! A letter too large for the queue even gzip-compressed goes, whole and as plain JSON, to the
+//! S3 bucket of `RELAY_DLQ_S3_BUCKET` when one is set, and the queue gets the SQS Extended Client
+//! Library's pointer to it ([`S3Pointer`]); without a bucket it fails with
+//! [`DlqError::TooLarge`] and the shard waits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sqs::types::builders::SendMessageBatchRequestEntryBuilder;
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use tracing::{info, warn};
 
-use super::message::{DeadLetter, GZIP, encode_gzip};
+use super::message::{DeadLetter, EXTENDED_PAYLOAD_SIZE, GZIP, S3Pointer, encode_gzip};
 use crate::metrics;
 
 /// SendMessageBatch takes at most ten entries.
@@ -48,6 +54,18 @@ pub enum DlqError {
         /// What the operator can do.
         advice: String,
     },
+    /// The letter does not fit the queue even gzip-compressed, and putting it to the bucket
+    /// failed (throttling, access denied, no such bucket): the shard waits and retries.
+    #[error(
+        "the dead letter of {record} does not fit queue {url} even gzip-compressed, and putting it to s3://{bucket}/{key} failed: {message}"
+    )]
+    Offload {
+        record: String,
+        url: String,
+        bucket: String,
+        key: String,
+        message: String,
+    },
 }
 
 #[derive(Clone)]
@@ -57,6 +75,11 @@ pub struct DeadLetterQueue {
     /// The queue's MaximumMessageSize, also the limit of one batch call: read at start and again
     /// whenever a letter does not fit, so raising it unblocks every clone without a restart.
     max_bytes: Arc<AtomicUsize>,
+    /// Reads the objects of pointers in the re-drain loop, and writes letters too large for the
+    /// queue when `bucket` is set.
+    s3: Option<aws_sdk_s3::Client>,
+    /// RELAY_DLQ_S3_BUCKET.
+    bucket: Option<String>,
 }
 
 impl DeadLetterQueue {
@@ -68,7 +91,23 @@ impl DeadLetterQueue {
             client,
             url,
             max_bytes: Arc::new(AtomicUsize::new(max_bytes)),
+            s3: None,
+            bucket: None,
         })
+    }
+
+    /// Letters too large for the queue even gzip-compressed go to `bucket` (RELAY_DLQ_S3_BUCKET)
+    /// when it is set. The client is also what the re-drain loop reads pointers with, so it is
+    /// needed without a bucket too: pointers written while one was configured still wait.
+    pub fn with_s3(mut self, s3: aws_sdk_s3::Client, bucket: Option<String>) -> DeadLetterQueue {
+        self.s3 = Some(s3);
+        self.bucket = bucket;
+        self
+    }
+
+    /// The S3 client the re-drain loop reads pointers with.
+    pub fn s3(&self) -> Option<&aws_sdk_s3::Client> {
+        self.s3.as_ref()
     }
 
     /// The queue's MaximumMessageSize as last read.
@@ -85,13 +124,15 @@ impl DeadLetterQueue {
     }
 
     /// Sends every letter, or fails: the caller must not checkpoint past them until this is Ok.
-    /// A letter too large even gzip-compressed fails with [`DlqError::TooLarge`], after reading
-    /// the queue's limit again (an operator may have raised it since).
+    /// A letter too large even gzip-compressed makes it read the queue's limit again (an
+    /// operator may have raised it since); if it still does not fit, it goes to the bucket with
+    /// a pointer in the queue, or, without a bucket, fails with [`DlqError::TooLarge`].
     pub async fn send(&self, letters: &[DeadLetter]) -> Result<(), DlqError> {
-        let entries = match self.entries(letters) {
+        let entries = match self.entries(letters, None).await {
             Err(DlqError::TooLarge { .. }) => {
                 self.reread_max_bytes().await;
-                self.entries(letters)?
+                let bucket = self.s3.as_ref().zip(self.bucket.as_deref());
+                self.entries(letters, bucket).await?
             }
             other => other?,
         };
@@ -115,18 +156,28 @@ impl DeadLetterQueue {
         Ok(())
     }
 
-    /// The entries of `letters` for the limit as last read.
-    fn entries(
+    /// The entries of `letters` for the limit as last read; with a `bucket` (and its client), a
+    /// letter too large even gzip-compressed is put to it and its entry is the pointer. Every
+    /// object is put before any message is sent, so no pointer ever names an object not yet
+    /// written. An object whose send then fails is left behind (the caller sends the whole set
+    /// again, to new objects): garbage for the bucket's lifecycle rule, never a loss.
+    async fn entries(
         &self,
         letters: &[DeadLetter],
+        bucket: Option<(&aws_sdk_s3::Client, &str)>,
     ) -> Result<Vec<(SendMessageBatchRequestEntry, usize)>, DlqError> {
         let max_bytes = self.max_bytes();
-        letters
-            .iter()
-            .enumerate()
-            // Entry ids only need to be unique within one call.
-            .map(|(i, letter)| self.entry(i, letter, max_bytes))
-            .collect()
+        let mut entries = Vec::with_capacity(letters.len());
+        // Entry ids only need to be unique within one call.
+        for (i, letter) in letters.iter().enumerate() {
+            entries.push(match (self.entry(i, letter, max_bytes), bucket) {
+                (Err(DlqError::TooLarge { .. }), Some((s3, bucket))) => {
+                    self.offload(i, letter, s3, bucket).await?
+                }
+                (other, _) => other?,
+            });
+        }
+        Ok(entries)
     }
 
     /// Reads the queue's MaximumMessageSize again; on failure the last value stays.
@@ -155,20 +206,8 @@ impl DeadLetterQueue {
         letter: &DeadLetter,
         max_bytes: usize,
     ) -> Result<(SendMessageBatchRequestEntry, usize), DlqError> {
-        let attr = |v: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(v)
-                .build()
-                .expect("data type is set")
-        };
         let limit = max_bytes.saturating_sub(ATTRIBUTE_ROOM);
-        let mut entry = SendMessageBatchRequestEntry::builder()
-            .message_attributes("event_type", attr(&letter.event_type))
-            .message_attributes("reason", attr(letter.reason));
-        if let Some(eid) = &letter.eid {
-            entry = entry.message_attributes("eid", attr(eid));
-        }
+        let (mut entry, _) = with_attributes(letter);
         let body = if letter.body.len() <= limit {
             letter.body.clone()
         } else {
@@ -183,16 +222,16 @@ impl DeadLetterQueue {
                     limit: max_bytes,
                     advice: if needed <= SQS_MAX_MESSAGE_BYTES {
                         format!(
-                            "raise the queue's MaximumMessageSize to at least {needed} (SQS allows up to {SQS_MAX_MESSAGE_BYTES}); the relay reads it again on every attempt, and the shard waits without checkpointing until then"
+                            "raise the queue's MaximumMessageSize to at least {needed} (SQS allows up to {SQS_MAX_MESSAGE_BYTES}), or set RELAY_DLQ_S3_BUCKET so that such letters go to S3; the relay reads the limit again on every attempt, and the shard waits without checkpointing until then"
                         )
                     } else {
                         format!(
-                            "that is more than any SQS queue takes ({SQS_MAX_MESSAGE_BYTES} bytes), so it cannot be dead-lettered; the shard waits without checkpointing"
+                            "that is more than any SQS queue takes ({SQS_MAX_MESSAGE_BYTES} bytes), so it cannot be dead-lettered without RELAY_DLQ_S3_BUCKET (letters too large for the queue then go to S3); the shard waits without checkpointing"
                         )
                     },
                 });
             }
-            entry = entry.message_attributes("content-encoding", attr(GZIP));
+            entry = entry.message_attributes("content-encoding", string_attribute(GZIP));
             compressed
         };
         let size = body.len() + ATTRIBUTE_ROOM;
@@ -202,6 +241,72 @@ impl DeadLetterQueue {
             .build()
             .expect("id and body are set");
         Ok((entry, size))
+    }
+
+    /// Puts the letter to the bucket, whole and as plain JSON; its entry is the SQS Extended
+    /// Client Library's pointer with the letter's own attributes and `ExtendedPayloadSize`.
+    async fn offload(
+        &self,
+        i: usize,
+        letter: &DeadLetter,
+        s3: &aws_sdk_s3::Client,
+        bucket: &str,
+    ) -> Result<(SendMessageBatchRequestEntry, usize), DlqError> {
+        let key = S3Pointer::key_for(letter);
+        s3.put_object()
+            .bucket(bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(aws_sdk_s3::primitives::ByteStream::from(
+                letter.body.clone().into_bytes(),
+            ))
+            .send()
+            .await
+            .map_err(|e| {
+                metrics::aws_error("PutObject", "other");
+                DlqError::Offload {
+                    record: letter.describe(),
+                    url: self.url.clone(),
+                    bucket: bucket.to_owned(),
+                    key: key.clone(),
+                    message: DisplayErrorContext(&e).to_string(),
+                }
+            })?;
+        info!(
+            record = %letter.describe(),
+            bytes = letter.body.len(),
+            limit = self.max_bytes(),
+            bucket = %bucket,
+            key = %key,
+            "a dead letter too large for the queue even gzip-compressed went to S3; the queue holds a pointer to it"
+        );
+        let size = letter.body.len().to_string();
+        let (entry, attributes_bytes) = with_attributes(letter);
+        let body = S3Pointer {
+            bucket: bucket.to_owned(),
+            key,
+        }
+        .to_body();
+        // Counted as SQS counts them: body, and each attribute's name, type and value.
+        let bytes = body.len()
+            + attributes_bytes
+            + EXTENDED_PAYLOAD_SIZE.len()
+            + "Number".len()
+            + size.len();
+        let entry = entry
+            .message_attributes(
+                EXTENDED_PAYLOAD_SIZE,
+                MessageAttributeValue::builder()
+                    .data_type("Number")
+                    .string_value(size)
+                    .build()
+                    .expect("data type is set"),
+            )
+            .id(i.to_string())
+            .message_body(body)
+            .build()
+            .expect("id and body are set");
+        Ok((entry, bytes))
     }
 
     async fn send_batch(
@@ -235,6 +340,33 @@ impl DeadLetterQueue {
         }
         Ok(())
     }
+}
+
+fn string_attribute(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("data type is set")
+}
+
+/// An entry with the attributes every dead letter carries (event_type, reason, eid), so the
+/// re-drain loop and operators can filter; and their size as SQS counts it.
+fn with_attributes(letter: &DeadLetter) -> (SendMessageBatchRequestEntryBuilder, usize) {
+    let mut attributes = vec![
+        ("event_type", letter.event_type.as_str()),
+        ("reason", letter.reason),
+    ];
+    if let Some(eid) = &letter.eid {
+        attributes.push(("eid", eid));
+    }
+    let mut entry = SendMessageBatchRequestEntry::builder();
+    let mut bytes = 0;
+    for (name, value) in attributes {
+        bytes += name.len() + "String".len() + value.len();
+        entry = entry.message_attributes(name, string_attribute(value));
+    }
+    (entry, bytes)
 }
 
 /// The queue's MaximumMessageSize (SQS's default when it does not say).

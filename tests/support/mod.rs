@@ -878,3 +878,65 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         Err(_) => default,
     }
 }
+
+/// S3 on moto, for dead letters too large for the queue.
+impl Moto {
+    /// An S3 client built as the relay builds its own (path-style, since the endpoint is local).
+    pub async fn s3(&self) -> aws_sdk_s3::Client {
+        dynamodb_nakadi_relay::app::s3_client(&self.sdk_config().await)
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) {
+        use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+        self.s3()
+            .await
+            .create_bucket()
+            .bucket(bucket)
+            .create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(REGION))
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("creating the bucket");
+    }
+
+    /// The keys of the bucket's objects, in key order.
+    pub async fn object_keys(&self, bucket: &str) -> Vec<String> {
+        self.s3()
+            .await
+            .list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("listing the bucket")
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
+    }
+
+    /// An object's content as text, or None when there is no such object.
+    pub async fn object(&self, bucket: &str, key: &str) -> Option<String> {
+        match self
+            .s3()
+            .await
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let bytes = out.body.collect().await.unwrap().into_bytes();
+                Some(String::from_utf8(bytes.to_vec()).unwrap())
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => None,
+            Err(e) => panic!(
+                "reading s3://{bucket}/{key}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            ),
+        }
+    }
+}
