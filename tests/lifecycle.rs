@@ -75,6 +75,8 @@ const PRE_START_KEYS: usize = 8;
 const LEASES: &str = "relay-leases";
 const WORKERS: &str = "relay_workers{table=\"orders\"}";
 const TRIMMED: &str = "relay_shards_trimmed_total{table=\"orders\"}";
+/// The shortest SIGSTOP: the lease duration of `support::base_env` and a second more.
+const PAUSE: Duration = Duration::from_secs(5);
 const FENCE_LAPSES: &str = "relay_fence_lapses_total{table=\"orders\"}";
 
 /// Waits until `pod` owns no unfinished lease: the others took them over.
@@ -696,6 +698,14 @@ async fn compressed_day(test: &'static str, initial: &str) {
         .map(|r| r.shard)
         .collect();
     leases_taken_from(&moto, &paused_name).await;
+    // Longer than the lease duration in any case: a pod whose leases all finished just before
+    // the pause loses nothing to a takeover, but its fence must still lapse.
+    wait_for(
+        "the pause to outlast the lease duration",
+        PAUSE + Duration::from_secs(5),
+        || async { (paused_at.elapsed() >= PAUSE).then_some(()) },
+    )
+    .await;
     let log_offset = std::fs::metadata(&pods.pod(2).log).unwrap().len() as usize;
     let sigcont_epoch = epoch_now();
     pods.pod(2).process.signal("CONT");
