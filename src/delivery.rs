@@ -26,8 +26,9 @@ use crate::transform::Event;
 pub enum Entry {
     /// To publish: the next of the page's events, in order.
     Event,
-    /// Cannot become an event (malformed record): dead-lettered as it is.
-    Letter(DeadLetter),
+    /// Cannot become an event (malformed record): dead-lettered as it is. Boxed: letters are
+    /// rare, and an entry is written for every record of every page.
+    Letter(Box<DeadLetter>),
     /// Needs nothing (filtered out); done as soon as everything before it is.
     Skipped,
 }
@@ -75,7 +76,7 @@ impl Delivery<'_> {
         for (i, entry) in entries.iter().enumerate() {
             let new_letter = match entry {
                 Entry::Skipped => None,
-                Entry::Letter(l) => Some(l.clone()),
+                Entry::Letter(l) => Some(DeadLetter::clone(l)),
                 Entry::Event => match outcomes.next().expect("one outcome per event") {
                     (_, Outcome::Delivered) => {
                         report.delivered += 1;

@@ -548,13 +548,13 @@ impl Snapshot {
                         event_id: None,
                         error,
                     };
-                    entries.push(Entry::Letter(DeadLetter::malformed(
+                    entries.push(Entry::Letter(Box::new(DeadLetter::malformed(
                         &self.table_arn,
                         &shard,
                         event_type,
                         &raw,
                         &failure,
-                    )));
+                    ))));
                 }
             }
         }

@@ -307,13 +307,13 @@ impl ShardWorker {
                             .clone()
                             .map_or(Seq::Unknown, Seq::Record),
                     );
-                    entries.push(Entry::Letter(DeadLetter::malformed(
+                    entries.push(Entry::Letter(Box::new(DeadLetter::malformed(
                         &p.stream_arn,
                         &self.lease.shard_id,
                         p.publisher.event_type(),
                         &raw,
                         &failure,
-                    )));
+                    ))));
                 }
             }
         }
