@@ -64,6 +64,9 @@ async fn dead_letters(moto: &Moto, dlq: &str) -> Vec<String> {
         .queue_url(dlq)
         .max_number_of_messages(10)
         .visibility_timeout(0)
+        // Long-polled: the relay's re-drain loop hides the letters too, between its rounds, and
+        // a short poll can keep missing the moments they are visible.
+        .wait_time_seconds(5)
         .send()
         .await
         .unwrap();
@@ -136,6 +139,10 @@ async fn the_token_never_leaves_the_process_and_nothing_is_written_to_disk() {
     // Every crate at debug: what an operator hunting a problem turns on.
     env.insert("RUST_LOG".into(), "debug".into());
     env.insert("RELAY_NAKADI_MAX_ATTEMPTS".into(), "3".into());
+    // The re-drain loop's first round comes after this: until then the dead letters stay
+    // visible for the test to read. Once it has failed on them, their back-off and its own
+    // doubling pause end together, and it receives them the moment they are visible again.
+    env.insert("RELAY_DLQ_REDRAIN_INTERVAL".into(), "20s".into());
     env.insert("TMPDIR".into(), tmp.path().display().to_string());
     env.insert("HOME".into(), home.path().display().to_string());
     let mut relay = Relay::start_in(test, "relay-1", &env, cwd.path());
