@@ -382,6 +382,7 @@ async fn pipeline(
         metrics: TableMetrics::new(table.name()),
         fence: Arc::new(Fence::new(config.lease.duration)),
         fingerprint: table.fingerprint(),
+        idle_poll_interval: config.idle_poll_interval,
     })
 }
 

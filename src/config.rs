@@ -120,6 +120,10 @@ pub struct Config {
     pub dlq_redrain_rate: u32,
     pub log_format: LogFormat,
     pub lease: LeaseTiming,
+    /// RELAY_IDLE_POLL_INTERVAL: the longest wait between polls of a shard whose last poll
+    /// returned nothing. Every GetRecords call is billed, so this sets what an idle shard costs,
+    /// and it bounds how long a write to a quiet shard waits before it is read.
+    pub idle_poll_interval: Duration,
     /// How long SIGTERM may take: the batch in flight, its checkpoint and the lease release.
     pub shutdown_timeout: Duration,
     /// The `snapshot` subcommand's settings.
@@ -292,6 +296,10 @@ impl Reader<'_> {
 const MILLISECOND: Duration = Duration::from_millis(1);
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
+/// Chosen from the measured table of interval → GetRecords per shard-second → dollars per idle
+/// shard-month → quiet-shard delay in docs/performance.md: the longest wait that keeps a quiet
+/// shard's median delay within the target there.
+const DEFAULT_IDLE_POLL_INTERVAL: Duration = Duration::from_millis(600);
 
 impl Config {
     /// Reads the process environment.
@@ -408,6 +416,12 @@ impl Config {
             "text" => Ok(LogFormat::Text),
             _ => Err("must be json or text".into()),
         });
+        let idle_poll_interval = r.duration(
+            "RELAY_IDLE_POLL_INTERVAL",
+            DEFAULT_IDLE_POLL_INTERVAL,
+            Duration::from_millis(50),
+            60 * SECOND,
+        );
         let lease = LeaseTiming {
             duration: r.duration("RELAY_LEASE_DURATION", 6 * SECOND, SECOND, 10 * 60 * SECOND),
             renew_interval: r.duration(
@@ -490,6 +504,7 @@ impl Config {
             dlq_redrain_rate,
             log_format,
             lease,
+            idle_poll_interval,
             shutdown_timeout,
             snapshot,
         })

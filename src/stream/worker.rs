@@ -45,6 +45,8 @@ pub struct Pipeline {
     pub fence: Arc<Fence>,
     /// [`crate::config::TableConfig::fingerprint`], carried in the heartbeat.
     pub fingerprint: String,
+    /// RELAY_IDLE_POLL_INTERVAL.
+    pub idle_poll_interval: Duration,
 }
 
 /// Why a shard worker ended.
@@ -66,10 +68,9 @@ pub enum ShardExit {
     Gone,
 }
 
-/// Longest wait between polls of an idle shard. Lambda polls each shard about four times a
-/// second; the same keeps an idle pod's GetRecords calls (and their cost) bounded, while a busy
-/// shard is polled again at once.
-const IDLE_POLL_MAX: Duration = Duration::from_millis(250);
+/// The first wait after an empty poll; it doubles up to RELAY_IDLE_POLL_INTERVAL while polls
+/// stay empty, so a shard between two bursts is read again soon and a quiet one costs few calls.
+/// A poll that returned records is followed at once by the next.
 const IDLE_POLL_MIN: Duration = Duration::from_millis(25);
 
 /// Most GetRecords calls of a pod in flight at once. Each call in flight holds an HTTP/1.1
@@ -170,7 +171,7 @@ impl ShardWorker {
                     _ = self.stop.cancelled() => return ShardExit::Stopped,
                     _ = tokio::time::sleep(idle) => {}
                 }
-                idle = (idle * 2).min(IDLE_POLL_MAX);
+                idle = (idle * 2).min(p.idle_poll_interval);
                 continue;
             }
             idle = IDLE_POLL_MIN;
