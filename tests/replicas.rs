@@ -618,3 +618,87 @@ async fn a_slow_describe_stream_takes_no_lease_from_a_healthy_pod() {
         assert_eq!(owned(&st), 2, "{st}");
     }
 }
+
+/// Issue #21, overlapped checkpoints: while a page's checkpoint is written, the next page is
+/// already published; the checkpoints still land one after another, in order, and nothing is
+/// published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_page_is_published_while_the_checkpoint_is_written() {
+    let test = "replicas_overlapped_checkpoints";
+    let s = setup(test, 1).await;
+    // Slow checkpoints, so what the shard does meanwhile shows; within one call attempt's limit.
+    s.moto.delay("UpdateItem", "checkpoint = :cp", 200).await;
+    // A backlog of five pages of 1,000 records on the one shard, read once the relay starts.
+    let mut written = Vec::new();
+    for round in 0..5 {
+        written.extend(write_some(&s, round, 1000).await);
+    }
+    let _relay = Relay::start(test, "relay-1", &s.env);
+    let duplicates = check_complete_and_ordered(&s.nakadi, &written).await;
+    assert_eq!(
+        duplicates, 0,
+        "a checkpoint overlapped with delivery must not repeat anything"
+    );
+
+    let last = written.iter().map(|w| w.sequence).max().unwrap();
+    let checkpoints = wait_for_every(
+        "the last record's checkpoint",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let calls = s.moto.delayed_calls().await;
+            let cp = |c: &Value| -> u128 {
+                let body: Value = serde_json::from_str(c["body"].as_str().unwrap()).unwrap();
+                body["ExpressionAttributeValues"][":cp"]["S"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            let written: Vec<(u128, f64, f64)> = calls
+                .iter()
+                .map(|c| {
+                    (
+                        cp(c),
+                        c["start"].as_f64().unwrap(),
+                        c["end"].as_f64().unwrap(),
+                    )
+                })
+                .collect();
+            written.iter().any(|c| c.0 == last).then_some(written)
+        },
+    )
+    .await;
+    // In order, one at a time: each starts after the one before it answered.
+    for pair in checkpoints.windows(2) {
+        assert!(
+            pair[0].0 < pair[1].0,
+            "checkpoints out of order: {checkpoints:?}"
+        );
+        assert!(
+            pair[0].2 <= pair[1].1,
+            "two checkpoints in flight at once: {checkpoints:?}"
+        );
+    }
+    let events: Value = reqwest::get(format!("{}/_test/events?meta=1", s.nakadi.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let arrivals: Vec<f64> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["received_epoch"].as_f64().unwrap())
+        .collect();
+    let overlapped = checkpoints
+        .iter()
+        .filter(|(_, start, end)| arrivals.iter().any(|t| start < t && t < end))
+        .count();
+    assert!(
+        overlapped >= 2,
+        "events must arrive while a checkpoint is written: {overlapped} of {} checkpoints overlapped",
+        checkpoints.len()
+    );
+}

@@ -1,14 +1,18 @@
 //! The loop that carries one shard's records to Nakadi.
 //!
 //! wait for records (the only step that races shutdown) → transform → deliver (publish,
-//! dead-letter what finally failed: [`crate::delivery`]) → checkpoint the done prefix → again,
-//! with the next page read while this one is delivered. A page that was read is finished and
-//! checkpointed before the loop looks at the stop signal again; the page read ahead meanwhile is
-//! dropped unpublished on stop.
+//! dead-letter what finally failed: [`crate::delivery`]) → checkpoint the done prefix → again.
+//! While a page is delivered, the next page is read and the previous page's checkpoint is
+//! written, so neither wait adds to each page's delay; checkpoints still land one at a time, in
+//! order, and only for delivered records. A page that was read is finished and checkpointed
+//! before the loop looks at the stop signal again; the page read ahead meanwhile is dropped
+//! unpublished on stop.
 //!
 //! What cuts a page short: the drain deadline and the self-fence stop new publish requests (the
 //! prefix that was delivered is still checkpointed, so whoever continues starts right after it);
 //! the lease being lost stops everything at once, without a checkpoint.
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,6 +123,8 @@ impl ShardWorker {
         let mut iterator: Option<String> = None;
         // A page read ahead while the one before it was delivered.
         let mut fetched: Option<Result<RecordsPage, StreamError>> = None;
+        // The checkpoint of the page delivered last, written while the next page is published.
+        let mut pending = Pending::default();
         let mut idle = IDLE_POLL_MIN;
         let mut failures = 0u32;
         loop {
@@ -152,16 +158,26 @@ impl ShardWorker {
                     }
                 }
             };
+            // Nothing is published until records come: the checkpoint in flight is written before
+            // anything that may wait, so a stop always finds it written.
             let page = match page {
                 Ok(page) => page,
-                Err(e) => match self.on_stream_error(e, &mut position, &mut failures).await {
-                    Some(exit) => return exit,
-                    None => continue,
-                },
+                Err(e) => {
+                    if let Err(exit) = pending.flush().await {
+                        return exit;
+                    }
+                    match self.on_stream_error(e, &mut position, &mut failures).await {
+                        Some(exit) => return exit,
+                        None => continue,
+                    }
+                }
             };
             failures = 0;
             p.metrics.records_read.inc_by(page.len() as u64);
             if page.is_empty() {
+                if let Err(exit) = pending.flush().await {
+                    return exit;
+                }
                 let Some(next) = page.next_iterator.clone() else {
                     return self.finish().await;
                 };
@@ -175,40 +191,80 @@ impl ShardWorker {
                 continue;
             }
             idle = IDLE_POLL_MIN;
-            let Some(next) = page.next_iterator.as_deref() else {
-                // The shard's last page: nothing to read ahead.
-                if let Err(exit) = self.deliver(&page).await {
-                    return exit;
-                }
-                return self.finish().await;
-            };
-            // The next page is read while this one is published and checkpointed, so the wait
-            // for GetRecords does not add to every page's delay. It is only kept, never
-            // published, until this page is checkpointed.
+            // The next page is read, and the previous page's checkpoint written, while this one
+            // is published: neither wait adds to every page's delay. The page read ahead is only
+            // kept, never published, until this one is delivered.
             let deliver = self.deliver(&page);
-            let read = self.read(next);
+            let read = async {
+                match page.next_iterator.as_deref() {
+                    Some(next) => self.read(next).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::pin!(deliver, read);
             let mut ahead = None;
             let delivered = loop {
                 tokio::select! {
                     delivered = &mut deliver => break delivered,
                     r = &mut read, if ahead.is_none() => ahead = Some(r),
+                    failed = pending.progress(), if pending.in_flight() => {
+                        if failed == Some(ShardExit::LeaseLost) {
+                            return ShardExit::LeaseLost;
+                        }
+                    }
                 }
             };
-            match delivered {
-                Ok(Some(last)) => position = Position::After(last),
-                Ok(None) => {}
+            let delivered = match delivered {
+                Ok(delivered) => delivered,
                 Err(exit) => return exit,
+            };
+            // Checkpoints stay in order: the previous page's is written before this page's starts.
+            if let Err(exit) = pending.flush().await {
+                return exit;
+            }
+            if let Some(last) = &delivered.last {
+                position = Position::After(last.clone());
+            }
+            if let Some(halt) = delivered.halted {
+                // What was delivered is checkpointed now, so whoever continues starts right
+                // after it.
+                if let Some(last) = delivered.last {
+                    if let Err(exit) = self.checkpoint(&Checkpoint::Sequence(last)).await {
+                        return exit;
+                    }
+                }
+                return match halt {
+                    Halt::Deadline => ShardExit::Aborted,
+                    Halt::Fenced => ShardExit::Fenced,
+                };
+            }
+            if delivered.last.is_some() {
+                self.lease.set_lag_ms(delivered.lag_ms);
+            }
+            if page.next_iterator.is_none() {
+                // The shard's last page: the end marker replaces its checkpoint.
+                return self.finish().await;
+            }
+            if let Some(last) = delivered.last {
+                pending.start(self.checkpoint_owned(Checkpoint::Sequence(last)));
             }
             // Stopping drops the page read ahead: neither published nor checkpointed, it is
             // read again by whoever continues. Only this wait for records races the stop.
             if self.stop.is_cancelled() {
-                return ShardExit::Stopped;
+                return match pending.flush().await {
+                    Ok(()) => ShardExit::Stopped,
+                    Err(exit) => exit,
+                };
             }
             fetched = Some(match ahead {
                 Some(r) => r,
                 None => tokio::select! {
-                    _ = self.stop.cancelled() => return ShardExit::Stopped,
+                    _ = self.stop.cancelled() => {
+                        return match pending.flush().await {
+                            Ok(()) => ShardExit::Stopped,
+                            Err(exit) => exit,
+                        };
+                    }
                     r = &mut read => r,
                 },
             });
@@ -259,9 +315,9 @@ impl ShardWorker {
         }
     }
 
-    /// Delivers a page and checkpoints its done prefix. Returns the checkpointed sequence
-    /// number, or why the shard stops.
-    async fn deliver(&self, page: &RecordsPage) -> Result<Option<String>, ShardExit> {
+    /// Delivers a page: publishes it and dead-letters what finally failed. Returns the sequence
+    /// number to checkpoint (the done prefix's last), or that the lease was lost.
+    async fn deliver(&self, page: &RecordsPage) -> Result<Delivered, ShardExit> {
         let p = &self.pipeline;
         let mut events = Vec::with_capacity(page.len());
         let mut entries = Vec::with_capacity(page.len());
@@ -356,18 +412,18 @@ impl ShardWorker {
             Seq::Record(seq) => Some(seq.clone()),
             Seq::Unknown => None,
         });
-        if let Some(last) = &last {
-            self.checkpoint(&Checkpoint::Sequence(last.clone())).await?;
-            if report.halted.is_none() {
-                self.lease
-                    .set_lag_ms(newest_ms.map_or(0, |ms| now_ms() - ms));
-            }
-        }
-        match report.halted {
-            None => Ok(last),
-            Some(Halt::Deadline) => Err(ShardExit::Aborted),
-            Some(Halt::Fenced) => Err(ShardExit::Fenced),
-        }
+        Ok(Delivered {
+            last,
+            halted: report.halted,
+            lag_ms: newest_ms.map_or(0, |ms| now_ms() - ms),
+        })
+    }
+
+    fn checkpoint_owned(
+        &self,
+        checkpoint: Checkpoint,
+    ) -> impl Future<Output = Result<(), ShardExit>> + Send + '_ {
+        async move { self.checkpoint(&checkpoint).await }
     }
 
     /// Retries until the lease table has the checkpoint, or the lease is found lost. Conditioned
@@ -430,6 +486,53 @@ impl ShardWorker {
             }
         }
         ShardExit::Finished
+    }
+}
+
+/// What delivering a page left to do.
+struct Delivered {
+    /// The last record of the done prefix: the checkpoint to write, if the prefix is not empty.
+    last: Option<String>,
+    /// Why delivery stopped before the page's end, if it did.
+    halted: Option<Halt>,
+    /// How far behind the stream the page's newest event was.
+    lag_ms: i64,
+}
+
+/// The checkpoint write of the page delivered last, driven while the next page is published.
+/// At most one is in flight, so checkpoints land in order, and a crash publishes at most the
+/// page being published and the one whose checkpoint was in flight again.
+#[derive(Default)]
+struct Pending<'a> {
+    write: Option<Pin<Box<dyn Future<Output = Result<(), ShardExit>> + Send + 'a>>>,
+    failed: Option<ShardExit>,
+}
+
+impl<'a> Pending<'a> {
+    fn start(&mut self, write: impl Future<Output = Result<(), ShardExit>> + Send + 'a) {
+        debug_assert!(self.write.is_none() && self.failed.is_none());
+        self.write = Some(Box::pin(write));
+    }
+
+    fn in_flight(&self) -> bool {
+        self.write.is_some()
+    }
+
+    /// Drives the write until it ends; returns how it failed, if it did. Dropping this future
+    /// part-way leaves the write in flight, so it can race other work in a `select!`.
+    async fn progress(&mut self) -> Option<ShardExit> {
+        if let Some(write) = &mut self.write {
+            let result = write.await;
+            self.write = None;
+            self.failed = result.err();
+        }
+        self.failed.clone()
+    }
+
+    /// Waits for the write: Ok once it is in the lease table (or there was none).
+    async fn flush(&mut self) -> Result<(), ShardExit> {
+        self.progress().await;
+        self.failed.take().map_or(Ok(()), Err)
     }
 }
 

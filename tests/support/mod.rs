@@ -180,6 +180,29 @@ impl Moto {
             .await
     }
 
+    /// From now on, DynamoDB `operation` calls whose body contains `contains` answer `ms` late
+    /// (`moto_server.py`'s latency hook); each such call's arrival and answer time is kept.
+    pub async fn delay(&self, operation: &str, contains: &str, ms: u64) {
+        reqwest::Client::new()
+            .post(format!("{}/_test/latency", self.endpoint))
+            .json(&serde_json::json!({"operation": operation, "contains": contains, "ms": ms}))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("setting moto's latency");
+    }
+
+    /// The delayed calls so far: `{"start", "end"}` in Unix seconds, and the request `body`.
+    pub async fn delayed_calls(&self) -> Vec<serde_json::Value> {
+        let body: serde_json::Value = reqwest::get(format!("{}/_test/latency", self.endpoint))
+            .await
+            .expect("reading moto's delayed calls")
+            .json()
+            .await
+            .unwrap();
+        body["calls"].as_array().unwrap().clone()
+    }
+
     pub async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
         aws_sdk_dynamodb::Client::new(&self.sdk_config().await)
     }
