@@ -12,10 +12,10 @@
 //! prefix that was delivered is still checkpointed, so whoever continues starts right after it);
 //! the lease being lost stops everything at once, without a checkpoint.
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -419,11 +419,9 @@ impl ShardWorker {
         })
     }
 
-    fn checkpoint_owned(
-        &self,
-        checkpoint: Checkpoint,
-    ) -> impl Future<Output = Result<(), ShardExit>> + Send + '_ {
-        async move { self.checkpoint(&checkpoint).await }
+    /// [`Self::checkpoint`] as a future that owns what it writes, to be kept in flight.
+    async fn checkpoint_owned(&self, checkpoint: Checkpoint) -> Result<(), ShardExit> {
+        self.checkpoint(&checkpoint).await
     }
 
     /// Retries until the lease table has the checkpoint, or the lease is found lost. Conditioned
@@ -504,7 +502,7 @@ struct Delivered {
 /// page being published and the one whose checkpoint was in flight again.
 #[derive(Default)]
 struct Pending<'a> {
-    write: Option<Pin<Box<dyn Future<Output = Result<(), ShardExit>> + Send + 'a>>>,
+    write: Option<BoxFuture<'a, Result<(), ShardExit>>>,
     failed: Option<ShardExit>,
 }
 
