@@ -7,10 +7,13 @@ relays both "took" one lease). Real DynamoDB evaluates the condition and writes 
 item, and the lease protocol's fencing depends on that. So DynamoDB and DynamoDB Streams calls are
 served one at a time here; everything else (SQS long polls above all) stays concurrent.
 
-One test hook, for the lease table's timing: DynamoDB calls of one operation whose body contains a
-given text can be made to answer late (the delay is spent before the call waits for its turn, so
-it holds up no other call), and each delayed call's arrival and answer time is kept.
+One test hook, for the lease table's timing and failures: DynamoDB calls of one operation whose
+body contains a given text can be made to answer late (the delay is spent before the call waits
+for its turn, so it holds up no other call), or to fail with a DynamoDB error without being
+carried out; each such call's arrival and answer time is kept.
   POST /_test/latency {"operation": "UpdateItem", "contains": "checkpoint = :cp", "ms": 250}
+  POST /_test/latency {"operation": "UpdateItem", "contains": "...", "ms": 0,
+                       "error": "ProvisionedThroughputExceededException"}
   GET  /_test/latency -> {"calls": [{"start": <epoch s>, "end": <epoch s>, "body": <request>}]}
 
 CLI: moto_server.py [--host 127.0.0.1] [--port 0]; prints `LISTENING <port>` first on stdout.
@@ -73,6 +76,13 @@ def serialized_app():
             return test_hook(environ, start_response)
         if is_serialized(environ):
             call = delayed(environ)
+            error = latency["rule"].get("error") if call is not None else None
+            if error:
+                call["end"] = time.time()
+                latency["calls"].append(call)
+                start_response("400 Bad Request", [("Content-Type", "application/x-amz-json-1.0")])
+                body = {"__type": f"com.amazonaws.dynamodb.v20120810#{error}", "message": "injected by the test"}
+                return [json.dumps(body).encode()]
             with lock:
                 # The body is produced inside the lock too: werkzeug may build it lazily.
                 answer = list(app(environ, start_response))

@@ -192,6 +192,18 @@ impl Moto {
             .expect("setting moto's latency");
     }
 
+    /// From now on, DynamoDB `operation` calls whose body contains `contains` fail with the
+    /// DynamoDB error `error` (such as `ProvisionedThroughputExceededException`), not carried out.
+    pub async fn delay_failing(&self, operation: &str, contains: &str, error: &str) {
+        reqwest::Client::new()
+            .post(format!("{}/_test/latency", self.endpoint))
+            .json(&serde_json::json!({"operation": operation, "contains": contains, "ms": 0, "error": error}))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("setting moto's failures");
+    }
+
     /// The delayed calls so far: `{"start", "end"}` in Unix seconds, and the request `body`.
     pub async fn delayed_calls(&self) -> Vec<serde_json::Value> {
         let body: serde_json::Value = reqwest::get(format!("{}/_test/latency", self.endpoint))
