@@ -72,7 +72,7 @@ pub(crate) fn body<'a>(
     // The fast level: event JSON shrinks several times over even so, and compression runs on the
     // async worker thread, where a slower level would stall the other shards. The events go to
     // the compressor one by one: joining a batch (some hundred kilobytes) into an array first
-    // only to compress it cost as much CPU as the compression (measured in the ceiling run).
+    // only to compress it costs about as much CPU as the compression itself.
     let mut gz = GzEncoder::new(Vec::with_capacity(len / 4 + 64), Compression::fast());
     let mut write = |part: &[u8]| gz.write_all(part).expect("writing to a Vec cannot fail");
     write(b"[");

@@ -200,8 +200,7 @@ struct Written<'a> {
 struct Record<'a> {
     /// The eventID and its eid, hashed as soon as it is read: SHA-1 is a chain of dependent
     /// instructions, which the processor works through while it reads the rest of the record.
-    /// Hashed at the end, the event's head waited for it (2% of a MODIFY's time, 4% of an
-    /// INSERT's, in alternating runs).
+    /// Hashed at the end, the event's head would wait for it.
     event_id: Option<(&'a str, Uuid)>,
     event_name: Option<Text<'a>>,
     /// `ApproximateCreationDateTime`.

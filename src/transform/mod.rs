@@ -61,8 +61,8 @@ pub struct EventSettings {
 /// One Nakadi event ready to publish, with where it came from. Also rebuilt from DLQ messages.
 ///
 /// The serialized event, the record's eventID and its sequence number are one buffer (the
-/// fast path writes them into a thread's shared chunk): two `String`s of their own, a `malloc`
-/// and a `free` each, were 3% of the transform of a record.
+/// fast path writes them into a thread's shared chunk): two `String`s of their own would cost a
+/// `malloc` and a `free` each per record.
 #[derive(Debug, Clone)]
 pub struct Event {
     /// `metadata.eid`: [`eid_for`] the record's eventID.

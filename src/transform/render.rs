@@ -85,7 +85,7 @@ impl<'a> Image<'a> {
 
     /// The image as a JSON object, from `json`, the text it was written to: its members in
     /// name order. Only the event's copy of the item is put in order, not also the text it was
-    /// written to, which saves two copies of the item (6% of the transform).
+    /// written to, which saves two copies of the item.
     pub(crate) fn write_object(&self, json: &[u8], out: &mut impl bytes::BufMut) {
         out.put_u8(b'{');
         for (k, (_, member)) in self.by_name().enumerate() {
@@ -257,8 +257,8 @@ impl<'a> Renderer<'a> {
         let body = out.len();
         // A map put in name order is read without being written while its members are plain,
         // as the maps of items mostly are: if all of them are, they are then written straight
-        // in name order, not in wire order and copied into name order (5% of a MODIFY's
-        // instructions). Its first other member has the ones before it written in wire order.
+        // in name order, not in wire order and copied into name order. Its first other member
+        // has the ones before it written in wire order.
         let mut deferred = in_order;
         if !p.eat(b'}') {
             loop {
@@ -607,7 +607,7 @@ fn sort_by_name(members: &[Member<'_>], sorted: &mut [u32]) -> Option<bool> {
     // A member's name's first seven bytes and its index, in one integer: sorting those is
     // sorting plain integers, which the library does without a call per comparison. The names a
     // prefix does not tell apart stand next to each other afterwards and are put in order by
-    // their whole text. Was 9% of the transform as an insertion sort of (name key, index) pairs.
+    // their whole text. An insertion sort of (name key, index) pairs cost far more.
     let mut keys = [0u64; KEYED];
     let keys = &mut keys[..n];
     for (k, (key, member)) in keys.iter_mut().zip(members).enumerate() {

@@ -1,8 +1,8 @@
 //! Reading the stream record as it arrives: JSON tokens borrowing from the wire text.
 //!
 //! A reader of its own, not serde visitors: the record is all small objects (`{"S":"…"}` per
-//! value), and with serde_json's per-key visitor calls, parsing took more than half of the whole
-//! transform (measured on the benchmark's order record). It checks JSON as strictly as
+//! value), and with serde_json's per-key visitor calls, parsing dominated the whole transform
+//! (figures in docs/performance.md). It checks JSON as strictly as
 //! serde_json, so the fast path never takes a record the reference rejects, and declines
 //! (`None`) whatever it does not handle itself: escaped type tags, repeated attribute names or
 //! images, nesting as deep as [`MAX_DEPTH`]. The reference path then parses the record again and
@@ -19,7 +19,7 @@ use crate::transform::number::Decimal;
 
 /// Arrays and objects nested this deep are left to the reference: [`Parser::enter`] keeps the
 /// depth below it, so that the object of a plain value, one level deeper, needs no check of its
-/// own ([`Parser::plain_value`]; the check cost 0.7% of a MODIFY). Below serde_json's own limit
+/// own ([`Parser::plain_value`], on the hottest path). Below serde_json's own limit
 /// of 128, so the reference never fails on depth where this parser succeeds; far above the 32
 /// levels DynamoDB allows (67 here, each level being an attribute value and its map).
 const MAX_DEPTH: u32 = 100;
@@ -30,7 +30,7 @@ pub(crate) enum Text<'a> {
     /// The wire text had no escape sequence, and the parser rejects raw control characters, so
     /// it contains nothing JSON needs escaped: it is written back between quotes as it is. Kept
     /// as bytes: it lies between two quotes of a `str`, so it is UTF-8, and taking it as a `str`
-    /// checked that again for every string (3% of a MODIFY's instructions).
+    /// would check that again for every string.
     Plain(&'a [u8]),
     /// Unescaped, into the record's arena ([`Parser`]); must be escaped again when written.
     /// Borrowed, not owned, so that nothing the renderer notes needs dropping: clearing its
@@ -72,8 +72,8 @@ impl<'a> Name<'a> {
 /// The first 16 bytes of `b`, zero-padded, as two big-endian integers (the first eight bytes,
 /// then the next eight).
 ///
-/// Read as at most two overlapping loads from each end: shifting bytes in one by one was 6% of
-/// the whole transform, and copying into a zeroed buffer to load that stalls the processor (a
+/// Read as at most two overlapping loads from each end: shifting bytes in one by one is slow on
+/// this hot path, and copying into a zeroed buffer to load that stalls the processor (a
 /// store it cannot forward to the load). Overlapping bytes are the same bytes at the same place,
 /// so or-ing both loads is exact. Each half is shifted on its own: a shift of a `u128` took
 /// several instructions.
@@ -355,8 +355,7 @@ impl<'a> Parser<'a> {
 
     /// A string as a `str` (the eventID, the sequence number, a number's text): a plain one is
     /// sliced from the record's text, which checks only that its ends are char boundaries (they
-    /// are, next to quotes), where taking its bytes as a `str` checked all of them again (1% of
-    /// a MODIFY's instructions).
+    /// are, next to quotes), where taking its bytes as a `str` would check all of them again.
     pub(crate) fn str(&mut self) -> Option<&'a str> {
         self.whitespace();
         let quote = self.at;
