@@ -20,7 +20,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::transform::number;
-use crate::transform::wire::{Name, Parser, Text, head, value_end};
+use crate::transform::wire::{Name, Parser, Text, head, plain_parts, value_end};
 
 /// A member of a written map.
 #[derive(Debug)]
@@ -116,21 +116,61 @@ pub(crate) struct Renderer<'a> {
     members: Vec<Member<'a>>,
     sorted: Vec<u32>,
     reorder: Vec<u8>,
-    /// The members of a string set: their first eight bytes as an integer, their text, and
-    /// where it is in the record, quotes included.
-    strings: Vec<(u64, Text<'a>, u32, u32)>,
+    /// The members of the string set being written.
+    strings: Vec<SetString<'a>>,
     numbers: Vec<Cow<'a, str>>,
-    /// Every `L` written: where its attribute value starts in the record, and its items'
-    /// texts in the record (a range of `items`), so that the diff finds a changed list's items
-    /// without reading the new list again.
-    lists: Vec<(u32, u32, u32)>,
-    items: Vec<(u32, u32)>,
+    /// Every `L` written, so that the diff finds a changed list's items without reading the new
+    /// list again.
+    lists: Vec<WrittenList>,
+    /// The items of the lists in `lists`, each list's a run of them.
+    items: Vec<Span>,
     /// The items of the lists being written, innermost last.
-    open_items: Vec<(u32, u32)>,
+    open_items: Vec<Span>,
     /// The vectors of images given back, emptied: they borrow no record, so they are kept as
     /// they are from record to record.
     spare: Vec<(Vec<Member<'static>>, Vec<u32>)>,
     orders: Orders,
+}
+
+/// Where a text is in the record: `start..end`, as `u32`s to keep the vectors of them small (a
+/// record is far below 4 GB).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+impl Span {
+    fn new(range: Range<usize>) -> Span {
+        Span {
+            start: range.start as u32,
+            end: range.end as u32,
+        }
+    }
+
+    pub(crate) fn range(self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// A member of a string set, as read.
+#[derive(Debug, Clone, Copy)]
+struct SetString<'a> {
+    /// Its first eight bytes as an integer: most members are told apart by these alone.
+    head: u64,
+    text: Text<'a>,
+    /// Its text in the record, quotes included.
+    wire: Span,
+}
+
+/// A list that was written.
+#[derive(Debug, Clone, Copy)]
+struct WrittenList {
+    /// Where its attribute value (`{"L":[…]}`) starts in the record.
+    at: u32,
+    /// Its items: a run of [`Renderer::items`].
+    first: u32,
+    len: u32,
 }
 
 /// Vectors with more room than this are not kept from record to record, so that one large item
@@ -185,14 +225,16 @@ impl<'a> Renderer<'a> {
 
     /// Where the items of the list whose attribute value starts at `at` in the record are in
     /// `items` ([`Renderer::list_item`]), if it was written.
-    pub(crate) fn list_items(&self, at: usize) -> Option<std::ops::Range<usize>> {
-        let &(_, first, len) = self.lists.iter().find(|list| list.0 as usize == at)?;
-        Some(first as usize..(first + len) as usize)
+    pub(crate) fn list_items(&self, at: usize) -> Option<Range<usize>> {
+        let list = self.lists.iter().find(|list| list.at as usize == at)?;
+        Some(list.first as usize..(list.first + list.len) as usize)
     }
 
+    /// Where an item of [`Renderer::list_items`] is in the record: (start, end), as
+    /// [`Parser::skip_run`] takes spans.
     pub(crate) fn list_item(&self, index: usize) -> (usize, usize) {
-        let (start, end) = self.items[index];
-        (start as usize, end as usize)
+        let item = self.items[index];
+        (item.start as usize, item.end as usize)
     }
 
     /// The members of the map at `q` (its `{`), in text already read and checked: names read,
@@ -372,8 +414,8 @@ impl<'a> Renderer<'a> {
             member.out_at = out.len() as u32;
             copy(out, p.bytes, at..value_at);
             member.out_value = out.len() as u32;
-            // `{"S":"text"}`: the tag, and the text without its quotes.
-            write_plain(out, p, p.bytes[value_at + 2], value_at + 6..end - 2)?;
+            let (tag, text) = plain_parts(p.bytes, value_at..end);
+            write_plain(out, p, tag, text)?;
             member.out_end = out.len() as u32;
         }
         Some(())
@@ -473,14 +515,18 @@ impl<'a> Renderer<'a> {
                     p.whitespace();
                     let start = p.at;
                     self.attribute(p, out)?;
-                    self.open_items.push((start as u32, p.at as u32));
+                    self.open_items.push(Span::new(start..p.at));
                     Some(())
                 })?;
                 out.push(b']');
                 let first = self.items.len() as u32;
                 self.items.extend(self.open_items.drain(open..));
                 let len = self.items.len() as u32 - first;
-                self.lists.push((at as u32, first, len));
+                self.lists.push(WrittenList {
+                    at: at as u32,
+                    first,
+                    len,
+                });
             }
             b"SS" => self.string_set(p, out)?,
             b"NS" => {
@@ -528,15 +574,20 @@ impl<'a> Renderer<'a> {
             p.whitespace();
             let at = p.at;
             let text = p.string()?;
-            set.push((head(text.as_bytes()).0, text, at as u32, p.at as u32));
+            set.push(SetString {
+                head: head(text.as_bytes()).0,
+                text,
+                wire: Span::new(at..p.at),
+            });
             Some(())
         })?;
         set.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
+            a.head
+                .cmp(&b.head)
+                .then_with(|| a.text.as_bytes().cmp(b.text.as_bytes()))
         });
-        write_array(out, set, |out, &(_, text, at, end)| {
-            write_text(out, &text, &p.bytes[at as usize..end as usize])
+        write_array(out, set, |out, s| {
+            write_text(out, &s.text, &p.bytes[s.wire.range()])
         });
         Some(())
     }

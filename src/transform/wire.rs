@@ -24,6 +24,22 @@ use crate::transform::number::Decimal;
 /// levels DynamoDB allows (67 here, each level being an attribute value and its map).
 const MAX_DEPTH: u32 = 100;
 
+/// A plain value ([`Parser::plain_value`]) is `{"S":"` (or `N`), its text, `"}`: these are the
+/// lengths of both ends, and the tag is the third byte.
+const PLAIN_OPEN: usize = br#"{"S":""#.len();
+const PLAIN_CLOSE: usize = br#""}"#.len();
+const PLAIN_TAG: usize = br#"{""#.len();
+
+/// The tag and the text (without quotes) of the plain value at `value` in `bytes`, as
+/// [`Parser::plain_value`] found it.
+#[inline(always)]
+pub(crate) fn plain_parts(bytes: &[u8], value: Range<usize>) -> (u8, Range<usize>) {
+    (
+        bytes[value.start + PLAIN_TAG],
+        value.start + PLAIN_OPEN..value.end - PLAIN_CLOSE,
+    )
+}
+
 /// A JSON string of the record.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Text<'a> {
@@ -380,12 +396,12 @@ impl<'a> Parser<'a> {
         if word & 0xffff_ff00_ffff != HEAD || !matches!(tag, b'S' | b'N') {
             return None;
         }
-        let end = find_special(self.bytes, at + 6);
-        if self.bytes.get(end..end + 2) != Some(b"\"}") {
+        let end = find_special(self.bytes, at + PLAIN_OPEN);
+        if self.bytes.get(end..end + PLAIN_CLOSE) != Some(b"\"}") {
             return None;
         }
-        self.at = end + 2;
-        Some((tag, at + 6..end))
+        self.at = end + PLAIN_CLOSE;
+        Some((tag, at + PLAIN_OPEN..end))
     }
 
     /// A member `"name":` and a [`Parser::plain_value`], read in one step: its name, tag and
