@@ -11,6 +11,7 @@
 //! unless `--restart` is given. docs/DESIGN.md ("Snapshot") tells what a consumer sees.
 
 mod limiter;
+mod progress;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,13 +32,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use limiter::CapacityLimiter;
+pub use progress::{ProgressStore, SegmentProgress, SnapshotRun};
 
 use crate::app::{AwsClients, StartupError, redrainer, startup};
 use crate::config::{Config, ReadCapacity};
 use crate::delivery::{Delivery, Entry};
 use crate::dlq::{DeadLetter, DeadLetterQueue};
 use crate::lease::LeaseTable;
-use crate::lease::table::{LeaseError, SegmentProgress};
+use crate::lease::table::LeaseError;
 use crate::metrics;
 use crate::nakadi::{Failure, Gate, PublishContext, Publisher};
 use crate::retry::Backoff;
@@ -81,7 +83,7 @@ pub struct Snapshot {
     /// stream removes them from its images.
     drop_attributes: Vec<String>,
     settings: EventSettings,
-    leases: LeaseTable,
+    progress: ProgressStore,
     publisher: Publisher,
     dlq: DeadLetterQueue,
     limiter: CapacityLimiter,
@@ -245,7 +247,7 @@ impl Snapshot {
             },
             key_attributes,
             drop_attributes: source.filter.drop_attributes.clone(),
-            leases,
+            progress: ProgressStore::new(aws.dynamodb.clone(), config.lease_table.clone()),
             publisher,
             dlq: parts.dlq,
             limiter: CapacityLimiter::new(rate),
@@ -270,7 +272,7 @@ impl Snapshot {
             table: this.table.clone(),
             ..Summary::default()
         };
-        let previous = this.leases.snapshot_run(&this.table).await?;
+        let previous = this.progress.snapshot_run(&this.table).await?;
         let run = match previous {
             Some(run) if run.done && !restart => {
                 info!(table = %this.table, finished_at = run.finished_at.as_deref(), "the snapshot finished before; nothing to do (--restart repeats it)");
@@ -286,7 +288,7 @@ impl Snapshot {
                 run
             }
             previous => {
-                this.leases
+                this.progress
                     .start_snapshot_run(&this.table, this.segments, previous.as_ref())
                     .await?
             }
@@ -297,7 +299,7 @@ impl Snapshot {
         let mut progress = Vec::with_capacity(run.segments as usize);
         for segment in 0..run.segments {
             progress.push(
-                this.leases
+                this.progress
                     .claim_segment(&this.table, &run, segment, &this.worker_id)
                     .await?,
             );
@@ -378,7 +380,7 @@ impl Snapshot {
             return Err(e);
         }
         if all_done {
-            this.leases.finish_snapshot_run(&this.table, &run).await?;
+            this.progress.finish_snapshot_run(&this.table, &run).await?;
             summary.finished = true;
         }
         info!(summary = ?summary, "snapshot ended");
@@ -591,7 +593,7 @@ impl Snapshot {
         let mut attempt = 0;
         loop {
             match self
-                .leases
+                .progress
                 .save_segment(&self.table, progress, &self.worker_id)
                 .await
             {
