@@ -9,11 +9,10 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use dynamodb_nakadi_relay::dlq::message::{EXTENDED_PAYLOAD_SIZE, S3Pointer, encode_gzip};
-use dynamodb_nakadi_relay::dlq::{DeadLetter, DeadLetterQueue, DlqError, Redrainer};
+use dynamodb_nakadi_relay::dlq::{DeadLetter, DeadLetterQueue, DlqError, Origin, Redrainer};
 use dynamodb_nakadi_relay::nakadi::{
     Failure, FailureKind, FailureMode, Publisher, PublisherConfig, TokenSource,
 };
-use dynamodb_nakadi_relay::stream::ShardId;
 use dynamodb_nakadi_relay::transform::{Event, eid_for};
 use serde_json::{Value, json};
 use support::*;
@@ -376,8 +375,10 @@ fn letter_with(i: u64, payload: &str) -> DeadLetter {
         last_failed_at: time::OffsetDateTime::UNIX_EPOCH,
     };
     DeadLetter::from_event(
-        "arn:aws:dynamodb:eu-central-1:1:table/orders/stream/x",
-        &ShardId::new("shard-1"),
+        Origin::Stream {
+            stream_arn: "arn:aws:dynamodb:eu-central-1:1:table/orders/stream/x",
+            shard_id: "shard-1",
+        },
         "payments.order-changed",
         &event,
         &failure,

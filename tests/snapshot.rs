@@ -479,7 +479,15 @@ async fn an_event_nakadi_rejects_ends_in_the_dead_letter_queue() {
     assert_eq!(letter["event"]["data_op"], "S");
     assert_eq!(letter["event"]["data"]["item"]["pk"], "order-0007");
     assert_eq!(letter["failure"]["status"], 422);
-    assert_eq!(letter["source"]["shard_id"], "snapshot");
+    assert_eq!(letter["source"]["kind"], "snapshot_item");
+    assert!(letter["source"]["segment"].is_u64(), "{letter}");
+    assert!(
+        letter["source"]["table_arn"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":table/{TABLE}")),
+        "{letter}"
+    );
     assert_eq!(
         letter["source"]["event_id"],
         format!("snapshot:{TABLE}:[\"order-0007\"]")

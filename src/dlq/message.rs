@@ -1,6 +1,8 @@
 //! The dead-letter message body of DESIGN.md, and its encoding for SQS:
-//! `{"event": <the Nakadi event>, "event_type", "source": {stream_arn, shard_id, sequence_number,
-//! event_id}, "failure": {reason, status, attempts, first_failed_at, last_failed_at}}`.
+//! `{"event": <the Nakadi event>, "event_type", "source": {"kind": "stream_record", stream_arn,
+//! shard_id, sequence_number, event_id}, "failure": {reason, status, attempts, first_failed_at,
+//! last_failed_at}}`; an item of the `snapshot` command has `"source": {"kind": "snapshot_item",
+//! table_arn, segment, event_id}`. Letters written before `kind` existed are still read.
 //! A stream record that could not become an event carries `"record": <the raw stream record>`
 //! instead of `event`: the re-drain loop cannot publish it, so the queue's redrive policy moves it
 //! to the parking queue where an operator looks at it.
@@ -18,7 +20,6 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::nakadi::{Failure, FailureKind};
-use crate::stream::ShardId;
 use crate::transform::{Event, TransformFailure};
 
 /// One message for the DLQ, its body already serialized.
@@ -29,18 +30,140 @@ pub struct DeadLetter {
     pub reason: &'static str,
     pub event_type: String,
     pub eid: Option<String>,
-    /// Where the record came from, for error messages: `source.shard_id` and
-    /// `source.sequence_number` of the body.
-    pub shard_id: String,
-    pub sequence_number: Option<String>,
+    /// Where the record came from, for error messages ([`Origin::describe`]).
+    pub origin: String,
 }
 
-#[derive(Serialize, Deserialize)]
-pub struct Source {
-    pub stream_arn: String,
-    pub shard_id: String,
-    pub sequence_number: Option<String>,
-    pub event_id: Option<String>,
+/// Where a dead letter's record came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A record of a table's stream.
+    Stream {
+        stream_arn: &'a str,
+        shard_id: &'a str,
+    },
+    /// An item the `snapshot` command scanned, in one Scan segment.
+    Snapshot { table_arn: &'a str, segment: u32 },
+}
+
+impl Origin<'_> {
+    fn source(self, sequence_number: Option<&str>, event_id: Option<&str>) -> Source {
+        let event_id = event_id.map(str::to_owned);
+        match self {
+            Origin::Stream {
+                stream_arn,
+                shard_id,
+            } => Source::StreamRecord {
+                stream_arn: stream_arn.to_owned(),
+                shard_id: shard_id.to_owned(),
+                sequence_number: sequence_number.map(str::to_owned),
+                event_id,
+            },
+            Origin::Snapshot { table_arn, segment } => Source::SnapshotItem {
+                table_arn: table_arn.to_owned(),
+                segment,
+                event_id,
+            },
+        }
+    }
+
+    fn describe(self, sequence_number: Option<&str>) -> String {
+        match (self, sequence_number) {
+            (Origin::Stream { shard_id, .. }, Some(seq)) => {
+                format!("shard {shard_id}, sequence number {seq}")
+            }
+            (Origin::Stream { shard_id, .. }, None) => {
+                format!("shard {shard_id}, no sequence number")
+            }
+            (Origin::Snapshot { segment, .. }, _) => format!("snapshot segment {segment}"),
+        }
+    }
+}
+
+/// The body's `source`: what the record was, by `kind`.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "SourceFields")]
+pub enum Source {
+    StreamRecord {
+        stream_arn: String,
+        shard_id: String,
+        sequence_number: Option<String>,
+        event_id: Option<String>,
+    },
+    SnapshotItem {
+        table_arn: String,
+        segment: u32,
+        event_id: Option<String>,
+    },
+}
+
+/// The snapshot's letters before `kind` existed: this shard id, the table's ARN as
+/// `stream_arn`, and `segment-<n>` as `sequence_number`.
+const LEGACY_SNAPSHOT_SHARD: &str = "snapshot";
+
+/// `source` as any version wrote it.
+#[derive(Deserialize)]
+struct SourceFields {
+    kind: Option<String>,
+    stream_arn: Option<String>,
+    shard_id: Option<String>,
+    sequence_number: Option<String>,
+    event_id: Option<String>,
+    table_arn: Option<String>,
+    segment: Option<u32>,
+}
+
+impl TryFrom<SourceFields> for Source {
+    type Error = String;
+
+    fn try_from(f: SourceFields) -> Result<Source, String> {
+        let missing = |field: &str| format!("source has no {field}");
+        let legacy_snapshot =
+            f.kind.is_none() && f.shard_id.as_deref() == Some(LEGACY_SNAPSHOT_SHARD);
+        match f.kind.as_deref() {
+            Some("snapshot_item") => Ok(Source::SnapshotItem {
+                table_arn: f.table_arn.ok_or_else(|| missing("table_arn"))?,
+                segment: f.segment.ok_or_else(|| missing("segment"))?,
+                event_id: f.event_id,
+            }),
+            None if legacy_snapshot => Ok(Source::SnapshotItem {
+                table_arn: f.stream_arn.ok_or_else(|| missing("stream_arn"))?,
+                segment: f
+                    .sequence_number
+                    .as_deref()
+                    .and_then(|s| s.strip_prefix("segment-")?.parse().ok())
+                    .ok_or_else(|| missing("segment-<n> as sequence_number"))?,
+                event_id: f.event_id,
+            }),
+            Some("stream_record") | None => Ok(Source::StreamRecord {
+                stream_arn: f.stream_arn.ok_or_else(|| missing("stream_arn"))?,
+                shard_id: f.shard_id.ok_or_else(|| missing("shard_id"))?,
+                sequence_number: f.sequence_number,
+                event_id: f.event_id,
+            }),
+            Some(other) => Err(format!("source of unknown kind {other:?}")),
+        }
+    }
+}
+
+impl Source {
+    fn event_id(&self) -> Option<&str> {
+        match self {
+            Source::StreamRecord { event_id, .. } | Source::SnapshotItem { event_id, .. } => {
+                event_id.as_deref()
+            }
+        }
+    }
+
+    /// The sequence number the event was published with: a snapshot event's is its segment.
+    fn sequence_number(&self) -> String {
+        match self {
+            Source::StreamRecord {
+                sequence_number, ..
+            } => sequence_number.clone().unwrap_or_default(),
+            Source::SnapshotItem { segment, .. } => format!("segment-{segment}"),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -78,8 +201,7 @@ pub fn reason_label(kind: &FailureKind) -> &'static str {
 impl DeadLetter {
     /// An event Nakadi finally did not take.
     pub fn from_event(
-        stream_arn: &str,
-        shard: &ShardId,
+        origin: Origin<'_>,
         event_type: &str,
         event: &Event,
         failure: &Failure,
@@ -90,12 +212,7 @@ impl DeadLetter {
             event: Some(raw),
             record: None,
             event_type: event_type.to_owned(),
-            source: Source {
-                stream_arn: stream_arn.to_owned(),
-                shard_id: shard.to_string(),
-                sequence_number: Some(event.sequence_number().to_owned()),
-                event_id: Some(event.event_id().to_owned()),
-            },
+            source: origin.source(Some(event.sequence_number()), Some(event.event_id())),
             failure: FailureInfo {
                 reason: failure.reason.clone(),
                 status: failure.status,
@@ -109,16 +226,14 @@ impl DeadLetter {
             reason: reason_label(&failure.kind),
             event_type: event_type.to_owned(),
             eid: Some(event.eid.to_string()),
-            shard_id: shard.to_string(),
-            sequence_number: Some(event.sequence_number().to_owned()),
+            origin: origin.describe(Some(event.sequence_number())),
         }
     }
 
     /// A stream record that could not become an event. The record is kept as it came when it is
     /// JSON, else as a string, so nothing of it is lost.
     pub fn malformed(
-        stream_arn: &str,
-        shard: &ShardId,
+        origin: Origin<'_>,
         event_type: &str,
         raw_record: &str,
         failure: &TransformFailure,
@@ -137,12 +252,10 @@ impl DeadLetter {
             event: None,
             record: Some(record),
             event_type: event_type.to_owned(),
-            source: Source {
-                stream_arn: stream_arn.to_owned(),
-                shard_id: shard.to_string(),
-                sequence_number: failure.sequence_number.clone(),
-                event_id: failure.event_id.clone(),
-            },
+            source: origin.source(
+                failure.sequence_number.as_deref(),
+                failure.event_id.as_deref(),
+            ),
             failure: FailureInfo {
                 reason: failure.error.to_string(),
                 status: None,
@@ -156,8 +269,7 @@ impl DeadLetter {
             reason: "malformed_record",
             event_type: event_type.to_owned(),
             eid: None,
-            shard_id: shard.to_string(),
-            sequence_number: failure.sequence_number.clone(),
+            origin: origin.describe(failure.sequence_number.as_deref()),
         }
     }
 
@@ -167,11 +279,7 @@ impl DeadLetter {
             Some(eid) => format!("eid {eid}, "),
             None => String::new(),
         };
-        text.push_str(&format!("shard {}", self.shard_id));
-        match &self.sequence_number {
-            Some(seq) => text.push_str(&format!(", sequence number {seq}")),
-            None => text.push_str(", no sequence number"),
-        }
+        text.push_str(&self.origin);
         text
     }
 }
@@ -307,12 +415,8 @@ pub fn event_from_body(body: &str) -> Result<(String, Event), String> {
     let event = Event::new(
         envelope.metadata.eid,
         raw.get().as_bytes(),
-        message.source.event_id.as_deref().unwrap_or_default(),
-        message
-            .source
-            .sequence_number
-            .as_deref()
-            .unwrap_or_default(),
+        message.source.event_id().unwrap_or_default(),
+        &message.source.sequence_number(),
         0,
     );
     Ok((message.event_type, event))
@@ -320,7 +424,16 @@ pub fn event_from_body(body: &str) -> Result<(String, Event), String> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
+
+    pub(super) fn stream(shard_id: &str) -> Origin<'_> {
+        Origin::Stream {
+            stream_arn: "arn:s",
+            shard_id,
+        }
+    }
 
     fn event() -> Event {
         let body = r#"{"metadata":{"eid":"5f0c8a5e-3f8e-5d9a-9c1e-1f2b3c4d5e6f","occurred_at":"2026-11-22T06:16:10.123Z"},"data_op":"C","data_type":"t","data":{"item":{"n":12345678901234567890123456789012345678},"patch":[]}}"#;
@@ -346,13 +459,7 @@ mod tests {
 
     #[test]
     fn event_round_trips_through_the_message_exactly() {
-        let letter = DeadLetter::from_event(
-            "arn:s",
-            &ShardId::new("shard-1"),
-            "et",
-            &event(),
-            &failure(),
-        );
+        let letter = DeadLetter::from_event(stream("shard-1"), "et", &event(), &failure());
         assert_eq!(letter.reason, "rejected");
         assert_eq!(
             letter.describe(),
@@ -405,13 +512,7 @@ mod tests {
                 "{broken}"
             );
         }
-        let letter = DeadLetter::from_event(
-            "arn:s",
-            &ShardId::new("shard-1"),
-            "et",
-            &event(),
-            &failure(),
-        );
+        let letter = DeadLetter::from_event(stream("shard-1"), "et", &event(), &failure());
         assert_eq!(S3Pointer::from_body(&letter.body), None);
         assert_eq!(S3Pointer::from_body(&encode_gzip(&letter.body)), None);
     }
@@ -419,8 +520,7 @@ mod tests {
     #[test]
     fn object_keys_name_the_event_type_and_eid_and_are_unique() {
         let mut letter = DeadLetter::from_event(
-            "arn:s",
-            &ShardId::new("shard-1"),
+            stream("shard-1"),
             "payments.order-changed",
             &event(),
             &failure(),
@@ -460,7 +560,7 @@ mod tests {
             error: crate::transform::TransformError::Malformed("no eventID".into()),
         };
         for raw in [r#"{"dynamodb":{}}"#, "not json at all"] {
-            let letter = DeadLetter::malformed("arn:s", &ShardId::new("s"), "et", raw, &failure);
+            let letter = DeadLetter::malformed(stream("s"), "et", raw, &failure);
             assert_eq!(letter.reason, "malformed_record");
             assert_eq!(letter.describe(), "shard s, sequence number 7");
             let v: serde_json::Value = serde_json::from_str(&letter.body).unwrap();
@@ -473,6 +573,86 @@ mod tests {
             );
         }
     }
+    /// Letters queued or parked by versions before `source.kind`, as they wrote them.
+    const V1_STREAM_EVENT: &str = include_str!("../../tests/fixtures/dlq/stream-event-v1.json");
+    const V1_SNAPSHOT_EVENT: &str = include_str!("../../tests/fixtures/dlq/snapshot-event-v1.json");
+    const V1_MALFORMED_RECORD: &str =
+        include_str!("../../tests/fixtures/dlq/malformed-record-v1.json");
+
+    fn source_of(body: &str) -> Source {
+        serde_json::from_str::<Message<'_>>(body).unwrap().source
+    }
+
+    #[test]
+    fn letters_written_before_the_source_kind_are_still_read() {
+        assert_eq!(
+            source_of(V1_STREAM_EVENT),
+            Source::StreamRecord {
+                stream_arn: "arn:aws:dynamodb:eu-central-1:123456789012:table/orders/stream/2026-11-01T00:00:00.000".into(),
+                shard_id: "shardId-00000001700000000000-abcdef01".into(),
+                sequence_number: Some("4000000000000000000001".into()),
+                event_id: Some("c81e728d9d4c2f636f067f89cc14862c".into()),
+            }
+        );
+        assert_eq!(
+            source_of(V1_SNAPSHOT_EVENT),
+            Source::SnapshotItem {
+                table_arn: "arn:aws:dynamodb:eu-central-1:123456789012:table/orders".into(),
+                segment: 3,
+                event_id: Some("snapshot|orders|ord-2".into()),
+            }
+        );
+        let (event_type, event) = event_from_body(V1_STREAM_EVENT).unwrap();
+        assert_eq!(event_type, "payments.order-changed");
+        assert_eq!(
+            event.eid.to_string(),
+            "5f0c8a5e-3f8e-5d9a-9c1e-1f2b3c4d5e6f"
+        );
+        assert_eq!(event.sequence_number(), "4000000000000000000001");
+        assert_eq!(event.event_id(), "c81e728d9d4c2f636f067f89cc14862c");
+        let stored: Value = serde_json::from_str(V1_STREAM_EVENT).unwrap();
+        let body: Value = serde_json::from_slice(event.body()).unwrap();
+        assert_eq!(body, stored["event"], "the event is re-published as it was");
+        let (_, event) = event_from_body(V1_SNAPSHOT_EVENT).unwrap();
+        assert_eq!(event.sequence_number(), "segment-3");
+        assert_eq!(event.event_id(), "snapshot|orders|ord-2");
+        let malformed = event_from_body(V1_MALFORMED_RECORD).unwrap_err();
+        assert!(
+            malformed.contains("could not become an event"),
+            "{malformed}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_items_letter_names_its_table_and_segment_not_a_shard() {
+        let origin = Origin::Snapshot {
+            table_arn: "arn:aws:dynamodb:eu-central-1:123456789012:table/orders",
+            segment: 3,
+        };
+        let letter = DeadLetter::from_event(origin, "et", &event(), &failure());
+        let body: Value = serde_json::from_str(&letter.body).unwrap();
+        assert_eq!(
+            body["source"],
+            serde_json::json!({
+                "kind": "snapshot_item",
+                "table_arn": "arn:aws:dynamodb:eu-central-1:123456789012:table/orders",
+                "segment": 3,
+                "event_id": "e1",
+            })
+        );
+        assert!(
+            letter.describe().ends_with("snapshot segment 3"),
+            "{}",
+            letter.describe()
+        );
+        let stream = DeadLetter::from_event(stream("shard-1"), "et", &event(), &failure());
+        let body: Value = serde_json::from_str(&stream.body).unwrap();
+        assert_eq!(body["source"]["kind"], "stream_record");
+        assert_eq!(body["source"]["shard_id"], "shard-1");
+        let unknown = V1_STREAM_EVENT.replace(r#""source":{"#, r#""source":{"kind":"table_scan","#);
+        let err = event_from_body(&unknown).unwrap_err();
+        assert!(err.contains("unknown kind"), "{err}");
+    }
 }
 
 /// What the re-drain loop reads back is what was written, and what it cannot read is refused
@@ -483,6 +663,7 @@ mod properties {
     use serde_json::{Value, json};
     use uuid::Uuid;
 
+    use super::tests::stream;
     use super::*;
 
     /// An event body as the transform writes it: `metadata.eid` and any data, numbers with
@@ -583,7 +764,7 @@ mod properties {
             shard in any::<String>(),
             event_type in any::<String>(),
         ) {
-            let letter = DeadLetter::from_event("arn:s", &ShardId::new(&shard), &event_type, &event, &failure);
+            let letter = DeadLetter::from_event(stream(&shard), &event_type, &event, &failure);
             prop_assert_eq!(letter.reason, reason_label(&failure.kind));
             prop_assert_eq!(letter.eid, Some(event.eid.to_string()));
             let (back_type, back) = event_from_body(&letter.body).unwrap();
@@ -605,7 +786,7 @@ mod properties {
                 event_id: None,
                 error: crate::transform::TransformError::Malformed("test".into()),
             };
-            let letter = DeadLetter::malformed("arn:s", &ShardId::new("s"), "et", &raw, &failure);
+            let letter = DeadLetter::malformed(stream("s"), "et", &raw, &failure);
             let v: Value = serde_json::from_str(&letter.body).unwrap();
             let kept = serde_json::from_str::<Value>(&raw).unwrap_or(Value::String(raw.clone()));
             prop_assert_eq!(&v["record"], &kept);
@@ -630,7 +811,7 @@ mod properties {
             failure in failure(),
             edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8),
         ) {
-            let letter = DeadLetter::from_event("arn:s", &ShardId::new("s"), "et", &event, &failure);
+            let letter = DeadLetter::from_event(stream("s"), "et", &event, &failure);
             check_any_body(&garble(&letter.body, &edits));
             let _ = decode_gzip(&garble(&encode_gzip(&letter.body), &edits));
         }

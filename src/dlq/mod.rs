@@ -8,6 +8,6 @@ pub mod message;
 pub mod redrain;
 pub mod writer;
 
-pub use message::DeadLetter;
+pub use message::{DeadLetter, Origin};
 pub use redrain::Redrainer;
 pub use writer::{DeadLetterQueue, DlqError};

@@ -37,13 +37,12 @@ pub use progress::{ProgressStore, SegmentProgress, SnapshotRun};
 use crate::app::{AwsClients, StartupError, redrainer, startup};
 use crate::config::{Config, ReadCapacity};
 use crate::delivery::{Delivery, Entry};
-use crate::dlq::{DeadLetter, DeadLetterQueue};
+use crate::dlq::{DeadLetter, DeadLetterQueue, Origin};
 use crate::lease::LeaseTable;
 use crate::lease::table::LeaseError;
 use crate::metrics;
 use crate::nakadi::{Failure, Gate, PublishContext, Publisher};
 use crate::retry::Backoff;
-use crate::stream::ShardId;
 use crate::transform::{Event, EventSettings, TransformFailure, snapshot_event};
 
 /// Scan failures other than throttling, in a row, before a segment gives up. Its progress is
@@ -52,10 +51,6 @@ const MAX_SCAN_FAILURES: u32 = 10;
 
 /// How often the running totals are logged.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The `shard_id` of a snapshot event's dead letter; `sequence_number` is `segment-<n>` and
-/// `event_id` the name its eid is made of.
-const DLQ_SHARD: &str = "snapshot";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -519,7 +514,10 @@ impl Snapshot {
         abort: &CancellationToken,
     ) -> Result<(u64, u64), SegmentExit> {
         let source = format!("segment-{segment}");
-        let shard = ShardId::new(DLQ_SHARD);
+        let origin = Origin::Snapshot {
+            table_arn: &self.table_arn,
+            segment,
+        };
         let event_type = self.publisher.event_type();
         let scanned_at_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let mut events = Vec::with_capacity(items.len());
@@ -551,11 +549,7 @@ impl Snapshot {
                         error,
                     };
                     entries.push(Entry::Letter(Box::new(DeadLetter::malformed(
-                        &self.table_arn,
-                        &shard,
-                        event_type,
-                        &raw,
-                        &failure,
+                        origin, event_type, &raw, &failure,
                     ))));
                 }
             }
@@ -572,7 +566,7 @@ impl Snapshot {
             dlq: &self.dlq,
         };
         let letter = |event: &Event, failure: &Failure| {
-            DeadLetter::from_event(&self.table_arn, &shard, event_type, event, failure)
+            DeadLetter::from_event(origin, event_type, event, failure)
         };
         let report = delivery
             .deliver(&events, &entries, letter, &ctx, &gate)

@@ -23,7 +23,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use super::capture::RecordsPage;
 use super::{Position, StreamError, StreamsClient};
 use crate::delivery::{Delivery, Entry};
-use crate::dlq::{DeadLetter, DeadLetterQueue};
+use crate::dlq::{DeadLetter, DeadLetterQueue, Origin};
 use crate::fence::Fence;
 use crate::filter::{Filter, Filtered};
 use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease, StreamStart};
@@ -329,6 +329,10 @@ impl ShardWorker {
             Unknown,
         }
         let mut seqs = Vec::with_capacity(page.len());
+        let origin = Origin::Stream {
+            stream_arn: &p.stream_arn,
+            shard_id: self.lease.shard_id.as_str(),
+        };
         let mut newest_ms = None;
         let mut before_start = 0u64;
         for raw in page.records() {
@@ -365,8 +369,7 @@ impl ShardWorker {
                             .map_or(Seq::Unknown, Seq::Record),
                     );
                     entries.push(Entry::Letter(Box::new(DeadLetter::malformed(
-                        &p.stream_arn,
-                        &self.lease.shard_id,
+                        origin,
                         p.publisher.event_type(),
                         &raw,
                         &failure,
@@ -392,13 +395,7 @@ impl ShardWorker {
             fence: Some(&p.fence),
         };
         let letter = |event: &crate::transform::Event, failure: &crate::nakadi::Failure| {
-            DeadLetter::from_event(
-                &p.stream_arn,
-                &self.lease.shard_id,
-                p.publisher.event_type(),
-                event,
-                failure,
-            )
+            DeadLetter::from_event(origin, p.publisher.event_type(), event, failure)
         };
         let report = tokio::select! {
             biased;
