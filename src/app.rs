@@ -21,13 +21,13 @@ use tracing::{error, info, warn};
 use crate::config::{Config, StreamSource, TableConfig};
 use crate::dlq::{DeadLetterQueue, DlqError, Redrainer};
 use crate::fence::Fence;
-use crate::lease::coordinator::Coordinator;
+use crate::coordinator::Coordinator;
 use crate::lease::{LeaseError, LeaseTable};
 use crate::metrics::TableMetrics;
 use crate::nakadi::{FailureMode, NakadiError, Publisher, PublisherConfig, TokenSource};
 use crate::retry::Backoff;
 use crate::status::StatusBoard;
-use crate::stream::worker::Pipeline;
+use crate::shard::Pipeline;
 use crate::stream::{StreamError, StreamsClient};
 use crate::transform::EventSettings;
 

@@ -5,10 +5,15 @@
 //! The map (docs/DESIGN.md tells the design in full):
 //! - [`config`]: the `RELAY_*` variables, all checked at start, every problem reported at once.
 //! - [`app`]: builds the parts, checks the outside systems, owns the shutdown order.
-//! - [`stream`]: DynamoDB Streams calls with typed errors, raw record pages, shard lineage, and
-//!   the shard worker loop (read → transform → publish → dead-letter → checkpoint).
-//! - [`lease`]: the lease table (conditional writes, fencing counter, checkpoints, heartbeats)
-//!   and the coordinator that syncs shards, balances leases and runs the shard workers.
+//! - [`coordinator`]: per stream, the heartbeat task and the rounds that sync shards, plan
+//!   (`coordinator::plan`, pure) which leases to take, ask for and hand over, and run the shard
+//!   workers.
+//! - [`shard`]: one shard's loop; a page's steps after GetRecords, in order:
+//!   [`stream::capture`] (the raw records) → [`filter`] → [`transform`] → [`delivery`]
+//!   ([`nakadi`] publishes, [`dlq`] takes what finally failed) → the checkpoint
+//!   ([`lease::table`]).
+//! - [`stream`]: DynamoDB Streams calls with typed errors, raw record pages, shard lineage.
+//! - [`lease`]: the lease table: conditional writes, fencing counter, checkpoints, heartbeats.
 //! - [`transform`]: pure; a stream record → the Nakadi event (item + JSON Patch).
 //! - [`filter`]: the configured filters in front of it (TTL deletions, event names, dropped
 //!   attributes).
@@ -23,6 +28,7 @@
 
 pub mod app;
 pub mod config;
+pub mod coordinator;
 pub mod delivery;
 pub mod dlq;
 pub mod fence;
@@ -32,6 +38,7 @@ pub mod lease;
 pub mod metrics;
 pub mod nakadi;
 pub mod retry;
+pub mod shard;
 pub mod shutdown;
 pub mod snapshot;
 pub mod status;

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use dynamodb_nakadi_relay::config::InitialPosition;
-use dynamodb_nakadi_relay::lease::plan::Liveness;
+use dynamodb_nakadi_relay::lease::Liveness;
 use dynamodb_nakadi_relay::lease::{Checkpoint, LeaseError, LeaseTable};
 use dynamodb_nakadi_relay::stream::ShardId;
 use support::*;

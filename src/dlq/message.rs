@@ -30,7 +30,7 @@ pub struct DeadLetter {
     pub reason: &'static str,
     pub event_type: String,
     pub eid: Option<String>,
-    /// Where the record came from, for error messages ([`Origin::describe`]).
+    /// Where the record came from, for error messages.
     pub origin: String,
 }
 

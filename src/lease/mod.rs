@@ -4,8 +4,6 @@
 //! `table` is the DynamoDB access with conditional writes; `coordinator` is the loop that syncs
 //! shards, renews, takes and balances leases and runs a shard worker per owned lease.
 
-pub mod coordinator;
-pub mod plan;
 pub mod table;
 
 use std::fmt;
@@ -120,6 +118,18 @@ impl StreamStart {
         self.skip_before_ms
             .is_some_and(|start| created_ms < start - START_MARGIN_MS)
     }
+}
+
+/// What this pod knows about the other pods' heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its counter moved within the lease duration.
+    Alive,
+    /// Its counter stood still for the lease duration: it may be taken over, provided the counter
+    /// is still this value when the take is written.
+    Silent { counter: u64 },
+    /// No heartbeat item: the pod exited (it removes its heartbeat last) or never started.
+    Absent,
 }
 
 /// A lease this pod owns, shared by its shard worker (checkpoints) and the coordinator

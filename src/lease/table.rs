@@ -21,8 +21,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::plan::Liveness;
-use super::{Checkpoint, Heartbeat, Lease, OwnedLease, StreamStart};
+use super::{Checkpoint, Heartbeat, Lease, Liveness, OwnedLease, StreamStart};
 use crate::config::InitialPosition;
 use crate::metrics;
 use crate::stream::ShardId;

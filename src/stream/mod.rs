@@ -5,7 +5,6 @@
 pub mod capture;
 pub mod client;
 pub mod lineage;
-pub mod worker;
 
 use std::fmt;
 

@@ -20,8 +20,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use super::capture::RecordsPage;
-use super::{Position, StreamError, StreamsClient};
 use crate::delivery::{Delivery, Entry};
 use crate::dlq::{DeadLetter, DeadLetterQueue, Origin};
 use crate::fence::Fence;
@@ -30,6 +28,8 @@ use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease, StreamStart};
 use crate::metrics::TableMetrics;
 use crate::nakadi::{Gate, Halt, PublishContext, Publisher};
 use crate::retry::Backoff;
+use crate::stream::capture::RecordsPage;
+use crate::stream::{Position, StreamError, StreamsClient};
 use crate::transform::EventSettings;
 
 /// What every shard worker of this pod shares.

@@ -17,6 +17,8 @@
 //! On shutdown the workers finish their pages (the heartbeat keeps the fence open meanwhile),
 //! their leases are released, and the heartbeat is removed, so the other pods continue at once.
 
+pub mod plan;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,15 +27,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::plan::{self, Liveness, View};
-use super::table::Snapshot;
-use super::{Checkpoint, LeaseError, OwnedLease, StreamStart};
 use crate::config::{InitialPosition, LeaseTiming};
+use crate::lease::table::Snapshot;
+use crate::lease::{Checkpoint, LeaseError, Liveness, OwnedLease, StreamStart};
 use crate::metrics::SHARD_STATES;
+use crate::shard::{Pipeline, ShardExit, ShardWorker};
 use crate::status::{ShardStatus, StatusBoard};
 use crate::stream::lineage::Lineage;
-use crate::stream::worker::{Pipeline, ShardExit, ShardWorker};
 use crate::stream::{Shard, ShardId};
+use plan::View;
 
 struct Running {
     lease: Arc<OwnedLease>,

@@ -12,21 +12,9 @@ use std::collections::{HashMap, HashSet};
 
 use rand::seq::SliceRandom;
 
-use super::{Checkpoint, Heartbeat, Lease};
+use crate::lease::{Checkpoint, Heartbeat, Lease, Liveness};
 use crate::stream::ShardId;
 use crate::stream::lineage::Lineage;
-
-/// What this pod knows about the other pods' heartbeats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
-    /// Its counter moved within the lease duration.
-    Alive,
-    /// Its counter stood still for the lease duration: it may be taken over, provided the counter
-    /// is still this value when the take is written.
-    Silent { counter: u64 },
-    /// No heartbeat item: the pod exited (it removes its heartbeat last) or never started.
-    Absent,
-}
 
 /// One snapshot as the planner sees it.
 pub struct View<'a> {
