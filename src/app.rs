@@ -18,16 +18,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::aws_requests::CountRequests;
 use crate::config::{Config, StreamSource, TableConfig};
+use crate::coordinator::Coordinator;
 use crate::dlq::{DeadLetterQueue, DlqError, Redrainer};
 use crate::fence::Fence;
-use crate::coordinator::Coordinator;
 use crate::lease::{LeaseError, LeaseTable};
 use crate::metrics::TableMetrics;
 use crate::nakadi::{FailureMode, NakadiError, Publisher, PublisherConfig, TokenSource};
 use crate::retry::Backoff;
-use crate::status::StatusBoard;
 use crate::shard::Pipeline;
+use crate::status::StatusBoard;
 use crate::stream::{StreamError, StreamsClient};
 use crate::transform::EventSettings;
 
@@ -72,7 +73,7 @@ pub struct App {
 }
 
 /// The AWS clients of one process, sharing one configuration (credentials chain, region,
-/// `AWS_ENDPOINT_URL*`).
+/// `AWS_ENDPOINT_URL*`). Every client counts its requests (`relay_aws_requests_total`).
 pub struct AwsClients {
     pub streams: aws_sdk_dynamodbstreams::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
@@ -104,12 +105,22 @@ impl AwsClients {
             .build();
         let leases = aws_sdk_dynamodb::config::Builder::from(&sdk)
             .timeout_config(lease_timeouts)
+            .interceptor(CountRequests)
+            .build();
+        let streams = aws_sdk_dynamodbstreams::config::Builder::from(&sdk)
+            .interceptor(CountRequests)
+            .build();
+        let dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(CountRequests)
+            .build();
+        let sqs = aws_sdk_sqs::config::Builder::from(&sdk)
+            .interceptor(CountRequests)
             .build();
         AwsClients {
-            streams: aws_sdk_dynamodbstreams::Client::new(&sdk),
-            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            streams: aws_sdk_dynamodbstreams::Client::from_conf(streams),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
             leases: aws_sdk_dynamodb::Client::from_conf(leases),
-            sqs: aws_sdk_sqs::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::from_conf(sqs),
             s3: s3_client(&sdk),
         }
     }
@@ -126,6 +137,7 @@ pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     let s3_endpoint = std::env::var_os("AWS_ENDPOINT_URL_S3").is_some_and(|v| !v.is_empty());
     let config = aws_sdk_s3::config::Builder::from(sdk)
         .force_path_style(sdk.endpoint_url().is_some() || s3_endpoint)
+        .interceptor(CountRequests)
         .build();
     aws_sdk_s3::Client::from_conf(config)
 }

@@ -25,8 +25,10 @@
 //!   publishes the table's current state as `data_op: "S"` events.
 //! - [`http`], [`status`], [`metrics`]: probes, `/status`, Prometheus metrics.
 //! - [`retry`]: backoff with full jitter; [`shutdown`]: signals; [`telemetry`]: logs.
+//! - [`aws_requests`]: the interceptor counting every AWS request attempt by operation.
 
 pub mod app;
+pub mod aws_requests;
 pub mod config;
 pub mod coordinator;
 pub mod delivery;

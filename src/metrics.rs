@@ -71,6 +71,7 @@ pub struct Metrics {
     pub records_trimmed: IntCounterVec,
     pub records_filtered: IntCounterVec,
     pub aws_errors: IntCounterVec,
+    pub aws_requests: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -207,6 +208,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Errors from AWS calls, by operation and kind (throttling, expired_iterator, trimmed, not_found, lease_lost, other).",
             &["operation", "kind"],
         ),
+        aws_requests: counter_vec(
+            "relay_aws_requests_total",
+            "Request attempts sent to AWS (DynamoDB Streams, DynamoDB and the lease table, SQS, S3), by operation; a retried call counts each attempt.",
+            &["operation"],
+        ),
         build_info,
     };
     // Every known label value starts at 0, so the first dead letter or retry shows in `rate()`
@@ -326,6 +332,10 @@ pub fn aws_error(operation: &str, kind: &str) {
         .aws_errors
         .with_label_values(&[operation, kind])
         .inc();
+}
+
+pub fn aws_request(operation: &str) {
+    METRICS.aws_requests.with_label_values(&[operation]).inc();
 }
 
 pub fn publish_retry(reason: &str, events: u64) {

@@ -53,6 +53,19 @@ async fn readiness_turns_503_on_sigterm_before_the_leases_are_released() {
         },
     )
     .await;
+    // Every AWS request is counted by its operation: the records came from GetRecords calls, and
+    // the pod's heartbeat is an UpdateItem of the lease table.
+    let (_, m) = relay.get("/metrics").await.expect("metrics");
+    for operation in ["GetRecords", "UpdateItem"] {
+        let series = format!("relay_aws_requests_total{{operation=\"{operation}\"}} ");
+        let count: f64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series}in:\n{m}"))
+            .parse()
+            .unwrap();
+        assert!(count > 0.0, "{series}is {count}");
+    }
     relay.process.signal("TERM");
     let (ready, owner) = wait_for(
         "readiness 503 during the drain",
