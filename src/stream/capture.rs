@@ -4,21 +4,22 @@
 //! more CPU than the whole rest of the relay's work for that record (docs/performance.md). The relay needs the records as raw JSON anyway, because the transform writes the
 //! event straight from the wire's attribute values.
 //!
-//! So a per-call interceptor wraps a successful (200) response body: when the body has been read
-//! to its end, the wrapper checks it is UTF-8, locates the records and the iterator in one scan
-//! (`locate`), keeps the page for the caller and hands the SDK a small body with only
-//! `NextShardIterator`. The SDK still signs the request, resolves credentials, retries, and
+//! So an interceptor wraps the successful (200) response body of a GetRecords call: when the
+//! body has been read to its end, the wrapper checks it is UTF-8, locates the records and the
+//! iterator in one scan (`locate`), keeps the page for the caller and hands the SDK a small body
+//! with only `NextShardIterator`. The SDK still signs the request, resolves credentials, retries, and
 //! decodes errors (non-200 bodies are passed through untouched), so its error types and retry
 //! classification stay in force. The alternatives measured and rejected are in docs/DESIGN.md.
 
+use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut;
+use aws_smithy_runtime_api::client::interceptors::{Intercept, dyn_dispatch_hint};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::ConfigBag;
@@ -33,17 +34,28 @@ use crate::transform::find_special;
 /// Where the interceptor leaves the page of the last successful attempt.
 pub type Slot = Arc<Mutex<Option<RecordsPage>>>;
 
-#[derive(Debug)]
-pub struct CaptureRecords {
-    slot: Slot,
+tokio::task_local! {
+    /// The slot of the GetRecords call running in this task ([`capture`]).
+    static SLOT: Slot;
 }
 
-impl CaptureRecords {
-    pub fn new(slot: Slot) -> CaptureRecords {
-        CaptureRecords { slot }
-    }
+/// Runs `call` (a GetRecords request) with `slot` as the place for its page.
+///
+/// The slot travels in a task-local rather than in a per-call interceptor: an interceptor added
+/// to one call makes the SDK build a configuration override for that call (layers and runtime
+/// components merged anew), a large part of an idle poll's cost. The orchestrator runs the
+/// interceptor hooks inside the caller's future, so the task-local is in scope there.
+pub async fn capture<F: Future>(slot: Slot, call: F) -> F::Output {
+    SLOT.scope(slot, call).await
 }
 
+/// The interceptor, registered once on the Streams client (`StreamsClient::new`). Calls made
+/// outside [`capture`] (every other operation) pass untouched.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CaptureRecords;
+
+// The hint tells the SDK which hooks this overrides, so it skips the others on every call.
+#[dyn_dispatch_hint]
 impl Intercept for CaptureRecords {
     fn name(&self) -> &'static str {
         "CaptureRecords"
@@ -55,6 +67,9 @@ impl Intercept for CaptureRecords {
         _runtime_components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        let Ok(slot) = SLOT.try_with(Slot::clone) else {
+            return Ok(());
+        };
         let response = context.response_mut();
         if response.status().as_u16() != 200 {
             return Ok(());
@@ -66,7 +81,7 @@ impl Intercept for CaptureRecords {
         *response.body_mut() = SdkBody::from_body_1_x(CaptureBody {
             inner,
             buf: PAGE_BUFFERS.take(expected),
-            slot: self.slot.clone(),
+            slot,
             done: false,
         });
         Ok(())

@@ -4,10 +4,11 @@
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodbstreams::Client;
+use aws_sdk_dynamodbstreams::config::StalledStreamProtectionConfig;
 use aws_sdk_dynamodbstreams::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodbstreams::types::{ShardFilter, ShardFilterType, ShardIteratorType};
 
-use super::capture::{CaptureRecords, RecordsPage};
+use super::capture::{CaptureRecords, RecordsPage, capture};
 use super::{Shard, ShardId, StreamInfo};
 use crate::metrics;
 
@@ -85,8 +86,21 @@ pub struct StreamsClient {
 const DESCRIBE_PAGE: i32 = 100;
 
 impl StreamsClient {
+    /// The client with the records capture added once, for every GetRecords call.
+    ///
+    /// Stalled-stream protection is off for this client: it watches every response body's
+    /// throughput with timers of its own on each poll of an idle shard, while a response that
+    /// stalls is still cut by the attempt timeout every call has.
     pub fn new(client: Client) -> StreamsClient {
-        StreamsClient { client }
+        let config = client
+            .config()
+            .to_builder()
+            .interceptor(CaptureRecords)
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .build();
+        StreamsClient {
+            client: Client::from_conf(config),
+        }
     }
 
     /// The stream's view type, key schema and every shard, following DescribeStream's pages.
@@ -183,13 +197,13 @@ impl StreamsClient {
     /// the SDK's types would cost more CPU than everything else the relay does per record.
     pub async fn get_records(&self, iterator: &str) -> Result<RecordsPage, StreamError> {
         let slot = Arc::new(Mutex::new(None));
-        self.client
+        let call = self
+            .client
             .get_records()
             .shard_iterator(iterator)
             .limit(1000)
-            .customize()
-            .interceptor(CaptureRecords::new(slot.clone()))
-            .send()
+            .send();
+        capture(slot.clone(), call)
             .await
             .map_err(|e| StreamError::from_sdk("GetRecords", e))?;
         // A body the capture cannot parse is handed to the SDK unchanged and fails its decoding
