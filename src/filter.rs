@@ -245,10 +245,13 @@ impl Filter {
 }
 
 /// The event with `"ttl_expired":true` as the last member of `data`. Both transform paths end
-/// the event with the `data` object (`…,"data":{"item":…,"patch":[…]}}`), which a test below
-/// holds them to, so the member goes before the last two braces.
+/// the event with the `data` object (`…,"data":{"item":…,"patch":[…],"sequence_number":"…"}}`),
+/// which a test below holds them to, so the member goes before the last two braces.
 fn mark_ttl_expired(body: &[u8]) -> Vec<u8> {
-    debug_assert!(body.ends_with(b"]}}"), "the event ends with data.patch");
+    debug_assert!(
+        body.ends_with(b"\"}}"),
+        "the event ends with data.sequence_number"
+    );
     let end = body.len() - 2;
     let mut out = Vec::with_capacity(body.len() + 20);
     out.extend_from_slice(&body[..end]);
@@ -357,6 +360,10 @@ mod tests {
                 let plain: Value = serde_json::from_slice(body).unwrap();
                 assert_eq!(marked["data"]["ttl_expired"], true);
                 assert_eq!(marked["data"]["patch"], plain["data"]["patch"]);
+                assert_eq!(
+                    marked["data"]["sequence_number"],
+                    plain["data"]["sequence_number"]
+                );
                 assert_eq!(marked["metadata"], plain["metadata"]);
             }
         }

@@ -88,6 +88,8 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
         ..
     } = record;
     let ((event_id, eid), sequence_number) = (event_id?, sequence_number?);
+    // Only a number is written here: anything else needs escaping, which the reference does.
+    let zeros = super::sequence_number_padding(sequence_number)?;
     if let (Some(image), Some(_), Some(at)) = (&new.image, &old.image, old_at) {
         // The old image came first and was written on its own: now it is read again, against
         // the new one.
@@ -131,15 +133,26 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     out.extend_from_slice(br#","data":{"item":"#);
     let ops = patch.ops();
     const PATCH: &[u8] = br#","patch":["#;
-    const END: &[u8] = b"]}}";
+    const SEQUENCE: &[u8] = br#"],"sequence_number":""#;
+    const END: &[u8] = br#""}}"#;
     // The item's text has the same length in wire order as in name order.
-    let body_len = out.len() + item.json.len() + PATCH.len() + ops.len() + END.len();
+    let body_len = out.len()
+        + item.json.len()
+        + PATCH.len()
+        + ops.len()
+        + SEQUENCE.len()
+        + zeros
+        + sequence_number.len()
+        + END.len();
     let len = body_len + event_id.len() + sequence_number.len();
     let data = buffers.events.event(len, |data| {
         data.put_slice(out);
         item_image.write_object(&item.json, data);
         data.put_slice(PATCH);
         data.put_slice(ops);
+        data.put_slice(SEQUENCE);
+        data.put_bytes(b'0', zeros);
+        data.put_slice(sequence_number.as_bytes());
         data.put_slice(END);
         data.put_slice(event_id.as_bytes());
         data.put_slice(sequence_number.as_bytes());

@@ -39,6 +39,28 @@ use uuid::Uuid;
 pub use snapshot::snapshot_event;
 pub(crate) use wire::find_special;
 
+/// `data.sequence_number`'s length: the longest sequence number DynamoDB Streams' API allows.
+pub const SEQUENCE_NUMBER_DIGITS: usize = 40;
+
+/// How many zeros go before the stream record's sequence number in `data.sequence_number`, so
+/// that comparing two as text compares them as numbers: DynamoDB's are decimal numbers of 21 to
+/// [`SEQUENCE_NUMBER_DIGITS`] digits. `None` when it is not a number: it is then published as it
+/// came (so is a longer number, with no zeros), since an odd sequence number must not cost the
+/// record.
+pub(crate) fn sequence_number_padding(seq: &str) -> Option<usize> {
+    let digits = seq.as_bytes();
+    (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+        .then(|| SEQUENCE_NUMBER_DIGITS.saturating_sub(digits.len()))
+}
+
+/// `data.sequence_number` for the stream record's sequence number ([`sequence_number_padding`]).
+pub(crate) fn padded_sequence_number(seq: &str) -> std::borrow::Cow<'_, str> {
+    match sequence_number_padding(seq) {
+        Some(zeros) if zeros > 0 => format!("{}{seq}", "0".repeat(zeros)).into(),
+        _ => seq.into(),
+    }
+}
+
 /// Nakadi's limit for one event's serialized size, in bytes.
 pub const MAX_EVENT_BYTES: usize = 999_000;
 

@@ -55,21 +55,30 @@ pub(crate) struct Metadata {
 struct Data<'a> {
     item: &'a Value,
     patch: &'a json_patch::Patch,
+    /// The stream record's, padded ([`super::padded_sequence_number`]); snapshot events have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence_number: Option<&'a str>,
 }
 
-/// The event's bytes: the envelope in the contract's field order around `item` and `patch`.
+/// The event's bytes: the envelope in the contract's field order around `item`, `patch` and the
+/// padded sequence number.
 pub(crate) fn envelope(
     metadata: Metadata,
     data_op: &str,
     data_type: &str,
     item: &Value,
     patch: &json_patch::Patch,
+    sequence_number: Option<&str>,
 ) -> Vec<u8> {
     let envelope = Envelope {
         metadata,
         data_op,
         data_type,
-        data: Data { item, patch },
+        data: Data {
+            item,
+            patch,
+            sequence_number,
+        },
     };
     serde_json::to_vec(&envelope).expect("a Value and strings always serialize")
 }
@@ -84,6 +93,7 @@ fn build(
     let event_id = event_id.ok_or_else(|| malformed("no eventID string"))?;
     let sequence_number =
         sequence_number.ok_or_else(|| malformed("no dynamodb.SequenceNumber string"))?;
+    let padded = super::padded_sequence_number(sequence_number);
     let dynamodb = record
         .get("dynamodb")
         .and_then(Value::as_object)
@@ -132,7 +142,14 @@ fn build(
         occurred_at,
         partition_compaction_key,
     };
-    let body = envelope(metadata, data_op, &settings.data_type, item, &patch);
+    let body = envelope(
+        metadata,
+        data_op,
+        &settings.data_type,
+        item,
+        &patch,
+        Some(&padded),
+    );
     Ok(Event::new(
         eid,
         &body,

@@ -64,7 +64,8 @@ pub fn snapshot_event(
         occurred_at,
         partition_compaction_key,
     };
-    let body = reference::envelope(metadata, "S", &settings.data_type, &item, &patch);
+    // A scanned item has no place in the stream, so no sequence number.
+    let body = reference::envelope(metadata, "S", &settings.data_type, &item, &patch, None);
     Ok(Event::new(eid, &body, &event_id, source, scanned_at_ms))
 }
 
@@ -127,8 +128,11 @@ mod tests {
             let (mut s, mut c) = (body(&s), body(&c));
             assert_eq!(s["data_op"], "S");
             assert_eq!(c["data_op"], "C");
-            // Same scan time as the record's creation time: then only the op and eid differ.
+            // Same scan time as the record's creation time: then only the op and eid differ, and
+            // the S event has no sequence number.
             assert_eq!(s["metadata"]["occurred_at"], c["metadata"]["occurred_at"]);
+            assert!(s["data"].get("sequence_number").is_none());
+            c["data"].as_object_mut().unwrap().remove("sequence_number");
             for v in [&mut s, &mut c] {
                 v["data_op"] = Value::Null;
                 v["metadata"]["eid"] = Value::Null;

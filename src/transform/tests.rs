@@ -139,7 +139,8 @@ fn the_event_is_exactly_so() {
             r#"{"metadata":{"eid":"e6d05ca3-204b-57d8-bd8e-4379276fdeeb","occurred_at":"2025-11-22T06:16:10.100Z"},"#,
             r#""data_op":"U","data_type":"payments:order","#,
             r#""data":{"item":{"id":"a","n":1.50,"tags":["a","b"]},"#,
-            r#""patch":[{"op":"replace","path":"/n","value":1.50},{"op":"remove","path":"/gone"}]}}"#
+            r#""patch":[{"op":"replace","path":"/n","value":1.50},{"op":"remove","path":"/gone"}],"#,
+            r#""sequence_number":"0000000000000000000000000000000000000100"}}"#
         )
     );
     assert_eq!(e.eid, eid_for("e1"));
@@ -1112,5 +1113,56 @@ proptest! {
         let (first, second) = (event(&raw, &settings()), transform(&raw, &settings()).unwrap());
         prop_assert_eq!(first.body(), second.body());
         prop_assert_eq!(first.eid, second.eid);
+    }
+}
+
+/// `data.sequence_number` as each kind of sequence number gives it: DynamoDB's numbers padded to
+/// 40 digits on both paths; anything else as it came, on the reference path.
+#[test]
+fn sequence_numbers_are_padded_so_text_order_is_number_order() {
+    let with_seq = |seq: &str| {
+        record("INSERT", None, Some(r#"{"id":{"S":"a"}}"#)).replace(
+            r#""SequenceNumber":"100""#,
+            &format!(r#""SequenceNumber":{}"#, json!(seq)),
+        )
+    };
+    let forty = "1234567890123456789012345678901234567890";
+    let longer = "49000000000000000000000000000000000000000000000000000001";
+    for (seq, published) in [
+        ("1", format!("{}1", "0".repeat(39))),
+        (
+            "400000000000000000123",
+            format!("{}400000000000000000123", "0".repeat(19)),
+        ),
+        (forty, forty.to_owned()),
+        (longer, longer.to_owned()),
+    ] {
+        let e = event(&with_seq(seq), &settings());
+        let body: Value = serde_json::from_slice(e.body()).unwrap();
+        assert_eq!(body["data"]["sequence_number"], published.as_str(), "{seq}");
+        assert_eq!(
+            e.sequence_number(),
+            seq,
+            "the checkpoint keeps the record's own"
+        );
+    }
+    // Not a number: nothing to pad, published as it came rather than costing the record.
+    let raw = with_seq("shard-7/\"42\"");
+    assert!(
+        event::build(&raw, &settings()).is_none(),
+        "the fast path leaves it"
+    );
+    let e = transform(&raw, &settings()).unwrap();
+    let body: Value = serde_json::from_slice(e.body()).unwrap();
+    assert_eq!(body["data"]["sequence_number"], "shard-7/\"42\"");
+}
+
+proptest! {
+    #[test]
+    fn padded_sequence_numbers_compare_as_their_numbers(a in 1u128..u128::MAX, b in 1u128..u128::MAX) {
+        let (a_text, b_text) = (a.to_string(), b.to_string());
+        let (pa, pb) = (padded_sequence_number(&a_text), padded_sequence_number(&b_text));
+        prop_assert_eq!(pa.len(), SEQUENCE_NUMBER_DIGITS);
+        prop_assert_eq!(pa.cmp(&pb), a.cmp(&b));
     }
 }
