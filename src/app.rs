@@ -6,57 +6,27 @@
 //! `App::run_until_stopped` runs until the signal, then: not ready → workers finish their pages
 //! and checkpoint → leases released → re-drain loop and HTTP server stopped.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_config::BehaviorVersion;
-use aws_config::timeout::TimeoutConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::aws_requests::CountRequests;
 use crate::config::{Config, StreamSource, TableConfig};
 use crate::coordinator::Coordinator;
-use crate::dlq::{DeadLetterQueue, DlqError, Redrainer};
+use crate::dlq::{DeadLetterQueue, Redrainer};
 use crate::fence::Fence;
 use crate::lease::{LeaseError, LeaseTable};
 use crate::metrics::TableMetrics;
-use crate::nakadi::{FailureMode, NakadiError, Publisher, PublisherConfig, TokenSource};
 use crate::retry::Backoff;
 use crate::shard::Pipeline;
+use crate::startup::{AwsClients, StartupError, publisher, redrainer, startup, transient};
 use crate::status::StatusBoard;
 use crate::stream::{StreamError, StreamsClient};
 use crate::transform::EventSettings;
-
-/// A start-up failure, naming the setting that is wrong.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}: {message}")]
-pub struct StartupError {
-    pub variable: &'static str,
-    pub message: String,
-    /// An AWS fault that may pass (throttling, 5xx, timeouts, connection errors): [`App::start`]
-    /// tries again for a while before giving up.
-    pub transient: bool,
-}
-
-pub(crate) fn startup(variable: &'static str, message: impl std::fmt::Display) -> StartupError {
-    StartupError {
-        variable,
-        message: message.to_string(),
-        transient: false,
-    }
-}
-
-fn transient(variable: &'static str, message: impl std::fmt::Display) -> StartupError {
-    StartupError {
-        transient: true,
-        ..startup(variable, message)
-    }
-}
 
 /// How long start-up retries AWS faults that may pass before it gives up with exit code 2. A
 /// throttled or briefly unreachable AWS at a pod's start is not a configuration error, and a
@@ -70,112 +40,6 @@ pub struct App {
     status: Arc<StatusBoard>,
     listener: TcpListener,
     redrainer: Redrainer,
-}
-
-/// The AWS clients of one process, sharing one configuration (credentials chain, region,
-/// `AWS_ENDPOINT_URL*`). Every client counts its requests (`relay_aws_requests_total`).
-pub struct AwsClients {
-    pub streams: aws_sdk_dynamodbstreams::Client,
-    pub dynamodb: aws_sdk_dynamodb::Client,
-    /// The lease table's client: each attempt bounded by RELAY_LEASE_CALL_TIMEOUT, so a retry
-    /// still fits in the call's own deadline, well inside the lease duration.
-    pub leases: aws_sdk_dynamodb::Client,
-    pub sqs: aws_sdk_sqs::Client,
-    /// Dead letters too large for the queue (RELAY_DLQ_S3_BUCKET).
-    pub s3: aws_sdk_s3::Client,
-}
-
-impl AwsClients {
-    pub async fn from_env(lease_call_timeout: Duration) -> AwsClients {
-        // Every call gets a deadline: without one a hung connection would stall a shard or the
-        // coordinator's round forever.
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(10))
-            .operation_timeout(Duration::from_secs(30))
-            .build();
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .load()
-            .await;
-        let lease_timeouts = TimeoutConfig::builder()
-            .connect_timeout(lease_call_timeout)
-            .operation_attempt_timeout(lease_call_timeout / 2)
-            .operation_timeout(lease_call_timeout)
-            .build();
-        let leases = aws_sdk_dynamodb::config::Builder::from(&sdk)
-            .timeout_config(lease_timeouts)
-            .interceptor(CountRequests)
-            .build();
-        let streams = aws_sdk_dynamodbstreams::config::Builder::from(&sdk)
-            .interceptor(CountRequests)
-            .build();
-        let dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk)
-            .interceptor(CountRequests)
-            .build();
-        let sqs = aws_sdk_sqs::config::Builder::from(&sdk)
-            .interceptor(CountRequests)
-            .build();
-        AwsClients {
-            streams: aws_sdk_dynamodbstreams::Client::from_conf(streams),
-            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
-            leases: aws_sdk_dynamodb::Client::from_conf(leases),
-            sqs: aws_sdk_sqs::Client::from_conf(sqs),
-            s3: s3_client(&sdk),
-        }
-    }
-}
-
-/// The S3 client for dead letters too large for the queue. Path-style addressing
-/// (`<endpoint>/<bucket>/<key>`) only when an endpoint is configured (`AWS_ENDPOINT_URL`, or
-/// `AWS_ENDPOINT_URL_S3`): local emulators (moto, LocalStack, MinIO) serve every bucket on one
-/// host, where the virtual-hosted name `<bucket>.127.0.0.1` does not resolve. On AWS itself the
-/// SDK's default stays: its endpoint rules choose virtual-hosted style, which AWS recommends
-/// (path-style is deprecated there), and fall back to path-style by themselves where a bucket's
-/// name needs it (dots over TLS).
-pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
-    let s3_endpoint = std::env::var_os("AWS_ENDPOINT_URL_S3").is_some_and(|v| !v.is_empty());
-    let config = aws_sdk_s3::config::Builder::from(sdk)
-        .force_path_style(sdk.endpoint_url().is_some() || s3_endpoint)
-        .interceptor(CountRequests)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
-/// The publisher and DLQ for the re-drain loop (also `redrive --once`).
-pub async fn redrainer(config: &Config, aws: &AwsClients) -> Result<Redrainer, StartupError> {
-    let dlq = DeadLetterQueue::connect(aws.sqs.clone(), config.dlq_url.clone())
-        .await
-        .map_err(|e| match e {
-            DlqError::Unreachable { .. } => transient("RELAY_DLQ_URL", e),
-            _ => startup("RELAY_DLQ_URL", e),
-        })?
-        .with_s3(aws.s3.clone(), config.dlq_s3_bucket.clone());
-    let mut publishers = HashMap::new();
-    for table in &config.tables {
-        let mut nakadi = config.publisher(&table.event_type);
-        nakadi.on_failure = FailureMode::DeadLetter;
-        publishers.insert(table.event_type.clone(), publisher(nakadi)?);
-    }
-    Ok(Redrainer {
-        dlq,
-        publishers,
-        interval: config.dlq_redrain_interval,
-        rate: config.dlq_redrain_rate,
-        visibility: crate::dlq::redrain::VISIBILITY_TIMEOUT,
-    })
-}
-
-/// The publisher, with a start-up error naming the setting behind the problem.
-fn publisher(config: PublisherConfig) -> Result<Publisher, StartupError> {
-    let token_variable = match config.token {
-        TokenSource::CredentialsDir { .. } => "RELAY_NAKADI_TOKEN_NAME",
-        _ => "RELAY_NAKADI_TOKEN_FILE",
-    };
-    Publisher::new(config).map_err(|e| match e {
-        NakadiError::InvalidUrl { .. } | NakadiError::Client(_) => startup("RELAY_NAKADI_URL", e),
-        _ => startup(token_variable, e),
-    })
 }
 
 impl App {

@@ -5,6 +5,8 @@
 //! The map (docs/DESIGN.md tells the design in full):
 //! - [`config`]: the `RELAY_*` variables, all checked at start, every problem reported at once.
 //! - [`app`]: builds the parts, checks the outside systems, owns the shutdown order.
+//! - [`startup`]: the AWS clients and the re-drain loop's parts that `app` and [`snapshot`] both
+//!   build, and the start-up error that names the wrong setting.
 //! - [`coordinator`]: per stream, the heartbeat task and the rounds that sync shards, plan
 //!   (`coordinator::plan`, pure) which leases to take, ask for and hand over, and run the shard
 //!   workers.
@@ -43,7 +45,11 @@ pub mod retry;
 pub mod shard;
 pub mod shutdown;
 pub mod snapshot;
+pub mod startup;
 pub mod status;
 pub mod stream;
 pub mod telemetry;
 pub mod transform;
+
+#[cfg(test)]
+mod layers;

@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dynamodb_nakadi_relay::app::{self, App, AwsClients};
+use dynamodb_nakadi_relay::app::App;
 use dynamodb_nakadi_relay::config::Config;
 use dynamodb_nakadi_relay::snapshot::Snapshot;
+use dynamodb_nakadi_relay::startup::{self, AwsClients};
 use dynamodb_nakadi_relay::{shutdown, telemetry};
 
 /// Relays every change of a DynamoDB table from its stream to Nakadi. Configured with RELAY_*
@@ -44,7 +45,7 @@ enum Command {
 const EXIT_CONFIG: u8 = 2;
 
 /// A start-up check failed: say which setting, on stderr and in the log, and exit 2.
-fn cannot_start(e: &app::StartupError) -> ExitCode {
+fn cannot_start(e: &startup::StartupError) -> ExitCode {
     tracing::error!(variable = e.variable, "cannot start: {e}");
     eprintln!("cannot start: {e}");
     ExitCode::from(EXIT_CONFIG)
@@ -75,7 +76,7 @@ async fn main() -> ExitCode {
         }
         Command::Redrive { once } => {
             let aws = AwsClients::from_env(config.lease.call_timeout).await;
-            let redrainer = match app::redrainer(&config, &aws).await {
+            let redrainer = match startup::redrainer(&config, &aws).await {
                 Ok(r) => r,
                 Err(e) => return cannot_start(&e),
             };

@@ -34,7 +34,6 @@ use tracing::{error, info, warn};
 pub use limiter::CapacityLimiter;
 pub use progress::{ProgressStore, SegmentProgress, SnapshotRun};
 
-use crate::app::{AwsClients, StartupError, redrainer, startup};
 use crate::config::{Config, ReadCapacity};
 use crate::delivery::{Delivery, Entry};
 use crate::dlq::{DeadLetter, DeadLetterQueue, Origin};
@@ -43,6 +42,7 @@ use crate::lease::table::LeaseError;
 use crate::metrics;
 use crate::nakadi::{Failure, Gate, PublishContext, Publisher};
 use crate::retry::Backoff;
+use crate::startup::{AwsClients, StartupError, redrainer, startup};
 use crate::transform::{Event, EventSettings, TransformFailure, snapshot_event};
 
 /// Scan failures other than throttling, in a row, before a segment gives up. Its progress is

@@ -918,7 +918,7 @@ pub fn env_usize(name: &str, default: usize) -> usize {
 impl Moto {
     /// An S3 client built as the relay builds its own (path-style, since the endpoint is local).
     pub async fn s3(&self) -> aws_sdk_s3::Client {
-        dynamodb_nakadi_relay::app::s3_client(&self.sdk_config().await)
+        dynamodb_nakadi_relay::startup::s3_client(&self.sdk_config().await)
     }
 
     pub async fn create_bucket(&self, bucket: &str) {
