@@ -6,8 +6,13 @@ the relay spends in all; at the relay's ceiling it would be the bottleneck and t
 relay needs on a two-core machine. This one only answers 200 and counts events (the `"eid":`
 keys of the body, gunzipped when needed).
 
-CLI: sink.py [--port 0]; prints `LISTENING <port>` first.
-GET /_bench/count -> {"events": n, "requests": n, "bytes": n}
+With --arrivals it also notes when each event first arrived, by the `order_id` of its item, for
+the cost part's quiet-shard latency. That parses every body, which the ceiling cannot afford, so
+it is off by default.
+
+CLI: sink.py [--port 0] [--arrivals]; prints `LISTENING <port>` first.
+GET /_bench/count    -> {"events": n, "requests": n, "bytes": n}
+GET /_bench/arrivals -> {"<order_id>": <epoch seconds of its first arrival>, ...} (--arrivals)
 """
 
 import argparse
@@ -15,9 +20,12 @@ import gzip
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 counts = {"events": 0, "requests": 0, "bytes": 0}
+arrivals: dict[str, float] = {}
+record_arrivals = False
 lock = threading.Lock()
 
 
@@ -37,23 +45,38 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        # Taken before the body is decoded, so the parsing below adds nothing to a latency.
+        now = time.time()
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
             body = gzip.decompress(body)
+        keys = []
+        if record_arrivals:
+            for event in json.loads(body):
+                order_id = (event.get("data") or {}).get("item", {}).get("order_id")
+                if order_id is not None:
+                    keys.append(str(order_id))
         with lock:
             counts["events"] += body.count(b'"eid":')
             counts["requests"] += 1
             counts["bytes"] += len(body)
+            for k in keys:
+                # The first arrival: a redelivery later says nothing about latency.
+                arrivals.setdefault(k, now)
         self.reply()
 
     def do_GET(self):
         with lock:
-            self.reply(json.dumps(counts).encode())
+            body = json.dumps(arrivals if self.path.startswith("/_bench/arrivals") else counts)
+        self.reply(body.encode())
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--arrivals", action="store_true")
     args = ap.parse_args()
+    global record_arrivals
+    record_arrivals = args.arrivals
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"LISTENING {server.server_port}", flush=True)
