@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     // The outside systems: AWS request counting, Nakadi, DynamoDB Streams.
     &["aws_requests", "nakadi", "stream"],
     &["config", "dlq"],
-    &["telemetry", "lease", "delivery"],
+    &["telemetry", "lease", "delivery", "event_type"],
     // One shard's loop; the HTTP endpoints.
     &["shard", "http"],
     &["coordinator", "startup"],

@@ -23,6 +23,8 @@
 //! - [`delivery`]: one page's publish → dead-letter → "how much is done", for every caller.
 //! - [`nakadi`]: the publisher: batching, gzip, token file, Nakadi's responses, retries.
 //! - [`dlq`]: the SQS dead-letter queue writer and the periodic re-drain loop.
+//! - [`event_type`]: the `event-type` subcommand: the Nakadi event type a table's events need,
+//!   from the configuration alone.
 //! - [`snapshot`]: the `snapshot` subcommand: a parallel, rate-limited, resumable Scan that
 //!   publishes the table's current state as `data_op: "S"` events.
 //! - [`http`], [`status`], [`metrics`]: probes, `/status`, Prometheus metrics.
@@ -35,6 +37,7 @@ pub mod config;
 pub mod coordinator;
 pub mod delivery;
 pub mod dlq;
+pub mod event_type;
 pub mod fence;
 pub mod filter;
 pub mod http;

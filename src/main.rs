@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dynamodb_nakadi_relay::app::App;
 use dynamodb_nakadi_relay::config::Config;
+use dynamodb_nakadi_relay::event_type;
 use dynamodb_nakadi_relay::snapshot::Snapshot;
 use dynamodb_nakadi_relay::startup::{self, AwsClients};
 use dynamodb_nakadi_relay::{shutdown, telemetry};
@@ -39,6 +40,28 @@ enum Command {
         #[arg(long)]
         table: Option<String>,
     },
+    /// Print the Nakadi event type of a configured table as JSON, the body of
+    /// `POST /event-types`. Reads only the configuration; calls no AWS API.
+    EventType {
+        /// The application that owns the event type.
+        #[arg(long)]
+        owning_application: String,
+        /// The table's key attributes: the hash key, then the range key if any (pk or pk,sk).
+        #[arg(long, required = true, value_delimiter = ',')]
+        key: Vec<String>,
+        /// The table, by name; needed when RELAY_TABLES_FILE names several.
+        #[arg(long)]
+        table: Option<String>,
+        /// The event type's audience, such as company-internal.
+        #[arg(long)]
+        audience: Option<String>,
+        /// The authorization section as JSON: {"admins":[…],"readers":[…],"writers":[…]}.
+        #[arg(long)]
+        authorization: Option<String>,
+        /// A label as KEY=VALUE; repeat for several.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
 }
 
 /// Bad configuration, missing table, stream or queue: exit code 2, as DESIGN.md promises.
@@ -61,6 +84,38 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(Command::EventType {
+        owning_application,
+        key,
+        table,
+        audience,
+        authorization,
+        labels,
+    }) = cli.command
+    {
+        let options = event_type::Options {
+            owning_application,
+            key,
+            audience,
+            authorization,
+            labels,
+        };
+        let built = event_type::pick(&config, table.as_deref())
+            .and_then(|table| event_type::build(table, &options));
+        return match built {
+            Ok(definition) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&definition).expect("the event type serializes")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot make the event type: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     telemetry::init(config.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
@@ -120,5 +175,6 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::EventType { .. } => unreachable!("printed above, before logging starts"),
     }
 }

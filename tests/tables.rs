@@ -1,7 +1,8 @@
 //! Several tables in one deployment (RELAY_TABLES_FILE), end to end with the real relay binary,
 //! moto and the Nakadi test server: each table's changes reach its own event type with its own
 //! options, dead letters go back to the event type they came from, and `/status` and the
-//! metrics tell the tables apart.
+//! metrics tell the tables apart. And `event-type`: each table's Nakadi event type, valid against
+//! Nakadi's API definition, with the table's events valid against its schema.
 
 mod support;
 
@@ -232,4 +233,241 @@ async fn a_table_file_with_a_missing_table_exits_2_naming_it() {
         logs.contains("RELAY_TABLES_FILE") && logs.contains("table ghosts"),
         "{logs}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// `event-type`: the event type a table's events need, valid against Nakadi's API definition.
+
+const BIN: &str = env!("CARGO_BIN_EXE_dynamodb-nakadi-relay");
+
+/// Runs `event-type` with the relay's required variables plus `set`, and nothing from the
+/// test's own environment; no AWS endpoint is set, so any AWS call would fail.
+fn event_type(args: &[&str], set: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut env: HashMap<&str, &str> = HashMap::from([
+        ("RELAY_LEASE_TABLE", "leases"),
+        ("RELAY_NAKADI_URL", "http://127.0.0.1:1"),
+        ("RELAY_DLQ_URL", "http://127.0.0.1:1/123456789012/dlq"),
+    ]);
+    env.extend(set.iter().copied());
+    let out = std::process::Command::new(BIN)
+        .arg("event-type")
+        .args(args)
+        .env_clear()
+        .envs(&env)
+        .output()
+        .expect("running the relay binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Validates with Python's jsonschema (Draft 4, the draft of Swagger 2.0 and of Nakadi's event
+/// schemas), the spec's YAML read by PyYAML: the event type against the spec's `EventType`, with
+/// its `#/definitions/...` references resolved in the whole file; then every `good` data against
+/// the event type's own schema, and no `bad` one. Prints what failed.
+const VALIDATE: &str = r##"
+import json, sys, yaml, jsonschema
+spec = yaml.safe_load(open(sys.argv[1]))
+case = json.load(sys.stdin)
+root = {"$ref": "#/definitions/EventType", "definitions": spec["definitions"]}
+problems = []
+for e in jsonschema.Draft4Validator(root).iter_errors(case["event_type"]):
+    problems.append("event type: %s at %s" % (e.message, list(e.absolute_path)))
+# The validator must bite: an unknown category is refused by the spec.
+if jsonschema.Draft4Validator(root).is_valid(dict(case["event_type"], category="other")):
+    problems.append("the spec's EventType did not refuse category 'other'")
+data = json.loads(case["event_type"]["schema"]["schema"])
+jsonschema.Draft4Validator.check_schema(data)
+check = jsonschema.Draft4Validator(data)
+for d in case["good"]:
+    for e in check.iter_errors(d):
+        problems.append("good data %s: %s" % (json.dumps(d), e.message))
+for d in case["bad"]:
+    if check.is_valid(d):
+        problems.append("bad data passed: %s" % json.dumps(d))
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+"##;
+
+fn validate(event_type: &Value, good: Value, bad: Value) {
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/reference/nakadi-event-bus-api.yaml");
+    let mut child = std::process::Command::new(python())
+        .args(["-c", VALIDATE])
+        .arg(&spec)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the venv's python");
+    let case = json!({"event_type": event_type, "good": good, "bad": bad});
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), case.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The spec: partition_key_fields "MUST be a valid required field as defined in the schema", and
+/// the ordering fields "must be present in the schema".
+fn assert_fields_in_schema(e: &Value, key: &[&str]) {
+    let data: Value = serde_json::from_str(e["schema"]["schema"].as_str().unwrap()).unwrap();
+    let partition: Vec<String> = key.iter().map(|k| format!("item.{k}")).collect();
+    let instance: Vec<String> = key.iter().map(|k| format!("data.item.{k}")).collect();
+    assert_eq!(e["partition_key_fields"], json!(partition));
+    assert_eq!(e["ordering_instance_ids"], json!(instance));
+    assert_eq!(e["ordering_key_fields"], json!(["data.sequence_number"]));
+    assert!(
+        data["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("item"))
+    );
+    assert_eq!(data["properties"]["item"]["required"], json!(key));
+    assert!(data["properties"]["sequence_number"].is_object());
+}
+
+#[test]
+fn the_event_type_of_a_table_is_valid_against_nakadis_api_and_its_events_against_it() {
+    // The demo's table: a hash key only, no compaction.
+    let (code, stdout, stderr) = event_type(
+        &["--owning-application", "stups_orders", "--key", "pk"],
+        &[
+            ("RELAY_TABLE_NAME", "orders"),
+            ("RELAY_EVENT_TYPE", ORDERS),
+            ("RELAY_DATA_TYPE", "payments:order"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let orders: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(orders["name"], ORDERS);
+    assert_eq!(orders["owning_application"], "stups_orders");
+    assert_eq!(orders["category"], "data");
+    assert_eq!(orders["partition_strategy"], "hash");
+    assert_eq!(orders["cleanup_policy"], "delete");
+    assert_eq!(orders["compatibility_mode"], "forward");
+    assert_eq!(
+        orders["enrichment_strategies"],
+        json!(["metadata_enrichment"])
+    );
+    assert_fields_in_schema(&orders, &["pk"]);
+    let seq = "0000000000000000000400000000000012345678";
+    validate(
+        &orders,
+        json!([
+            // README's example event.
+            {"item": {"pk": "order-42", "amount": 12.50, "status": "paid"},
+             "patch": [{"op": "replace", "path": "/status", "value": "paid"}],
+             "sequence_number": seq},
+            {"item": {"pk": "order-42"}, "patch": [{"op": "remove", "path": "/status"}],
+             "sequence_number": seq, "ttl_expired": true},
+            // A snapshot's S event, or one dead-lettered before sequence numbers: none.
+            {"item": {"pk": "order-43", "new_attribute": [1, 2]}, "patch": []},
+        ]),
+        json!([
+            {"item": {"amount": 1}, "patch": []},
+            {"item": {"pk": "order-42"}},
+            {"item": {"pk": "order-42"}, "patch": [{"op": "rename", "path": "/a"}]},
+            {"item": {"pk": "order-42"}, "patch": [], "sequence_number": "12345"},
+            {"item": {"pk": "order-42"}, "patch": [], "ttl_expired": "yes"},
+        ]),
+    );
+
+    // One of several tables, with a range key, compaction, and everything passed through.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tables.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[table]]\nname = \"orders\"\nevent_type = \"{ORDERS}\"\n\n\
+             [[table]]\nname = \"refunds\"\nevent_type = \"{REFUNDS}\"\ncompaction_key = true\n"
+        ),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let authorization = r#"{"admins":[{"data_type":"team","value":"payments"}],"readers":[{"data_type":"*","value":"*"}],"writers":[{"data_type":"service","value":"stups_orders-relay"}]}"#;
+    let (code, stdout, stderr) = event_type(
+        &[
+            "--owning-application",
+            "stups_orders",
+            "--table",
+            "refunds",
+            "--key",
+            "order_id,refund_no",
+            "--audience",
+            "company-internal",
+            "--authorization",
+            authorization,
+            "--label",
+            "tier=1",
+        ],
+        &[("RELAY_TABLES_FILE", &file)],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let refunds: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(refunds["name"], REFUNDS);
+    assert_eq!(refunds["cleanup_policy"], "compact");
+    assert_eq!(refunds["audience"], "company-internal");
+    assert_eq!(refunds["labels"], json!({"tier": "1"}));
+    assert_eq!(
+        refunds["authorization"],
+        serde_json::from_str::<Value>(authorization).unwrap()
+    );
+    assert_fields_in_schema(&refunds, &["order_id", "refund_no"]);
+    validate(
+        &refunds,
+        json!([
+            {"item": {"order_id": "order-42", "refund_no": 17, "amount": 5},
+             "patch": [{"op": "add", "path": "/amount", "value": 5}],
+             "sequence_number": "0000000000000000000000000000000000000001"},
+        ]),
+        json!([{"item": {"order_id": "order-42"}, "patch": []}]),
+    );
+
+    // Several tables and no --table: which one is ambiguous.
+    let (code, _, stderr) = event_type(
+        &["--owning-application", "a", "--key", "pk"],
+        &[("RELAY_TABLES_FILE", &file)],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--table") && stderr.contains("refunds"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_event_type_that_cannot_work_exits_2_naming_the_setting() {
+    let table = [("RELAY_TABLE_NAME", "orders"), ("RELAY_EVENT_TYPE", ORDERS)];
+    // Nakadi's field paths are dot-separated: `item.order.id` would name a nested field.
+    let (code, stdout, stderr) =
+        event_type(&["--owning-application", "a", "--key", "order.id"], &table);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("--key") && stderr.contains("order.id"),
+        "{stderr}"
+    );
+
+    // Hash partitioning reads the key from every event's item.
+    let mut dropped = table.to_vec();
+    dropped.push(("RELAY_DROP_ATTRIBUTES", "email,sk"));
+    let (code, _, stderr) = event_type(&["--owning-application", "a", "--key", "pk,sk"], &dropped);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("RELAY_DROP_ATTRIBUTES") && stderr.contains("\"sk\""),
+        "{stderr}"
+    );
+
+    // The relay's own configuration errors, as the other subcommands report them.
+    let mut wrong = table.to_vec();
+    wrong.push(("RELAY_COMPACTION_KEY", "maybe"));
+    let (code, _, stderr) = event_type(&["--owning-application", "a", "--key", "pk"], &wrong);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("  RELAY_COMPACTION_KEY: "), "{stderr}");
 }
