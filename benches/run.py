@@ -219,6 +219,16 @@ def wait_owned(http: str, shards: int, timeout: float = 120):
 
 # ---- e2e on moto ----------------------------------------------------------------------------
 
+def orders_table(ddb) -> str:
+    """The `orders` table on moto, with a NEW_AND_OLD_IMAGES stream; its stream ARN."""
+    return ddb.create_table(
+        TableName="orders", BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "order_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "order_id", "AttributeType": "S"}],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )["TableDescription"]["LatestStreamArn"]
+
+
 def order(n: int, version: int) -> dict:
     item = json.loads(json.dumps(NEW_IMAGE if version > 1 else OLD_IMAGE))
     item["order_id"] = {"S": f"ord-{n:08d}"}
@@ -233,12 +243,7 @@ def e2e(relay_bin: str, seconds: float, rate: float) -> dict:
         nakadi_relay = procs.server("nakadi-relay", "tests/servers/nakadi_server.py")
         nakadi_base = procs.server("nakadi-baseline", "tests/servers/nakadi_server.py")
         ddb, sqs = aws(moto, "dynamodb"), aws(moto, "sqs")
-        stream_arn = ddb.create_table(
-            TableName="orders", BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": "order_id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "order_id", "AttributeType": "S"}],
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-        )["TableDescription"]["LatestStreamArn"]
+        stream_arn = orders_table(ddb)
         dlq_relay = sqs.create_queue(QueueName="relay-dlq")["QueueUrl"]
         dlq_base = sqs.create_queue(QueueName="baseline-dlq")["QueueUrl"]
         relay, http = start_relay(procs, relay_bin, moto, nakadi_relay, stream_arn, dlq_relay)
@@ -310,12 +315,7 @@ def backlog(relay_bin: str, records: int) -> dict:
             moto = procs.server("moto", "benches/counting_moto.py")
             sink = procs.server("sink", "benches/sink.py")
             ddb, sqs = aws(moto, "dynamodb"), aws(moto, "sqs")
-            stream_arn = ddb.create_table(
-                TableName="orders", BillingMode="PAY_PER_REQUEST",
-                KeySchema=[{"AttributeName": "order_id", "KeyType": "HASH"}],
-                AttributeDefinitions=[{"AttributeName": "order_id", "AttributeType": "S"}],
-                StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-            )["TableDescription"]["LatestStreamArn"]
+            stream_arn = orders_table(ddb)
             dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
             # 25 items per call (BatchWriteItem's limit), each key once per call.
             for version in (1, 2):

@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,8 +21,6 @@ use dynamodb_nakadi_relay::transform::eid_for;
 use serde_json::{Value, json};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const BIN: &str = env!("CARGO_BIN_EXE_dynamodb-nakadi-relay");
 
 // ---------------------------------------------------------------------------------------------
 // JSON comparison with numbers compared by decimal value, digit for digit (never via f64).
@@ -453,16 +450,8 @@ fn run(args: &[&str], set: &[(&str, &str)]) -> (Option<i32>, String) {
     for (k, v) in set {
         env.insert(k, v.to_string());
     }
-    let out = Command::new(BIN)
-        .args(args)
-        .env_clear()
-        .envs(&env)
-        .output()
-        .expect("running the relay binary");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, stderr) = run_binary(args, &env);
+    (code, stderr)
 }
 
 /// One variable wrong at a time: blank (counts as unset, as Helm renders an unset value),

@@ -519,15 +519,10 @@ async fn stale_publishes(
             }
         }
     }
-    let body: Value = reqwest::get(format!("{}/_test/events?meta=1", nakadi.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored = nakadi.events_with_arrival().await;
     let mut stale: HashMap<(String, String), Vec<String>> = HashMap::new();
     let (mut events, mut retaken) = (0, 0);
-    for e in body["events"].as_array().unwrap() {
+    for e in &stored {
         let Some(flow) = e["flow_id"].as_str() else {
             continue;
         };

@@ -133,6 +133,20 @@ fn owned(status: &Value) -> usize {
     status["leases_owned"].as_u64().unwrap() as usize
 }
 
+/// Waits until both relays own `n` leases.
+async fn wait_leases_each(a: &Relay, b: &Relay, n: usize) {
+    wait_for_every(
+        &format!("{n} leases each"),
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let (a, b) = (owned(&status(a).await?), owned(&status(b).await?));
+            (a == n && b == n).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_relays_balance_and_take_over_a_killed_one() {
     let test = "replicas_sigkill";
@@ -214,17 +228,7 @@ async fn sigterm_hands_over_within_a_round_and_publishes_nothing_twice() {
     for r in &relays {
         r.wait_ready().await;
     }
-    wait_for_every(
-        "4 leases each",
-        Duration::from_secs(30),
-        Duration::from_millis(250),
-        || async {
-            let a = owned(&status(&relays[0]).await?);
-            let b = owned(&status(&relays[1]).await?);
-            (a == 4 && b == 4).then_some(())
-        },
-    )
-    .await;
+    wait_leases_each(&relays[0], &relays[1], 4).await;
     let writer = start_writing(&s, Duration::from_millis(50)).await;
     let mut leaving = relays.pop().unwrap();
     let its_shards = shards_of(&status(&leaving).await.unwrap(), "relay-2");
@@ -680,18 +684,7 @@ async fn the_next_page_is_published_while_the_checkpoint_is_written() {
             "two checkpoints in flight at once: {checkpoints:?}"
         );
     }
-    let events: Value = reqwest::get(format!("{}/_test/events?meta=1", s.nakadi.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let arrivals: Vec<f64> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["received_epoch"].as_f64().unwrap())
-        .collect();
+    let arrivals: Vec<f64> = arrivals(&s.nakadi).await.iter().map(|(t, _)| *t).collect();
     let overlapped = checkpoints
         .iter()
         .filter(|(_, start, end)| arrivals.iter().any(|t| start < t && t < end))
@@ -705,15 +698,9 @@ async fn the_next_page_is_published_while_the_checkpoint_is_written() {
 
 /// Every event a Nakadi test server stored: (arrival in Unix seconds, the event).
 async fn arrivals(nakadi: &Nakadi) -> Vec<(f64, Value)> {
-    let body: Value = reqwest::get(format!("{}/_test/events?meta=1", nakadi.url))
+    nakadi
+        .events_with_arrival()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["events"]
-        .as_array()
-        .unwrap()
         .iter()
         .map(|e| (e["received_epoch"].as_f64().unwrap(), e["event"].clone()))
         .collect()
@@ -763,17 +750,7 @@ async fn heartbeats_fail(test: &str, how: Cut) {
     cut.wait_ready().await;
     let other = Relay::start(test, "relay-other", &s.env);
     other.wait_ready().await;
-    wait_for_every(
-        "2 leases each",
-        Duration::from_secs(30),
-        Duration::from_millis(250),
-        || async {
-            let a = owned(&status(&cut).await?);
-            let b = owned(&status(&other).await?);
-            (a == 2 && b == 2).then_some(())
-        },
-    )
-    .await;
+    wait_leases_each(&cut, &other, 2).await;
     let writer = Writer::start(
         s.streams.ctl.clone(),
         s.arn.clone(),

@@ -238,8 +238,6 @@ async fn a_table_file_with_a_missing_table_exits_2_naming_it() {
 // ---------------------------------------------------------------------------------------------
 // `event-type`: the event type a table's events need, valid against Nakadi's API definition.
 
-const BIN: &str = env!("CARGO_BIN_EXE_dynamodb-nakadi-relay");
-
 /// Runs `event-type` with the relay's required variables plus `set`, and nothing from the
 /// test's own environment; no AWS endpoint is set, so any AWS call would fail.
 fn event_type(args: &[&str], set: &[(&str, &str)]) -> (Option<i32>, String, String) {
@@ -249,18 +247,10 @@ fn event_type(args: &[&str], set: &[(&str, &str)]) -> (Option<i32>, String, Stri
         ("RELAY_DLQ_URL", "http://127.0.0.1:1/123456789012/dlq"),
     ]);
     env.extend(set.iter().copied());
-    let out = std::process::Command::new(BIN)
-        .arg("event-type")
-        .args(args)
-        .env_clear()
-        .envs(&env)
-        .output()
-        .expect("running the relay binary");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args: Vec<&str> = std::iter::once("event-type")
+        .chain(args.iter().copied())
+        .collect();
+    run_binary(&args, &env)
 }
 
 /// Validates with Python's jsonschema (Draft 4, the draft of Swagger 2.0 and of Nakadi's event

@@ -321,6 +321,21 @@ impl Nakadi {
         }
     }
 
+    /// Every accepted event, in arrival order, each wrapped with where and when it arrived:
+    /// `{"seq", "event_type", "eid", "flow_id", "received_at", "received_epoch", "event"}`.
+    pub async fn events_with_arrival(&self) -> Vec<Value> {
+        let body: Value = self
+            .http
+            .get(format!("{}/_test/events?meta=1", self.url))
+            .send()
+            .await
+            .expect("reading the Nakadi test server")
+            .json()
+            .await
+            .unwrap();
+        body["events"].as_array().unwrap().clone()
+    }
+
     /// Every accepted event, in arrival order, numbers exact.
     pub async fn events(&self) -> Vec<Value> {
         let mut seen = self.seen.lock().await;
@@ -974,4 +989,24 @@ impl Moto {
             ),
         }
     }
+}
+
+/// Runs the relay binary with `args` and exactly `env`, nothing of the test's own environment,
+/// to its end: (exit code, stdout, stderr).
+pub fn run_binary<K, V>(args: &[&str], env: &HashMap<K, V>) -> (Option<i32>, String, String)
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_dynamodb-nakadi-relay"))
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .output()
+        .expect("running the relay binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
