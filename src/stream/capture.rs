@@ -92,8 +92,8 @@ impl Intercept for CaptureRecords {
 const MAX_RESERVE: u64 = 4 << 20;
 
 /// Buffers of pages the relay is done with, for the next GetRecords responses of the process.
-/// A page read into fresh memory faults in each of its pages: at full speed that was 4% of the
-/// relay's CPU (measured with `perf`; 2% less CPU per event with the buffers kept). At most
+/// A page read into fresh memory faults in each of its memory pages, a visible share of the
+/// relay's CPU at full speed (figures in docs/performance.md). At most
 /// [`PageBuffers::KEPT`] buffers of at most [`MAX_RESERVE`] bytes are kept.
 static PAGE_BUFFERS: PageBuffers = PageBuffers(Mutex::new(Vec::new()));
 
