@@ -735,20 +735,30 @@ async fn a_letter_too_large_even_gzipped_goes_to_s3_and_the_queue_gets_the_exten
     assert_eq!(moto.object_keys(BUCKET).await.len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redrain_publishes_a_letter_from_s3_then_deletes_its_message_and_then_its_object() {
-    let test = "dlq_s3_redrain";
+/// moto with a bucket and a dead-letter queue of `max_message_size` bytes whose letters too
+/// large for it go to the bucket, and a Nakadi test server.
+async fn with_bucket(
+    test: &str,
+    max_message_size: &str,
+) -> (Moto, Nakadi, String, DeadLetterQueue) {
     let moto = Moto::start(test).await;
     let nakadi = Nakadi::start(test, &[]);
     moto.create_bucket(BUCKET).await;
-    // Room for a small letter as it is; the large one does not fit even gzip-compressed.
     let url = moto
-        .create_queue("relay-dlq", &[("MaximumMessageSize", "4096")])
+        .create_queue("relay-dlq", &[("MaximumMessageSize", max_message_size)])
         .await;
     let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
         .await
         .unwrap()
         .with_s3(moto.s3().await, Some(BUCKET.into()));
+    (moto, nakadi, url, dlq)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrain_publishes_a_letter_from_s3_then_deletes_its_message_and_then_its_object() {
+    let test = "dlq_s3_redrain";
+    // Room for a small letter as it is; the large one does not fit even gzip-compressed.
+    let (moto, nakadi, url, dlq) = with_bucket(test, "4096").await;
     let payload = incompressible(6000, 0x2545_f491_4f6c_dd1d);
     let letters = vec![letter_with(1, "small"), letter_with(2, &payload)];
     dlq.send(&letters).await.unwrap();
@@ -785,16 +795,7 @@ async fn redrain_publishes_a_letter_from_s3_then_deletes_its_message_and_then_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pointer_whose_message_could_not_be_deleted_keeps_its_object() {
     let test = "dlq_s3_message_kept";
-    let moto = Moto::start(test).await;
-    let nakadi = Nakadi::start(test, &[]);
-    moto.create_bucket(BUCKET).await;
-    let url = moto
-        .create_queue("relay-dlq", &[("MaximumMessageSize", "1024")])
-        .await;
-    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
-        .await
-        .unwrap()
-        .with_s3(moto.s3().await, Some(BUCKET.into()));
+    let (moto, nakadi, url, dlq) = with_bucket(test, "1024").await;
     let letter = letter_with(3, &incompressible(3000, 0x1234_5678_9abc_def1));
     dlq.send(std::slice::from_ref(&letter)).await.unwrap();
     let keys = moto.object_keys(BUCKET).await;
@@ -834,16 +835,7 @@ async fn a_pointer_whose_message_could_not_be_deleted_keeps_its_object() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pointer_whose_object_is_gone_stays_in_the_queue_to_be_parked() {
     let test = "dlq_s3_object_gone";
-    let moto = Moto::start(test).await;
-    let nakadi = Nakadi::start(test, &[]);
-    moto.create_bucket(BUCKET).await;
-    let url = moto
-        .create_queue("relay-dlq", &[("MaximumMessageSize", "1024")])
-        .await;
-    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
-        .await
-        .unwrap()
-        .with_s3(moto.s3().await, Some(BUCKET.into()));
+    let (moto, nakadi, url, dlq) = with_bucket(test, "1024").await;
     let letter = letter_with(4, &incompressible(3000, 0x0f0f_1234_5678_9abc));
     dlq.send(std::slice::from_ref(&letter)).await.unwrap();
     let [key] = &moto.object_keys(BUCKET).await[..] else {

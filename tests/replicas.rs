@@ -75,15 +75,21 @@ async fn check_complete_and_ordered(nakadi: &Nakadi, written: &[Written]) -> usi
         },
     )
     .await;
-    let (per_key, eids) = per_key_sequences(&events);
-    assert_eq!(eids, expected, "events that were never written");
+    assert_written_and_ordered(&events, &expected);
+    events.len() - expected.len()
+}
+
+/// `events` (in arrival order) are exactly the `expected` eids, each key's in write order (first
+/// arrival of each eid).
+fn assert_written_and_ordered(events: &[Value], expected: &HashSet<String>) {
+    let (per_key, eids) = per_key_sequences(events);
+    assert_eq!(&eids, expected, "events that were never written");
     for (key, seqs) in &per_key {
         assert!(
             seqs.windows(2).all(|w| w[0] < w[1]),
             "{key} out of write order: {seqs:?}"
         );
     }
-    events.len() - eids.len()
 }
 
 struct Setup {
@@ -839,14 +845,7 @@ async fn heartbeats_fail(test: &str, how: Cut) {
     let mut by_arrival = merged.clone();
     by_arrival.sort_by(|a, b| a.0.total_cmp(&b.0));
     let events: Vec<Value> = by_arrival.into_iter().map(|(_, e)| e).collect();
-    let (per_key, eids) = per_key_sequences(&events);
-    assert_eq!(eids, expected, "events that were never written");
-    for (key, seqs) in &per_key {
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "{key} out of write order: {seqs:?}"
-        );
-    }
+    assert_written_and_ordered(&events, &expected);
     // A duplicate is an event relay-cut published that relay-other published again: relay-other
     // itself repeats nothing.
     let from_other: Vec<String> = arrivals(&s.nakadi)
