@@ -86,6 +86,22 @@ async fn last_sequence(t: &Env) -> String {
         .clone()
 }
 
+/// Waits until the DLQ holds `letters` messages and the lease's checkpoint is past the stream's
+/// last record: everything was dead-lettered, and only then checkpointed.
+async fn wait_dead_lettered_and_checkpointed(t: &Env, letters: usize) {
+    let last = last_sequence(t).await;
+    wait_for(
+        "the letters in the DLQ and the checkpoint past them",
+        Duration::from_secs(60),
+        || async {
+            let cps = checkpoints(&t.moto, "relay-leases").await;
+            (queue_depth(&t.moto, &t.dlq).await == letters && cps == vec![last.clone()])
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nakadi_down_everything_waits_in_sqs_then_is_redrained_with_first_eids() {
     let test = "dlq_nakadi_down";
@@ -94,16 +110,7 @@ async fn nakadi_down_everything_waits_in_sqs_then_is_redrained_with_first_eids()
     put(&t.moto, 0..50, &[]).await;
     let relay = Relay::start(test, "relay-1", &t.env);
     relay.wait_ready().await;
-    let last = last_sequence(&t).await;
-    wait_for(
-        "every event in the DLQ and the checkpoint past it",
-        Duration::from_secs(60),
-        || async {
-            let cps = checkpoints(&t.moto, "relay-leases").await;
-            (queue_depth(&t.moto, &t.dlq).await == 50 && cps == vec![last.clone()]).then_some(())
-        },
-    )
-    .await;
+    wait_dead_lettered_and_checkpointed(&t, 50).await;
     assert!(t.nakadi.events().await.is_empty());
 
     t.nakadi.clear_faults().await;
@@ -880,16 +887,7 @@ async fn the_relay_puts_a_letter_too_large_for_its_queue_to_s3_and_redrains_it()
     put(&t.moto, 0..1, &[("blob", AttributeValue::S(blob.clone()))]).await;
     let relay = Relay::start(test, "relay-1", &env);
     relay.wait_ready().await;
-    let last = last_sequence(&t).await;
-    wait_for(
-        "the letter in the DLQ and the checkpoint past it",
-        Duration::from_secs(60),
-        || async {
-            let cps = checkpoints(&t.moto, "relay-leases").await;
-            (queue_depth(&t.moto, &t.dlq).await == 1 && cps == vec![last.clone()]).then_some(())
-        },
-    )
-    .await;
+    wait_dead_lettered_and_checkpointed(&t, 1).await;
     let [key] = &t.moto.object_keys(BUCKET).await[..] else {
         panic!("expected one object")
     };
