@@ -482,6 +482,14 @@ async fn a_letter_too_large_for_the_queue_goes_once_its_limit_is_raised_without_
 
 /// A re-drain loop for the test event type whose publish retries for up to a minute, with the
 /// given visibility timeout.
+/// One re-drain round of `dlq` into `nakadi`: (published, failed, undecodable).
+async fn one_round(dlq: DeadLetterQueue, nakadi: &Nakadi) -> (u64, u64, u64) {
+    let report = redrainer(dlq, nakadi, Duration::from_secs(30))
+        .round(&CancellationToken::new())
+        .await;
+    (report.published, report.failed, report.undecodable)
+}
+
 fn redrainer(dlq: DeadLetterQueue, nakadi: &Nakadi, visibility: Duration) -> Redrainer {
     let publisher = Publisher::new(PublisherConfig {
         base_url: nakadi.url.clone(),
@@ -775,14 +783,7 @@ async fn redrain_publishes_a_letter_from_s3_then_deletes_its_message_and_then_it
     };
     assert!(key.contains(letters[1].eid.as_deref().unwrap()), "{key}");
 
-    let report = redrainer(dlq, &nakadi, Duration::from_secs(30))
-        .round(&CancellationToken::new())
-        .await;
-
-    assert_eq!(
-        (report.published, report.failed, report.undecodable),
-        (2, 0, 0)
-    );
+    assert_eq!(one_round(dlq, &nakadi).await, (2, 0, 0));
     let events = nakadi.events().await;
     let want: Vec<String> = letters.iter().map(|l| l.eid.clone().unwrap()).collect();
     assert_eq!(eids(&events), want);
@@ -857,14 +858,7 @@ async fn a_pointer_whose_object_is_gone_stays_in_the_queue_to_be_parked() {
         .await
         .unwrap();
 
-    let report = redrainer(dlq, &nakadi, Duration::from_secs(30))
-        .round(&CancellationToken::new())
-        .await;
-
-    assert_eq!(
-        (report.published, report.failed, report.undecodable),
-        (0, 0, 1)
-    );
+    assert_eq!(one_round(dlq, &nakadi).await, (0, 0, 1));
     assert!(nakadi.events().await.is_empty());
     assert_eq!(
         queue_depth(&moto, &url).await,
