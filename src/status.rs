@@ -1,8 +1,9 @@
 //! What the pod tells about itself: liveness, readiness and the `/status` report. Each table's
 //! coordinator writes its part every round; the HTTP handlers only read it.
 
-use std::sync::RwLock;
+use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -23,6 +24,18 @@ pub struct ShardStatus {
     pub parent_shard_ids: Vec<String>,
     /// Only for the shards this pod owns.
     pub lag_seconds: Option<f64>,
+    /// For a shard this pod runs: its worker's view, read when the report is asked for, so the
+    /// checkpoint and lag are those of the last delivered page and not of the last round.
+    #[serde(skip)]
+    pub live: Option<Arc<dyn LiveShard>>,
+}
+
+/// What a running shard worker knows better than the coordinator's last round.
+pub trait LiveShard: Debug + Send + Sync {
+    /// The checkpoint last written to the lease table.
+    fn checkpoint(&self) -> String;
+    /// Age of the newest record processed; 0 when caught up.
+    fn lag_seconds(&self) -> f64;
 }
 
 /// One table as its coordinator last saw it.
@@ -146,6 +159,12 @@ impl StatusBoard {
     pub fn report(&self) -> StatusReport {
         let mut report = self.report.read().expect("status lock poisoned").clone();
         report.ready = self.ready();
+        for shard in &mut report.shards {
+            if let Some(live) = &shard.live {
+                shard.checkpoint = live.checkpoint();
+                shard.lag_seconds = Some(live.lag_seconds());
+            }
+        }
         report
     }
 }
@@ -163,7 +182,38 @@ mod tests {
             checkpoint: "TRIM_HORIZON".into(),
             parent_shard_ids: Vec::new(),
             lag_seconds: Some(0.0),
+            live: None,
         }
+    }
+
+    #[derive(Debug)]
+    struct Worker(RwLock<(String, f64)>);
+
+    impl LiveShard for Worker {
+        fn checkpoint(&self) -> String {
+            self.0.read().unwrap().0.clone()
+        }
+        fn lag_seconds(&self) -> f64 {
+            self.0.read().unwrap().1
+        }
+    }
+
+    #[test]
+    fn a_running_shard_shows_its_worker_s_checkpoint_as_of_the_request() {
+        let board = StatusBoard::new("me", &[("a".into(), "arn-a".into())]);
+        let worker = Arc::new(Worker(RwLock::new(("TRIM_HORIZON".into(), 3.0))));
+        let mut running = shard("a", "1");
+        running.live = Some(worker.clone());
+        board.publish(0, vec![running, shard("a", "2")], 1, 1);
+        // The worker wrote a checkpoint after the coordinator's round.
+        *worker.0.write().unwrap() = ("000000000000000000042".into(), 0.0);
+        let r = board.report();
+        assert_eq!(r.shards[0].checkpoint, "000000000000000000042");
+        assert_eq!(r.shards[0].lag_seconds, Some(0.0));
+        assert_eq!(r.shards[1].checkpoint, "TRIM_HORIZON");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["shards"][0]["checkpoint"], "000000000000000000042");
+        assert!(json["shards"][0].get("live").is_none());
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::lease::table::Snapshot;
 use crate::lease::{Checkpoint, LeaseError, Liveness, OwnedLease, StreamStart};
 use crate::metrics::SHARD_STATES;
 use crate::shard::{Pipeline, ShardExit, ShardWorker};
-use crate::status::{ShardStatus, StatusBoard};
+use crate::status::{LiveShard, ShardStatus, StatusBoard};
 use crate::stream::lineage::Lineage;
 use crate::stream::{Shard, ShardId};
 use plan::View;
@@ -531,17 +531,20 @@ impl Coordinator {
                     "unowned"
                 };
                 *counts.entry(state).or_default() += 1;
+                let running = self.running.get(&l.shard_id);
                 ShardStatus {
                     table: self.pipeline.table.clone(),
                     shard_id: l.shard_id.to_string(),
                     state,
                     owner,
-                    checkpoint: l.checkpoint.to_string(),
+                    // The scan may predate the worker's last checkpoint: the worker knows.
+                    checkpoint: running.map_or_else(
+                        || l.checkpoint.to_string(),
+                        |r| r.lease.written_checkpoint().to_string(),
+                    ),
                     parent_shard_ids: l.parent_shard_ids.iter().map(ToString::to_string).collect(),
-                    lag_seconds: self
-                        .running
-                        .get(&l.shard_id)
-                        .map(|r| r.lease.lag_ms() as f64 / 1000.0),
+                    lag_seconds: running.map(|r| r.lease.lag_ms() as f64 / 1000.0),
+                    live: running.map(|r| r.lease.clone() as Arc<dyn LiveShard>),
                 }
             })
             .collect();

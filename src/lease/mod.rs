@@ -7,10 +7,12 @@
 pub mod table;
 
 use std::fmt;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio::sync::Mutex;
 
+use crate::status::LiveShard;
 use crate::stream::{Position, ShardId};
 
 pub use table::{LeaseError, LeaseTable};
@@ -140,6 +142,9 @@ pub struct OwnedLease {
     pub shard_id: ShardId,
     pub lease_key: String,
     state: Mutex<OwnedState>,
+    /// The checkpoint in `state` as of its last successful write, readable without waiting for
+    /// a write in flight (which holds `state`): what `/status` shows.
+    written: RwLock<Checkpoint>,
     /// Age of the newest record processed, in ms; 0 when caught up. Read for the lag metric.
     lag_ms: AtomicI64,
 }
@@ -160,6 +165,7 @@ impl OwnedLease {
         OwnedLease {
             shard_id,
             lease_key,
+            written: RwLock::new(checkpoint.clone()),
             state: Mutex::new(OwnedState {
                 counter,
                 checkpoint,
@@ -172,11 +178,35 @@ impl OwnedLease {
         self.state.lock().await.checkpoint.clone()
     }
 
+    /// The checkpoint last written, at once, even while a write is in flight.
+    pub fn written_checkpoint(&self) -> Checkpoint {
+        self.written
+            .read()
+            .expect("checkpoint lock poisoned")
+            .clone()
+    }
+
+    /// Called with `state` held, once the lease table has `checkpoint`.
+    fn wrote(&self, state: &mut OwnedState, checkpoint: &Checkpoint) {
+        state.checkpoint = checkpoint.clone();
+        *self.written.write().expect("checkpoint lock poisoned") = checkpoint.clone();
+    }
+
     pub fn set_lag_ms(&self, lag: i64) {
         self.lag_ms.store(lag.max(0), Ordering::Relaxed);
     }
 
     pub fn lag_ms(&self) -> i64 {
         self.lag_ms.load(Ordering::Relaxed)
+    }
+}
+
+impl LiveShard for OwnedLease {
+    fn checkpoint(&self) -> String {
+        self.written_checkpoint().to_string()
+    }
+
+    fn lag_seconds(&self) -> f64 {
+        self.lag_ms() as f64 / 1000.0
     }
 }

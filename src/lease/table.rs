@@ -554,7 +554,7 @@ impl LeaseTable {
         .await?;
         state.counter = next;
         if let Some(cp) = checkpoint {
-            state.checkpoint = cp.clone();
+            lease.wrote(&mut state, cp);
         }
         Ok(())
     }
