@@ -240,6 +240,10 @@ async fn pipeline(
             ),
         ));
     }
+    let metrics = TableMetrics::new(table.name());
+    // The shard workers publish live stream events only: their delay is the table's.
+    let live = publisher(config.publisher(&table.event_type))?
+        .observing_delay(metrics.event_delay.clone());
     Ok(Pipeline {
         table: table.name().to_owned(),
         leases: LeaseTable::new(
@@ -251,11 +255,11 @@ async fn pipeline(
         stream_arn,
         worker_id: config.worker_id.clone(),
         streams,
-        publisher: publisher(config.publisher(&table.event_type))?,
+        publisher: live,
         dlq,
         settings,
         filter: table.filter.clone(),
-        metrics: TableMetrics::new(table.name()),
+        metrics,
         fence: Arc::new(Fence::new(config.lease.duration)),
         fingerprint: table.fingerprint(),
         idle_poll_interval: config.idle_poll_interval,

@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The registry `/metrics` serves. A private registry (not the crate's global default) so that
@@ -56,7 +56,9 @@ pub struct Metrics {
     pub dlq_sent: IntCounterVec,
     pub dlq_write_failures: IntCounter,
     pub dlq_redrained: IntCounterVec,
-    pub dlq_depth: IntGauge,
+    pub dlq_depth: IntGaugeVec,
+    pub parking_depth: IntGauge,
+    pub event_delay: HistogramVec,
     pub shards_blocked: IntGauge,
     pub shards_trimmed: IntCounterVec,
     pub fence_lapses: IntCounterVec,
@@ -108,6 +110,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
+    let event_delay = HistogramVec::new(
+        HistogramOpts::new(
+            "relay_event_delay_seconds",
+            "Time from a stream record's creation (ApproximateCreationDateTime, whole seconds) until Nakadi accepted its event; live stream events only, not re-drained or snapshot events.",
+        )
+        .buckets(EVENT_DELAY_BUCKETS.to_vec()),
+        &["table"],
+    )
+    .expect("valid metric");
+    REGISTRY
+        .register(Box::new(event_delay.clone()))
+        .expect("unique metric");
     let metrics = Metrics {
         records_read: counter_vec(
             "relay_records_read_total",
@@ -139,10 +153,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Dead-letter messages handled by the re-drain loop, by outcome (published, failed, undecodable).",
             &["outcome"],
         ),
-        dlq_depth: gauge(
+        dlq_depth: gauge_vec(
             "relay_dlq_depth",
-            "Approximate number of messages in the dead-letter queue, sampled by the re-drain loop.",
+            "Approximate number of messages in the dead-letter queue, sampled by the re-drain loop, by state: visible (waiting to be received) or in_flight (received and hidden: being re-published, or backing off after failing again).",
+            &["state"],
         ),
+        parking_depth: gauge(
+            "relay_parking_depth",
+            "Approximate number of messages (visible and in flight) in the parking queue, the target of the dead-letter queue's redrive policy, sampled by the re-drain loop; 0 when the DLQ has no redrive policy. A parked event never reached Nakadi.",
+        ),
+        event_delay,
         shards_blocked: gauge(
             "relay_shards_blocked",
             "Shards waiting because the dead-letter queue does not take their letters (unreachable, or a letter too large for it); their checkpoints do not move.",
@@ -240,8 +260,73 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     for outcome in ["published", "failed", "undecodable"] {
         metrics.dlq_redrained.with_label_values(&[outcome]);
     }
+    for state in DLQ_STATES {
+        metrics.dlq_depth.with_label_values(&[state]);
+    }
+    for (operations, kinds) in AWS_ERRORS {
+        for operation in *operations {
+            for kind in *kinds {
+                metrics.aws_errors.with_label_values(&[operation, kind]);
+            }
+        }
+    }
     metrics
 });
+
+/// Buckets of `relay_event_delay_seconds`: the creation time has whole seconds only, so nothing
+/// below a second can be told apart; up to an hour, beyond which the lag alerts speak.
+pub const EVENT_DELAY_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// Label values of `relay_dlq_depth{state}`.
+pub const DLQ_STATES: [&str; 2] = ["visible", "in_flight"];
+
+/// The operations whose errors `relay_aws_errors_total{operation, kind}` counts, with the kinds
+/// each can report, so that every such series exists at 0 from start. A unit test holds the
+/// operations named at the call sites to this list.
+pub const AWS_ERRORS: &[(&[&str], &[&str])] = &[
+    // DynamoDB Streams (`stream::client`).
+    (
+        &["DescribeStream", "GetShardIterator", "GetRecords"],
+        &[
+            "throttling",
+            "expired_iterator",
+            "trimmed",
+            "not_found",
+            "other",
+        ],
+    ),
+    // The lease table (`lease::table`), every call within RELAY_LEASE_CALL_TIMEOUT.
+    (
+        &[
+            "DescribeTable",
+            "CreateTable",
+            "Scan",
+            "GetItem",
+            "PutItem",
+            "UpdateItem",
+            "TransactWriteItems",
+            "DeleteItem",
+        ],
+        &["throttling", "not_found", "lease_lost", "timeout", "other"],
+    ),
+    // The dead-letter queue, its parking queue and the bucket of letters too large for it.
+    (
+        &[
+            "SendMessageBatch",
+            "ReceiveMessage",
+            "DeleteMessageBatch",
+            "ChangeMessageVisibilityBatch",
+            "GetQueueAttributes",
+            "GetQueueUrl",
+            "PutObject",
+            "GetObject",
+            "DeleteObject",
+        ],
+        &["other"],
+    ),
+];
 
 /// Label values of `relay_shards{state}`.
 pub const SHARD_STATES: [&str; 4] = ["owned", "unowned", "waiting_for_parent", "finished"];
@@ -261,6 +346,8 @@ pub struct TableMetrics {
     pub shards_trimmed: IntCounter,
     pub fence_lapses: IntCounter,
     pub config_conflict: IntGauge,
+    /// `relay_event_delay_seconds` of the table: observed by the publisher of its shard workers.
+    pub event_delay: Histogram,
     table: String,
 }
 
@@ -292,6 +379,7 @@ impl TableMetrics {
             shards_trimmed: m.shards_trimmed.with_label_values(&[table]),
             fence_lapses: m.fence_lapses.with_label_values(&[table]),
             config_conflict: m.config_conflict.with_label_values(&[table]),
+            event_delay: m.event_delay.with_label_values(&[table]),
             table: table.to_owned(),
         }
     }
@@ -354,4 +442,96 @@ pub fn dlq_redrained(outcome: &str, messages: u64) {
         .dlq_redrained
         .with_label_values(&[outcome])
         .inc_by(messages);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn known(operation: &str, kind: Option<&str>) -> bool {
+        AWS_ERRORS.iter().any(|(operations, kinds)| {
+            operations.contains(&operation) && kind.is_none_or(|k| kinds.contains(&k))
+        })
+    }
+
+    /// The string literal arguments of every call of `function` in `text`.
+    fn literal_args<'t>(text: &'t str, function: &str) -> Vec<Vec<&'t str>> {
+        text.match_indices(&format!("{function}(\""))
+            .map(|(at, m)| {
+                let args = &text[at + m.len() - 1..];
+                let args = &args[..args.find(')').unwrap_or(args.len())];
+                args.split(',')
+                    .map(str::trim)
+                    .take_while(|a| a.starts_with('"') && a.ends_with('"') && a.len() >= 2)
+                    .map(|a| &a[1..a.len() - 1])
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_aws_error_named_at_a_call_site_starts_at_zero() {
+        fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut unknown = Vec::new();
+        let mut seen = 0;
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            for args in literal_args(code, "aws_error") {
+                seen += 1;
+                if !known(args[0], args.get(1).copied()) {
+                    unknown.push(format!("{}: {args:?}", file.display()));
+                }
+            }
+            // The lease table's and the stream client's calls name their operation first; their
+            // kinds come from the error's classification, listed with the operations.
+            for function in ["from_sdk", "bounded", "timed_out"] {
+                for args in literal_args(code, function) {
+                    seen += 1;
+                    if !known(args[0], None) {
+                        unknown.push(format!("{}: {function}({:?})", file.display(), args[0]));
+                    }
+                }
+            }
+        }
+        assert!(seen > 20, "found only {seen} call sites");
+        assert!(unknown.is_empty(), "not in AWS_ERRORS: {unknown:#?}");
+    }
+
+    #[test]
+    fn labelled_series_are_exported_before_their_first_event() {
+        let _ = TableMetrics::new("zero");
+        let text = render();
+        for series in [
+            "relay_aws_errors_total{kind=\"throttling\",operation=\"GetRecords\"} 0",
+            "relay_aws_errors_total{kind=\"other\",operation=\"GetQueueUrl\"} 0",
+            "relay_dlq_depth{state=\"in_flight\"} ",
+            "relay_dlq_depth{state=\"visible\"} ",
+            "relay_parking_depth ",
+            "relay_event_delay_seconds_count{table=\"zero\"} 0",
+            "relay_event_delay_seconds_bucket{table=\"zero\",le=\"1\"} 0",
+            "relay_event_delay_seconds_bucket{table=\"zero\",le=\"3600\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(series)),
+                "{series} missing"
+            );
+        }
+    }
 }

@@ -911,3 +911,134 @@ async fn the_relay_puts_a_letter_too_large_for_its_queue_to_s3_and_redrains_it()
     .await;
     drop(relay);
 }
+
+/// The queue's ARN, as a redrive policy names it.
+async fn queue_arn(moto: &Moto, url: &str) -> String {
+    moto.sqs()
+        .await
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .unwrap()
+}
+
+/// Messages a pod received and hid count in the DLQ's depth (`state="in_flight"`): they are no
+/// less in the queue than visible ones, only for a while out of sight. A message parked by the
+/// DLQ's redrive policy counts in `relay_parking_depth`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dlq_depth_counts_messages_in_flight_and_the_parking_depth_parked_ones() {
+    let test = "dlq_depth_in_flight_parked";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    let stream_arn = moto.create_table("orders").await;
+    let parking = moto.create_queue("relay-parking", &[]).await;
+    let policy = json!({
+        "deadLetterTargetArn": queue_arn(&moto, &parking).await,
+        "maxReceiveCount": "10",
+    })
+    .to_string();
+    let dlq = moto
+        .create_queue("relay-dlq", &[("RedrivePolicy", policy.as_str())])
+        .await;
+    let sqs = moto.sqs().await;
+    for (url, body) in [(&dlq, "in flight"), (&parking, "parked")] {
+        sqs.send_message()
+            .queue_url(url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    // Received and hidden for an hour, as the re-drain loop hides a letter that keeps failing.
+    let received = sqs
+        .receive_message()
+        .queue_url(&dlq)
+        .visibility_timeout(3600)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(received.messages().len(), 1);
+
+    let env = base_env(&moto, &nakadi, &stream_arn, "relay-leases", &dlq);
+    let relay = Relay::start(test, "relay-1", &env);
+    relay.wait_ready().await;
+    let m = wait_for(
+        "the DLQ's and the parking queue's depth sampled",
+        Duration::from_secs(30),
+        || async {
+            let (_, m) = relay.get("/metrics").await?;
+            (metric(&m, "relay_dlq_depth{state=\"in_flight\"}") >= 1.0
+                && metric(&m, "relay_parking_depth") >= 1.0)
+                .then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(metric(&m, "relay_dlq_depth{state=\"in_flight\"}"), 1.0);
+    assert_eq!(metric(&m, "relay_dlq_depth{state=\"visible\"}"), 0.0);
+    assert_eq!(metric(&m, "relay_parking_depth"), 1.0);
+    for operation in ["GetQueueUrl", "GetQueueAttributes"] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("relay_aws_errors_total{{kind=\"other\",operation=\"{operation}\"}}")
+            ),
+            0.0,
+            "{operation} failed: {}",
+            relay.logs()
+        );
+    }
+}
+
+/// `relay_event_delay_seconds` holds the events the shard workers published from the stream,
+/// and not those the re-drain loop published from the DLQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_delay_counts_live_events_and_not_re_drained_ones() {
+    let test = "dlq_event_delay";
+    let t = setup(test, &[]).await;
+    put(&t.moto, 0..5, &[]).await;
+    let records = stream_records(&t.moto, &t.stream_arn).await;
+    let rejected = eid_for(&records[2].0).to_string();
+    t.nakadi.fault(json!({"reject_eids": [rejected]})).await;
+    let relay = Relay::start(test, "relay-1", &t.env);
+    relay.wait_ready().await;
+    wait_dead_lettered_and_checkpointed(&t, 1).await;
+    t.nakadi.clear_faults().await;
+    wait_for(
+        "the rejected event re-drained",
+        Duration::from_secs(60),
+        || async {
+            let published = eids(&t.nakadi.events().await).contains(&rejected);
+            (published && queue_depth(&t.moto, &t.dlq).await == 0).then_some(())
+        },
+    )
+    .await;
+    let (_, m) = relay.get("/metrics").await.unwrap();
+    let series = |name: &str| metric(&m, &format!("{name}{{table=\"orders\"}}"));
+    assert_eq!(
+        metric(&m, "relay_dlq_redrained_total{outcome=\"published\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "relay_events_published_total{outcome=\"delivered\",table=\"orders\"}"
+        ),
+        4.0
+    );
+    assert_eq!(series("relay_event_delay_seconds_count"), 4.0, "{m}");
+    // Written moments before the relay read them: within the first buckets, not the last.
+    assert!(series("relay_event_delay_seconds_sum") / 4.0 < 60.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "relay_event_delay_seconds_bucket{table=\"orders\",le=\"3600\"}"
+        ),
+        4.0
+    );
+}

@@ -72,12 +72,13 @@ impl Redrainer {
     /// the queue and becomes visible again: nothing is lost by stopping anywhere.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut pause = self.interval;
+        let mut parking = Parking::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
             }
-            self.sample_depth().await;
+            self.sample_depth(&mut parking).await;
             let report = self.round(&shutdown).await;
             if report.published + report.failed + report.undecodable > 0 {
                 info!(?report, "dead-letter re-drain round done");
@@ -475,30 +476,162 @@ impl Redrainer {
         }
     }
 
-    async fn sample_depth(&self) {
+    /// Samples the DLQ's depth, visible and in flight (received by a pod and hidden: being
+    /// re-published, or backing off after failing again, for up to SQS's 12 hours), and, when
+    /// its redrive policy names a parking queue, that queue's depth. A failed call keeps the
+    /// values sampled last; it is logged and counted.
+    async fn sample_depth(&self, parking: &mut Parking) {
         let result = self
             .dlq
             .client()
             .get_queue_attributes()
             .queue_url(self.dlq.url())
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await;
-        match result {
-            Ok(out) => {
-                if let Some(depth) = out
-                    .attributes()
-                    .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
-                    .and_then(|v| v.parse().ok())
-                {
-                    METRICS.dlq_depth.set(depth);
-                }
-            }
+        let attributes = match result {
+            Ok(out) => out.attributes.unwrap_or_default(),
             Err(e) => {
                 metrics::aws_error("GetQueueAttributes", "other");
                 warn!(error = %DisplayErrorContext(&e), "could not sample the dead-letter queue depth");
+                return;
+            }
+        };
+        for (state, attribute) in [
+            ("visible", QueueAttributeName::ApproximateNumberOfMessages),
+            (
+                "in_flight",
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            ),
+        ] {
+            if let Some(depth) = count(&attributes, &attribute) {
+                METRICS.dlq_depth.with_label_values(&[state]).set(depth);
             }
         }
+        match attributes
+            .get(&QueueAttributeName::RedrivePolicy)
+            .and_then(|policy| dead_letter_target(policy))
+        {
+            Some(arn) => {
+                if let Some(depth) = parking.depth(&self.dlq, &arn).await {
+                    METRICS.parking_depth.set(depth);
+                }
+            }
+            None => {
+                *parking = Parking::default();
+                METRICS.parking_depth.set(0);
+            }
+        }
+    }
+}
+
+/// A queue attribute that is a count.
+fn count(
+    attributes: &HashMap<QueueAttributeName, String>,
+    name: &QueueAttributeName,
+) -> Option<i64> {
+    attributes.get(name).and_then(|v| v.parse().ok())
+}
+
+/// The `deadLetterTargetArn` of a queue's `RedrivePolicy` attribute (a JSON document).
+fn dead_letter_target(policy: &str) -> Option<String> {
+    let policy: serde_json::Value = serde_json::from_str(policy).ok()?;
+    policy
+        .get("deadLetterTargetArn")?
+        .as_str()
+        .filter(|arn| !arn.is_empty())
+        .map(str::to_owned)
+}
+
+/// The parking queue as the re-drain loop last found it: the target of the DLQ's redrive
+/// policy, its URL looked up once per ARN (GetQueueUrl by name and owner, as the ARN gives them).
+#[derive(Debug, Default)]
+struct Parking {
+    arn: String,
+    url: Option<String>,
+    /// The last attempt failed: logged once until a sample succeeds again.
+    failing: bool,
+}
+
+impl Parking {
+    /// Messages in the parking queue, visible and in flight (an operator reading parked messages
+    /// hides them for a while, and they are still parked); `None` when it could not be read.
+    async fn depth(&mut self, dlq: &DeadLetterQueue, arn: &str) -> Option<i64> {
+        if self.arn != arn {
+            *self = Parking {
+                arn: arn.to_owned(),
+                ..Parking::default()
+            };
+        }
+        let result = self.sample(dlq).await;
+        match &result {
+            Ok(_) => self.failing = false,
+            Err(why) if !self.failing => {
+                self.failing = true;
+                warn!(parking_queue = %self.arn, error = %why, "could not sample the parking queue's depth (the DLQ's redrive policy target); relay_parking_depth keeps its last value");
+            }
+            Err(_) => {}
+        }
+        result.ok()
+    }
+
+    async fn sample(&mut self, dlq: &DeadLetterQueue) -> Result<i64, String> {
+        let url = match &self.url {
+            Some(url) => url.clone(),
+            None => {
+                // arn:<partition>:sqs:<region>:<account>:<name>
+                let parts: Vec<&str> = self.arn.split(':').collect();
+                let [_, _, "sqs", _, account, name] = parts[..] else {
+                    return Err(
+                        "the redrive policy's deadLetterTargetArn is no SQS queue ARN".into(),
+                    );
+                };
+                let out = dlq
+                    .client()
+                    .get_queue_url()
+                    .queue_name(name)
+                    .queue_owner_aws_account_id(account)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        metrics::aws_error("GetQueueUrl", "other");
+                        DisplayErrorContext(&e).to_string()
+                    })?;
+                let url = out
+                    .queue_url()
+                    .ok_or("GetQueueUrl answered without a URL")?
+                    .to_owned();
+                self.url = Some(url.clone());
+                url
+            }
+        };
+        let out = dlq
+            .client()
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| {
+                metrics::aws_error("GetQueueAttributes", "other");
+                // Looked up again next time: the queue may have been deleted and re-created.
+                self.url = None;
+                DisplayErrorContext(&e).to_string()
+            })?;
+        let attributes = out.attributes.unwrap_or_default();
+        Ok(count(
+            &attributes,
+            &QueueAttributeName::ApproximateNumberOfMessages,
+        )
+        .unwrap_or(0)
+            + count(
+                &attributes,
+                &QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            )
+            .unwrap_or(0))
     }
 }
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use prometheus::Histogram;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderName, RETRY_AFTER};
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -174,6 +175,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[derive(Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
+    /// Where the delay of each accepted event is observed, for the publishers of live stream
+    /// events only ([`Publisher::observing_delay`]).
+    delay: Option<Histogram>,
 }
 
 struct Inner {
@@ -241,7 +245,19 @@ impl Publisher {
                 token,
                 transport,
             }),
+            delay: None,
         })
+    }
+
+    /// This publisher (sharing its connections and token), observing into `histogram`, for
+    /// every event Nakadi accepts, the seconds from its record's creation to the acceptance.
+    /// Only the shard workers' publishers do: a re-drained event's delay says how long it sat
+    /// in the DLQ, and a snapshot event's creation time is its scan time, so neither belongs in
+    /// the stream's delay; their publishers are built without it.
+    #[must_use]
+    pub fn observing_delay(mut self, histogram: Histogram) -> Publisher {
+        self.delay = Some(histogram);
+        self
     }
 
     pub fn event_type(&self) -> &str {
@@ -371,6 +387,14 @@ impl Publisher {
             let now = OffsetDateTime::now_utc();
             for &i in &decided.delivered {
                 outcomes[i] = Some(Outcome::Delivered);
+            }
+            if let Some(delay) = &self.delay {
+                let accepted_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+                for &i in &decided.delivered {
+                    // A clock behind the one that stamped the record counts as no delay.
+                    let ms = (accepted_ms - events[i].created_at_ms).max(0);
+                    delay.observe(ms as f64 / 1000.0);
+                }
             }
             if !decided.rejected.is_empty() {
                 let first_failed_at = *first_failed_at.get_or_insert(now);

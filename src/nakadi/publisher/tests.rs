@@ -936,6 +936,45 @@ async fn every_request_is_timed() {
     assert!(METRICS.publish_duration.get_sample_count() >= requests_before + 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_delay_of_each_accepted_event_is_observed_and_no_other() {
+    // Event 0 is rejected, 1 and 2 are accepted on the second request.
+    let nakadi = Nakadi::script(vec![
+        step(|eids| items(422, eids, |i| if i == 0 { "failed" } else { "aborted" })),
+        fixed(status(200)),
+    ]);
+    let created_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64 - 30_000;
+    let evs: Vec<Event> = (0..3)
+        .map(|n| {
+            let e = event(n);
+            Event::new(
+                e.eid,
+                e.body(),
+                &format!("ev-{n}"),
+                e.sequence_number(),
+                created_ms,
+            )
+        })
+        .collect();
+    let histogram = Histogram::with_opts(prometheus::HistogramOpts::new("delay", "test")).unwrap();
+    let p = publisher(config(), &nakadi).observing_delay(histogram.clone());
+    let outcomes = publish(&p, &evs).await;
+    assert!(matches!(outcomes[0], Outcome::Failed(_)));
+    assert!(all_delivered(&outcomes[1..]));
+    assert_eq!(histogram.get_sample_count(), 2, "the accepted events only");
+    let mean = histogram.get_sample_sum() / 2.0;
+    assert!(
+        (30.0..40.0).contains(&mean),
+        "{mean} s from creation to acceptance"
+    );
+
+    // A publisher built without it (the re-drain loop's, the snapshot's) observes nothing.
+    let nakadi = Nakadi::script(vec![]);
+    let plain = publisher(config(), &nakadi);
+    assert!(all_delivered(&publish(&plain, &evs).await));
+    assert_eq!(histogram.get_sample_count(), 2);
+}
+
 #[test]
 fn events_url_appends_the_path_and_encodes_the_name() {
     let url = events_url("https://nakadi.example.org", "payments.order-changed").unwrap();
