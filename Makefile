@@ -37,7 +37,7 @@ integration: venv
 lifecycle: venv
 	$(CARGO) test --locked --test lifecycle -- --test-threads=1 --nocapture
 
-check-deploy:
+check-deploy: venv
 	bash scripts/install-deploy-tools.sh
 	bash scripts/check-deploy.sh
 

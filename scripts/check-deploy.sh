@@ -11,6 +11,10 @@
 #   dashboards                       JSON, ${datasource} everywhere, every query parses (promtool)
 #   metric names                     every metric in dashboards/ and alerts.yaml is exported by
 #                                    src/metrics.rs
+#   fresh relay                      a relay started against moto and the Nakadi test server
+#                                    exports, once ready, a series for every selector of every
+#                                    dashboard and alert query (and the check fails when one does
+#                                    not: self-test)
 #   hadolint                         Dockerfile (and base images pinned by digest)
 #
 # Installs missing tools first (scripts/install-deploy-tools.sh; a no-op once installed).
@@ -417,7 +421,8 @@ promised = """relay_records_read_total relay_events_published_total relay_publis
 relay_dlq_sent_total relay_dlq_write_failures_total relay_dlq_redrained_total
 relay_lease_takeovers_total relay_leases_lost_total relay_checkpoints_total
 relay_records_trimmed_total relay_aws_errors_total relay_publish_duration_seconds relay_dlq_depth
-relay_leases_owned relay_workers relay_shards relay_stream_lag_seconds relay_build_info""".split()
+relay_leases_owned relay_workers relay_shards relay_stream_lag_seconds relay_build_info
+relay_parking_depth relay_event_delay_seconds""".split()
 errors = [f"src/metrics.rs does not define {m}" for m in promised if m not in exported]
 
 KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
@@ -456,6 +461,131 @@ sys.exit(1 if errors else 0)
 PY
 }
 run_with "$OUT/dashboard-queries.rules.yaml" "metric names in dashboards/ and alerts.yaml exported" check_metric_names
+
+# ---- a freshly started relay exports every series the dashboards and alerts query ---------------
+# The names above are only defined: a labelled series exists once its label value was used, so a
+# panel or an alert can still query a series the relay does not export until its first event (or
+# never). This starts the relay (debug build) against moto and the Nakadi test server, scrapes
+# /metrics as soon as it is ready, and checks every selector of every query against that scrape.
+RELAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/dynamodb-nakadi-relay"
+FRESH="$OUT/fresh-relay"
+fresh_relay_scrape() {
+  "${CARGO:-cargo}" build --locked --bin dynamodb-nakadi-relay || return 1
+  [[ -x "$ROOT/.venv/bin/python" ]] || { echo ".venv missing: run make venv (moto, boto3)"; return 1; }
+  mkdir -p "$FRESH"
+  "$ROOT/.venv/bin/python" - "$ROOT" "$RELAY_BIN" "$FRESH" <<'PY'
+import json, os, signal, socket, subprocess, sys, time, urllib.request
+import boto3
+
+root, relay_bin, out = sys.argv[1:]
+procs = []
+
+def stop_all():
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+def start_server(name, script):
+    p = subprocess.Popen([sys.executable, os.path.join(root, "tests/servers", script), "--port", "0"],
+                         stdout=subprocess.PIPE, stderr=open(os.path.join(out, f"{name}.log"), "w"), text=True)
+    procs.append(p)
+    line = p.stdout.readline()
+    if not line.startswith("LISTENING "):
+        raise SystemExit(f"{name} did not start (see {out}/{name}.log)")
+    return int(line.split()[1])
+
+try:
+    moto = start_server("moto", "moto_server.py")
+    nakadi = start_server("nakadi", "nakadi_server.py")
+    endpoint = f"http://127.0.0.1:{moto}"
+    session = boto3.Session(region_name="eu-central-1", aws_access_key_id="check",
+                            aws_secret_access_key="check")
+    ddb = session.client("dynamodb", endpoint_url=endpoint)
+    sqs = session.client("sqs", endpoint_url=endpoint)
+    ddb.create_table(TableName="orders", BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
+    # A DLQ with its parking queue, as docs/operating.md sets them up.
+    parking = sqs.create_queue(QueueName="orders-relay-parking")["QueueUrl"]
+    parking_arn = sqs.get_queue_attributes(QueueUrl=parking, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    dlq = sqs.create_queue(QueueName="orders-relay-dlq", Attributes={"RedrivePolicy": json.dumps(
+        {"deadLetterTargetArn": parking_arn, "maxReceiveCount": "10"})})["QueueUrl"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        http = s.getsockname()[1]
+    env = {"PATH": os.environ.get("PATH", ""), "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "eu-central-1",
+           "AWS_ACCESS_KEY_ID": "check", "AWS_SECRET_ACCESS_KEY": "check",
+           "RELAY_TABLE_NAME": "orders", "RELAY_LEASE_TABLE": "orders-relay-leases",
+           "RELAY_CREATE_LEASE_TABLE": "true", "RELAY_NAKADI_URL": f"http://127.0.0.1:{nakadi}",
+           "RELAY_EVENT_TYPE": "payments.order-changed", "RELAY_DLQ_URL": dlq,
+           "RELAY_HTTP_ADDR": f"127.0.0.1:{http}", "RELAY_WORKER_ID": "check-deploy"}
+    relay = subprocess.Popen([relay_bin], env=env, stdout=subprocess.DEVNULL,
+                             stderr=open(os.path.join(out, "relay.log"), "w"))
+    procs.append(relay)
+    base = f"http://127.0.0.1:{http}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(base + "/health/ready", timeout=2).read()
+            break
+        except OSError:
+            if relay.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"the relay did not become ready (see {out}/relay.log)")
+            time.sleep(0.2)
+    scrape = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    open(os.path.join(out, "metrics.txt"), "w").write(scrape)
+    print(f"{len(scrape.splitlines())} lines scraped from {base}/metrics once the relay was ready")
+finally:
+    stop_all()
+PY
+}
+run "a freshly started relay (moto, Nakadi test server): scrape" fresh_relay_scrape
+run_with "$FRESH/metrics.txt" "every dashboard and alert selector selects a series of it" \
+  "$PY" "$ROOT/scripts/check-series.py" --scrape "$FRESH/metrics.txt" --rules "$ALERTS" \
+  --dashboard "$ROOT"/dashboards/*.json
+
+# The check fails on a query of a series the relay does not export: a metric it never defines, a
+# label value it never uses, and a series that would appear only with its first event.
+series_check_fails() {
+  local what="$1"; shift
+  local log
+  if log="$("$PY" "$ROOT/scripts/check-series.py" "$@" 2>&1)"; then
+    echo "$log"; echo "passed, but should have failed on $what"; return 1
+  fi
+  echo "$log"
+  grep -qF "$what" <<<"$log" || { echo "failed, but without naming $what"; return 1; }
+}
+series_check_must_fail() {
+  local bad="$FRESH/must-fail"
+  mkdir -p "$bad"
+  "$PY" - "$ROOT/dashboards/dynamodb-nakadi-relay.json" "$ALERTS" "$bad" <<'PY' || return 1
+import json, sys, yaml
+dash_file, alerts_file, bad = sys.argv[1:]
+dash = json.load(open(dash_file))
+panel = next(p for p in dash["panels"] if p.get("targets"))
+panel["targets"].append({"refId": "Z", "datasource": {"type": "prometheus", "uid": "${datasource}"},
+    "expr": 'sum(rate(relay_does_not_exist_total{namespace=~"$namespace", job=~"$job"}[$__rate_interval]))'})
+json.dump(dash, open(f"{bad}/dashboard.json", "w"))
+rules = yaml.safe_load(open(alerts_file))
+rules["groups"][0]["rules"].append(
+    {"alert": "NoSuchState", "expr": 'max by (namespace, job) (relay_dlq_depth{state="lost"}) > 0'})
+yaml.safe_dump(rules, open(f"{bad}/alerts.yaml", "w"))
+PY
+  grep -v '^relay_aws_errors_total{' "$FRESH/metrics.txt" >"$bad/metrics-without-aws-errors.txt"
+  series_check_fails relay_does_not_exist_total \
+    --scrape "$FRESH/metrics.txt" --dashboard "$bad/dashboard.json" || return 1
+  series_check_fails 'relay_dlq_depth{state="lost"}' \
+    --scrape "$FRESH/metrics.txt" --rules "$bad/alerts.yaml" || return 1
+  series_check_fails relay_aws_errors_total \
+    --scrape "$bad/metrics-without-aws-errors.txt" --dashboard "$ROOT"/dashboards/*.json || return 1
+}
+run_with "$FRESH/metrics.txt" "the selector check fails on unexported series (self-test)" series_check_must_fail
 
 # ---- Dockerfile ----------------------------------------------------------------------------------
 run "hadolint Dockerfile" "$VENV/bin/hadolint" Dockerfile
