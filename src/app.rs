@@ -263,6 +263,7 @@ async fn pipeline(
         fence: Arc::new(Fence::new(config.lease.duration)),
         fingerprint: table.fingerprint(),
         idle_poll_interval: config.idle_poll_interval,
+        checkpoint_interval: config.checkpoint_interval,
     })
 }
 

@@ -124,6 +124,10 @@ pub struct Config {
     /// returned nothing. Every GetRecords call is billed, so this sets what an idle shard costs,
     /// and it bounds how long a write to a quiet shard waits before it is read.
     pub idle_poll_interval: Duration,
+    /// RELAY_CHECKPOINT_INTERVAL: the shortest time between two checkpoint writes of a busy
+    /// shard. Each write is billed and throttled like any table write, while all it buys is fewer
+    /// events published again after a crash; 0 writes one per page.
+    pub checkpoint_interval: Duration,
     /// How long SIGTERM may take: the batch in flight, its checkpoint and the lease release.
     pub shutdown_timeout: Duration,
     /// The `snapshot` subcommand's settings.
@@ -300,6 +304,10 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// shard-month → quiet-shard delay in docs/performance.md: the longest wait that keeps a quiet
 /// shard's median delay within the target there.
 const DEFAULT_IDLE_POLL_INTERVAL: Duration = Duration::from_millis(600);
+/// A busy shard reads several pages a second; one checkpoint a second keeps its lease-table
+/// writes (and the lease table's load) to one a second, and a crash re-publishes about a second
+/// of its events, which consumers drop by eid anyway.
+const DEFAULT_CHECKPOINT_INTERVAL: Duration = SECOND;
 
 impl Config {
     /// Reads the process environment.
@@ -422,6 +430,12 @@ impl Config {
             Duration::from_millis(50),
             60 * SECOND,
         );
+        let checkpoint_interval = r.duration(
+            "RELAY_CHECKPOINT_INTERVAL",
+            DEFAULT_CHECKPOINT_INTERVAL,
+            Duration::ZERO,
+            60 * SECOND,
+        );
         let lease = LeaseTiming {
             duration: r.duration("RELAY_LEASE_DURATION", 6 * SECOND, SECOND, 10 * 60 * SECOND),
             renew_interval: r.duration(
@@ -505,6 +519,7 @@ impl Config {
             log_format,
             lease,
             idle_poll_interval,
+            checkpoint_interval,
             shutdown_timeout,
             snapshot,
         })

@@ -4,19 +4,19 @@
 //! dead-letter what finally failed: [`crate::delivery`]) → checkpoint the done prefix → again.
 //! While a page is delivered, the next page is read and the previous page's checkpoint is
 //! written, so neither wait adds to each page's delay; checkpoints still land one at a time, in
-//! order, and only for delivered records. A page that was read is finished and checkpointed
-//! before the loop looks at the stop signal again; the page read ahead meanwhile is dropped
-//! unpublished on stop.
+//! order, and only for delivered records, at most one per RELAY_CHECKPOINT_INTERVAL. A page that
+//! was read is finished and checkpointed before the loop looks at the stop signal again; the page
+//! read ahead meanwhile is dropped unpublished on stop.
 //!
 //! What cuts a page short: the drain deadline and the self-fence stop new publish requests (the
 //! prefix that was delivered is still checkpointed, so whoever continues starts right after it);
 //! the lease being lost stops everything at once, without a checkpoint.
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -51,6 +51,8 @@ pub struct Pipeline {
     pub fingerprint: String,
     /// RELAY_IDLE_POLL_INTERVAL.
     pub idle_poll_interval: Duration,
+    /// RELAY_CHECKPOINT_INTERVAL.
+    pub checkpoint_interval: Duration,
 }
 
 /// Why a shard worker ended.
@@ -123,8 +125,8 @@ impl ShardWorker {
         let mut iterator: Option<String> = None;
         // A page read ahead while the one before it was delivered.
         let mut fetched: Option<Result<RecordsPage, StreamError>> = None;
-        // The checkpoint of the page delivered last, written while the next page is published.
-        let mut pending = Pending::default();
+        // The checkpoints of delivered pages not yet in the lease table.
+        let mut pending = Pending::new(self, p.checkpoint_interval);
         let mut idle = IDLE_POLL_MIN;
         let mut failures = 0u32;
         loop {
@@ -135,7 +137,7 @@ impl ShardWorker {
                         Some(it) => it,
                         None => {
                             let opened = tokio::select! {
-                                _ = self.stop.cancelled() => return ShardExit::Stopped,
+                                _ = self.stop.cancelled() => return pending.stopped().await,
                                 r = p.streams.iterator(&p.stream_arn, &self.lease.shard_id, &position) => r,
                             };
                             match opened {
@@ -153,16 +155,16 @@ impl ShardWorker {
                         }
                     };
                     tokio::select! {
-                        _ = self.stop.cancelled() => return ShardExit::Stopped,
+                        _ = self.stop.cancelled() => return pending.stopped().await,
                         r = self.read(&it) => r,
                     }
                 }
             };
-            // Nothing is published until records come: the checkpoint in flight is written before
-            // anything that may wait, so a stop always finds it written.
             let page = match page {
                 Ok(page) => page,
                 Err(e) => {
+                    // The error's handling may wait or end the worker: what was delivered is
+                    // checkpointed first.
                     if let Err(exit) = pending.flush().await {
                         return exit;
                     }
@@ -175,24 +177,34 @@ impl ShardWorker {
             failures = 0;
             p.metrics.records_read.inc_by(page.len() as u64);
             if page.is_empty() {
-                if let Err(exit) = pending.flush().await {
-                    return exit;
-                }
                 let Some(next) = page.next_iterator.clone() else {
+                    if let Err(exit) = pending.flush().await {
+                        return exit;
+                    }
                     return self.finish().await;
                 };
                 iterator = Some(next);
                 self.lease.set_lag_ms(0);
-                tokio::select! {
-                    _ = self.stop.cancelled() => return ShardExit::Stopped,
-                    _ = tokio::time::sleep(idle) => {}
+                // A checkpoint still owed is written during the wait, when it is due.
+                let wait = tokio::time::sleep(idle);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return pending.stopped().await,
+                        _ = &mut wait => break,
+                        failed = pending.progress(), if pending.busy() => {
+                            if let Some(exit) = failed {
+                                return exit;
+                            }
+                        }
+                    }
                 }
                 idle = (idle * 2).min(p.idle_poll_interval);
                 continue;
             }
             idle = IDLE_POLL_MIN;
-            // The next page is read, and the previous page's checkpoint written, while this one
-            // is published: neither wait adds to every page's delay. The page read ahead is only
+            // The next page is read, and an owed checkpoint written, while this one is
+            // published: neither wait adds to every page's delay. The page read ahead is only
             // kept, never published, until this one is delivered.
             let deliver = self.deliver(&page);
             let read = async {
@@ -207,7 +219,7 @@ impl ShardWorker {
                 tokio::select! {
                     delivered = &mut deliver => break delivered,
                     r = &mut read, if ahead.is_none() => ahead = Some(r),
-                    failed = pending.progress(), if pending.in_flight() => {
+                    failed = pending.progress(), if pending.busy() => {
                         if failed == Some(ShardExit::LeaseLost) {
                             return ShardExit::LeaseLost;
                         }
@@ -218,20 +230,20 @@ impl ShardWorker {
                 Ok(delivered) => delivered,
                 Err(exit) => return exit,
             };
-            // Checkpoints stay in order: the previous page's is written before this page's starts.
-            if let Err(exit) = pending.flush().await {
+            // A checkpoint that failed during delivery for another reason than a lost lease
+            // (given up after the deadline or the fence) ends the worker once the page is done.
+            if let Err(exit) = pending.check() {
                 return exit;
             }
             if let Some(last) = &delivered.last {
                 position = Position::After(last.clone());
+                pending.delivered(last.clone());
             }
             if let Some(halt) = delivered.halted {
                 // What was delivered is checkpointed now, so whoever continues starts right
                 // after it.
-                if let Some(last) = delivered.last {
-                    if let Err(exit) = self.checkpoint(&Checkpoint::Sequence(last)).await {
-                        return exit;
-                    }
+                if let Err(exit) = pending.flush().await {
+                    return exit;
                 }
                 return match halt {
                     Halt::Deadline => ShardExit::Aborted,
@@ -242,30 +254,29 @@ impl ShardWorker {
                 self.lease.set_lag_ms(delivered.lag_ms);
             }
             if page.next_iterator.is_none() {
-                // The shard's last page: the end marker replaces its checkpoint.
+                // The shard's last page: the end marker follows its checkpoint.
+                if let Err(exit) = pending.flush().await {
+                    return exit;
+                }
                 return self.finish().await;
-            }
-            if let Some(last) = delivered.last {
-                pending.start(self.checkpoint_owned(Checkpoint::Sequence(last)));
             }
             // Stopping drops the page read ahead: neither published nor checkpointed, it is
             // read again by whoever continues. Only this wait for records races the stop.
             if self.stop.is_cancelled() {
-                return match pending.flush().await {
-                    Ok(()) => ShardExit::Stopped,
-                    Err(exit) => exit,
-                };
+                return pending.stopped().await;
             }
             fetched = Some(match ahead {
                 Some(r) => r,
-                None => tokio::select! {
-                    _ = self.stop.cancelled() => {
-                        return match pending.flush().await {
-                            Ok(()) => ShardExit::Stopped,
-                            Err(exit) => exit,
-                        };
+                None => loop {
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return pending.stopped().await,
+                        r = &mut read => break r,
+                        failed = pending.progress(), if pending.busy() => {
+                            if let Some(exit) = failed {
+                                return exit;
+                            }
+                        }
                     }
-                    r = &mut read => r,
                 },
             });
         }
@@ -416,11 +427,6 @@ impl ShardWorker {
         })
     }
 
-    /// [`Self::checkpoint`] as a future that owns what it writes, to be kept in flight.
-    async fn checkpoint_owned(&self, checkpoint: Checkpoint) -> Result<(), ShardExit> {
-        self.checkpoint(&checkpoint).await
-    }
-
     /// Retries until the lease table has the checkpoint, or the lease is found lost. Conditioned
     /// on the lease's counter, so a pod that lost the lease can never move its checkpoint.
     async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ShardExit> {
@@ -494,40 +500,111 @@ struct Delivered {
     lag_ms: i64,
 }
 
-/// The checkpoint write of the page delivered last, driven while the next page is published.
-/// At most one is in flight, so checkpoints land in order, and a crash publishes at most the
-/// page being published and the one whose checkpoint was in flight again.
-#[derive(Default)]
+/// The checkpoints a shard worker owes the lease table: the write in flight, and the newest
+/// delivered position not yet written. At most one write is in flight and the next starts only
+/// after it answered, so checkpoints land in order; a position delivered meanwhile replaces the
+/// one waiting, so a busy shard writes at most one checkpoint per `interval`. A crash publishes
+/// again what was delivered since the last write that landed: the pages of one interval, the page
+/// whose write was in flight and the page being published.
 struct Pending<'a> {
+    worker: &'a ShardWorker,
+    interval: Duration,
     write: Option<BoxFuture<'a, Result<(), ShardExit>>>,
+    owed: Option<String>,
+    last_write: Option<Instant>,
     failed: Option<ShardExit>,
 }
 
 impl<'a> Pending<'a> {
-    fn start(&mut self, write: impl Future<Output = Result<(), ShardExit>> + Send + 'a) {
-        debug_assert!(self.write.is_none() && self.failed.is_none());
-        self.write = Some(Box::pin(write));
+    fn new(worker: &'a ShardWorker, interval: Duration) -> Pending<'a> {
+        Pending {
+            worker,
+            interval,
+            write: None,
+            owed: None,
+            last_write: None,
+            failed: None,
+        }
     }
 
-    fn in_flight(&self) -> bool {
-        self.write.is_some()
+    /// Records a delivered position; its write starts at once if nothing is in flight and the
+    /// interval since the last write has passed.
+    fn delivered(&mut self, sequence_number: String) {
+        self.owed = Some(sequence_number);
+        if self.failed.is_none() && self.write.is_none() && self.due() <= Instant::now() {
+            self.start();
+        }
     }
 
-    /// Drives the write until it ends; returns how it failed, if it did. Dropping this future
-    /// part-way leaves the write in flight, so it can race other work in a `select!`.
+    /// Whether there is anything for [`Self::progress`] to drive.
+    fn busy(&self) -> bool {
+        self.failed.is_none() && (self.write.is_some() || self.owed.is_some())
+    }
+
+    fn due(&self) -> Instant {
+        self.last_write
+            .map_or_else(Instant::now, |last| last + self.interval)
+    }
+
+    fn start(&mut self) {
+        if let Some(sequence_number) = self.owed.take() {
+            self.last_write = Some(Instant::now());
+            let worker = self.worker;
+            self.write = Some(Box::pin(async move {
+                worker
+                    .checkpoint(&Checkpoint::Sequence(sequence_number))
+                    .await
+            }));
+        }
+    }
+
+    /// Writes what is owed, each write when it is due, until nothing is left or a write failed;
+    /// returns how it failed, if it did. Dropping this future part-way keeps the write in flight,
+    /// so it can race other work in a `select!`.
     async fn progress(&mut self) -> Option<ShardExit> {
-        if let Some(write) = &mut self.write {
-            let result = write.await;
-            self.write = None;
-            self.failed = result.err();
+        while self.failed.is_none() {
+            if let Some(write) = &mut self.write {
+                let result = write.await;
+                self.write = None;
+                self.failed = result.err();
+            } else if self.owed.is_some() {
+                tokio::time::sleep_until(self.due()).await;
+                self.start();
+            } else {
+                break;
+            }
         }
         self.failed.clone()
     }
 
-    /// Waits for the write: Ok once it is in the lease table (or there was none).
+    /// Writes everything owed now, without waiting for the interval: Ok once it is in the lease
+    /// table (or nothing was owed).
     async fn flush(&mut self) -> Result<(), ShardExit> {
-        self.progress().await;
+        if self.failed.is_none() {
+            if let Some(write) = &mut self.write {
+                let result = write.await;
+                self.write = None;
+                self.failed = result.err();
+            }
+        }
+        if self.failed.is_none() {
+            self.start();
+            self.progress().await;
+        }
+        self.check()
+    }
+
+    /// How an earlier write failed, if one did: the worker ends with it.
+    fn check(&mut self) -> Result<(), ShardExit> {
         self.failed.take().map_or(Ok(()), Err)
+    }
+
+    /// The worker stops: what was delivered is checkpointed before the lease is released.
+    async fn stopped(&mut self) -> ShardExit {
+        match self.flush().await {
+            Ok(()) => ShardExit::Stopped,
+            Err(exit) => exit,
+        }
     }
 }
 

@@ -635,12 +635,16 @@ async fn a_slow_describe_stream_takes_no_lease_from_a_healthy_pod() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_page_is_published_while_the_checkpoint_is_written() {
     let test = "replicas_overlapped_checkpoints";
-    let s = setup(test, 1).await;
+    let mut s = setup(test, 1).await;
+    // No interval: each write starts as soon as the one before answered, so writes overlap the
+    // publishing of the pages delivered meanwhile (their positions coalesce into the next write).
+    s.env
+        .insert("RELAY_CHECKPOINT_INTERVAL".into(), "0s".into());
     // Slow checkpoints, so what the shard does meanwhile shows; within one call attempt's limit.
-    s.moto.delay("UpdateItem", "checkpoint = :cp", 200).await;
-    // A backlog of five pages of 1,000 records on the one shard, read once the relay starts.
+    s.moto.delay("UpdateItem", "checkpoint = :cp", 100).await;
+    // A backlog of ten pages of 1,000 records on the one shard, read once the relay starts.
     let mut written = Vec::new();
-    for round in 0..5 {
+    for round in 0..10 {
         written.extend(write_some(&s, round, 1000).await);
     }
     let _relay = Relay::start(test, "relay-1", &s.env);
@@ -699,6 +703,80 @@ async fn the_next_page_is_published_while_the_checkpoint_is_written() {
         overlapped >= 2,
         "events must arrive while a checkpoint is written: {overlapped} of {} checkpoints overlapped",
         checkpoints.len()
+    );
+}
+
+/// A busy shard writes at most one checkpoint per RELAY_CHECKPOINT_INTERVAL (default 1 s), and
+/// SIGTERM writes the one still owed: its last checkpoint is the last event it published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_shard_checkpoints_once_per_interval_and_sigterm_writes_the_last() {
+    let test = "replicas_checkpoint_interval";
+    let s = setup(test, 1).await;
+    // Records the checkpoint writes (with their times) without slowing them.
+    s.moto.delay("UpdateItem", "checkpoint = :cp", 1).await;
+    let mut relay = Relay::start(test, "relay-1", &s.env);
+    relay.wait_ready().await;
+    let writer = start_writing(&s, Duration::from_millis(20)).await;
+    let checkpoint_calls = || async {
+        let mut calls: Vec<(f64, u128)> = s
+            .moto
+            .delayed_calls()
+            .await
+            .iter()
+            .map(|c| {
+                let body: Value = serde_json::from_str(c["body"].as_str().unwrap()).unwrap();
+                let cp = body["ExpressionAttributeValues"][":cp"]["S"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                (c["start"].as_f64().unwrap(), cp)
+            })
+            .collect();
+        calls.sort_by(|a, b| a.0.total_cmp(&b.0));
+        calls
+    };
+    wait_for_every(
+        "four checkpoints of the busy shard",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async { (checkpoint_calls().await.len() >= 4).then_some(()) },
+    )
+    .await;
+    relay.process.signal("TERM");
+    let code = relay.process.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(code.code(), Some(0), "{}", relay.logs());
+    writer.finish().await;
+
+    let calls = checkpoint_calls().await;
+    for pair in calls.windows(2) {
+        assert!(pair[0].1 < pair[1].1, "checkpoints out of order: {calls:?}");
+    }
+    // The writes while it ran are an interval apart; the one at SIGTERM comes when it comes.
+    for pair in calls[..calls.len() - 1].windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= 0.95,
+            "two checkpoints within one interval: {calls:?}"
+        );
+    }
+    let last_cp = calls.last().unwrap().1;
+    let published = s
+        .nakadi
+        .events()
+        .await
+        .iter()
+        .map(|e| {
+            e["data"]["sequence_number"]
+                .as_str()
+                .unwrap()
+                .parse::<u128>()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    assert_eq!(
+        last_cp, published,
+        "the last checkpoint must be the last published record"
     );
 }
 
