@@ -871,7 +871,21 @@ mod tests {
         assert_eq!(c.dlq_redrain_interval, Duration::from_secs(30));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.nakadi.batch_size, 500);
+        assert_eq!(c.idle_poll_interval, Duration::from_millis(600));
+        assert_eq!(c.checkpoint_interval, Duration::from_secs(1));
         assert!(!c.worker_id.is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_interval_of_zero_writes_every_page() {
+        let mut v = minimal();
+        v.insert("RELAY_CHECKPOINT_INTERVAL".into(), "0s".into());
+        assert_eq!(
+            Config::from_vars(&v).unwrap().checkpoint_interval,
+            Duration::ZERO
+        );
+        v.insert("RELAY_CHECKPOINT_INTERVAL".into(), "2m".into());
+        assert_eq!(problems(&v), vec!["RELAY_CHECKPOINT_INTERVAL"]);
     }
 
     #[test]
