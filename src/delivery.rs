@@ -1,10 +1,13 @@
 //! The delivery step, written once: publish a page's events, dead-letter what finally failed,
-//! and say how much of the page is safe to checkpoint.
+//! and say how much of the page is done.
 //!
-//! The shard worker and the snapshot both hand it a page of [`Entry`]s in source order and
-//! checkpoint in their own terms (a lease's sequence number, a segment's scan key); the
-//! difference between them is only how a failed event becomes a dead letter, which the caller
-//! passes in.
+//! Three callers hand it a page of [`Entry`]s in source order: the shard worker and the snapshot
+//! checkpoint the done prefix in their own terms (a lease's sequence number, a segment's scan
+//! key); the DLQ re-drain loop settles each message on its own (deletes what Nakadi accepted,
+//! keeps what failed again). What differs between them is passed in: how a failed event becomes
+//! a dead letter (the `letter` function) and where letters go (a [`LetterQueue`]: SQS for the
+//! shard worker and the snapshot; for the re-drain loop the queue the letter already is in).
+//! [`Publish`] and [`LetterQueue`] are also the seams the tests plug their fakes into.
 //!
 //! What it guarantees: an entry counts as done only when its event was accepted by Nakadi, or its
 //! dead letter is in the queue, or it needed nothing (filtered). [`Report::done`] is the length of
@@ -12,23 +15,61 @@
 //! the gate closes (drain deadline, self-fence) the prefix may be shorter than the page, and the
 //! rest is left to whoever continues, with the same eids.
 
+use std::fmt::Display;
+
 use tokio::time::Instant;
 use tracing::error;
 
-use crate::dlq::{DeadLetter, DeadLetterQueue};
 use crate::metrics::METRICS;
 use crate::nakadi::{Failure, Gate, Halt, Outcome, PublishContext, Publisher};
 use crate::retry::Backoff;
 use crate::transform::Event;
 
+#[cfg(test)]
+mod tests;
+
+/// Publishes events to Nakadi: the [`Publisher`] (fakes in the tests).
+pub trait Publish: Sync {
+    /// One outcome per event, in the same order; see [`Publisher::publish`].
+    fn publish(
+        &self,
+        events: &[Event],
+        ctx: &PublishContext<'_>,
+        gate: &Gate<'_>,
+    ) -> impl Future<Output = Vec<Outcome>> + Send;
+}
+
+impl Publish for Publisher {
+    fn publish(
+        &self,
+        events: &[Event],
+        ctx: &PublishContext<'_>,
+        gate: &Gate<'_>,
+    ) -> impl Future<Output = Vec<Outcome>> + Send {
+        Publisher::publish(self, events, ctx, gate)
+    }
+}
+
+/// Where the dead letters of a delivery go: the SQS dead-letter queue (`dlq::DeadLetterQueue`),
+/// or, for the re-drain loop, nowhere new (its letters are already in the queue).
+pub trait LetterQueue: Sync {
+    type Letter: Clone + Send + Sync;
+    type Error: Display;
+    /// Writes every letter, or fails: no letter counts as written until this is `Ok`.
+    fn send(
+        &self,
+        letters: &[Self::Letter],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
 /// One position of a page, in source order.
 #[derive(Debug)]
-pub enum Entry {
+pub enum Entry<L> {
     /// To publish: the next of the page's events, in order.
     Event,
     /// Cannot become an event (malformed record): dead-lettered as it is. Boxed: letters are
     /// rare, and an entry is written for every record of every page.
-    Letter(Box<DeadLetter>),
+    Letter(Box<L>),
     /// Needs nothing (filtered out); done as soon as everything before it is.
     Skipped,
 }
@@ -46,74 +87,147 @@ pub struct Report {
     pub halted: Option<Halt>,
 }
 
-/// The publisher and the queue of one event type.
-pub struct Delivery<'a> {
-    pub publisher: &'a Publisher,
-    pub dlq: &'a DeadLetterQueue,
+/// How one entry ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Nakadi accepted its event.
+    Delivered,
+    /// Its dead letter is in the queue.
+    DeadLettered,
+    /// It needed nothing.
+    Skipped,
+    /// Its dead letter is due (the event finally failed, or the entry was a letter) but was not
+    /// written: the gate closed first, or before the queue took it. Not done.
+    LetterNotWritten,
+    /// Its event was not decided before the gate closed. Not done.
+    NotSent,
 }
 
-impl Delivery<'_> {
-    /// Delivers `entries`, whose [`Entry::Event`]s are `events` in order. `letter` turns an event Nakadi finally refused into its dead letter.
-    /// Dead letters are retried until the queue takes them (failure table: "DLQ write fails":
-    /// no checkpoint, the shard waits) or the gate closes.
+impl Settled {
+    fn is_done(self) -> bool {
+        matches!(
+            self,
+            Settled::Delivered | Settled::DeadLettered | Settled::Skipped
+        )
+    }
+}
+
+/// What a delivery did, entry by entry.
+#[derive(Debug)]
+pub struct Settlement<L> {
+    pub report: Report,
+    /// How each entry ended, in page order.
+    pub entries: Vec<Settled>,
+    /// The letter of each entry that ended [`Settled::DeadLettered`] or
+    /// [`Settled::LetterNotWritten`], with the entry's position, in page order.
+    pub letters: Vec<(usize, L)>,
+}
+
+/// The publisher and the letter queue of one event type.
+pub struct Delivery<'a, P, Q> {
+    pub publisher: &'a P,
+    pub dlq: &'a Q,
+}
+
+impl<P: Publish, Q: LetterQueue> Delivery<'_, P, Q> {
+    /// Delivers `entries`, whose [`Entry::Event`]s are `events` in order, and reports the done
+    /// prefix. `letter` turns an event Nakadi finally refused into its dead letter.
     pub async fn deliver(
         &self,
         events: &[Event],
-        entries: &[Entry],
-        letter: impl Fn(&Event, &Failure) -> DeadLetter,
+        entries: &[Entry<Q::Letter>],
+        letter: impl Fn(&Event, &Failure) -> Q::Letter,
         ctx: &PublishContext<'_>,
         gate: &Gate<'_>,
     ) -> Report {
+        self.settle(events, entries, letter, ctx, gate).await.report
+    }
+
+    /// [`Delivery::deliver`], with how each entry ended.
+    ///
+    /// Letters due before the gate closed are written together, retried until the queue takes
+    /// them (failure table: "DLQ write fails": no checkpoint, the shard waits) or the gate
+    /// closes. Letters after an undecided event are not written: the entries are not in the done
+    /// prefix, and whoever continues publishes them again. An event Nakadi accepted after an
+    /// undecided one still ends [`Settled::Delivered`], outside the prefix.
+    pub async fn settle(
+        &self,
+        events: &[Event],
+        entries: &[Entry<Q::Letter>],
+        letter: impl Fn(&Event, &Failure) -> Q::Letter,
+        ctx: &PublishContext<'_>,
+        gate: &Gate<'_>,
+    ) -> Settlement<Q::Letter> {
         let mut outcomes = events
             .iter()
             .zip(self.publisher.publish(events, ctx, gate).await);
 
-        let mut report = Report::default();
+        let mut settled = Vec::with_capacity(entries.len());
+        // The letters due, and where each sits in the page.
         let mut letters = Vec::new();
-        // Where each letter sits in the page: if the queue cannot take them, the done prefix ends
-        // before the first.
-        let mut first_letter_at = None;
+        let mut positions = Vec::new();
+        // The first undecided event's halt: letters from there on are not written.
+        let mut halted = None;
+        // The letters due before it, the first of `letters`.
+        let mut to_write = 0;
         for (i, entry) in entries.iter().enumerate() {
-            let new_letter = match entry {
-                Entry::Skipped => None,
-                Entry::Letter(l) => Some(DeadLetter::clone(l)),
+            let due = match entry {
+                Entry::Skipped => {
+                    settled.push(Settled::Skipped);
+                    continue;
+                }
+                Entry::Letter(l) => Q::Letter::clone(l),
                 Entry::Event => match outcomes.next().expect("one outcome per event") {
                     (_, Outcome::Delivered) => {
-                        report.delivered += 1;
-                        None
+                        settled.push(Settled::Delivered);
+                        continue;
                     }
-                    (event, Outcome::Failed(failure)) => Some(letter(event, &failure)),
+                    (event, Outcome::Failed(failure)) => letter(event, &failure),
                     (_, Outcome::NotSent(halt)) => {
-                        report.halted = Some(halt);
-                        break;
+                        halted.get_or_insert(halt);
+                        settled.push(Settled::NotSent);
+                        continue;
                     }
                 },
             };
-            if let Some(l) = new_letter {
-                first_letter_at.get_or_insert(i);
-                letters.push(l);
+            if halted.is_some() {
+                settled.push(Settled::LetterNotWritten);
+            } else {
+                settled.push(Settled::DeadLettered);
+                to_write += 1;
             }
-            report.done = i + 1;
+            letters.push(due);
+            positions.push(i);
         }
-        if !letters.is_empty() {
-            match self.dead_letter(&letters, gate).await {
-                Ok(()) => report.dead_lettered = letters.len() as u64,
-                Err(halt) => {
-                    report.done = first_letter_at.expect("letters have a place");
-                    report.halted = Some(halt);
-                    // Before the first letter every event was accepted.
-                    report.delivered = entries[..report.done]
-                        .iter()
-                        .filter(|e| matches!(e, Entry::Event))
-                        .count() as u64;
-                }
+        if to_write > 0
+            && let Err(halt) = self.dead_letter(&letters[..to_write], gate).await
+        {
+            halted = Some(halt);
+            for &i in &positions[..to_write] {
+                settled[i] = Settled::LetterNotWritten;
             }
         }
-        report
+
+        let done = settled
+            .iter()
+            .position(|s| !s.is_done())
+            .unwrap_or(settled.len());
+        let count = |what| settled[..done].iter().filter(|s| **s == what).count() as u64;
+        let report = Report {
+            done,
+            delivered: count(Settled::Delivered),
+            dead_lettered: count(Settled::DeadLettered),
+            halted: if done < settled.len() { halted } else { None },
+        };
+        Settlement {
+            report,
+            entries: settled,
+            letters: positions.into_iter().zip(letters).collect(),
+        }
     }
 
     /// Retries until the queue has every letter, or the gate closes.
-    async fn dead_letter(&self, letters: &[DeadLetter], gate: &Gate<'_>) -> Result<(), Halt> {
+    async fn dead_letter(&self, letters: &[Q::Letter], gate: &Gate<'_>) -> Result<(), Halt> {
         let mut attempt = 0;
         let mut blocked = None;
         loop {

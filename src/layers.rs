@@ -11,8 +11,11 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     // The outside systems: AWS request counting, Nakadi, DynamoDB Streams.
     &["aws_requests", "nakadi", "stream"],
+    // Publish, dead-letter, report the done prefix: generic over where letters go, so the DLQ's
+    // re-drain loop uses it too.
+    &["delivery"],
     &["config", "dlq"],
-    &["telemetry", "lease", "delivery", "event_type"],
+    &["telemetry", "lease", "event_type"],
     // One shard's loop; the HTTP endpoints.
     &["shard", "http"],
     &["coordinator", "startup"],

@@ -15,6 +15,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageB
 use tracing::{info, warn};
 
 use super::message::{DeadLetter, EXTENDED_PAYLOAD_SIZE, GZIP, S3Pointer, encode_gzip};
+use crate::delivery::LetterQueue;
 use crate::metrics;
 
 /// SendMessageBatch takes at most ten entries.
@@ -80,6 +81,16 @@ pub struct DeadLetterQueue {
     s3: Option<aws_sdk_s3::Client>,
     /// RELAY_DLQ_S3_BUCKET.
     bucket: Option<String>,
+}
+
+/// Where the shard worker and the snapshot write their dead letters.
+impl LetterQueue for DeadLetterQueue {
+    type Letter = DeadLetter;
+    type Error = DlqError;
+
+    fn send(&self, letters: &[DeadLetter]) -> impl Future<Output = Result<(), DlqError>> + Send {
+        DeadLetterQueue::send(self, letters)
+    }
 }
 
 impl DeadLetterQueue {
