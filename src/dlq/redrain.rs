@@ -14,11 +14,17 @@
 //! never be published. A pointer whose object is missing stays in the queue, whose redrive
 //! policy parks it.
 //!
+//! Each event type's batch goes through [`Delivery`], the step a shard's page goes through, with
+//! two differences: done, for a message whose event Nakadi accepted, is deleting it; and an event
+//! that fails again already has its dead letter in the queue, the message itself, which is kept
+//! and backed off rather than written again ([`InQueue`]).
+//!
 //! Never a busy loop: a round ends when the queue is empty or Nakadi keeps failing, then the loop
 //! waits `RELAY_DLQ_REDRAIN_INTERVAL` (longer, doubling, while Nakadi keeps failing). A rate limit
 //! keeps a full queue from flooding a Nakadi that has just recovered.
 
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
 use std::time::{Duration, Instant};
@@ -33,8 +39,9 @@ use tracing::{error, info, warn};
 
 use super::message::{GZIP, S3Pointer, decode_gzip, event_from_body};
 use super::writer::DeadLetterQueue;
+use crate::delivery::{Delivery, Entry, LetterQueue, Settled};
 use crate::metrics::{self, METRICS};
-use crate::nakadi::{Gate, Outcome, PublishContext, Publisher};
+use crate::nakadi::{Gate, PublishContext, Publisher};
 use crate::transform::Event;
 
 /// Long-poll wait of one ReceiveMessage call (SQS allows up to 20 s).
@@ -193,19 +200,20 @@ impl Redrainer {
             .while_invisible(&in_flight, self.publish(&batches, shutdown))
             .await;
         let mut delete = Vec::new();
-        for (m, outcome) in published {
-            match outcome {
-                // Shutdown: the message stays in the queue and becomes visible again.
-                Outcome::NotSent(_) => {}
-                Outcome::Delivered => {
+        for (m, settled) in published {
+            match settled {
+                // Nakadi took it: done is deleting it.
+                Settled::Delivered => {
                     report.published += 1;
                     delete.push(m);
                 }
-                Outcome::Failed(f) => {
-                    warn!(message_id = m.message_id(), reason = %f.reason, "dead letter failed again");
+                // Failed again: its letter is the message itself, which stays.
+                Settled::DeadLettered | Settled::LetterNotWritten => {
                     report.failed += 1;
                     keep.push(m);
                 }
+                // Shutdown: the message stays in the queue and becomes visible again.
+                Settled::NotSent | Settled::Skipped => {}
             }
         }
         let deleted = self.delete(&delete).await;
@@ -222,12 +230,12 @@ impl Redrainer {
         report
     }
 
-    /// Publishes each event type's batch; an outcome per message.
+    /// Delivers each event type's batch; how each message ended.
     async fn publish<'m>(
         &self,
         batches: &BTreeMap<String, (Vec<Event>, Vec<&'m Message>)>,
         shutdown: &CancellationToken,
-    ) -> Vec<(&'m Message, Outcome)> {
+    ) -> Vec<(&'m Message, Settled)> {
         let ctx = PublishContext {
             shard_id: "dlq-redrain",
         };
@@ -237,10 +245,24 @@ impl Redrainer {
         };
         let mut published = Vec::new();
         for (event_type, (events, event_messages)) in batches {
-            let outcomes = self.publishers[event_type]
-                .publish(events, &ctx, &gate)
+            let delivery = Delivery {
+                publisher: &self.publishers[event_type],
+                dlq: &InQueue,
+            };
+            let entries: Vec<Entry<String>> = events.iter().map(|_| Entry::Event).collect();
+            let settlement = delivery
+                .settle(
+                    events,
+                    &entries,
+                    |_, failure| failure.reason.clone(),
+                    &ctx,
+                    &gate,
+                )
                 .await;
-            published.extend(event_messages.iter().copied().zip(outcomes));
+            for (i, reason) in settlement.letters {
+                warn!(message_id = event_messages[i].message_id(), %reason, "dead letter failed again");
+            }
+            published.extend(event_messages.iter().copied().zip(settlement.entries));
         }
         published
     }
@@ -632,6 +654,20 @@ impl Parking {
                 &QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
             )
             .unwrap_or(0))
+    }
+}
+
+/// The re-drain loop's letter queue, as [`Delivery`] sees it: an event that fails again already
+/// has its dead letter in the queue, the message it was read from, which is kept (and backed off)
+/// instead of written again. A letter is the failure's reason, for the log.
+struct InQueue;
+
+impl LetterQueue for InQueue {
+    type Letter = String;
+    type Error = Infallible;
+
+    async fn send(&self, _: &[String]) -> Result<(), Infallible> {
+        Ok(())
     }
 }
 
