@@ -10,7 +10,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dynamodb_nakadi_relay::stream::capture::RecordsPage;
+use dynamodb_nakadi_relay::stream::page::RecordsPage;
 
 const MODIFY_1KB: &str = include_str!("../tests/fixtures/transform/order-modify.json");
 const RECORDS: usize = 1_000;

@@ -200,7 +200,7 @@ async fn pipeline(
         StreamSource::Arn(arn) => arn.clone(),
         StreamSource::Table(name) => latest_stream(&aws.dynamodb, name, source_var).await?,
     };
-    let streams = StreamsClient::new(aws.streams.clone());
+    let streams = StreamsClient::new(aws.streams.clone(), aws.records.clone());
     let info = streams.describe(&stream_arn).await.map_err(|e| {
         let message = format!("stream {stream_arn}: {e}");
         match e {

@@ -11,10 +11,11 @@
 //!   (`coordinator::plan`, pure) which leases to take, ask for and hand over, and run the shard
 //!   workers.
 //! - [`shard`]: one shard's loop; a page's steps after GetRecords, in order:
-//!   [`stream::capture`] (the raw records) → [`filter`] → [`transform`] → [`delivery`]
-//!   ([`nakadi`] publishes, [`dlq`] takes what finally failed) → the checkpoint
-//!   ([`lease::table`]).
-//! - [`stream`]: DynamoDB Streams calls with typed errors, raw record pages, shard lineage.
+//!   GetRecords ([`stream::signed`]) → [`stream::page`] (the raw records) → [`filter`] →
+//!   [`transform`] → [`delivery`] ([`nakadi`] publishes, [`dlq`] takes what finally failed) →
+//!   the checkpoint ([`lease::table`]).
+//! - [`stream`]: DynamoDB Streams calls with typed errors (GetRecords signed by the relay), raw
+//!   record pages, shard lineage.
 //! - [`lease`]: the lease table: conditional writes, fencing counter, checkpoints, heartbeats.
 //! - [`transform`]: pure; a stream record → the Nakadi event (item + JSON Patch).
 //! - [`filter`]: the configured filters in front of it (TTL deletions, event names, dropped

@@ -28,7 +28,7 @@ use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease, StreamStart};
 use crate::metrics::TableMetrics;
 use crate::nakadi::{Gate, Halt, PublishContext, Publisher};
 use crate::retry::Backoff;
-use crate::stream::capture::RecordsPage;
+use crate::stream::page::RecordsPage;
 use crate::stream::{Position, StreamError, StreamsClient};
 use crate::transform::EventSettings;
 

@@ -3,6 +3,7 @@
 //! setting behind a problem so that `main` exits with code 2 and a message an operator can act on.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -12,6 +13,7 @@ use crate::aws_requests::CountRequests;
 use crate::config::Config;
 use crate::dlq::{DeadLetterQueue, DlqError, Redrainer};
 use crate::nakadi::{FailureMode, NakadiError, Publisher, PublisherConfig, TokenSource};
+use crate::stream::signed::RecordsReader;
 
 /// A start-up failure, naming the setting that is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,8 @@ pub(crate) fn transient(variable: &'static str, message: impl std::fmt::Display)
 /// `AWS_ENDPOINT_URL*`). Every client counts its requests (`relay_aws_requests_total`).
 pub struct AwsClients {
     pub streams: aws_sdk_dynamodbstreams::Client,
+    /// GetRecords, signed and sent without the SDK's orchestration (`stream::signed`).
+    pub records: Arc<RecordsReader>,
     pub dynamodb: aws_sdk_dynamodb::Client,
     /// The lease table's client: each attempt bounded by RELAY_LEASE_CALL_TIMEOUT, so a retry
     /// still fits in the call's own deadline, well inside the lease duration.
@@ -52,13 +56,16 @@ pub struct AwsClients {
     pub s3: aws_sdk_s3::Client,
 }
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl AwsClients {
     pub async fn from_env(lease_call_timeout: Duration) -> AwsClients {
         // Every call gets a deadline: without one a hung connection would stall a shard or the
         // coordinator's round forever.
         let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(10))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
             .operation_timeout(Duration::from_secs(30))
             .build();
         let sdk = aws_config::defaults(BehaviorVersion::latest())
@@ -84,6 +91,7 @@ impl AwsClients {
             .interceptor(CountRequests)
             .build();
         AwsClients {
+            records: Arc::new(RecordsReader::new(&sdk, CONNECT_TIMEOUT, ATTEMPT_TIMEOUT).await),
             streams: aws_sdk_dynamodbstreams::Client::from_conf(streams),
             dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
             leases: aws_sdk_dynamodb::Client::from_conf(leases),

@@ -419,8 +419,8 @@ fn sdk_operations(crate_name: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// `name` of every `.name()` call in the relay's non-test source, with the file it is in.
-fn zero_argument_calls() -> Vec<(String, PathBuf)> {
+/// The relay's source files, test modules in their own files left out.
+fn source_files() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap().flatten() {
             let p = e.path();
@@ -435,8 +435,13 @@ fn zero_argument_calls() -> Vec<(String, PathBuf)> {
     }
     let mut files = Vec::new();
     walk(&repo_root().join("src"), &mut files);
+    files
+}
+
+/// `name` of every `.name()` call in the relay's non-test source, with the file it is in.
+fn zero_argument_calls() -> Vec<(String, PathBuf)> {
     let mut calls = Vec::new();
-    for file in files {
+    for file in source_files() {
         let text = std::fs::read_to_string(&file).unwrap();
         let code = text.split("#[cfg(test)]").next().unwrap();
         let bytes = code.as_bytes();
@@ -452,6 +457,34 @@ fn zero_argument_calls() -> Vec<(String, PathBuf)> {
         }
     }
     calls
+}
+
+/// The operations named after `prefix` in string literals of the non-test source.
+fn signed_targets(prefix: &str) -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    for file in source_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for (i, _) in code.match_indices(&format!("\"{prefix}")) {
+            let operation: String = code[i + 1 + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            found.push((operation, file.clone()));
+        }
+    }
+    found
+}
+
+fn snake(pascal: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in pascal.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 fn pascal(snake: &str) -> String {
@@ -530,6 +563,24 @@ fn the_documented_iam_policy_grants_exactly_the_actions_the_relay_calls() {
                     .to_string(),
             );
     }
+    // Calls the relay signs and sends itself name their operation in the `X-Amz-Target` header
+    // (`DynamoDBStreams_20120810.GetRecords`).
+    for (operation, file) in signed_targets("DynamoDBStreams_20120810.") {
+        assert!(
+            streams_ops.contains(&snake(&operation)),
+            "{operation} in {} is no DynamoDB Streams operation",
+            file.display()
+        );
+        called
+            .entry(format!("dynamodb:{operation}"))
+            .or_default()
+            .insert(
+                file.strip_prefix(repo_root())
+                    .unwrap()
+                    .display()
+                    .to_string(),
+            );
+    }
     // DynamoDB authorizes a transaction by the actions of its items, not by a
     // TransactWriteItems action: the lease take writes one update and one condition check.
     if let Some(files) = called.remove("dynamodb:TransactWriteItems") {
@@ -583,5 +634,202 @@ fn the_documented_iam_policy_grants_exactly_the_actions_the_relay_calls() {
             .iter()
             .map(|a| (a, &called[**a]))
             .collect::<HashMap<_, _>>()
+    );
+}
+
+/// A relay reading one shard of the Streams fault server through `edge`, with `env_changes`
+/// applied to the usual environment; returns what it needs to write and check.
+struct EdgeSetup {
+    _moto: Moto,
+    nakadi: Nakadi,
+    streams: StreamsFault,
+    arn: String,
+    env: HashMap<String, String>,
+}
+
+async fn edge_setup(test: &str) -> EdgeSetup {
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    let streams = StreamsFault::start(test);
+    let arn = streams.ctl.create_stream(1, 5).await;
+    let dlq = moto.create_queue("relay-dlq", &[]).await;
+    let env = fault_env(&moto, &nakadi, &streams, &arn, &dlq);
+    EdgeSetup {
+        _moto: moto,
+        nakadi,
+        streams,
+        arn,
+        env,
+    }
+}
+
+/// Waits until every written record's event arrived.
+async fn wait_arrived(nakadi: &Nakadi, written: &[Written], what: &str) {
+    let expected: HashSet<String> = written.iter().map(|w| w.eid.clone()).collect();
+    wait_for_every(
+        what,
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let arrived: HashSet<String> = nakadi
+                .events()
+                .await
+                .iter()
+                .map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned())
+                .collect();
+            expected.is_subset(&arrived).then_some(())
+        },
+    )
+    .await;
+}
+
+fn get_records_keys(stats: &Value) -> usize {
+    stats["get_records_by_key"].as_object().unwrap().len()
+}
+
+/// The relay's own GetRecords path signs with the default chain's credentials and renews them
+/// before they expire (container credentials that last 30 s, as ECS and EKS Pod Identity serve
+/// them), and signs with the server's clock once a response showed that its own is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_records_renews_expiring_credentials_and_follows_the_server_clock() {
+    let test = "security_edge_credentials";
+    let mut s = edge_setup(test).await;
+    let edge = Edge::start(test, &s.streams.ctl.url, &["--expiry", "30"]);
+    s.env.remove("AWS_ACCESS_KEY_ID");
+    s.env.remove("AWS_SECRET_ACCESS_KEY");
+    s.env.insert(
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI".into(),
+        format!("{}/_edge/creds", edge.url),
+    );
+    s.env
+        .insert("AWS_ENDPOINT_URL_DYNAMODB_STREAMS".into(), edge.url.clone());
+    let relay = Relay::start(test, "relay-1", &s.env);
+    relay.wait_ready().await;
+    let writer = Writer::start(
+        s.streams.ctl.clone(),
+        s.arn.clone(),
+        4,
+        Duration::from_millis(250),
+    );
+    // Three keys in turn: the first and two renewals, each before its predecessor expired.
+    wait_for_every(
+        "GetRecords signed with three keys in turn",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async { (get_records_keys(&edge.stats().await) >= 3).then_some(()) },
+    )
+    .await;
+    let stats = edge.stats().await;
+    let expired: Vec<&Value> = stats["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["target"].as_str().unwrap().ends_with(".GetRecords"))
+        .collect();
+    assert!(
+        expired.is_empty(),
+        "GetRecords refused before the clock moved: {expired:?}"
+    );
+
+    // The edge's clock jumps an hour ahead: signatures of our time are refused, and the
+    // response's `Date` tells the relay the server's time.
+    edge.set_clock_offset(3600).await;
+    let moved = writer.count();
+    wait_for_every(
+        "a GetRecords refused for the clock",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            edge.stats().await["refused"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| {
+                    r["target"].as_str().unwrap().ends_with(".GetRecords")
+                        && r["reason"].as_str().unwrap().contains("Signature expired")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    wait_for_every(
+        "records written after the clock moved",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async { (writer.count() >= moved + 20).then_some(()) },
+    )
+    .await;
+    let written = writer.finish().await;
+    wait_arrived(
+        &s.nakadi,
+        &written,
+        "every record, before and after the clock moved",
+    )
+    .await;
+    let refused = edge.stats().await["refused"].clone();
+    let for_the_clock = refused
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["target"].as_str().unwrap().ends_with(".GetRecords"))
+        .count();
+    assert!(
+        for_the_clock <= 2,
+        "the clock should be corrected by the first refusal: {refused}"
+    );
+}
+
+/// GetRecords goes through the proxy that `HTTP_PROXY` names, as every other HTTP client in
+/// the process does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_records_goes_through_the_configured_proxy() {
+    let test = "security_edge_proxy";
+    let mut s = edge_setup(test).await;
+    let proxy = Edge::start(test, "", &[]);
+    s.env.insert("HTTP_PROXY".into(), proxy.url.clone());
+    let relay = Relay::start(test, "relay-1", &s.env);
+    relay.wait_ready().await;
+    let written = s
+        .streams
+        .ctl
+        .write(&s.arn, &[("order-1".into(), 1), ("order-2".into(), 2)])
+        .await;
+    wait_arrived(&s.nakadi, &written, "records read through the proxy").await;
+    let stats = proxy.stats().await;
+    assert!(
+        stats["proxied_get_records"].as_u64().unwrap() > 0,
+        "no GetRecords went through the proxy: {stats}"
+    );
+}
+
+/// A Streams endpoint whose certificate a private CA signed is trusted once `SSL_CERT_FILE`
+/// names that CA, by the SDK's calls and the relay's own GetRecords alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_records_trusts_the_ca_bundle_in_ssl_cert_file() {
+    let test = "security_edge_tls";
+    let mut s = edge_setup(test).await;
+    let edge = Edge::start(
+        test,
+        &s.streams.ctl.url,
+        &["--tls", "--static-key", "test:test"],
+    );
+    s.env
+        .insert("AWS_ENDPOINT_URL_DYNAMODB_STREAMS".into(), edge.url.clone());
+    s.env.insert(
+        "SSL_CERT_FILE".into(),
+        edge.ca.as_ref().unwrap().display().to_string(),
+    );
+    let relay = Relay::start(test, "relay-1", &s.env);
+    relay.wait_ready().await;
+    let written = s
+        .streams
+        .ctl
+        .write(&s.arn, &[("order-1".into(), 1), ("order-2".into(), 2)])
+        .await;
+    wait_arrived(&s.nakadi, &written, "records read over TLS").await;
+    let stats = edge.stats().await;
+    assert!(
+        get_records_keys(&stats) == 1 && stats["refused"].as_array().unwrap().is_empty(),
+        "GetRecords over TLS, signed with the static key: {stats}"
     );
 }

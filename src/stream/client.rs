@@ -1,14 +1,14 @@
 //! The DynamoDB Streams calls the relay makes, with errors classified once into what the
 //! caller does about them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use aws_sdk_dynamodbstreams::Client;
-use aws_sdk_dynamodbstreams::config::StalledStreamProtectionConfig;
 use aws_sdk_dynamodbstreams::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodbstreams::types::{ShardFilter, ShardFilterType, ShardIteratorType};
 
-use super::capture::{CaptureRecords, RecordsPage, capture};
+use super::page::RecordsPage;
+use super::signed::RecordsReader;
 use super::{Shard, ShardId, StreamInfo};
 use crate::metrics;
 
@@ -33,7 +33,7 @@ pub enum StreamError {
 }
 
 impl StreamError {
-    fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> &'static str {
         match self {
             StreamError::ExpiredIterator => "expired_iterator",
             StreamError::Trimmed => "trimmed",
@@ -52,7 +52,15 @@ impl StreamError {
             "{}",
             aws_sdk_dynamodbstreams::error::DisplayErrorContext(&err)
         );
-        let classified = match err.code() {
+        let classified = StreamError::classify(err.code(), message);
+        metrics::aws_error(operation, classified.kind());
+        classified
+    }
+
+    /// The failure table's classes of a Streams error code, for the SDK's errors and for the
+    /// relay's own GetRecords calls alike.
+    pub(super) fn classify(code: Option<&str>, message: String) -> StreamError {
+        match code {
             Some("ExpiredIteratorException") => StreamError::ExpiredIterator,
             Some("TrimmedDataAccessException") => StreamError::Trimmed,
             Some(
@@ -63,9 +71,7 @@ impl StreamError {
             ) => StreamError::Throttled(message),
             Some("ResourceNotFoundException") => StreamError::NotFound(message),
             _ => StreamError::Other(message),
-        };
-        metrics::aws_error(operation, classified.kind());
-        classified
+        }
     }
 }
 
@@ -79,6 +85,7 @@ pub enum Position {
 #[derive(Clone)]
 pub struct StreamsClient {
     client: Client,
+    records: Arc<RecordsReader>,
 }
 
 /// DescribeStream returns at most 100 shards a page; asking for the maximum keeps the number of
@@ -86,21 +93,9 @@ pub struct StreamsClient {
 const DESCRIBE_PAGE: i32 = 100;
 
 impl StreamsClient {
-    /// The client with the records capture added once, for every GetRecords call.
-    ///
-    /// Stalled-stream protection is off for this client: it watches every response body's
-    /// throughput with timers of its own on each poll of an idle shard, while a response that
-    /// stalls is still cut by the attempt timeout every call has.
-    pub fn new(client: Client) -> StreamsClient {
-        let config = client
-            .config()
-            .to_builder()
-            .interceptor(CaptureRecords)
-            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
-            .build();
-        StreamsClient {
-            client: Client::from_conf(config),
-        }
+    /// GetRecords goes through `records`, every other call through the SDK's `client`.
+    pub fn new(client: Client, records: Arc<RecordsReader>) -> StreamsClient {
+        StreamsClient { client, records }
     }
 
     /// The stream's view type, key schema and every shard, following DescribeStream's pages.
@@ -192,26 +187,9 @@ impl StreamsClient {
             .ok_or_else(|| StreamError::NotFound(format!("no iterator for shard {shard}")))
     }
 
-    /// Up to 1,000 records. The SDK signs, retries and maps errors as for any call, but the
-    /// records themselves are taken raw from the response body (see `capture`): decoding them into
-    /// the SDK's types would cost more CPU than everything else the relay does per record.
+    /// Up to 1,000 records after `iterator`, as raw JSON ([`RecordsPage`]).
     pub async fn get_records(&self, iterator: &str) -> Result<RecordsPage, StreamError> {
-        let slot = Arc::new(Mutex::new(None));
-        let call = self
-            .client
-            .get_records()
-            .shard_iterator(iterator)
-            .limit(1000)
-            .send();
-        capture(slot.clone(), call)
-            .await
-            .map_err(|e| StreamError::from_sdk("GetRecords", e))?;
-        // A body the capture cannot parse is handed to the SDK unchanged and fails its decoding
-        // above; one both accept that is still not a page (`"Records": null`) lands here.
-        slot.lock()
-            .expect("capture slot poisoned")
-            .take()
-            .ok_or_else(|| StreamError::Other("GetRecords body was not captured".into()))
+        self.records.get_records(iterator).await
     }
 }
 

@@ -1,10 +1,10 @@
-//! DynamoDB Streams: the API calls with typed errors (`client`), raw record pages (`capture`),
-//! which shard may be read when (`lineage`), and the loop that carries one shard's records to
-//! Nakadi (`worker`).
+//! DynamoDB Streams: the API calls with typed errors (`client`), GetRecords signed and sent by
+//! the relay (`signed`), raw record pages (`page`), and which shard may be read when (`lineage`).
 
-pub mod capture;
 pub mod client;
 pub mod lineage;
+pub mod page;
+pub mod signed;
 
 use std::fmt;
 

@@ -556,7 +556,7 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 
 /// Where the next `"`, `\` or control character is, from `at` (the string's end, an escape, or an
 /// error), or `bytes.len()`. Sixteen bytes at a time (SSE2 through `wide`, as the page scan in
-/// `stream::capture` does), as it runs over every string of the record and of every GetRecords
+/// `stream::page` does), as it runs over every string of the record and of every GetRecords
 /// page: most strings end within one step. Eight bytes at a time with integer bit tricks took
 /// two to three steps for most names and values.
 #[inline(always)]

@@ -1010,3 +1010,77 @@ where
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// What stands between the relay and AWS (tests/servers/aws_edge_server.py): container
+/// credentials that expire, signature and clock checks in front of an upstream, a forward proxy,
+/// and TLS with a CA of its own.
+pub struct Edge {
+    pub process: Process,
+    /// `http://127.0.0.1:<port>`, or `https://localhost:<port>` with TLS.
+    pub url: String,
+    /// With TLS: the CA certificate to trust.
+    pub ca: Option<PathBuf>,
+    control: String,
+}
+
+impl Edge {
+    /// `upstream`: where signed requests go; `args`: more of the server's options.
+    pub fn start(test: &str, upstream: &str, args: &[&str]) -> Edge {
+        let tls_dir = output_dir(test).join("edge-tls");
+        let tls = args.contains(&"--tls");
+        let mut cmd = Command::new(python());
+        cmd.arg(repo_root().join("tests/servers/aws_edge_server.py"))
+            .args(["--port", "0", "--upstream", upstream])
+            .args(args.iter().filter(|a| **a != "--tls"));
+        if tls {
+            cmd.arg("--tls-dir").arg(&tls_dir);
+        }
+        let (process, port) = spawn_listening("aws edge", cmd, &output_dir(test).join("edge.log"));
+        let (url, ca) = if tls {
+            (
+                format!("https://localhost:{port}"),
+                Some(tls_dir.join("ca.pem")),
+            )
+        } else {
+            (format!("http://127.0.0.1:{port}"), None)
+        };
+        Edge {
+            process,
+            url,
+            ca,
+            control: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),
+        }
+    }
+
+    fn client(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca).unwrap();
+            builder = builder.tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()]);
+        }
+        builder.build().unwrap()
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.client()
+            .get(format!("{}/_edge/stats", self.control))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("reading the edge's stats")
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Shifts the edge's clock: its `Date` and the time it checks signatures against.
+    pub async fn set_clock_offset(&self, seconds: i64) {
+        self.client()
+            .post(format!("{}/_edge/clock", self.control))
+            .json(&serde_json::json!({ "offset_s": seconds }))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("setting the edge's clock");
+    }
+}

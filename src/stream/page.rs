@@ -1,95 +1,29 @@
-//! Taking GetRecords' records raw from the response body, under the SDK.
+//! A GetRecords response body kept as it came, with where each record lies in it.
 //!
-//! The SDK decodes every record into its own types (`Record`, `AttributeValue` maps), which costs
-//! more CPU than the whole rest of the relay's work for that record (docs/performance.md). The relay needs the records as raw JSON anyway, because the transform writes the
-//! event straight from the wire's attribute values.
-//!
-//! So an interceptor wraps the successful (200) response body of a GetRecords call: when the
-//! body has been read to its end, the wrapper checks it is UTF-8, locates the records and the
-//! iterator in one scan (`locate`), keeps the page for the caller and hands the SDK a small body
-//! with only `NextShardIterator`. The SDK still signs the request, resolves credentials, retries, and
-//! decodes errors (non-200 bodies are passed through untouched), so its error types and retry
-//! classification stay in force. The alternatives measured and rejected are in docs/DESIGN.md.
+//! The relay needs the records as raw JSON, because the transform writes the event straight from
+//! the wire's attribute values; decoding them into the SDK's types (`Record`, `AttributeValue`
+//! maps) would cost more CPU than the whole rest of the relay's work for a record
+//! (docs/performance.md). So [`RecordsPage::parse`] locates the records and the iterator in one
+//! scan of the body (`locate`), and the page owns the body. The bodies' buffers are used again
+//! for later pages ([`PAGE_BUFFERS`]).
 
-use std::future::Future;
 use std::ops::Range;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::sync::Mutex;
 
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut;
-use aws_smithy_runtime_api::client::interceptors::{Intercept, dyn_dispatch_hint};
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::body::SdkBody;
-use aws_smithy_types::config_bag::ConfigBag;
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use wide::u8x16;
 
 use crate::transform::find_special;
 
-/// Where the interceptor leaves the page of the last successful attempt.
-pub type Slot = Arc<Mutex<Option<RecordsPage>>>;
-
-tokio::task_local! {
-    /// The slot of the GetRecords call running in this task ([`capture`]).
-    static SLOT: Slot;
-}
-
-/// Runs `call` (a GetRecords request) with `slot` as the place for its page.
-///
-/// The slot travels in a task-local rather than in a per-call interceptor: an interceptor added
-/// to one call makes the SDK build a configuration override for that call (layers and runtime
-/// components merged anew), a large part of an idle poll's cost. The orchestrator runs the
-/// interceptor hooks inside the caller's future, so the task-local is in scope there.
-pub async fn capture<F: Future>(slot: Slot, call: F) -> F::Output {
-    SLOT.scope(slot, call).await
-}
-
-/// The interceptor, registered once on the Streams client (`StreamsClient::new`). Calls made
-/// outside [`capture`] (every other operation) pass untouched.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CaptureRecords;
-
-// The hint tells the SDK which hooks this overrides, so it skips the others on every call.
-#[dyn_dispatch_hint]
-impl Intercept for CaptureRecords {
-    fn name(&self) -> &'static str {
-        "CaptureRecords"
-    }
-
-    fn modify_before_deserialization(
-        &self,
-        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
-        _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let Ok(slot) = SLOT.try_with(Slot::clone) else {
-            return Ok(());
-        };
-        let response = context.response_mut();
-        if response.status().as_u16() != 200 {
-            return Ok(());
-        }
-        let inner = response.take_body();
-        // Sized from Content-Length up front: growing a megabyte page by doubling copies it
-        // several times. Capped, so a wrong header cannot reserve much more than a page.
-        let expected = inner.size_hint().lower().min(MAX_RESERVE) as usize;
-        *response.body_mut() = SdkBody::from_body_1_x(CaptureBody {
-            inner,
-            buf: PAGE_BUFFERS.take(expected),
-            slot,
-            done: false,
-        });
-        Ok(())
-    }
-}
-
 /// GetRecords pages are at most about 1 MB of records plus their JSON framing.
 const MAX_RESERVE: u64 = 4 << 20;
+
+/// An empty buffer for a page of `expected` bytes (its Content-Length), capped so a wrong header
+/// cannot reserve much more than a page.
+pub fn page_buffer(expected: usize) -> Vec<u8> {
+    PAGE_BUFFERS.take(expected.min(MAX_RESERVE as usize))
+}
 
 /// Buffers of pages the relay is done with, for the next GetRecords responses of the process.
 /// A page read into fresh memory faults in each of its memory pages, a visible share of the
@@ -119,71 +53,6 @@ impl PageBuffers {
             buffer.clear();
             kept.push(buffer);
         }
-    }
-}
-
-struct CaptureBody {
-    inner: SdkBody,
-    buf: Vec<u8>,
-    slot: Slot,
-    done: bool,
-}
-
-impl Body for CaptureBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        loop {
-            if self.done {
-                return Poll::Ready(None);
-            }
-            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => {
-                    self.done = true;
-                    let full = std::mem::take(&mut self.buf);
-                    // A body that is not the expected JSON goes to the SDK unchanged, so its
-                    // deserializer reports the error as it would for any malformed response.
-                    let page = String::from_utf8(full)
-                        .map_err(|e| e.into_bytes())
-                        .and_then(|text| RecordsPage::parse(text).map_err(String::into_bytes));
-                    let small = match page {
-                        Ok(page) => {
-                            let small = match &page.next_iterator {
-                                Some(it) => Bytes::from(
-                                    serde_json::to_vec(
-                                        &serde_json::json!({ "NextShardIterator": it }),
-                                    )
-                                    .expect("a string serializes"),
-                                ),
-                                None => Bytes::from_static(b"{}"),
-                            };
-                            *self.slot.lock().expect("capture slot poisoned") = Some(page);
-                            small
-                        }
-                        Err(full) => Bytes::from(full),
-                    };
-                    return Poll::Ready(Some(Ok(Frame::data(small))));
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
