@@ -20,6 +20,7 @@ Control API (same port, plain JSON over HTTP, no X-Amz-Target):
   POST /_test/streams          create a stream      -> {"stream_arn"}
   POST /_test/records          append records       -> {"records": [{"shard_id","sequence_number","event_id"}]}
   POST /_test/split            close one shard, open children -> {"children": [...]}
+                               ("rewind": true breaks the parent/child order on purpose)
   POST /_test/split-all        roll over every open shard     -> {"children": [...], "splits": {parent: [...]}}
   POST /_test/expire-iterators every iterator issued so far is expired
   POST /_test/trim             trim the head of a shard
@@ -237,7 +238,7 @@ class GeneratedRun:
 class Shard:
     __slots__ = ("shard_id", "parent_id", "hash_lo", "hash_hi", "start_seq", "end_seq",
                  "seqs", "recs", "times", "sizes", "trim_index", "added_at", "added_from",
-                 "closed_at", "removed_at", "served")
+                 "closed_at", "removed_at", "served", "own_seq")
 
     def __init__(self, shard_id: str, parent_id: str | None, hash_lo: int, hash_hi: int,
                  start_seq: int):
@@ -270,6 +271,20 @@ class Shard:
         # Record indexes ever returned by GetRecords: sorted, disjoint, merged
         # half-open [lo, hi) intervals (usually just one).
         self.served: list[list[int]] = []
+        # None: records take the stream's next sequence numbers. A child of a
+        # rewound split (/_test/split "rewind") numbers its records from this
+        # one-element list instead, shared with its siblings.
+        self.own_seq: list[int] | None = None
+
+    def take_seq(self, stream: Stream, n: int = 1) -> int:
+        """The first of `n` sequence numbers for records appended to this shard."""
+        if self.own_seq is None:
+            first = stream.next_seq
+            stream.next_seq += n * SEQUENCE_STEP
+        else:
+            first = self.own_seq[0]
+            self.own_seq[0] += n * SEQUENCE_STEP
+        return first
 
     @property
     def is_open(self) -> bool:
@@ -825,8 +840,10 @@ def ctl_streams(st: State, req: dict):
     return {"stream_arn": arn, "shard_ids": [s.shard_id for s in stream.shards]}
 
 
-def _add_shard(st: State, stream: Stream, parent: str | None, lo: int, hi: int) -> Shard:
-    shard = Shard(st.new_shard_id(), parent, lo, hi, stream.take_seq())
+def _add_shard(st: State, stream: Stream, parent: str | None, lo: int, hi: int,
+               start_seq: int | None = None) -> Shard:
+    shard = Shard(st.new_shard_id(), parent, lo, hi,
+                  stream.take_seq() if start_seq is None else start_seq)
     stream.shards.append(shard)
     stream.by_id[shard.shard_id] = shard
     return shard
@@ -875,7 +892,7 @@ def ctl_records(st: State, req: dict):
         prepared.append((r, keys, new, old, name, shard))
     out = []
     for r, keys, new, old, name, shard in prepared:
-        seq = stream.take_seq()
+        seq = shard.take_seq(stream)
         event_id = r.get("event_id") or uuid.uuid4().hex
         t = float(r.get("approximate_creation_time", now))
         body, size = image_body(keys, new, old, stream.view_type)
@@ -891,28 +908,43 @@ def ctl_records(st: State, req: dict):
     return {"records": out}
 
 
-def _split(st: State, stream: Stream, shard: Shard, children: int) -> list[str]:
+def _split(st: State, stream: Stream, shard: Shard, children: int,
+           rewind: bool = False) -> list[str]:
     if not shard.is_open:
         raise ControlError(f"shard {shard.shard_id} is already closed")
     if not isinstance(children, int) or children < 1:
         raise ControlError("children must be an integer >= 1")
     # EndingSequenceNumber: the last record's, or a fresh one for an empty shard.
-    shard.end_seq = shard.seqs[-1] if shard.seqs else stream.take_seq()
+    shard.end_seq = shard.seqs[-1] if shard.seqs else shard.take_seq(stream)
     shard.closed_at = time.time()
     lo, hi = shard.hash_lo, shard.hash_hi
+    # Rewound: the children start at their parent's StartingSequenceNumber and
+    # number their records on from there, so every child's first record is at
+    # most its parent's first (and so its last).
+    own = [shard.start_seq + SEQUENCE_STEP] if rewind else None
     ids = []
     for i in range(children):
         c = _add_shard(st, stream, shard.shard_id,
-                       lo + (hi - lo) * i // children, lo + (hi - lo) * (i + 1) // children)
+                       lo + (hi - lo) * i // children, lo + (hi - lo) * (i + 1) // children,
+                       start_seq=None if own is None else shard.start_seq)
+        c.own_seq = own
         ids.append(c.shard_id)
     return ids
 
 
 def ctl_split(st: State, req: dict):
-    """POST /_test/split {"stream_arn", "shard_id", "children": 2} -> {"children": [ids]}"""
+    """POST /_test/split {"stream_arn", "shard_id", "children": 2, "rewind": false}
+    -> {"children": [ids]}
+    "rewind": true breaks on purpose what DynamoDB does, though AWS documents
+    order within a shard only: a child's records get sequence numbers below its
+    parent's last (numbered on from the parent's StartingSequenceNumber, apart
+    from the stream's counter), for a reader's parent/child order check."""
     stream = _cstream(st, req)
     shard = _cshard(stream, _need(req, "shard_id"))
-    return {"children": _split(st, stream, shard, req.get("children", 2))}
+    rewind = req.get("rewind", False)
+    if not isinstance(rewind, bool):
+        raise ControlError("rewind must be true or false")
+    return {"children": _split(st, stream, shard, req.get("children", 2), rewind)}
 
 
 def ctl_split_all(st: State, req: dict):
@@ -1182,8 +1214,7 @@ def ctl_generate(st: State, req: dict):
     for shard in stream.open_shards():
         run = GeneratedRun(len(shard.seqs), n_base, template)
         shard.note_appended(len(shard.seqs), t)
-        first = stream.next_seq
-        stream.next_seq += per * SEQUENCE_STEP
+        first = shard.take_seq(stream, per)
         shard.seqs.extend(range(first, first + per * SEQUENCE_STEP, SEQUENCE_STEP))
         shard.recs.extend([run] * per)
         shard.times.extend([t] * per)

@@ -505,6 +505,39 @@ def split_and_lineage():
 
 
 @test
+def rewound_split_breaks_the_parent_child_order():
+    arn = new_stream(shards=1)
+    (parent,) = [s["ShardId"] for s in shards(arn)]
+    before = post(arn, [{"key": f"k{i}", "new_image": {}} for i in range(4)])
+    with_children = ctl("/_test/split", {"stream_arn": arn, "shard_id": parent, "children": 2})
+    (normal_parent,) = with_children["children"][:1]
+    # A rewound split numbers its children's records below their parent's last.
+    post(arn, [{"key": "k", "new_image": {}, "shard_id": normal_parent}])
+    kids = ctl("/_test/split", {"stream_arn": arn, "shard_id": normal_parent, "children": 2,
+                                "rewind": True})["children"]
+    desc = {s["ShardId"]: s for s in shards(arn)}
+    p_rng = desc[normal_parent]["SequenceNumberRange"]
+    for c in kids:
+        assert desc[c]["SequenceNumberRange"]["StartingSequenceNumber"] == p_rng["StartingSequenceNumber"]
+    after = post(arn, [{"key": k, "new_image": {}, "shard_id": c} for c in kids for k in ("a", "b")])
+    seqs = [int(r["sequence_number"]) for r in after]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4, "still increasing, across the siblings"
+    assert seqs[0] <= int(p_rng["EndingSequenceNumber"]), (seqs, p_rng)
+    # Each child still reads and iterates by its own numbers.
+    for c in kids:
+        recs, _ = read_all(iterator(arn, c))
+        mine = [r["sequence_number"] for r in after if r["shard_id"] == c]
+        assert [r["dynamodb"]["SequenceNumber"] for r in recs] == mine
+        recs, _ = read_all(iterator(arn, c, "AFTER_SEQUENCE_NUMBER", mine[0]))
+        assert [r["dynamodb"]["SequenceNumber"] for r in recs] == mine[1:]
+    # A normal split's children go on with the stream's numbers.
+    (sibling,) = with_children["children"][1:]
+    (r,) = post(arn, [{"key": "z", "new_image": {}, "shard_id": sibling}])
+    assert int(r["sequence_number"]) > int(p_rng["EndingSequenceNumber"])
+    ctl("/_test/split", {"stream_arn": arn, "shard_id": sibling, "rewind": "yes"}, expect=400)
+
+
+@test
 def remove_aged_out_shard():
     arn = new_stream()
     (parent,) = [s["ShardId"] for s in shards(arn)]
