@@ -72,6 +72,7 @@ pub struct Metrics {
     pub checkpoints: IntCounterVec,
     pub records_trimmed: IntCounterVec,
     pub records_filtered: IntCounterVec,
+    pub lineage_order_violations: IntCounterVec,
     pub aws_errors: IntCounterVec,
     pub aws_requests: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -223,6 +224,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Stream records not published because the configured filter skips them, by reason (ttl_delete, event_name); their checkpoints move on.",
             &["table", "reason"],
         ),
+        lineage_order_violations: counter_vec(
+            "relay_lineage_order_violations_total",
+            "Child shards whose first record's sequence number was not above the last of a parent shard: AWS documents order within a shard only, and per-key order by data.sequence_number across the split does not hold for them.",
+            &["table"],
+        ),
         aws_errors: counter_vec(
             "relay_aws_errors_total",
             "Errors from AWS calls, by operation and kind (throttling, expired_iterator, trimmed, not_found, lease_lost, other).",
@@ -346,6 +352,7 @@ pub struct TableMetrics {
     pub shards_trimmed: IntCounter,
     pub fence_lapses: IntCounter,
     pub config_conflict: IntGauge,
+    pub lineage_order_violations: IntCounter,
     /// `relay_event_delay_seconds` of the table: observed by the publisher of its shard workers.
     pub event_delay: Histogram,
     table: String,
@@ -379,6 +386,7 @@ impl TableMetrics {
             shards_trimmed: m.shards_trimmed.with_label_values(&[table]),
             fence_lapses: m.fence_lapses.with_label_values(&[table]),
             config_conflict: m.config_conflict.with_label_values(&[table]),
+            lineage_order_violations: m.lineage_order_violations.with_label_values(&[table]),
             event_delay: m.event_delay.with_label_values(&[table]),
             table: table.to_owned(),
         }
@@ -524,6 +532,7 @@ mod tests {
             "relay_dlq_depth{state=\"in_flight\"} ",
             "relay_dlq_depth{state=\"visible\"} ",
             "relay_parking_depth ",
+            "relay_lineage_order_violations_total{table=\"zero\"} 0",
             "relay_event_delay_seconds_count{table=\"zero\"} 0",
             "relay_event_delay_seconds_bucket{table=\"zero\",le=\"1\"} 0",
             "relay_event_delay_seconds_bucket{table=\"zero\",le=\"3600\"} 0",

@@ -28,6 +28,7 @@ use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease, StreamStart};
 use crate::metrics::TableMetrics;
 use crate::nakadi::{Gate, Halt, PublishContext, Publisher};
 use crate::retry::Backoff;
+use crate::stream::lineage::{ParentEnd, out_of_order};
 use crate::stream::page::RecordsPage;
 use crate::stream::{Position, StreamError, StreamsClient};
 use crate::transform::EventSettings;
@@ -93,6 +94,10 @@ pub struct ShardWorker {
     pub lease: Arc<OwnedLease>,
     /// Where the stream was first read: records before it are skipped.
     pub start: StreamStart,
+    /// The parents read to their end whose last record is known, as the lease table showed them
+    /// when this lease was taken: a shard that has not reached a record yet checks that its
+    /// first comes after each of them.
+    pub parents: Vec<ParentEnd>,
     /// Shutdown, hand-over or fence lapse: stop waiting for records.
     pub stop: CancellationToken,
     /// The lease is another pod's: stop even in the middle of a page, without a checkpoint.
@@ -122,6 +127,9 @@ impl ShardWorker {
         let Some(mut position) = self.lease.checkpoint().await.position() else {
             return ShardExit::Finished;
         };
+        // Only a shard's first record is compared with its parents' last: one read after a
+        // checkpoint was checked by whoever read the first (or came after it, if trimmed).
+        let mut check_parents = position == Position::TrimHorizon && !self.parents.is_empty();
         let mut iterator: Option<String> = None;
         // A page read ahead while the one before it was delivered.
         let mut fetched: Option<Result<RecordsPage, StreamError>> = None;
@@ -206,7 +214,7 @@ impl ShardWorker {
             // The next page is read, and an owed checkpoint written, while this one is
             // published: neither wait adds to every page's delay. The page read ahead is only
             // kept, never published, until this one is delivered.
-            let deliver = self.deliver(&page);
+            let deliver = self.deliver(&page, std::mem::take(&mut check_parents));
             let read = async {
                 match page.next_iterator.as_deref() {
                     Some(next) => self.read(next).await,
@@ -327,8 +335,14 @@ impl ShardWorker {
     }
 
     /// Delivers a page: publishes it and dead-letters what finally failed. Returns the sequence
-    /// number to checkpoint (the done prefix's last), or that the lease was lost.
-    async fn deliver(&self, page: &RecordsPage) -> Result<Delivered, ShardExit> {
+    /// number to checkpoint (the done prefix's last), or that the lease was lost. With
+    /// `check_parents`, the page is the shard's first and its first record is compared with the
+    /// parents' last before anything is published.
+    async fn deliver(
+        &self,
+        page: &RecordsPage,
+        check_parents: bool,
+    ) -> Result<Delivered, ShardExit> {
         let p = &self.pipeline;
         let mut events = Vec::with_capacity(page.len());
         let mut entries = Vec::with_capacity(page.len());
@@ -394,6 +408,16 @@ impl ShardWorker {
                 "skipped records written before the stream's first start"
             );
         }
+        if check_parents {
+            let first = seqs.iter().find_map(|seq| match seq {
+                Seq::Event(i) => Some(events[*i].sequence_number()),
+                Seq::Record(seq) => Some(seq.as_str()),
+                Seq::Unknown => None,
+            });
+            if let Some(first) = first {
+                self.check_parents(first);
+            }
+        }
         let delivery = Delivery {
             publisher: &p.publisher,
             dlq: &p.dlq,
@@ -425,6 +449,23 @@ impl ShardWorker {
             halted: report.halted,
             lag_ms: newest_ms.map_or(0, |ms| now_ms() - ms),
         })
+    }
+
+    /// AWS documents the order of sequence numbers within a shard only; consumers order a key's
+    /// events by `data.sequence_number` across a split as well. A child whose first record is
+    /// not after a parent's last breaks that: counted and logged, and its records are published
+    /// all the same (the relay still reads parents before children).
+    fn check_parents(&self, first: &str) {
+        for parent in out_of_order(&self.parents, first) {
+            self.pipeline.metrics.lineage_order_violations.inc();
+            error!(
+                parent_shard_id = %parent.shard_id,
+                parent_last_sequence_number = %parent.last_sequence_number,
+                child_shard_id = %self.lease.shard_id,
+                child_first_sequence_number = first,
+                "child shard's first sequence number is not above its parent's last: consumers that order a key's events by data.sequence_number would take this shard's as older than the parent's"
+            );
+        }
     }
 
     /// Retries until the lease table has the checkpoint, or the lease is found lost. Conditioned

@@ -29,11 +29,11 @@ use tracing::{error, info, warn};
 
 use crate::config::{InitialPosition, LeaseTiming};
 use crate::lease::table::Snapshot;
-use crate::lease::{Checkpoint, LeaseError, Liveness, OwnedLease, StreamStart};
+use crate::lease::{Checkpoint, Lease, LeaseError, Liveness, OwnedLease, StreamStart};
 use crate::metrics::SHARD_STATES;
 use crate::shard::{Pipeline, ShardExit, ShardWorker};
 use crate::status::{LiveShard, ShardStatus, StatusBoard};
-use crate::stream::lineage::Lineage;
+use crate::stream::lineage::{Lineage, ParentEnd};
 use crate::stream::{Shard, ShardId};
 use plan::View;
 
@@ -234,7 +234,8 @@ impl Coordinator {
                             info!(shard_id = %take.lease.shard_id, checkpoint = %take.lease.checkpoint, "took a lease")
                         }
                     }
-                    self.start_worker(Arc::new(owned));
+                    let parents = parent_ends(&snapshot, take.lease);
+                    self.start_worker(Arc::new(owned), parents);
                 }
                 Err(LeaseError::Lost(_)) => {
                     info!(shard_id = %take.lease.shard_id, "the lease changed or its owner beat again; not taken");
@@ -413,7 +414,7 @@ impl Coordinator {
         }
     }
 
-    fn start_worker(&mut self, lease: Arc<OwnedLease>) {
+    fn start_worker(&mut self, lease: Arc<OwnedLease>, parents: Vec<ParentEnd>) {
         let running = Running {
             lease: lease.clone(),
             stop: self.shutdown.child_token(),
@@ -426,6 +427,7 @@ impl Coordinator {
                 .start
                 .clone()
                 .expect("leases are taken once the start is known"),
+            parents,
             stop: running.stop.clone(),
             lost: running.lost.clone(),
             deadline: self.deadline.clone(),
@@ -574,6 +576,26 @@ fn lineage<'a>(snapshot: &'a Snapshot, listed: &'a [ShardId]) -> Lineage<'a> {
             .map(|l| (&l.shard_id, l.checkpoint == Checkpoint::ShardEnd)),
         listed,
     )
+}
+
+/// The parents of `lease` that the snapshot shows read to their end with their last record.
+/// The plan takes a child only once its parents are finished in that same snapshot, and the
+/// SHARD_END write carries the last record, so no parent is missed for want of a newer read.
+fn parent_ends(snapshot: &Snapshot, lease: &Lease) -> Vec<ParentEnd> {
+    lease
+        .parent_shard_ids
+        .iter()
+        .filter_map(|id| {
+            let parent = snapshot.leases.iter().find(|l| &l.shard_id == id)?;
+            Some(ParentEnd {
+                shard_id: id.clone(),
+                last_sequence_number: parent
+                    .last_sequence_number
+                    .clone()
+                    .filter(|_| parent.checkpoint == Checkpoint::ShardEnd)?,
+            })
+        })
+        .collect()
 }
 
 /// How soon a shard that answered ResourceNotFoundException is looked for in the stream again.

@@ -211,6 +211,7 @@ mod tests {
             parent_shard_ids: parents.iter().map(|p| ShardId::new(*p)).collect(),
             owner_switches: 0,
             handoff_to: None,
+            last_sequence_number: None,
         }
     }
 

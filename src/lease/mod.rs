@@ -83,6 +83,11 @@ pub struct Lease {
     /// A worker with too few leases asked the owner to hand this one over; the owner finishes
     /// its page, checkpoints and releases it, so balancing never publishes anything twice.
     pub handoff_to: Option<String>,
+    /// The sequence number of the shard's last record, written with SHARD_END, so the children's
+    /// workers can check that their first record comes after it. None before the shard's end,
+    /// for a shard without records or finished as trimmed, and on items of versions that did not
+    /// write it: the children then skip the check.
+    pub last_sequence_number: Option<String>,
 }
 
 /// A worker's heartbeat item.

@@ -559,20 +559,35 @@ impl LeaseTable {
         Ok(())
     }
 
+    /// Moves the checkpoint. SHARD_END also keeps the checkpoint it replaces, the shard's last
+    /// record, as `last_sequence_number`, which the children's workers compare their first
+    /// record with; when the shard never reached a record there is none to keep. Versions that
+    /// do not know the attribute leave it alone.
     pub async fn checkpoint(
         &self,
         lease: &OwnedLease,
         me: &str,
         checkpoint: &Checkpoint,
     ) -> Result<(), LeaseError> {
-        self.write_owned(
-            lease,
-            me,
-            "SET #counter = :next, checkpoint = :cp, updated_at = :now",
-            Some(checkpoint),
-            &[],
-        )
-        .await
+        let last = match checkpoint {
+            Checkpoint::ShardEnd => match lease.checkpoint().await {
+                Checkpoint::Sequence(seq) => Some(seq),
+                _ => None,
+            },
+            _ => None,
+        };
+        let (update, extra) = match last {
+            Some(last) => (
+                "SET #counter = :next, checkpoint = :cp, last_sequence_number = :last, updated_at = :now",
+                vec![(":last", s(last))],
+            ),
+            None => (
+                "SET #counter = :next, checkpoint = :cp, updated_at = :now",
+                Vec::new(),
+            ),
+        };
+        self.write_owned(lease, me, update, Some(checkpoint), &extra)
+            .await
     }
 
     /// Finishes the lease of a shard that aged out of the stream before it was read to its end,
@@ -744,6 +759,7 @@ fn parse_lease(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
         parent_shard_ids: parents,
         owner_switches: get_n(item, "owner_switches").unwrap_or(0),
         handoff_to: get_s(item, "handoff_to").map(str::to_owned),
+        last_sequence_number: get_s(item, "last_sequence_number").map(str::to_owned),
     })
 }
 
