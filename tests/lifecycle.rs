@@ -53,6 +53,11 @@
 //!   within seconds; compressed to 3 s rollovers, seconds matter, and without the pause each
 //!   generation written during the outage would age out before the pods reach it, one after the
 //!   other (children wait for their parents), racing the report.
+//!
+//! Also here, the order a consumer relies on across a shard's life (issue #23): per key,
+//! `data.sequence_number` grows across a rollover and a split, and the events validate against
+//! the schema `event-type` printed; and the parent/child order check fires in the fault server's
+//! broken case (a rewound split) and stays at 0 otherwise.
 
 mod support;
 
@@ -1086,4 +1091,342 @@ async fn compressed_day(test: &'static str, initial: &str) {
         "pods exited by themselves: {:?}",
         pods.unexpected_exits
     );
+}
+
+/// The lease items of the shards: (shard id, checkpoint, last_sequence_number).
+async fn shard_ends(moto: &Moto) -> Vec<(String, String, Option<String>)> {
+    let s = |i: &LeaseItem, k: &str| i.get(k).and_then(|v| v.as_s().ok()).cloned();
+    lease_items(moto, LEASES, "shard")
+        .await
+        .expect("scanning the lease table")
+        .iter()
+        .map(|i| {
+            (
+                s(i, "shard_id").unwrap(),
+                s(i, "checkpoint").unwrap(),
+                s(i, "last_sequence_number"),
+            )
+        })
+        .collect()
+}
+
+/// A field of an event by a Nakadi field path (`data.item.pk`).
+fn at<'v>(event: &'v Value, path: &str) -> &'v Value {
+    path.split('.').fold(event, |v, name| &v[name])
+}
+
+/// Validates every `data` against the Draft 4 schema with Python's jsonschema (as Nakadi uses
+/// that draft); prints what failed.
+const VALIDATE_DATA: &str = r##"
+import json, sys, jsonschema
+case = json.load(sys.stdin)
+schema = json.loads(case["schema"])
+jsonschema.Draft4Validator.check_schema(schema)
+check = jsonschema.Draft4Validator(schema)
+problems = ["%s: %s" % (json.dumps(d), e.message) for d in case["data"] for e in check.iter_errors(d)]
+# The validator must bite: an item without its key is refused.
+if check.is_valid({"item": {}, "patch": []}):
+    problems.append("the schema took an item without its key")
+print("\n".join(problems[:20]))
+sys.exit(1 if problems else 0)
+"##;
+
+fn validate_data(schema: &str, data: Vec<Value>) {
+    let mut child = std::process::Command::new(python())
+        .args(["-c", VALIDATE_DATA])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the venv's python");
+    let case = json!({"schema": schema, "data": data});
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), case.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "events against the event type's schema:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const ORDER_VIOLATIONS: &str = "relay_lineage_order_violations_total{table=\"orders\"}";
+const ORDER_VIOLATION_LOG: &str =
+    "child shard's first sequence number is not above its parent's last";
+
+/// Writes rounds of `keys` keys until `n` more records were written.
+async fn writes(writer: &Writer, n: usize) {
+    let before = writer.count();
+    wait_for_every(
+        "more writes",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async { (writer.count() >= before + n).then_some(()) },
+    )
+    .await;
+}
+
+/// Issue #23: the order consumers are told to use holds across a shard's whole life. The event
+/// type that `event-type` prints for the relay's configuration orders each instance
+/// (`ordering_instance_ids`) by `ordering_key_fields`; across a rollover and a split on the
+/// Streams fault server, those values grow per key in arrival order, are the records' sequence
+/// numbers, and every event's `data` is valid against the printed schema. Each finished parent
+/// keeps its last record on its lease, and the parent/child order check stays at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_numbers_grow_per_key_across_a_rollover_and_a_split() {
+    let test = "lifecycle_sequence_numbers";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    let streams = StreamsFault::start(test);
+    let ctl = streams.ctl.clone();
+    let arn = ctl.create_stream(2, 100).await;
+    let dlq = moto.create_queue("relay-dlq", &[]).await;
+    let env = fault_env(&moto, &nakadi, &streams, &arn, &dlq);
+
+    let (code, stdout, stderr) = run_binary(
+        &[
+            "event-type",
+            "--owning-application",
+            "stups_orders",
+            "--key",
+            "pk",
+        ],
+        &env,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let event_type: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    let order_by: Vec<&str> = event_type["ordering_key_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    let instance_by: Vec<&str> = event_type["ordering_instance_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(order_by, ["data.sequence_number"]);
+    assert_eq!(instance_by, ["data.item.pk"]);
+
+    let relay = Relay::start(test, "relay-1", &env);
+    relay.wait_ready().await;
+    let writer = Writer::start(ctl.clone(), arn.clone(), KEYS, Duration::from_millis(50));
+    writes(&writer, 3 * KEYS).await;
+    let rollover = ctl
+        .call("split-all", json!({"stream_arn": arn, "children": 1}))
+        .await;
+    writes(&writer, 3 * KEYS).await;
+    let rolled: Vec<String> = rollover["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    let split = ctl
+        .call(
+            "split",
+            json!({"stream_arn": arn, "shard_id": rolled[0], "children": 2}),
+        )
+        .await;
+    writes(&writer, 3 * KEYS).await;
+    let written = writer.finish().await;
+    println!(
+        "sequence numbers: {} records; rollover {}, split {}",
+        written.len(),
+        rollover["children"],
+        split["children"]
+    );
+
+    let expected: HashSet<&str> = written.iter().map(|w| w.eid.as_str()).collect();
+    let events = wait_for_every(
+        "every written record at Nakadi",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async {
+            let events = nakadi.events().await;
+            let got: HashSet<&str> = events
+                .iter()
+                .map(|e| e["metadata"]["eid"].as_str().unwrap())
+                .collect();
+            expected.is_subset(&got).then_some(events.clone())
+        },
+    )
+    .await;
+
+    // Per ordering instance, the ordering key of each eid's first arrival grows, and is the
+    // record's sequence number as the stream sent it, zero-padded.
+    let by_eid: HashMap<&str, &Written> = written.iter().map(|w| (w.eid.as_str(), w)).collect();
+    let mut seen = HashSet::new();
+    let mut per_key: HashMap<String, Vec<&str>> = HashMap::new();
+    let mut shards_per_key: HashMap<String, HashSet<&str>> = HashMap::new();
+    for e in &events {
+        let eid = e["metadata"]["eid"].as_str().unwrap();
+        if !seen.insert(eid) {
+            continue;
+        }
+        let key = at(e, instance_by[0]).as_str().unwrap().to_owned();
+        let order = at(e, order_by[0]).as_str().unwrap();
+        let w = by_eid[eid];
+        assert_eq!(order, format!("{:040}", w.sequence), "{e}");
+        shards_per_key
+            .entry(key.clone())
+            .or_default()
+            .insert(w.shard.as_str());
+        per_key.entry(key).or_default().push(order);
+    }
+    assert_eq!(per_key.len(), KEYS);
+    for (key, orders) in &per_key {
+        assert!(
+            orders.windows(2).all(|w| w[0] < w[1]),
+            "{key}: {order_by:?} does not grow in arrival order: {orders:?}"
+        );
+    }
+    // Every key crossed the rollover, and some also the split.
+    assert!(
+        shards_per_key.values().all(|s| s.len() >= 2),
+        "{shards_per_key:?}"
+    );
+    assert!(
+        shards_per_key.values().any(|s| s.len() == 3),
+        "{shards_per_key:?}"
+    );
+
+    validate_data(
+        event_type["schema"]["schema"].as_str().unwrap(),
+        events.iter().map(|e| e["data"].clone()).collect(),
+    );
+
+    // The finished parents keep their last record: what the children compared with.
+    let mut last_of: HashMap<&str, u128> = HashMap::new();
+    for w in &written {
+        let last = last_of.entry(w.shard.as_str()).or_default();
+        *last = (*last).max(w.sequence);
+    }
+    let ends = wait_for_every(
+        "the split shards finished",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let ends = shard_ends(&moto).await;
+            (ends.iter().filter(|(_, cp, _)| cp == "SHARD_END").count() == 3).then_some(ends)
+        },
+    )
+    .await;
+    for (shard, checkpoint, last) in &ends {
+        if checkpoint == "SHARD_END" {
+            assert_eq!(
+                last.as_deref(),
+                Some(last_of[shard.as_str()].to_string().as_str()),
+                "{shard}"
+            );
+        } else {
+            assert_eq!(last, &None, "{shard} is not finished");
+        }
+    }
+
+    let (_, m) = relay.get("/metrics").await.unwrap();
+    assert_eq!(metric(&m, ORDER_VIOLATIONS), 0.0);
+    assert!(!relay.logs().contains(ORDER_VIOLATION_LOG));
+}
+
+/// Issue #23: AWS documents order within a shard only, so the relay checks each child shard's
+/// first sequence number against its parents' last. The fault server's rewound split numbers
+/// the children's records below their parent's last: each such child is counted and logged
+/// with both shards and both numbers, and its records are still published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_numbered_below_its_parent_is_counted_and_logged() {
+    let test = "lifecycle_lineage_order_broken";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    let streams = StreamsFault::start(test);
+    let ctl = streams.ctl.clone();
+    let arn = ctl.create_stream(1, 100).await;
+    let dlq = moto.create_queue("relay-dlq", &[]).await;
+    let env = fault_env(&moto, &nakadi, &streams, &arn, &dlq);
+    let relay = Relay::start(test, "relay-1", &env);
+    relay.wait_ready().await;
+    let (_, m) = relay.get("/metrics").await.unwrap();
+    assert_eq!(
+        metric(&m, ORDER_VIOLATIONS),
+        0.0,
+        "exported at 0 from start"
+    );
+
+    let round = |seq: u64| -> Vec<(String, u64)> {
+        (0..KEYS).map(|k| (format!("key-{k:03}"), seq)).collect()
+    };
+    let parent_writes = ctl.write(&arn, &round(0)).await;
+    let parent = parent_writes[0].shard.clone();
+    let parent_last = parent_writes.iter().map(|w| w.sequence).max().unwrap();
+    let arrived = |n: usize| {
+        let nakadi = &nakadi;
+        async move { (nakadi.events().await.len() >= n).then_some(()) }
+    };
+    wait_for("the parent's records", Duration::from_secs(30), || {
+        arrived(KEYS)
+    })
+    .await;
+    ctl.call(
+        "split",
+        json!({"stream_arn": arn, "shard_id": parent, "children": 2, "rewind": true}),
+    )
+    .await;
+    let child_writes = ctl.write(&arn, &round(1)).await;
+    let mut child_first: HashMap<&str, u128> = HashMap::new();
+    for w in &child_writes {
+        assert_ne!(w.shard, parent);
+        let first = child_first.entry(w.shard.as_str()).or_insert(u128::MAX);
+        *first = (*first).min(w.sequence);
+    }
+    assert!(child_first.values().all(|first| *first <= parent_last));
+    wait_for(
+        "the children's records, published all the same",
+        Duration::from_secs(30),
+        || arrived(2 * KEYS),
+    )
+    .await;
+
+    let counted = wait_for(
+        "the violations counted",
+        Duration::from_secs(30),
+        || async {
+            let (_, m) = relay.get("/metrics").await?;
+            let n = metric(&m, ORDER_VIOLATIONS);
+            (n >= child_first.len() as f64).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(counted, child_first.len() as f64, "once per child");
+    let parent_last = parent_last.to_string();
+    let ends = shard_ends(&moto).await;
+    assert!(
+        ends.iter().any(|(s, cp, last)| s == &parent
+            && cp == "SHARD_END"
+            && last.as_deref() == Some(parent_last.as_str())),
+        "{ends:?}"
+    );
+    let logs = relay.logs();
+    for (child, first) in &child_first {
+        let first = first.to_string();
+        let line = logs
+            .lines()
+            .find(|l| l.contains(ORDER_VIOLATION_LOG) && l.contains(child))
+            .unwrap_or_else(|| panic!("no log line for {child}:\n{logs}"));
+        let line: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["level"], "ERROR", "{line}");
+        assert_eq!(line["parent_shard_id"], parent.as_str(), "{line}");
+        assert_eq!(
+            line["parent_last_sequence_number"],
+            parent_last.as_str(),
+            "{line}"
+        );
+        assert_eq!(line["child_shard_id"], *child, "{line}");
+        assert_eq!(
+            line["child_first_sequence_number"],
+            first.as_str(),
+            "{line}"
+        );
+    }
 }
