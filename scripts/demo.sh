@@ -9,22 +9,34 @@ OUT=target/demo
 mkdir -p "$OUT"
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Every process the demo starts, stopped when it ends however it ends. Background processes are
+# started by this shell itself, never inside $(...): a pid noted in a subshell is lost to it.
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
+# Background processes of a script ignore Ctrl-C, so the signals end the script and its trap.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-# Starts a test server on a free port and prints the port it announces (`LISTENING <port>`).
+# Starts a test server on a free port; `port_of` waits for the port it announces (`LISTENING <port>`).
 start_server() {
   local name=$1; shift
+  # Emptied here: the redirection below truncates it only once the child runs, and `port_of`
+  # must not read an earlier run's port.
+  : >"$OUT/$name.port"
   "$PY" "$@" --port 0 >"$OUT/$name.port" 2>"$OUT/$name.log" & pids+=($!)
+}
+port_of() {
   for _ in $(seq 300); do
-    grep -q LISTENING "$OUT/$name.port" 2>/dev/null && break
+    grep -q LISTENING "$OUT/$1.port" 2>/dev/null && break
     sleep 0.1
   done
-  awk '/LISTENING/ {print $2; exit}' "$OUT/$name.port"
+  awk '/LISTENING/ {print $2; exit}' "$OUT/$1.port"
 }
-MOTO_PORT=$(start_server moto tests/servers/moto_server.py)
-NAKADI_PORT=$(start_server nakadi tests/servers/nakadi_server.py)
+start_server moto tests/servers/moto_server.py
+start_server nakadi tests/servers/nakadi_server.py
+MOTO_PORT=$(port_of moto)
+NAKADI_PORT=$(port_of nakadi)
 [ -n "$MOTO_PORT" ] && [ -n "$NAKADI_PORT" ] || { echo "test servers did not start; see $OUT/*.log"; exit 1; }
 
 export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=eu-central-1 AWS_DEFAULT_REGION=eu-central-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
@@ -67,12 +79,22 @@ for _ in $(seq 200); do
   sleep 0.1
 done
 curl -fs "http://127.0.0.1:$NAKADI_PORT/_test/events" | "$PY" -c '
-import json, sys
-events = json.load(sys.stdin)["events"]
+import json, re, sys
+# The server lists the events as the relay sent them. Numbers are shown with their text as
+# sent: parsed into floats they would lose the digits the relay keeps exactly.
+numbers = []
+def keep(text):
+    numbers.append(text)
+    return "\0%d\0" % (len(numbers) - 1)
+events = json.loads(sys.stdin.read(), parse_float=keep, parse_int=keep)["events"]
+def show(value):
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return re.sub(r"\"\\u0000(\d+)\\u0000\"", lambda m: numbers[int(m.group(1))], text)
 for e in events:
-    print(json.dumps(e, indent=2))
+    print(show(e))
 print(f"{len(events)} events: " + " ".join(e["data_op"] for e in events))
-sys.exit(0 if [e["data_op"] for e in events] == ["C", "U", "D"] else 1)
+exact = "1234567890.123456789012345678" in show(events[0]["data"]["item"]) if events else False
+sys.exit(0 if [e["data_op"] for e in events] == ["C", "U", "D"] and exact else 1)
 '
 echo "== relay status"
 curl -fs "http://127.0.0.1:$HTTP_PORT/status"; echo
