@@ -74,9 +74,9 @@ pub enum Entry<L> {
     Skipped,
 }
 
-/// What a delivery did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
+/// What a delivery did: the done prefix, and how each entry ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report<L> {
     /// How many entries from the start of the page are done.
     pub done: usize,
     /// Events Nakadi accepted, within the done prefix.
@@ -85,6 +85,11 @@ pub struct Report {
     pub dead_lettered: u64,
     /// Why the page is not done to its end; `None` when `done` is the whole page.
     pub halted: Option<Halt>,
+    /// How each entry ended, in page order.
+    pub entries: Vec<Settled>,
+    /// The letter of each entry that ended [`Settled::DeadLettered`] or
+    /// [`Settled::LetterNotWritten`], with the entry's position, in page order.
+    pub letters: Vec<(usize, L)>,
 }
 
 /// How one entry ended.
@@ -112,17 +117,6 @@ impl Settled {
     }
 }
 
-/// What a delivery did, entry by entry.
-#[derive(Debug)]
-pub struct Settlement<L> {
-    pub report: Report,
-    /// How each entry ended, in page order.
-    pub entries: Vec<Settled>,
-    /// The letter of each entry that ended [`Settled::DeadLettered`] or
-    /// [`Settled::LetterNotWritten`], with the entry's position, in page order.
-    pub letters: Vec<(usize, L)>,
-}
-
 /// The publisher and the letter queue of one event type.
 pub struct Delivery<'a, P, Q> {
     pub publisher: &'a P,
@@ -131,7 +125,14 @@ pub struct Delivery<'a, P, Q> {
 
 impl<P: Publish, Q: LetterQueue> Delivery<'_, P, Q> {
     /// Delivers `entries`, whose [`Entry::Event`]s are `events` in order, and reports the done
-    /// prefix. `letter` turns an event Nakadi finally refused into its dead letter.
+    /// prefix and how each entry ended. `letter` turns an event Nakadi finally refused into its
+    /// dead letter.
+    ///
+    /// Letters due before the gate closed are written together, retried until the queue takes
+    /// them (failure table: "DLQ write fails": no checkpoint, the shard waits) or the gate
+    /// closes. Letters after an undecided event are not written: the entries are not in the done
+    /// prefix, and whoever continues publishes them again. An event Nakadi accepted after an
+    /// undecided one still ends [`Settled::Delivered`], outside the prefix.
     pub async fn deliver(
         &self,
         events: &[Event],
@@ -139,25 +140,7 @@ impl<P: Publish, Q: LetterQueue> Delivery<'_, P, Q> {
         letter: impl Fn(&Event, &Failure) -> Q::Letter,
         ctx: &PublishContext<'_>,
         gate: &Gate<'_>,
-    ) -> Report {
-        self.settle(events, entries, letter, ctx, gate).await.report
-    }
-
-    /// [`Delivery::deliver`], with how each entry ended.
-    ///
-    /// Letters due before the gate closed are written together, retried until the queue takes
-    /// them (failure table: "DLQ write fails": no checkpoint, the shard waits) or the gate
-    /// closes. Letters after an undecided event are not written: the entries are not in the done
-    /// prefix, and whoever continues publishes them again. An event Nakadi accepted after an
-    /// undecided one still ends [`Settled::Delivered`], outside the prefix.
-    pub async fn settle(
-        &self,
-        events: &[Event],
-        entries: &[Entry<Q::Letter>],
-        letter: impl Fn(&Event, &Failure) -> Q::Letter,
-        ctx: &PublishContext<'_>,
-        gate: &Gate<'_>,
-    ) -> Settlement<Q::Letter> {
+    ) -> Report<Q::Letter> {
         let mut outcomes = events
             .iter()
             .zip(self.publisher.publish(events, ctx, gate).await);
@@ -213,14 +196,11 @@ impl<P: Publish, Q: LetterQueue> Delivery<'_, P, Q> {
             .position(|s| !s.is_done())
             .unwrap_or(settled.len());
         let count = |what| settled[..done].iter().filter(|s| **s == what).count() as u64;
-        let report = Report {
+        Report {
             done,
             delivered: count(Settled::Delivered),
             dead_lettered: count(Settled::DeadLettered),
             halted: if done < settled.len() { halted } else { None },
-        };
-        Settlement {
-            report,
             entries: settled,
             letters: positions.into_iter().zip(letters).collect(),
         }

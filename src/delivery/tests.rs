@@ -167,12 +167,23 @@ fn not_sent(halt: Halt) -> Outcome {
     Outcome::NotSent(halt)
 }
 
-fn report(done: usize, delivered: u64, dead_lettered: u64, halted: Option<Halt>) -> Report {
-    Report {
-        done,
-        delivered,
-        dead_lettered,
-        halted,
+/// A report's done prefix: its length, the events delivered and the letters written in it, and
+/// why it ends early.
+#[derive(Debug, PartialEq)]
+struct Prefix(usize, u64, u64, Option<Halt>);
+
+fn prefix(done: usize, delivered: u64, dead_lettered: u64, halted: Option<Halt>) -> Prefix {
+    Prefix(done, delivered, dead_lettered, halted)
+}
+
+impl Prefix {
+    fn of<L>(report: &Report<L>) -> Prefix {
+        Prefix(
+            report.done,
+            report.delivered,
+            report.dead_lettered,
+            report.halted,
+        )
     }
 }
 
@@ -189,7 +200,7 @@ struct Row {
     /// How each entry ended: `D` delivered, `L` dead-lettered, `S` skipped, `w` letter not
     /// written, `n` not sent.
     settled: &'static str,
-    report: Report,
+    prefix: Prefix,
     /// Every send the queue received (retries are the same letters again).
     sent: Vec<Vec<&'static str>>,
 }
@@ -207,36 +218,36 @@ fn settled(code: &str) -> Vec<Settled> {
         .collect()
 }
 
+/// A row whose events Nakadi all accepted in the end: nothing for the queue.
+fn accepted(row: &'static str, events: usize) -> Row {
+    Row {
+        row,
+        page: &"eeee"[..events],
+        nakadi: vec![delivered(); events],
+        queue: vec![],
+        settled: &"DDDD"[..events],
+        prefix: prefix(events, events as u64, 0, None),
+        sent: vec![],
+    }
+}
+
 fn rows() -> Vec<Row> {
     use FailureKind::{Rejected, RetriesExhausted, TooLarge};
     use Halt::{Deadline, Fenced};
     let ok = delivered;
     vec![
-        Row {
-            row: "Nakadi 200: checkpoint",
-            page: "eee",
-            nakadi: vec![ok(), ok(), ok()],
-            queue: vec![],
-            settled: "DDD",
-            report: report(3, 3, 0, None),
-            sent: vec![],
-        },
-        Row {
-            row: "Nakadi 207: the items not submitted are re-sent and then accepted",
-            page: "eee",
-            nakadi: vec![ok(), ok(), ok()],
-            queue: vec![],
-            settled: "DDD",
-            report: report(3, 3, 0, None),
-            sent: vec![],
-        },
+        accepted("Nakadi 200: checkpoint", 3),
+        accepted(
+            "Nakadi 207: the items not submitted are re-sent and then accepted",
+            3,
+        ),
         Row {
             row: "Nakadi 207: an item whose re-sends fail until the retry budget ends goes to the DLQ",
             page: "eee",
             nakadi: vec![ok(), failed(RetriesExhausted, Some(207)), ok()],
             queue: vec![],
             settled: "DLD",
-            report: report(3, 2, 1, None),
+            prefix: prefix(3, 2, 1, None),
             sent: vec![vec!["1 retries_exhausted 207"]],
         },
         Row {
@@ -245,7 +256,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![ok(), failed(Rejected, Some(422)), ok()],
             queue: vec![],
             settled: "DLD",
-            report: report(3, 2, 1, None),
+            prefix: prefix(3, 2, 1, None),
             sent: vec![vec!["1 rejected 422"]],
         },
         Row {
@@ -257,7 +268,7 @@ fn rows() -> Vec<Row> {
             ],
             queue: vec![],
             settled: "LL",
-            report: report(2, 0, 2, None),
+            prefix: prefix(2, 0, 2, None),
             sent: vec![vec!["0 retries_exhausted 503", "1 retries_exhausted 503"]],
         },
         Row {
@@ -266,43 +277,27 @@ fn rows() -> Vec<Row> {
             nakadi: vec![ok(), failed(RetriesExhausted, None)],
             queue: vec![],
             settled: "DL",
-            report: report(2, 1, 1, None),
+            prefix: prefix(2, 1, 1, None),
             sent: vec![vec!["1 retries_exhausted -"]],
         },
-        Row {
-            row: "429: waited for and tried again, never dead-lettered",
-            page: "ee",
-            nakadi: vec![ok(), ok()],
-            queue: vec![],
-            settled: "DD",
-            report: report(2, 2, 0, None),
-            sent: vec![],
-        },
+        accepted("429: waited for and tried again, never dead-lettered", 2),
         Row {
             row: "429 until the drain deadline: nothing dead-lettered, nothing done",
             page: "ee",
             nakadi: vec![not_sent(Deadline), not_sent(Deadline)],
             queue: vec![],
             settled: "nn",
-            report: report(0, 0, 0, Some(Deadline)),
+            prefix: prefix(0, 0, 0, Some(Deadline)),
             sent: vec![],
         },
-        Row {
-            row: "401: the token file is re-read and the request retried",
-            page: "e",
-            nakadi: vec![ok()],
-            queue: vec![],
-            settled: "D",
-            report: report(1, 1, 0, None),
-            sent: vec![],
-        },
+        accepted("401: the token file is re-read and the request retried", 1),
         Row {
             row: "401 that lasts: the retries run out, to the DLQ",
             page: "e",
             nakadi: vec![failed(RetriesExhausted, Some(401))],
             queue: vec![],
             settled: "L",
-            report: report(1, 0, 1, None),
+            prefix: prefix(1, 0, 1, None),
             sent: vec![vec!["0 retries_exhausted 401"]],
         },
         Row {
@@ -316,7 +311,7 @@ fn rows() -> Vec<Row> {
             ],
             queue: vec![],
             settled: "LLLL",
-            report: report(4, 0, 4, None),
+            prefix: prefix(4, 0, 4, None),
             sent: vec![vec![
                 "0 rejected 400",
                 "1 rejected 403",
@@ -330,7 +325,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![ok(), failed(TooLarge, None), ok()],
             queue: vec![],
             settled: "DLD",
-            report: report(3, 2, 1, None),
+            prefix: prefix(3, 2, 1, None),
             sent: vec![vec!["1 too_large -"]],
         },
         Row {
@@ -339,7 +334,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![ok(), failed(Rejected, Some(422)), ok()],
             queue: vec![Answer::Refuse, Answer::Refuse],
             settled: "DLD",
-            report: report(3, 2, 1, None),
+            prefix: prefix(3, 2, 1, None),
             sent: vec![vec!["1 rejected 422"]; 3],
         },
         Row {
@@ -353,7 +348,7 @@ fn rows() -> Vec<Row> {
             ],
             queue: vec![Answer::Refuse, Answer::RefuseAndClose(Deadline)],
             settled: "DwDw",
-            report: report(1, 1, 0, Some(Deadline)),
+            prefix: prefix(1, 1, 0, Some(Deadline)),
             sent: vec![vec!["1 rejected 422", "3 rejected 422"]; 2],
         },
         Row {
@@ -362,7 +357,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![failed(TooLarge, None)],
             queue: vec![Answer::Refuse, Answer::Refuse, Answer::Refuse],
             settled: "L",
-            report: report(1, 0, 1, None),
+            prefix: prefix(1, 0, 1, None),
             sent: vec![vec!["0 too_large -"]; 4],
         },
         Row {
@@ -371,7 +366,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![ok(), not_sent(Fenced), not_sent(Fenced)],
             queue: vec![],
             settled: "Dnn",
-            report: report(1, 1, 0, Some(Fenced)),
+            prefix: prefix(1, 1, 0, Some(Fenced)),
             sent: vec![],
         },
         Row {
@@ -380,7 +375,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![failed(Rejected, Some(422)), ok()],
             queue: vec![Answer::RefuseAndClose(Fenced)],
             settled: "wD",
-            report: report(0, 0, 0, Some(Fenced)),
+            prefix: prefix(0, 0, 0, Some(Fenced)),
             sent: vec![vec!["0 rejected 422"]],
         },
         Row {
@@ -389,7 +384,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![ok(), ok(), not_sent(Deadline)],
             queue: vec![],
             settled: "DDn",
-            report: report(2, 2, 0, Some(Deadline)),
+            prefix: prefix(2, 2, 0, Some(Deadline)),
             sent: vec![],
         },
         Row {
@@ -398,7 +393,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![ok(), failed(Rejected, Some(422)), not_sent(Deadline)],
             queue: vec![],
             settled: "Dwn",
-            report: report(1, 1, 0, Some(Deadline)),
+            prefix: prefix(1, 1, 0, Some(Deadline)),
             sent: vec![],
         },
         Row {
@@ -407,7 +402,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![not_sent(Deadline), ok(), failed(Rejected, Some(422))],
             queue: vec![],
             settled: "nDw",
-            report: report(0, 0, 0, Some(Deadline)),
+            prefix: prefix(0, 0, 0, Some(Deadline)),
             sent: vec![],
         },
         Row {
@@ -416,7 +411,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![failed(Rejected, Some(422)), ok(), ok()],
             queue: vec![],
             settled: "LDD",
-            report: report(3, 2, 1, None),
+            prefix: prefix(3, 2, 1, None),
             sent: vec![vec!["0 rejected 422"]],
         },
         Row {
@@ -425,7 +420,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![not_sent(Deadline), not_sent(Deadline), not_sent(Deadline)],
             queue: vec![],
             settled: "nnn",
-            report: report(0, 0, 0, Some(Deadline)),
+            prefix: prefix(0, 0, 0, Some(Deadline)),
             sent: vec![],
         },
         Row {
@@ -434,7 +429,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![ok(), ok()],
             queue: vec![],
             settled: "DLD",
-            report: report(3, 2, 1, None),
+            prefix: prefix(3, 2, 1, None),
             sent: vec![vec!["1 malformed"]],
         },
         Row {
@@ -443,7 +438,7 @@ fn rows() -> Vec<Row> {
             nakadi: vec![ok()],
             queue: vec![],
             settled: "SDS",
-            report: report(3, 1, 0, None),
+            prefix: prefix(3, 1, 0, None),
             sent: vec![],
         },
         Row {
@@ -452,25 +447,10 @@ fn rows() -> Vec<Row> {
             nakadi: vec![not_sent(Deadline)],
             queue: vec![],
             settled: "nS",
-            report: report(0, 0, 0, Some(Deadline)),
+            prefix: prefix(0, 0, 0, Some(Deadline)),
             sent: vec![],
         },
     ]
-}
-
-fn fakes(row: &Row, gate: &Gatekeeper) -> (FakeNakadi, FakeQueue) {
-    let nakadi = FakeNakadi {
-        outcomes: row.nakadi.clone(),
-        gate: gate.clone(),
-        received: Mutex::default(),
-    };
-    let queue = FakeQueue {
-        answers: Mutex::new(row.queue.iter().copied().collect()),
-        gate: gate.clone(),
-        sent: Mutex::default(),
-        blocked: Mutex::default(),
-    };
-    (nakadi, queue)
 }
 
 /// Runs one row and checks the report, each entry's end, and what each fake received.
@@ -497,7 +477,17 @@ async fn check(row: &Row) {
         row.nakadi.len(),
         "{name}: an outcome per event"
     );
-    let (nakadi, queue) = fakes(row, &gate);
+    let nakadi = FakeNakadi {
+        outcomes: row.nakadi.clone(),
+        gate: gate.clone(),
+        received: Mutex::default(),
+    };
+    let queue = FakeQueue {
+        answers: Mutex::new(row.queue.iter().copied().collect()),
+        gate: gate.clone(),
+        sent: Mutex::default(),
+        blocked: Mutex::default(),
+    };
     let delivery = Delivery {
         publisher: &nakadi,
         dlq: &queue,
@@ -505,15 +495,15 @@ async fn check(row: &Row) {
     let write_failures = METRICS.dlq_write_failures.get();
     let ctx = PublishContext { shard_id: "shard" };
     // A row that never ends would spin through paused time; this ends it.
-    let settlement = tokio::time::timeout(
+    let report = tokio::time::timeout(
         LEASE * 10,
-        delivery.settle(&events, &entries, letter, &ctx, &gate.gate()),
+        delivery.deliver(&events, &entries, letter, &ctx, &gate.gate()),
     )
     .await
     .unwrap_or_else(|_| panic!("{name}: delivery never ended"));
 
-    assert_eq!(settlement.report, row.report, "{name}: report");
-    assert_eq!(settlement.entries, settled(row.settled), "{name}: entries");
+    assert_eq!(Prefix::of(&report), row.prefix, "{name}: report");
+    assert_eq!(report.entries, settled(row.settled), "{name}: entries");
     let page: Vec<String> = events
         .iter()
         .map(|e| e.sequence_number().to_owned())
@@ -530,13 +520,13 @@ async fn check(row: &Row) {
     );
 
     // Every letter due is handed back in its place, written or not.
-    let due: Vec<usize> = (settlement.entries.iter().enumerate())
+    let due: Vec<usize> = (report.entries.iter().enumerate())
         .filter(|(_, s)| matches!(s, Settled::DeadLettered | Settled::LetterNotWritten))
         .map(|(i, _)| i)
         .collect();
-    let positions: Vec<usize> = settlement.letters.iter().map(|(i, _)| *i).collect();
+    let positions: Vec<usize> = report.letters.iter().map(|(i, _)| *i).collect();
     assert_eq!(positions, due, "{name}: letters' places");
-    for (i, l) in &settlement.letters {
+    for (i, l) in &report.letters {
         assert!(
             l.starts_with(&format!("{i} ")),
             "{name}: letter {l:?} at {i}"
@@ -546,7 +536,7 @@ async fn check(row: &Row) {
     // Each refused send is counted, and the shard counts as blocked from the first refusal until
     // the delivery ends.
     let sends = row.sent.len();
-    let written = row.report.dead_lettered > 0;
+    let written = row.prefix.2 > 0;
     let refused = sends - usize::from(written);
     assert_eq!(
         METRICS.dlq_write_failures.get() - write_failures,
@@ -566,7 +556,7 @@ async fn check(row: &Row) {
     );
 
     // The done prefix ends at the first entry not done.
-    let prefix = (settlement.entries.iter())
+    let done = (report.entries.iter())
         .take_while(|s| {
             matches!(
                 s,
@@ -574,22 +564,7 @@ async fn check(row: &Row) {
             )
         })
         .count();
-    assert_eq!(settlement.report.done, prefix, "{name}: the done prefix");
-
-    // `deliver`, what the shard worker and the snapshot call, is `settle`'s report.
-    let gate = Gatekeeper::open();
-    let (nakadi, queue) = fakes(row, &gate);
-    let delivery = Delivery {
-        publisher: &nakadi,
-        dlq: &queue,
-    };
-    let report = tokio::time::timeout(
-        LEASE * 10,
-        delivery.deliver(&events, &entries, letter, &ctx, &gate.gate()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{name}: delivery never ended"));
-    assert_eq!(report, row.report, "{name}: deliver's report");
+    assert_eq!(report.done, done, "{name}: the done prefix");
 }
 
 // `relay_dlq_write_failures_total` and `relay_shards_blocked` are process-wide: the rows run one

@@ -250,8 +250,8 @@ impl Redrainer {
                 dlq: &InQueue,
             };
             let entries: Vec<Entry<String>> = events.iter().map(|_| Entry::Event).collect();
-            let settlement = delivery
-                .settle(
+            let report = delivery
+                .deliver(
                     events,
                     &entries,
                     |_, failure| failure.reason.clone(),
@@ -259,10 +259,10 @@ impl Redrainer {
                     &gate,
                 )
                 .await;
-            for (i, reason) in settlement.letters {
+            for (i, reason) in report.letters {
                 warn!(message_id = event_messages[i].message_id(), %reason, "dead letter failed again");
             }
-            published.extend(event_messages.iter().copied().zip(settlement.entries));
+            published.extend(event_messages.iter().copied().zip(report.entries));
         }
         published
     }
