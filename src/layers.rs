@@ -6,6 +6,7 @@
 
 const LAYERS: &[&[&str]] = &[
     // Pure, or shared state without dependencies.
+    &["scan"],
     &["transform", "fence", "retry", "shutdown", "status"],
     &["filter"],
     &["metrics"],

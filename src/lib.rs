@@ -18,6 +18,8 @@
 //!   record pages, shard lineage.
 //! - [`lease`]: the lease table: conditional writes, fencing counter, checkpoints, heartbeats.
 //! - [`transform`]: pure; a stream record → the Nakadi event (item + JSON Patch).
+//! - `scan`: where a JSON value ends, found by SIMD scans; under both [`stream::page`] and
+//!   [`transform`].
 //! - [`filter`]: the configured filters in front of it (TTL deletions, event names, dropped
 //!   attributes).
 //! - [`fence`]: how long this pod may act on its leases after its last successful heartbeat.
@@ -46,6 +48,7 @@ pub mod lease;
 pub mod metrics;
 pub mod nakadi;
 pub mod retry;
+mod scan;
 pub mod shard;
 pub mod shutdown;
 pub mod snapshot;

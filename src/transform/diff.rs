@@ -16,9 +16,10 @@
 
 use std::borrow::Cow;
 
+use crate::scan::{string_end, value_end};
 use crate::transform::number;
 use crate::transform::render::{Image, Member, Renderer, escape, recycle};
-use crate::transform::wire::{Name, Parser, Text, equal, string_end, value_end};
+use crate::transform::wire::{Name, Parser, Text, equal};
 
 /// The operations written so far, each as `,{"op":…}` (so the array's text is all but the first
 /// byte), and the JSON Pointer of the value being diffed, escaped for a JSON string. A thread

@@ -37,7 +37,6 @@ mod tests;
 use uuid::Uuid;
 
 pub use snapshot::snapshot_event;
-pub(crate) use wire::find_special;
 
 /// `data.sequence_number`'s length: the longest sequence number DynamoDB Streams' API allows.
 pub const SEQUENCE_NUMBER_DIGITS: usize = 40;

@@ -19,8 +19,9 @@ use std::ops::Range;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
+use crate::scan::value_end;
 use crate::transform::number;
-use crate::transform::wire::{Name, Parser, Text, head, plain_parts, value_end};
+use crate::transform::wire::{Name, Parser, Text, head, plain_parts};
 
 /// A member of a written map.
 #[derive(Debug)]

@@ -15,6 +15,7 @@ use std::ops::Range;
 use bumpalo::Bump;
 use wide::u8x16;
 
+use crate::scan::find_special;
 use crate::transform::number::Decimal;
 
 /// Arrays and objects nested this deep are left to the reference: [`Parser::enter`] keeps the
@@ -554,101 +555,10 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
         .count()
 }
 
-/// Where the next `"`, `\` or control character is, from `at` (the string's end, an escape, or an
-/// error), or `bytes.len()`. Sixteen bytes at a time (SSE2 through `wide`, as the page scan in
-/// `stream::page` does), as it runs over every string of the record and of every GetRecords
-/// page: most strings end within one step. Eight bytes at a time with integer bit tricks took
-/// two to three steps for most names and values.
-#[inline(always)]
-pub(crate) fn find_special(bytes: &[u8], mut at: usize) -> usize {
-    while let Some(chunk) = bytes.get(at..at + 16) {
-        let v = u8x16::new(chunk.try_into().expect("16 bytes"));
-        let special = v.cmp_eq(u8x16::splat(b'"'))
-            | v.cmp_eq(u8x16::splat(b'\\'))
-            | v.min(u8x16::splat(0x1f)).cmp_eq(v);
-        let mask = special.move_mask();
-        if mask != 0 {
-            return at + mask.trailing_zeros() as usize;
-        }
-        at += 16;
-    }
-    while let Some(&b) = bytes.get(at) {
-        if b == b'"' || b == b'\\' || b < 0x20 {
-            return at;
-        }
-        at += 1;
-    }
-    at.min(bytes.len())
-}
-
-/// Where the JSON value starting at `at` ends, in text known to be valid JSON (the event's own
-/// JSON, or record text already read and checked): brackets counted, strings stepped over,
-/// nothing checked.
-pub(crate) fn value_end(bytes: &[u8], mut at: usize) -> usize {
-    match bytes.get(at) {
-        Some(b'"') => string_end(bytes, at),
-        Some(b'{' | b'[') => {
-            let mut depth = 0usize;
-            while let Some(&b) = bytes.get(at) {
-                match b {
-                    b'"' => {
-                        at = string_end(bytes, at);
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return at + 1;
-                        }
-                    }
-                    _ => {}
-                }
-                at += 1;
-            }
-            at
-        }
-        _ => {
-            while let Some(b) = bytes.get(at) {
-                if matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                    break;
-                }
-                at += 1;
-            }
-            at
-        }
-    }
-}
-
-/// Where the string whose opening quote is at `quote` ends (after its closing quote), in valid
-/// JSON.
-pub(crate) fn string_end(bytes: &[u8], quote: usize) -> usize {
-    let mut at = find_special(bytes, quote + 1);
-    while bytes.get(at) == Some(&b'\\') {
-        at = find_special(bytes, at + 2);
-    }
-    at + 1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn finds_the_first_special_byte() {
-        for (s, want) in [
-            ("", 0),
-            ("abc", 3),
-            ("abc\"", 3),
-            ("abcdefghij\\k", 10),
-            ("abcdefgh\u{1}", 8),
-            ("é😀\u{7f}xxxxxxxxxxxxx\"", 20),
-            ("\u{1f}", 0),
-        ] {
-            assert_eq!(find_special(s.as_bytes(), 0), want, "{s:?}");
-        }
-    }
 
     /// The members of `new` (an object's text) as spans in `text`, which holds it at `at`.
     fn spans(text: &str, new: &str) -> Vec<(usize, usize)> {
@@ -717,14 +627,6 @@ mod tests {
             b[..n].copy_from_slice(&a[..n]);
             let want = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
             prop_assert_eq!(common_prefix(&a, &b), want);
-        }
-
-        #[test]
-        fn find_special_matches_a_plain_loop(s in any::<Vec<u8>>(), from in 0usize..4) {
-            let want = s.iter().enumerate().skip(from)
-                .find(|(_, b)| **b == b'"' || **b == b'\\' || **b < 0x20)
-                .map_or(s.len(), |(i, _)| i);
-            prop_assert_eq!(find_special(&s, from.min(s.len())), want);
         }
 
         #[test]
