@@ -6,7 +6,7 @@
 
 const LAYERS: &[&[&str]] = &[
     // Pure, or shared state without dependencies.
-    &["scan"],
+    &["scan", "ids"],
     &["transform", "fence", "retry", "shutdown", "status"],
     &["filter"],
     &["metrics"],

@@ -44,6 +44,7 @@ pub mod event_type;
 pub mod fence;
 pub mod filter;
 pub mod http;
+pub mod ids;
 pub mod lease;
 pub mod metrics;
 pub mod nakadi;

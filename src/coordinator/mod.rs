@@ -28,13 +28,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{InitialPosition, LeaseTiming};
+use crate::ids::ShardId;
 use crate::lease::table::Snapshot;
 use crate::lease::{Checkpoint, Lease, LeaseError, Liveness, OwnedLease, StreamStart};
 use crate::metrics::SHARD_STATES;
 use crate::shard::{Pipeline, ShardExit, ShardWorker};
 use crate::status::{LiveShard, ShardStatus, StatusBoard};
+use crate::stream::Shard;
 use crate::stream::lineage::{Lineage, ParentEnd};
-use crate::stream::{Shard, ShardId};
 use plan::View;
 
 struct Running {

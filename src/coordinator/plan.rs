@@ -12,8 +12,8 @@ use std::collections::{HashMap, HashSet};
 
 use rand::seq::SliceRandom;
 
+use crate::ids::ShardId;
 use crate::lease::{Checkpoint, Heartbeat, Lease, Liveness};
-use crate::stream::ShardId;
 use crate::stream::lineage::Lineage;
 
 /// One snapshot as the planner sees it.

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio::sync::Mutex;
 
+use crate::ids::ShardId;
 use crate::status::LiveShard;
-use crate::stream::{Position, ShardId};
+use crate::stream::Position;
 
 pub use table::{LeaseError, LeaseTable};
 

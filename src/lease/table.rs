@@ -23,8 +23,8 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{Checkpoint, Heartbeat, Lease, Liveness, OwnedLease, StreamStart};
 use crate::config::InitialPosition;
+use crate::ids::ShardId;
 use crate::metrics;
-use crate::stream::ShardId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {

@@ -6,29 +6,8 @@ pub mod lineage;
 pub mod page;
 pub mod signed;
 
-use std::fmt;
-
+pub use crate::ids::ShardId;
 pub use client::{Position, StreamError, StreamsClient};
-
-/// A shard's id, e.g. `shardId-00000001700000000000-0a1b2c3d`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ShardId(String);
-
-impl ShardId {
-    pub fn new(id: impl Into<String>) -> ShardId {
-        ShardId(id.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ShardId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A shard as DescribeStream lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
