@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::error;
 
 use crate::metrics::METRICS;
-use crate::nakadi::{Failure, Gate, Halt, Outcome, PublishContext, Publisher};
+use crate::nakadi::{Failure, Gate, Halt, Outcome, Publisher, Publishing};
 use crate::retry::Backoff;
 use crate::transform::Event;
 
@@ -34,7 +34,7 @@ pub trait Publish: Sync {
     fn publish(
         &self,
         events: &[Event],
-        ctx: &PublishContext<'_>,
+        who: Publishing<'_>,
         gate: &Gate<'_>,
     ) -> impl Future<Output = Vec<Outcome>> + Send;
 }
@@ -43,10 +43,10 @@ impl Publish for Publisher {
     fn publish(
         &self,
         events: &[Event],
-        ctx: &PublishContext<'_>,
+        who: Publishing<'_>,
         gate: &Gate<'_>,
     ) -> impl Future<Output = Vec<Outcome>> + Send {
-        Publisher::publish(self, events, ctx, gate)
+        Publisher::publish(self, events, who, gate)
     }
 }
 
@@ -138,12 +138,12 @@ impl<P: Publish, Q: LetterQueue> Delivery<'_, P, Q> {
         events: &[Event],
         entries: &[Entry<Q::Letter>],
         letter: impl Fn(&Event, &Failure) -> Q::Letter,
-        ctx: &PublishContext<'_>,
+        who: impl Into<Publishing<'_>>,
         gate: &Gate<'_>,
     ) -> Report<Q::Letter> {
         let mut outcomes = events
             .iter()
-            .zip(self.publisher.publish(events, ctx, gate).await);
+            .zip(self.publisher.publish(events, who.into(), gate).await);
 
         let mut settled = Vec::with_capacity(entries.len());
         // The letters due, and where each sits in the page.

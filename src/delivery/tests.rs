@@ -67,12 +67,7 @@ struct FakeNakadi {
 }
 
 impl Publish for FakeNakadi {
-    async fn publish(
-        &self,
-        events: &[Event],
-        _: &PublishContext<'_>,
-        gate: &Gate<'_>,
-    ) -> Vec<Outcome> {
+    async fn publish(&self, events: &[Event], _: Publishing<'_>, gate: &Gate<'_>) -> Vec<Outcome> {
         assert!(gate.halted().is_none(), "published with the gate closed");
         let seqs = events.iter().map(|e| e.sequence_number().to_owned());
         self.received.lock().unwrap().push(seqs.collect());
@@ -493,11 +488,17 @@ async fn check(row: &Row) {
         dlq: &queue,
     };
     let write_failures = METRICS.dlq_write_failures.get();
-    let ctx = PublishContext { shard_id: "shard" };
+
     // A row that never ends would spin through paused time; this ends it.
     let report = tokio::time::timeout(
         LEASE * 10,
-        delivery.deliver(&events, &entries, letter, &ctx, &gate.gate()),
+        delivery.deliver(
+            &events,
+            &entries,
+            letter,
+            Publishing::Shard("shard"),
+            &gate.gate(),
+        ),
     )
     .await
     .unwrap_or_else(|_| panic!("{name}: delivery never ended"));

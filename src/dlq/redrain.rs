@@ -41,7 +41,7 @@ use super::message::{GZIP, S3Pointer, decode_gzip, event_from_body};
 use super::writer::DeadLetterQueue;
 use crate::delivery::{Delivery, Entry, LetterQueue, Settled};
 use crate::metrics::{self, METRICS};
-use crate::nakadi::{Gate, PublishContext, Publisher};
+use crate::nakadi::{Gate, Publisher, Publishing};
 use crate::transform::Event;
 
 /// Long-poll wait of one ReceiveMessage call (SQS allows up to 20 s).
@@ -236,9 +236,6 @@ impl Redrainer {
         batches: &BTreeMap<String, (Vec<Event>, Vec<&'m Message>)>,
         shutdown: &CancellationToken,
     ) -> Vec<(&'m Message, Settled)> {
-        let ctx = PublishContext {
-            shard_id: "dlq-redrain",
-        };
         let gate = Gate {
             deadline: shutdown,
             fence: None,
@@ -255,7 +252,7 @@ impl Redrainer {
                     events,
                     &entries,
                     |_, failure| failure.reason.clone(),
-                    &ctx,
+                    Publishing::Redrain,
                     &gate,
                 )
                 .await;

@@ -10,6 +10,7 @@
 //! Why each answer gets the reaction it gets: resending an item Nakadi accepted makes a
 //! duplicate, retrying a 422 for ever blocks the shard, and ignoring a 207 loses events.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,10 +73,38 @@ pub struct PublisherConfig {
     pub on_failure: FailureMode,
 }
 
-/// Who publishes, for the logs: the shard id, or `dlq-redrain` for the re-drain loop.
+/// Whose events are published, named in the publisher's log lines.
+#[derive(Debug, Clone, Copy)]
+pub enum Publishing<'a> {
+    /// A shard's worker: the shard's id.
+    Shard(&'a str),
+    /// One Scan segment of the `snapshot` command.
+    SnapshotSegment(u32),
+    /// The DLQ's re-drain loop.
+    Redrain,
+}
+
+impl fmt::Display for Publishing<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Publishing::Shard(id) => f.write_str(id),
+            Publishing::SnapshotSegment(segment) => write!(f, "snapshot segment {segment}"),
+            Publishing::Redrain => f.write_str("dlq re-drain"),
+        }
+    }
+}
+
+/// A shard's publication, as the publisher's first callers named it: the same as
+/// [`Publishing::Shard`].
 #[derive(Debug, Clone, Copy)]
 pub struct PublishContext<'a> {
     pub shard_id: &'a str,
+}
+
+impl<'a> From<&PublishContext<'a>> for Publishing<'a> {
+    fn from(ctx: &PublishContext<'a>) -> Publishing<'a> {
+        Publishing::Shard(ctx.shard_id)
+    }
 }
 
 /// How the publication of one event ended.

@@ -32,8 +32,8 @@ use super::response::{
 };
 use super::token::{Authorization, TokenProvider};
 use super::{
-    Failure, FailureKind, FailureMode, Gate, Halt, NakadiError, Outcome, PublishContext,
-    PublisherConfig,
+    Failure, FailureKind, FailureMode, Gate, Halt, NakadiError, Outcome, PublisherConfig,
+    Publishing,
 };
 use crate::metrics::{self, METRICS};
 use crate::retry::Backoff;
@@ -280,12 +280,13 @@ impl Publisher {
     /// `gate` is checked before every request: once it is closed (drain deadline, self-fence)
     /// no new request goes out, and every event not yet decided ends [`Outcome::NotSent`]. A
     /// request already sent is waited for, so its answer is known.
-    pub async fn publish(
+    pub async fn publish<'w>(
         &self,
         events: &[Event],
-        ctx: &PublishContext<'_>,
+        who: impl Into<Publishing<'w>>,
         gate: &Gate<'_>,
     ) -> Vec<Outcome> {
+        let who = who.into();
         let config = &self.inner.config;
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut sendable = Vec::with_capacity(events.len());
@@ -297,11 +298,11 @@ impl Publisher {
             if config.on_failure == FailureMode::Block {
                 // Block mode never gives up on an event; whether this Nakadi takes it is its own
                 // call, and a refusal is retried and logged like any other.
-                warn!(shard_id = ctx.shard_id, sequence_number = event.sequence_number(), eid = %event.eid, bytes = event.body().len(), limit = MAX_EVENT_BYTES, "event is larger than Nakadi's default limit; sending it anyway (block mode)");
+                warn!(publishing = %who, sequence_number = event.sequence_number(), eid = %event.eid, bytes = event.body().len(), limit = MAX_EVENT_BYTES, "event is larger than Nakadi's default limit; sending it anyway (block mode)");
                 sendable.push((index, event.body().len()));
                 continue;
             }
-            error!(shard_id = ctx.shard_id, sequence_number = event.sequence_number(), eid = %event.eid, bytes = event.body().len(), limit = MAX_EVENT_BYTES, "event is larger than Nakadi accepts; dead-lettering it without sending");
+            error!(publishing = %who, sequence_number = event.sequence_number(), eid = %event.eid, bytes = event.body().len(), limit = MAX_EVENT_BYTES, "event is larger than Nakadi accepts; dead-lettering it without sending");
             let now = OffsetDateTime::now_utc();
             outcomes[index] = Some(Outcome::Failed(Failure {
                 kind: FailureKind::TooLarge,
@@ -317,7 +318,7 @@ impl Publisher {
         }
         for group in batch::split(sendable, config.batch_size, config.batch_bytes) {
             if let Some(halt) = self
-                .publish_group(events, &group, &mut outcomes, ctx, gate)
+                .publish_group(events, &group, &mut outcomes, who, gate)
                 .await
             {
                 for &i in &group {
@@ -338,7 +339,7 @@ impl Publisher {
         events: &[Event],
         group: &[usize],
         outcomes: &mut [Option<Outcome>],
-        ctx: &PublishContext<'_>,
+        who: Publishing<'_>,
         gate: &Gate<'_>,
     ) -> Option<Halt> {
         let config = &self.inner.config;
@@ -358,7 +359,7 @@ impl Publisher {
         let mut attempt: u32 = 0;
         loop {
             if let Some(halt) = gate.halted() {
-                return Some(halted(halt, ctx, events, &pending));
+                return Some(halted(halt, who, events, &pending));
             }
             attempt = attempt.saturating_add(1);
             let (bytes, gzip) = body
@@ -399,7 +400,7 @@ impl Publisher {
             if !decided.rejected.is_empty() {
                 let first_failed_at = *first_failed_at.get_or_insert(now);
                 let (_, example) = &decided.rejected[0];
-                error!(%flow_id, shard_id = ctx.shard_id, first_sequence_number = first_seq, last_sequence_number = last_seq, events = sent, rejected = decided.rejected.len(), status, attempt, reason = %example, "Nakadi rejected events; they go to the dead-letter queue");
+                error!(%flow_id, publishing = %who, first_sequence_number = first_seq, last_sequence_number = last_seq, events = sent, rejected = decided.rejected.len(), status, attempt, reason = %example, "Nakadi rejected events; they go to the dead-letter queue");
                 for (i, reason) in decided.rejected {
                     outcomes[i] = Some(Outcome::Failed(Failure {
                         kind: FailureKind::Rejected,
@@ -412,7 +413,7 @@ impl Publisher {
                 }
             }
             if decided.again.is_empty() {
-                debug!(%flow_id, shard_id = ctx.shard_id, first_sequence_number = first_seq, last_sequence_number = last_seq, events = sent, delivered, rejected, status, attempt, bytes = request_bytes, gzip, "publishing request done");
+                debug!(%flow_id, publishing = %who, first_sequence_number = first_seq, last_sequence_number = last_seq, events = sent, delivered, rejected, status, attempt, bytes = request_bytes, gzip, "publishing request done");
                 return None;
             }
             let first_failed_at = *first_failed_at.get_or_insert(now);
@@ -452,7 +453,7 @@ impl Publisher {
                     human(elapsed),
                     decided.detail
                 );
-                error!(%flow_id, shard_id = ctx.shard_id, first_sequence_number = events[pending[0]].sequence_number(), last_sequence_number = events[pending[pending.len() - 1]].sequence_number(), events = pending.len(), status, attempt, %reason, "publishing failed for good; the events go to the dead-letter queue");
+                error!(%flow_id, publishing = %who, first_sequence_number = events[pending[0]].sequence_number(), last_sequence_number = events[pending[pending.len() - 1]].sequence_number(), events = pending.len(), status, attempt, %reason, "publishing failed for good; the events go to the dead-letter queue");
                 for i in pending {
                     outcomes[i] = Some(Outcome::Failed(Failure {
                         kind: FailureKind::RetriesExhausted,
@@ -477,13 +478,13 @@ impl Publisher {
             let reasons = reasons.join(",");
             let retry_in_ms = delay.as_millis() as u64;
             if block {
-                error!(%flow_id, shard_id = ctx.shard_id, first_sequence_number = first_seq, last_sequence_number = last_seq, events = sent, resend = pending.len(), status, attempt, reason = %reasons, retry_in_ms, detail = %decided.detail, "publishing failed; block mode retries until Nakadi accepts, the shard waits");
+                error!(%flow_id, publishing = %who, first_sequence_number = first_seq, last_sequence_number = last_seq, events = sent, resend = pending.len(), status, attempt, reason = %reasons, retry_in_ms, detail = %decided.detail, "publishing failed; block mode retries until Nakadi accepts, the shard waits");
             } else {
-                warn!(%flow_id, shard_id = ctx.shard_id, first_sequence_number = first_seq, last_sequence_number = last_seq, events = sent, resend = pending.len(), status, attempt, reason = %reasons, retry_in_ms, detail = %decided.detail, "publishing failed; retrying");
+                warn!(%flow_id, publishing = %who, first_sequence_number = first_seq, last_sequence_number = last_seq, events = sent, resend = pending.len(), status, attempt, reason = %reasons, retry_in_ms, detail = %decided.detail, "publishing failed; retrying");
             }
             tokio::select! {
                 biased;
-                () = gate.deadline.cancelled() => return Some(halted(Halt::Deadline, ctx, events, &pending)),
+                () = gate.deadline.cancelled() => return Some(halted(Halt::Deadline, who, events, &pending)),
                 () = tokio::time::sleep(delay) => {}
             }
         }
@@ -525,17 +526,17 @@ impl Publisher {
     }
 }
 
-fn halted(halt: Halt, ctx: &PublishContext<'_>, events: &[Event], pending: &[usize]) -> Halt {
+fn halted(halt: Halt, who: Publishing<'_>, events: &[Event], pending: &[usize]) -> Halt {
     let first_sequence_number = events[pending[0]].sequence_number();
     match halt {
         Halt::Deadline => warn!(
-            shard_id = ctx.shard_id,
+            publishing = %who,
             first_sequence_number,
             events = pending.len(),
             "drain deadline reached while publishing; no new request is sent, whoever continues publishes these events"
         ),
         Halt::Fenced => warn!(
-            shard_id = ctx.shard_id,
+            publishing = %who,
             first_sequence_number,
             events = pending.len(),
             "self-fence closed (no successful heartbeat for the lease duration); no new request is sent"

@@ -40,7 +40,7 @@ use crate::dlq::{DeadLetter, DeadLetterQueue, Origin};
 use crate::lease::LeaseTable;
 use crate::lease::table::LeaseError;
 use crate::metrics;
-use crate::nakadi::{Failure, Gate, PublishContext, Publisher};
+use crate::nakadi::{Failure, Gate, Publisher, Publishing};
 use crate::retry::Backoff;
 use crate::startup::{AwsClients, StartupError, redrainer, startup};
 use crate::transform::{Event, EventSettings, TransformFailure, snapshot_event};
@@ -554,9 +554,6 @@ impl Snapshot {
                 }
             }
         }
-        let ctx = PublishContext {
-            shard_id: &format!("snapshot-{source}"),
-        };
         let gate = Gate {
             deadline: abort,
             fence: None,
@@ -569,7 +566,13 @@ impl Snapshot {
             DeadLetter::from_event(origin, event_type, event, failure)
         };
         let report = delivery
-            .deliver(&events, &entries, letter, &ctx, &gate)
+            .deliver(
+                &events,
+                &entries,
+                letter,
+                Publishing::SnapshotSegment(segment),
+                &gate,
+            )
             .await;
         // A page's progress is one LastEvaluatedKey: a page not wholly done is scanned again by
         // whoever continues the segment.

@@ -227,9 +227,7 @@ fn publisher(config: PublisherConfig, nakadi: &Arc<Nakadi>) -> Publisher {
 async fn publish(p: &Publisher, events: &[Event]) -> Vec<Outcome> {
     p.publish(
         events,
-        &PublishContext {
-            shard_id: "shard-1",
-        },
+        Publishing::Shard("shard-1"),
         &Gate {
             deadline: &CancellationToken::new(),
             fence: None,
@@ -688,9 +686,7 @@ async fn the_deadline_lets_the_request_in_flight_answer_and_sends_no_new_one() {
         cancel.cancel();
     });
     let start = Instant::now();
-    let out = p
-        .publish(&events(3), &PublishContext { shard_id: "s" }, &gate)
-        .await;
+    let out = p.publish(&events(3), Publishing::Shard("s"), &gate).await;
     assert_eq!(out[0], Outcome::Delivered);
     assert_eq!(out[1], Outcome::NotSent(Halt::Deadline));
     assert_eq!(out[2], Outcome::NotSent(Halt::Deadline));
@@ -698,9 +694,7 @@ async fn the_deadline_lets_the_request_in_flight_answer_and_sends_no_new_one() {
     assert_eq!(start.elapsed(), Duration::from_secs(2));
 
     // A closed gate sends nothing at all.
-    let out = p
-        .publish(&events(1), &PublishContext { shard_id: "s" }, &gate)
-        .await;
+    let out = p.publish(&events(1), Publishing::Shard("s"), &gate).await;
     assert_eq!(out, vec![Outcome::NotSent(Halt::Deadline)]);
     assert_eq!(nakadi.seen().len(), 1);
 }
@@ -726,9 +720,7 @@ async fn the_deadline_ends_a_backoff_wait_promptly() {
         deadline: &deadline,
         fence: None,
     };
-    let out = p
-        .publish(&events(1), &PublishContext { shard_id: "s" }, &gate)
-        .await;
+    let out = p.publish(&events(1), Publishing::Shard("s"), &gate).await;
     assert_eq!(out, vec![Outcome::NotSent(Halt::Deadline)]);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
     assert_eq!(nakadi.seen().len(), 1);
@@ -754,9 +746,7 @@ async fn a_closed_fence_is_checked_before_every_request() {
         deadline: &never,
         fence: Some(&fence),
     };
-    let out = p
-        .publish(&events(2), &PublishContext { shard_id: "s" }, &gate)
-        .await;
+    let out = p.publish(&events(2), Publishing::Shard("s"), &gate).await;
     assert_eq!(out, vec![Outcome::NotSent(Halt::Fenced); 2]);
     let closes = lease - Fence::margin(lease);
     let seen = nakadi.seen();
