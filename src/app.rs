@@ -19,6 +19,7 @@ use crate::config::{Config, StreamSource, TableConfig};
 use crate::coordinator::Coordinator;
 use crate::dlq::{DeadLetterQueue, Redrainer};
 use crate::fence::Fence;
+use crate::ids::StreamArn;
 use crate::lease::{LeaseError, LeaseTable};
 use crate::metrics::TableMetrics;
 use crate::retry::Backoff;
@@ -103,7 +104,7 @@ impl App {
                 format!("cannot listen on {}: {e}", config.http_addr),
             )
         })?;
-        let slots: Vec<(String, String)> = pipelines
+        let slots: Vec<(String, StreamArn)> = pipelines
             .iter()
             .map(|p| (p.table.clone(), p.stream_arn.clone()))
             .collect();
@@ -196,10 +197,10 @@ async fn pipeline(
     dlq: DeadLetterQueue,
 ) -> Result<Pipeline, StartupError> {
     let source_var = table.source_variable(config.tables_from_file);
-    let stream_arn = match &table.source {
+    let stream_arn = StreamArn::new(match &table.source {
         StreamSource::Arn(arn) => arn.clone(),
         StreamSource::Table(name) => latest_stream(&aws.dynamodb, name, source_var).await?,
-    };
+    });
     let streams = StreamsClient::new(aws.streams.clone(), aws.records.clone());
     let info = streams.describe(&stream_arn).await.map_err(|e| {
         let message = format!("stream {stream_arn}: {e}");

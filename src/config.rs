@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::filter::{EventNames, Filter, TtlDeletes};
+use crate::ids::WorkerId;
 use crate::nakadi::{FailureMode, PublisherConfig, TokenSource};
 
 /// Where the stream comes from.
@@ -114,7 +115,7 @@ pub struct Config {
     pub dlq_s3_bucket: Option<String>,
     pub initial_position: InitialPosition,
     pub http_addr: SocketAddr,
-    pub worker_id: String,
+    pub worker_id: WorkerId,
     pub dlq_redrain_interval: Duration,
     /// Events per second the re-drain loop may publish, so a full queue does not flood Nakadi.
     pub dlq_redrain_rate: u32,
@@ -513,7 +514,7 @@ impl Config {
             dlq_s3_bucket,
             initial_position,
             http_addr,
-            worker_id,
+            worker_id: WorkerId::new(worker_id),
             dlq_redrain_interval,
             dlq_redrain_rate,
             log_format,

@@ -23,6 +23,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::delivery::{Delivery, Entry};
 use crate::dlq::{DeadLetter, DeadLetterQueue, Origin};
 use crate::fence::Fence;
+use crate::ids::{StreamArn, WorkerId};
 use crate::filter::{Filter, Filtered};
 use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease, StreamStart};
 use crate::metrics::TableMetrics;
@@ -37,8 +38,8 @@ use crate::transform::EventSettings;
 pub struct Pipeline {
     /// The table's name, as in metrics and `/status`.
     pub table: String,
-    pub stream_arn: String,
-    pub worker_id: String,
+    pub stream_arn: StreamArn,
+    pub worker_id: WorkerId,
     pub streams: StreamsClient,
     pub leases: LeaseTable,
     pub publisher: Publisher,

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::ids::{StreamArn, WorkerId};
+
 /// A loop that has not finished a round for this long is stuck, and the pod should be restarted.
 /// Generous, since one round can include slow AWS calls with their own retries.
 const STUCK_AFTER: Duration = Duration::from_secs(120);
@@ -42,7 +44,7 @@ pub trait LiveShard: Debug + Send + Sync {
 #[derive(Debug, Clone, Serialize)]
 pub struct TableStatus {
     pub table: String,
-    pub stream_arn: String,
+    pub stream_arn: StreamArn,
     /// The first shard sync is done (stream and lease table were reachable).
     pub synced: bool,
     /// Live workers reading this table's stream, this pod included.
@@ -54,7 +56,7 @@ pub struct TableStatus {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
-    pub worker_id: String,
+    pub worker_id: WorkerId,
     pub ready: bool,
     /// Over all tables.
     pub leases_owned: usize,
@@ -72,11 +74,11 @@ pub struct StatusBoard {
 
 impl StatusBoard {
     /// `tables`: (table name, stream ARN) in the order their coordinators are numbered.
-    pub fn new(worker_id: &str, tables: &[(String, String)]) -> StatusBoard {
+    pub fn new(worker_id: &WorkerId, tables: &[(String, StreamArn)]) -> StatusBoard {
         StatusBoard {
             stopping: AtomicBool::new(false),
             report: RwLock::new(StatusReport {
-                worker_id: worker_id.to_owned(),
+                worker_id: worker_id.clone(),
                 ready: false,
                 leases_owned: 0,
                 tables: tables
@@ -200,7 +202,7 @@ mod tests {
 
     #[test]
     fn a_running_shard_shows_its_worker_s_checkpoint_as_of_the_request() {
-        let board = StatusBoard::new("me", &[("a".into(), "arn-a".into())]);
+        let board = StatusBoard::new(&"me".into(), &[("a".into(), "arn-a".into())]);
         let worker = Arc::new(Worker(RwLock::new(("TRIM_HORIZON".into(), 3.0))));
         let mut running = shard("a", "1");
         running.live = Some(worker.clone());
@@ -219,7 +221,7 @@ mod tests {
     #[test]
     fn ready_when_every_table_synced_and_not_stopping() {
         let board = StatusBoard::new(
-            "me",
+            &"me".into(),
             &[("a".into(), "arn-a".into()), ("b".into(), "arn-b".into())],
         );
         board.set_synced(0);
@@ -233,7 +235,7 @@ mod tests {
     #[test]
     fn each_table_replaces_only_its_own_shards() {
         let board = StatusBoard::new(
-            "me",
+            &"me".into(),
             &[("a".into(), "arn-a".into()), ("b".into(), "arn-b".into())],
         );
         board.publish(0, vec![shard("a", "1"), shard("a", "2")], 1, 2);

@@ -266,7 +266,11 @@ impl Coordinator {
     fn observe(&mut self, snapshot: &Snapshot, now: Instant) -> HashMap<String, Liveness> {
         let me = &self.pipeline.worker_id;
         let mut liveness = HashMap::new();
-        for w in snapshot.workers.iter().filter(|w| &w.worker_id != me) {
+        for w in snapshot
+            .workers
+            .iter()
+            .filter(|w| w.worker_id != me.as_str())
+        {
             let entry = self
                 .observed
                 .entry(w.worker_id.clone())
@@ -291,7 +295,7 @@ impl Coordinator {
     fn check_conflict(&mut self, snapshot: &Snapshot, liveness: &HashMap<String, Liveness>) {
         let p = &self.pipeline;
         let other = snapshot.workers.iter().find(|w| {
-            w.worker_id != p.worker_id
+            w.worker_id != p.worker_id.as_str()
                 && liveness.get(&w.worker_id) == Some(&Liveness::Alive)
                 && w.fingerprint.as_deref().is_some_and(|f| f != p.fingerprint)
         });
@@ -516,7 +520,7 @@ impl Coordinator {
                 // pod runs now is fresher.
                 let mine = self.running.contains_key(&l.shard_id);
                 let owner = if mine {
-                    Some(me.clone())
+                    Some(me.to_string())
                 } else {
                     l.owner.clone()
                 };

@@ -23,7 +23,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{Checkpoint, Heartbeat, Lease, Liveness, OwnedLease, StreamStart};
 use crate::config::InitialPosition;
-use crate::ids::ShardId;
+use crate::ids::{ShardId, StreamArn};
 use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,7 @@ impl LeaseError {
 pub struct LeaseTable {
     client: Client,
     table: String,
-    stream_arn: String,
+    stream_arn: StreamArn,
     /// Every call of the lease protocol, retries included, ends within this: a heartbeat or a
     /// checkpoint that hangs must not outlive the lease it protects.
     call_timeout: Duration,
@@ -123,7 +123,7 @@ impl LeaseTable {
     pub fn new(
         client: Client,
         table: String,
-        stream_arn: String,
+        stream_arn: StreamArn,
         call_timeout: Duration,
     ) -> LeaseTable {
         LeaseTable {
@@ -233,7 +233,7 @@ impl LeaseTable {
                 .table_name(&self.table)
                 .consistent_read(true)
                 .filter_expression("stream_arn = :arn")
-                .expression_attribute_values(":arn", s(&self.stream_arn))
+                .expression_attribute_values(":arn", s(self.stream_arn.as_str()))
                 .set_exclusive_start_key(start.take())
                 .send();
             let out = self
@@ -301,7 +301,7 @@ impl LeaseTable {
             .table_name(&self.table)
             .item(KEY, s(&key))
             .item("kind", s(KIND_START))
-            .item("stream_arn", s(&self.stream_arn))
+            .item("stream_arn", s(self.stream_arn.as_str()))
             .item("initial_position", s(&position))
             .item("decided_at", now())
             .condition_expression("attribute_not_exists(lease_key)");
@@ -359,7 +359,7 @@ impl LeaseTable {
             .table_name(&self.table)
             .item(KEY, s(&key))
             .item("kind", s(KIND_SHARD))
-            .item("stream_arn", s(&self.stream_arn))
+            .item("stream_arn", s(self.stream_arn.as_str()))
             .item("shard_id", s(shard.as_str()))
             .item("counter", n(0))
             .item("checkpoint", s(Checkpoint::TrimHorizon.as_str()))
@@ -633,7 +633,7 @@ impl LeaseTable {
             .expression_attribute_names("#kind", "kind")
             .expression_attribute_names("#counter", "counter")
             .expression_attribute_values(":kind", s(KIND_WORKER))
-            .expression_attribute_values(":arn", s(&self.stream_arn))
+            .expression_attribute_values(":arn", s(self.stream_arn.as_str()))
             .expression_attribute_values(":me", s(me))
             .expression_attribute_values(":fp", s(fingerprint))
             .expression_attribute_values(":now", now())

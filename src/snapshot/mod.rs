@@ -37,6 +37,7 @@ pub use progress::{ProgressStore, SegmentProgress, SnapshotRun};
 use crate::config::{Config, ReadCapacity};
 use crate::delivery::{Delivery, Entry};
 use crate::dlq::{DeadLetter, DeadLetterQueue, Origin};
+use crate::ids::{StreamArn, WorkerId};
 use crate::lease::LeaseTable;
 use crate::lease::table::LeaseError;
 use crate::metrics;
@@ -86,7 +87,7 @@ pub struct Snapshot {
     rate: f64,
     segments: u32,
     page_size: u32,
-    worker_id: String,
+    worker_id: WorkerId,
     shutdown_timeout: Duration,
 }
 
@@ -218,7 +219,7 @@ impl Snapshot {
         let leases = LeaseTable::new(
             aws.dynamodb.clone(),
             config.lease_table.clone(),
-            String::new(),
+            StreamArn::new(""),
             SNAPSHOT_CALL_TIMEOUT,
         );
         leases

@@ -10,6 +10,7 @@ use aws_sdk_dynamodbstreams::types::{ShardFilter, ShardFilterType, ShardIterator
 use super::page::RecordsPage;
 use super::signed::RecordsReader;
 use super::{Shard, ShardId, StreamInfo};
+use crate::ids::StreamArn;
 use crate::metrics;
 
 /// What went wrong with a Streams call, by what the caller does about it.
@@ -99,14 +100,14 @@ impl StreamsClient {
     }
 
     /// The stream's view type, key schema and every shard, following DescribeStream's pages.
-    pub async fn describe(&self, stream_arn: &str) -> Result<StreamInfo, StreamError> {
+    pub async fn describe(&self, stream_arn: &StreamArn) -> Result<StreamInfo, StreamError> {
         let mut shards = Vec::new();
         let mut start: Option<String> = None;
         loop {
             let out = self
                 .client
                 .describe_stream()
-                .stream_arn(stream_arn)
+                .stream_arn(stream_arn.as_str())
                 .limit(DESCRIBE_PAGE)
                 .set_exclusive_start_shard_id(start.take())
                 .send()
@@ -133,7 +134,7 @@ impl StreamsClient {
     /// Streams that ignore the filter return every shard; the parent check keeps this right.
     pub async fn children(
         &self,
-        stream_arn: &str,
+        stream_arn: &StreamArn,
         parent: &ShardId,
     ) -> Result<Vec<Shard>, StreamError> {
         let filter = ShardFilter::builder()
@@ -143,7 +144,7 @@ impl StreamsClient {
         let out = self
             .client
             .describe_stream()
-            .stream_arn(stream_arn)
+            .stream_arn(stream_arn.as_str())
             .shard_filter(filter)
             .send()
             .await
@@ -164,14 +165,14 @@ impl StreamsClient {
 
     pub async fn iterator(
         &self,
-        stream_arn: &str,
+        stream_arn: &StreamArn,
         shard: &ShardId,
         position: &Position,
     ) -> Result<String, StreamError> {
         let req = self
             .client
             .get_shard_iterator()
-            .stream_arn(stream_arn)
+            .stream_arn(stream_arn.as_str())
             .shard_id(shard.as_str());
         let req = match position {
             Position::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
