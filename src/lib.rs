@@ -22,6 +22,7 @@
 //!   [`transform`].
 //! - [`filter`]: the configured filters in front of it (TTL deletions, event names, dropped
 //!   attributes).
+//! - [`ids`]: the identifiers passed between modules (shard, stream ARN, sequence number, worker).
 //! - [`fence`]: how long this pod may act on its leases after its last successful heartbeat.
 //! - [`delivery`]: one page's publish → dead-letter → "how much is done", for every caller.
 //! - [`nakadi`]: the publisher: batching, gzip, token file, Nakadi's responses, retries.
