@@ -81,6 +81,26 @@ pub enum ShardExit {
 /// A poll that returned records is followed at once by the next.
 const IDLE_POLL_MIN: Duration = Duration::from_millis(25);
 
+/// Idle polls of all shards fall on common ticks of this length: the polls due within one tick
+/// are sent in one wake-up of the runtime instead of one wake-up each, which for idle shards
+/// costs more CPU than the request. Deadlines are rounded to the nearest tick, so on average a
+/// shard waits as long as before; the short first waits after records are not rounded.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+
+/// When a shard that waits `wait` from now polls again.
+fn idle_deadline(now: Instant, wait: Duration) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let deadline = now + wait;
+    if wait < 2 * IDLE_TICK {
+        return deadline;
+    }
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let tick = IDLE_TICK.as_micros();
+    let since = deadline.saturating_duration_since(epoch).as_micros();
+    let rounded = (since + tick / 2) / tick * tick;
+    epoch + Duration::from_micros(rounded as u64)
+}
+
 /// Most GetRecords calls of a pod in flight at once. Each call in flight holds an HTTP/1.1
 /// connection whose buffers grow to the megabyte pages it has read, so without a bound a pod
 /// owning a thousand shards keeps nearly as many connections and their buffers (figures in
@@ -195,7 +215,7 @@ impl ShardWorker {
                 iterator = Some(next);
                 self.lease.set_lag_ms(0);
                 // A checkpoint still owed is written during the wait, when it is due.
-                let wait = tokio::time::sleep(idle);
+                let wait = tokio::time::sleep_until(idle_deadline(Instant::now(), idle));
                 tokio::pin!(wait);
                 loop {
                     tokio::select! {
@@ -652,4 +672,35 @@ impl<'a> Pending<'a> {
 
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_polls_fall_on_common_ticks_and_wait_as_long_on_average() {
+        let now = Instant::now();
+        let wait = Duration::from_millis(600);
+        let mut total = Duration::ZERO;
+        let mut deadlines = std::collections::BTreeSet::new();
+        for ms in 0..1000 {
+            let start = now + Duration::from_millis(ms);
+            let deadline = idle_deadline(start, wait);
+            let waited = deadline - start;
+            assert!(
+                waited.abs_diff(wait) <= IDLE_TICK / 2,
+                "{waited:?} for {wait:?}"
+            );
+            total += waited;
+            deadlines.insert(deadline);
+        }
+        // A thousand shards that went idle a millisecond apart poll on ten instants a second.
+        assert!(deadlines.len() <= 11, "{} instants", deadlines.len());
+        let mean = total / 1000;
+        assert!(mean.abs_diff(wait) <= Duration::from_millis(2), "{mean:?}");
+        // The short waits right after records are kept as they are.
+        let short = Duration::from_millis(50);
+        assert_eq!(idle_deadline(now, short), now + short);
+    }
 }
