@@ -35,7 +35,7 @@ integration: venv
 ## lifecycle: the compressed day alone (rollovers, a split, kills, a pause, an outage past
 ## retention) at both initial positions; `make test` runs it too. LIFECYCLE_ROLLOVERS=N lengthens it.
 lifecycle: venv
-	$(CARGO) test --locked --test lifecycle -- --test-threads=1 --nocapture
+	$(CARGO) test --locked --test it lifecycle:: -- --test-threads=1 --nocapture
 
 check-deploy: venv
 	bash scripts/install-deploy-tools.sh
@@ -64,7 +64,7 @@ deny:
 ## chaos: the long chaos run (10,000 records, 6 kills, about 4 minutes); a short one runs in `make test`
 chaos: venv
 	CHAOS_RECORDS=$${CHAOS_RECORDS:-10000} CHAOS_KILLS=$${CHAOS_KILLS:-6} \
-		$(CARGO) test --locked --test chaos -- --test-threads=1 --nocapture
+		$(CARGO) test --locked --test it chaos:: -- --test-threads=1 --nocapture
 
 ## demo: moto, the Nakadi test server and the relay on loopback; writes sample items and shows the events
 demo: venv

@@ -1,14 +1,13 @@
 //! What Kubernetes and Prometheus see: probes through SIGTERM and outages, and a real
 //! Prometheus server scraping the relay and evaluating every dashboard and alert expression.
 
-mod support;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::*;
+
+use crate::support::*;
 
 struct Env {
     moto: Moto,
@@ -152,7 +151,11 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
     put_orders(&t.moto, 0..20).await;
     t.nakadi.fault(json!({"status": 422, "times": 1})).await;
     put_orders(&t.moto, 20..25).await;
-    let addr = relay.http.trim_start_matches("http://").to_owned();
+    let addr = relay
+        .http_url()
+        .await
+        .trim_start_matches("http://")
+        .to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("bash")
             .arg(repo_root().join("scripts/check-promql.sh"))

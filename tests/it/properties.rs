@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 static SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
     let schema: Value =
-        serde_json::from_str(include_str!("schema/data-change-event.schema.json")).unwrap();
+        serde_json::from_str(include_str!("../schema/data-change-event.schema.json")).unwrap();
     jsonschema::options()
         .should_validate_formats(true)
         .build(&schema)
@@ -177,7 +177,7 @@ fn record() -> impl Strategy<Value = Value> {
         })
 }
 
-const VALID: &str = include_str!("fixtures/transform/order-modify.json");
+const VALID: &str = include_str!("../fixtures/transform/order-modify.json");
 
 /// Byte edits of a valid text: deletions, insertions and replacements at random places.
 fn garble(text: &str, edits: &[(usize, u8, u8)]) -> String {

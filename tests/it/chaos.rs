@@ -11,8 +11,6 @@
 //! `make chaos`: `CHAOS_RECORDS=10000 CHAOS_KILLS=6`. `CHAOS_SEED` replays a run's choice of
 //! actions (the timing of the processes is not replayable).
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +19,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
-use support::*;
+
+use crate::support::*;
 
 const TEST: &str = "chaos";
 const SHARDS: usize = 8;

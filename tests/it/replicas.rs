@@ -2,13 +2,12 @@
 //! server (shards that split, small DescribeStream pages, expiring iterators, trimming,
 //! throttling), with moto for the lease table and SQS.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::*;
+
+use crate::support::*;
 
 /// Whether, on each of `shards`, some record written after `since` has arrived.
 fn progressed(
@@ -535,9 +534,9 @@ async fn a_pod_of_another_configuration_takes_no_leases_while_the_first_is_alive
     let second = Relay::start(test, "relay-2", &env);
     second.wait_ready().await;
     let conflict = |relay: &Relay| {
-        let relay = relay.http.clone();
+        let relay = relay.http().map(str::to_owned);
         async move {
-            let m = reqwest::get(format!("{relay}/metrics"))
+            let m = reqwest::get(format!("{}/metrics", relay?))
                 .await
                 .ok()?
                 .text()

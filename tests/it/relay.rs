@@ -1,7 +1,5 @@
 //! End-to-end tests: the real relay binary against moto and the Nakadi test server.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::Duration;
@@ -9,7 +7,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
-use support::*;
+
+use crate::support::*;
 
 /// One write the test made, and the item state after it (None: deleted).
 struct Write {

@@ -59,14 +59,13 @@
 //! the schema `event-type` printed; and the parent/child order check fires in the fault server's
 //! broken case (a rewound split) and stays at 0 otherwise.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dynamodb_nakadi_relay::transform::eid_for;
 use serde_json::{Value, json};
-use support::*;
+
+use crate::support::*;
 
 const SHARDS: usize = 3;
 const ROLLOVER_EVERY: f64 = 3.0;

@@ -3,8 +3,6 @@
 //! and a second run lose nothing and repeat at most the page in flight per segment; an event
 //! Nakadi refuses ends in the dead-letter queue.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,10 +13,11 @@ use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
-use support::*;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
+
+use crate::support::*;
 
 const TABLE: &str = "orders";
 

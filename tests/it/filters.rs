@@ -5,14 +5,13 @@
 //! streams hold no record with the DynamoDB service as `userIdentity`. The compaction key is
 //! checked on moto, with a table keyed by hash and range.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, ScalarAttributeType};
 use serde_json::{Value, json};
-use support::*;
+
+use crate::support::*;
 
 /// The records every filter test writes, on one shard in this order: a user who is created and
 /// changes their e-mail, a user deletion, and a TTL expiry.

@@ -6,9 +6,7 @@
 //! - a Nakadi that answers with malformed, oversized, truncated or foreign bodies, or accepts the
 //!   connection and never answers: the events end in the DLQ with the reason, nothing is lost.
 //!
-//! Hostile input to the transform and the parsers, as properties: tests/properties.rs.
-
-mod support;
+//! Hostile input to the transform and the parsers, as properties: the `properties` module.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -19,8 +17,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
 use dynamodb_nakadi_relay::transform::eid_for;
 use serde_json::{Value, json};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
 
 // ---------------------------------------------------------------------------------------------
 // JSON comparison with numbers compared by decimal value, digit for digit (never via f64).
@@ -456,7 +455,7 @@ fn run(args: &[&str], set: &[(&str, &str)]) -> (Option<i32>, String) {
 
 /// One variable wrong at a time: blank (counts as unset, as Helm renders an unset value),
 /// malformed or out of its documented range. Each required variable left out entirely:
-/// tests/relay.rs.
+/// the `relay` module.
 const WRONG: &[(&str, &str)] = &[
     ("RELAY_TABLE_NAME", "   "),
     ("RELAY_STREAM_ARN", "orders"),

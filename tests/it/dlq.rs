@@ -1,8 +1,6 @@
 //! The dead-letter queue and the re-drain loop, end to end: the real relay binary, moto and the
 //! Nakadi test server.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -15,8 +13,9 @@ use dynamodb_nakadi_relay::nakadi::{
 };
 use dynamodb_nakadi_relay::transform::{Event, eid_for};
 use serde_json::{Value, json};
-use support::*;
 use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
 
 struct Env {
     moto: Moto,

@@ -3,15 +3,14 @@
 //! checkpoint, a take of a silent pod's lease loses to a heartbeat that lands first, and a
 //! stream's start is decided once.
 
-mod support;
-
 use std::time::Duration;
 
 use dynamodb_nakadi_relay::config::InitialPosition;
 use dynamodb_nakadi_relay::lease::Liveness;
 use dynamodb_nakadi_relay::lease::{Checkpoint, LeaseError, LeaseTable};
 use dynamodb_nakadi_relay::stream::ShardId;
-use support::*;
+
+use crate::support::*;
 
 const STREAM: &str =
     "arn:aws:dynamodb:eu-central-1:123456789012:table/orders/stream/2026-11-22T00:00:00.000";

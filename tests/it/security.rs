@@ -10,8 +10,6 @@
 //! capabilities, seccomp, read-only mounts) is checked by scripts/check-deploy.sh; the
 //! dependencies' licenses by `make deny`.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,7 +17,8 @@ use std::time::Duration;
 
 use dynamodb_nakadi_relay::transform::eid_for;
 use serde_json::{Value, json};
-use support::*;
+
+use crate::support::*;
 
 /// Recognizable, and unlike anything the relay would print by itself.
 const TOKEN_A: &str = "tok-A-7f3c91d2e8b4a6051c";

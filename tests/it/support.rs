@@ -3,15 +3,12 @@
 //! its handle is dropped. A missing dependency fails the test with a message saying how to get
 //! it; nothing is skipped.
 
-#![allow(dead_code)] // each test binary uses a different part of this module
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::error::SdkError;
@@ -38,14 +35,6 @@ pub fn python() -> PathBuf {
         python.display()
     );
     python
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("binding a loopback port")
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Where a test's logs go: target/test-output/<name>/.
@@ -153,7 +142,8 @@ fn spawn_listening(name: &str, mut cmd: Command, log: &Path) -> (Process, u16) {
 }
 
 pub struct Moto {
-    pub process: Process,
+    /// Held for its `Drop`, which stops the server.
+    _process: Process,
     pub endpoint: String,
 }
 
@@ -164,7 +154,7 @@ impl Moto {
             .args(["--port", "0"]);
         let (process, port) = spawn_listening("moto", cmd, &output_dir(test).join("moto.log"));
         Moto {
-            process,
+            _process: process,
             endpoint: format!("http://127.0.0.1:{port}"),
         }
     }
@@ -294,7 +284,8 @@ impl Moto {
 }
 
 pub struct Nakadi {
-    pub process: Process,
+    /// Held for its `Drop`, which stops the server.
+    _process: Process,
     pub url: String,
     http: reqwest::Client,
     /// Events read so far: each call fetches only what arrived since, so polling a server that
@@ -314,7 +305,7 @@ impl Nakadi {
             &output_dir(test).join("nakadi.log"),
         );
         Nakadi {
-            process,
+            _process: process,
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
             seen: tokio::sync::Mutex::new(Vec::new()),
@@ -373,11 +364,12 @@ impl Nakadi {
     }
 }
 
-/// The relay binary, configured for moto and the Nakadi test server.
+/// The relay binary, configured for moto and the Nakadi test server. Its HTTP server binds port
+/// 0; the address it got is read from its "relay started" log line.
 pub struct Relay {
     pub process: Process,
-    pub http: String,
     pub log: PathBuf,
+    http: OnceLock<String>,
 }
 
 pub fn base_env(
@@ -418,13 +410,12 @@ impl Relay {
 
     /// `start` with another working directory, where a relative path would be written.
     pub fn start_in(test: &str, name: &str, env: &HashMap<String, String>, dir: &Path) -> Relay {
-        let port = free_port();
         let log = output_dir(test).join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_dynamodb-nakadi-relay"))
             .current_dir(dir)
             .env_clear()
             .envs(env)
-            .env("RELAY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("RELAY_HTTP_ADDR", "127.0.0.1:0")
             .env("RELAY_WORKER_ID", name)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -435,13 +426,34 @@ impl Relay {
                 child,
                 name: name.into(),
             },
-            http: format!("http://127.0.0.1:{port}"),
             log,
+            http: OnceLock::new(),
         }
     }
 
+    /// `http://<address>` of the relay's HTTP server, once it has logged "relay started"; None
+    /// before. Needs the JSON log format of `base_env`.
+    pub fn http(&self) -> Option<&str> {
+        if let Some(http) = self.http.get() {
+            return Some(http);
+        }
+        let logs = self.logs();
+        let started = logs.lines().find(|l| l.contains("\"relay started\""))?;
+        let line: Value = serde_json::from_str(started).ok()?;
+        let addr = line["http"].as_str()?;
+        Some(self.http.get_or_init(|| format!("http://{addr}")))
+    }
+
+    /// `http`, waiting for the relay to start.
+    pub async fn http_url(&self) -> String {
+        wait_for("the relay to listen", Duration::from_secs(60), || async {
+            self.http().map(str::to_owned)
+        })
+        .await
+    }
+
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let r = reqwest::get(format!("{}{path}", self.http)).await.ok()?;
+        let r = reqwest::get(format!("{}{path}", self.http()?)).await.ok()?;
         let status = r.status().as_u16();
         Some((status, r.text().await.ok()?))
     }
@@ -697,7 +709,8 @@ impl FaultProxy {
 
 /// The DynamoDB Streams fault server (tests/servers/streams_fault_server.py).
 pub struct StreamsFault {
-    pub process: Process,
+    /// Held for its `Drop`, which stops the server.
+    _process: Process,
     pub ctl: StreamsControl,
 }
 
@@ -719,7 +732,7 @@ impl StreamsFault {
             &output_dir(test).join("streams.log"),
         );
         StreamsFault {
-            process,
+            _process: process,
             ctl: StreamsControl {
                 url: format!("http://127.0.0.1:{port}"),
                 // A fresh connection per call: Python's http.server may close an idle
@@ -1015,7 +1028,8 @@ where
 /// credentials that expire, signature and clock checks in front of an upstream, a forward proxy,
 /// and TLS with a CA of its own.
 pub struct Edge {
-    pub process: Process,
+    /// Held for its `Drop`, which stops the server.
+    _process: Process,
     /// `http://127.0.0.1:<port>`, or `https://localhost:<port>` with TLS.
     pub url: String,
     /// With TLS: the CA certificate to trust.
@@ -1045,7 +1059,7 @@ impl Edge {
             (format!("http://127.0.0.1:{port}"), None)
         };
         Edge {
-            process,
+            _process: process,
             url,
             ca,
             control: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),

@@ -4,14 +4,13 @@
 //! metrics tell the tables apart. And `event-type`: each table's Nakadi event type, valid against
 //! Nakadi's API definition, with the table's events valid against its schema.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
-use support::*;
+
+use crate::support::*;
 
 const ORDERS: &str = "payments.order-changed";
 const REFUNDS: &str = "payments.refund-changed";
