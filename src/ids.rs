@@ -1,5 +1,5 @@
 //! The identifiers that pass between modules, each its own type: a shard id is never taken for a
-//! stream ARN, a worker id or a sequence number. All four are text as AWS (or the pod) gives it,
+//! stream ARN or a worker id. All three are text as AWS (or the pod) gives it,
 //! kept as it came; they read as `str` ([`std::ops::Deref`]) wherever text is wanted (logs,
 //! request parameters, item attributes).
 
@@ -74,12 +74,6 @@ id! {
     /// A DynamoDB stream's ARN, e.g.
     /// `arn:aws:dynamodb:eu-central-1:123456789012:table/orders/stream/2026-11-01T00:00:00.000`.
     StreamArn
-}
-
-id! {
-    /// A stream record's sequence number, as DynamoDB Streams writes it: decimal digits, 21 to
-    /// 40 of them, compared by `stream::lineage` as numbers, never parsed into one.
-    SequenceNumber
 }
 
 id! {
