@@ -682,6 +682,19 @@ async fn wait_arrived(nakadi: &Nakadi, written: &[Written], what: &str) {
     .await;
 }
 
+/// Starts a relay with the setup's environment, writes two records and waits for their events.
+async fn relay_two_records(test: &str, s: &EdgeSetup, what: &str) -> Relay {
+    let relay = Relay::start(test, "relay-1", &s.env);
+    relay.wait_ready().await;
+    let written = s
+        .streams
+        .ctl
+        .write(&s.arn, &[("order-1".into(), 1), ("order-2".into(), 2)])
+        .await;
+    wait_arrived(&s.nakadi, &written, what).await;
+    relay
+}
+
 fn get_records_keys(stats: &Value) -> usize {
     stats["get_records_by_key"].as_object().unwrap().len()
 }
@@ -786,14 +799,7 @@ async fn get_records_goes_through_the_configured_proxy() {
     let mut s = edge_setup(test).await;
     let proxy = Edge::start(test, "", &[]);
     s.env.insert("HTTP_PROXY".into(), proxy.url.clone());
-    let relay = Relay::start(test, "relay-1", &s.env);
-    relay.wait_ready().await;
-    let written = s
-        .streams
-        .ctl
-        .write(&s.arn, &[("order-1".into(), 1), ("order-2".into(), 2)])
-        .await;
-    wait_arrived(&s.nakadi, &written, "records read through the proxy").await;
+    let _relay = relay_two_records(test, &s, "records read through the proxy").await;
     let stats = proxy.stats().await;
     assert!(
         stats["proxied_get_records"].as_u64().unwrap() > 0,
@@ -818,14 +824,7 @@ async fn get_records_trusts_the_ca_bundle_in_ssl_cert_file() {
         "SSL_CERT_FILE".into(),
         edge.ca.as_ref().unwrap().display().to_string(),
     );
-    let relay = Relay::start(test, "relay-1", &s.env);
-    relay.wait_ready().await;
-    let written = s
-        .streams
-        .ctl
-        .write(&s.arn, &[("order-1".into(), 1), ("order-2".into(), 2)])
-        .await;
-    wait_arrived(&s.nakadi, &written, "records read over TLS").await;
+    let _relay = relay_two_records(test, &s, "records read over TLS").await;
     let stats = edge.stats().await;
     assert!(
         get_records_keys(&stats) == 1 && stats["refused"].as_array().unwrap().is_empty(),
