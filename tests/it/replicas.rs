@@ -48,15 +48,6 @@ async fn status(relay: &Relay) -> Option<Value> {
     (code == 200).then(|| serde_json::from_str(&body).unwrap())
 }
 
-async fn arrived_eids(nakadi: &Nakadi) -> HashSet<String> {
-    nakadi
-        .events()
-        .await
-        .iter()
-        .map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Everything written arrived, and per key in write order (first arrival of each eid).
 async fn check_complete_and_ordered(nakadi: &Nakadi, written: &[Written]) -> usize {
     let expected: HashSet<String> = written.iter().map(|w| w.eid.clone()).collect();
@@ -202,7 +193,7 @@ async fn three_relays_balance_and_take_over_a_killed_one() {
             if !all_owned_by(&st, &["relay-1", "relay-2"]) {
                 return None;
             }
-            let arrived = arrived_eids(&s.nakadi).await;
+            let arrived = s.nakadi.eids().await;
             progressed(&writer.written(), &arrived, &victim_shards, killed)
                 .then(|| killed.elapsed())
         },
@@ -250,7 +241,7 @@ async fn sigterm_hands_over_within_a_round_and_publishes_nothing_twice() {
             if !all_owned_by(&st, &["relay-1"]) {
                 return None;
             }
-            let arrived = arrived_eids(&s.nakadi).await;
+            let arrived = s.nakadi.eids().await;
             progressed(&writer.written(), &arrived, &its_shards, exited).then(|| exited.elapsed())
         },
     )
@@ -349,7 +340,7 @@ async fn single_relay(test: &str) -> (Setup, Relay, Vec<Written>) {
         "the first records",
         Duration::from_secs(30),
         Duration::from_millis(100),
-        || async { (arrived_eids(&s.nakadi).await.len() == written.len()).then_some(()) },
+        || async { (s.nakadi.eids().await.len() == written.len()).then_some(()) },
     )
     .await;
     (s, relay, written)
@@ -435,7 +426,7 @@ async fn trimmed_checkpoint_continues_from_trim_horizon_and_counts_it() {
     relay.wait_ready().await;
     let expected: Vec<Written> = first.iter().chain(&kept).cloned().collect();
     check_complete_and_ordered(&s.nakadi, &expected).await;
-    let arrived = arrived_eids(&s.nakadi).await;
+    let arrived = s.nakadi.eids().await;
     assert!(
         lost.iter().all(|w| !arrived.contains(&w.eid)),
         "trimmed records cannot arrive"
@@ -498,7 +489,7 @@ async fn a_shard_that_aged_out_unread_is_counted_as_trimmed_and_its_children_sta
     relay.wait_ready().await;
     let expected: Vec<Written> = first.iter().chain(&children).cloned().collect();
     check_complete_and_ordered(&s.nakadi, &expected).await;
-    let arrived = arrived_eids(&s.nakadi).await;
+    let arrived = s.nakadi.eids().await;
     assert!(unread.iter().all(|w| !arrived.contains(&w.eid)));
     let trimmed = wait_for(
         "the trimmed shard to be counted",

@@ -216,12 +216,7 @@ async fn the_token_never_leaves_the_process_and_nothing_is_written_to_disk() {
         "every event at Nakadi and the DLQ empty",
         Duration::from_secs(60),
         || async {
-            let got: HashSet<String> = nakadi
-                .events()
-                .await
-                .iter()
-                .map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned())
-                .collect();
+            let got = nakadi.eids().await;
             (got == expected && queue_depth(&moto, &dlq).await == 0).then_some(())
         },
     )
@@ -670,12 +665,7 @@ async fn wait_arrived(nakadi: &Nakadi, written: &[Written], what: &str) {
         Duration::from_secs(30),
         Duration::from_millis(200),
         || async {
-            let arrived: HashSet<String> = nakadi
-                .events()
-                .await
-                .iter()
-                .map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned())
-                .collect();
+            let arrived = nakadi.eids().await;
             expected.is_subset(&arrived).then_some(())
         },
     )

@@ -328,6 +328,15 @@ impl Nakadi {
     }
 
     /// Every accepted event, in arrival order, numbers exact.
+    /// The eids of every event stored so far.
+    pub async fn eids(&self) -> std::collections::HashSet<String> {
+        self.events()
+            .await
+            .iter()
+            .map(|e| e["metadata"]["eid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub async fn events(&self) -> Vec<Value> {
         let mut seen = self.seen.lock().await;
         let body = self
