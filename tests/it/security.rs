@@ -527,6 +527,7 @@ fn the_documented_iam_policy_grants_exactly_the_actions_the_relay_calls() {
     let streams_ops = &operations[1].1;
     // (action, called from a stream module) for every SDK call in the source.
     let mut called: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut actions: Vec<(String, PathBuf)> = Vec::new();
     for (name, file) in zero_argument_calls() {
         let prefixes: BTreeSet<&str> = operations
             .iter()
@@ -547,15 +548,7 @@ fn the_documented_iam_policy_grants_exactly_the_actions_the_relay_calls() {
             ("sqs", Some(single)) => single,
             _ => &name,
         };
-        called
-            .entry(format!("{prefix}:{}", pascal(op)))
-            .or_default()
-            .insert(
-                file.strip_prefix(repo_root())
-                    .unwrap()
-                    .display()
-                    .to_string(),
-            );
+        actions.push((format!("{prefix}:{}", pascal(op)), file));
     }
     // Calls the relay signs and sends itself name their operation in the `X-Amz-Target` header
     // (`DynamoDBStreams_20120810.GetRecords`).
@@ -565,15 +558,15 @@ fn the_documented_iam_policy_grants_exactly_the_actions_the_relay_calls() {
             "{operation} in {} is no DynamoDB Streams operation",
             file.display()
         );
-        called
-            .entry(format!("dynamodb:{operation}"))
-            .or_default()
-            .insert(
-                file.strip_prefix(repo_root())
-                    .unwrap()
-                    .display()
-                    .to_string(),
-            );
+        actions.push((format!("dynamodb:{operation}"), file));
+    }
+    for (action, file) in actions {
+        called.entry(action).or_default().insert(
+            file.strip_prefix(repo_root())
+                .unwrap()
+                .display()
+                .to_string(),
+        );
     }
     // DynamoDB authorizes a transaction by the actions of its items, not by a
     // TransactWriteItems action: the lease take writes one update and one condition check.
