@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # Checks the deploy and operate artefacts with the real tools, without a cluster:
 #
-#   helm lint --strict               the chart, with defaults and with ci/all-on-values.yaml
-#   helm template                    both renders, plus renders that must be refused
-#   kubernetes-validate --strict     both renders, against Kubernetes $K8S_VERSIONS
+#   helm lint --strict               the chart, with defaults, ci/all-on-values.yaml (Jobs on)
+#                                    and ci/podmonitor-values.yaml on top of it
+#   helm template                    those renders and the tables one, plus renders that must be
+#                                    refused
+#   kubernetes-validate --strict     the renders, against Kubernetes $K8S_VERSIONS
+#   prometheus-operator CRDs         ServiceMonitor, PodMonitor, PrometheusRule against the CRD
+#                                    schemas (scripts/validate-crs.py; self-test: a typo fails)
 #   rendered-manifest checks         every RELAY_* variable of src/config.rs mapped, security
-#                                    context, probes, grace period, selectors and ports agree
+#                                    context, probes, grace period, selectors and ports agree;
+#                                    the Jobs and the helm test Pod run with the relay's settings
+#                                    and are selected by none of its selectors; zone spread
+#   chart README                     current with values.yaml's comments, every value documented
+#                                    (scripts/chart-readme.py; self-test: an undocumented value
+#                                    fails)
+#   cfn-lint                         cloudformation/*.yaml, and the template's queues, lease
+#                                    table and alarm against the relay's contract
 #   promtool check rules / test rules  files/alerts.yaml, the PrometheusRule render, unit tests
 #   runbooks                         each alert has a runbook_url to its docs/operating.md section
 #   dashboards                       JSON, ${datasource} everywhere, every query parses (promtool)
@@ -26,6 +37,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 CHART="helm/dynamodb-nakadi-relay"
 ALL_ON="$CHART/ci/all-on-values.yaml"
+PODMON="$CHART/ci/podmonitor-values.yaml"
 TABLES="$CHART/ci/tables-values.yaml"
 ALERTS="$CHART/files/alerts.yaml"
 OUT="$ROOT/test-output/deploy"
@@ -74,7 +86,7 @@ if ! bash "$ROOT/scripts/install-deploy-tools.sh" >"$OUT/logs/install-deploy-too
   exit 1
 fi
 cat "$OUT/logs/install-deploy-tools.log"
-echo "check-deploy: helm $("$HELM" version --short 2>/dev/null), kubernetes-validate $("$VENV/bin/kubernetes-validate" --version), $("$VENV/bin/hadolint" --version), $(promtool --version 2>&1 | head -n1)"
+echo "check-deploy: helm $("$HELM" version --short 2>/dev/null), kubernetes-validate $("$VENV/bin/kubernetes-validate" --version), $("$VENV/bin/hadolint" --version), $(promtool --version 2>&1 | head -n1), cfn-lint $("$VENV/bin/cfn-lint" --version | awk '{print $NF}')"
 echo
 
 # ---- helm ----------------------------------------------------------------------------------------
@@ -88,12 +100,15 @@ helm_lint() {
 }
 run "helm lint --strict (defaults)" helm_lint
 run "helm lint --strict (ci/all-on-values.yaml)" helm_lint -f "$ALL_ON"
+run "helm lint --strict (all-on + ci/podmonitor-values.yaml)" helm_lint -f "$ALL_ON" -f "$PODMON"
 
 KUBE_VERSION="${K8S_VERSIONS%% *}"
 run "helm template (defaults)" \
   bash -c "'$HELM' template relay '$CHART' --namespace payments --kube-version '$KUBE_VERSION' > '$OUT/default.yaml'"
 run "helm template (ci/all-on-values.yaml)" \
   bash -c "'$HELM' template relay '$CHART' --namespace payments --kube-version '$KUBE_VERSION' -f '$ALL_ON' > '$OUT/all-on.yaml'"
+run "helm template (all-on + ci/podmonitor-values.yaml)" \
+  bash -c "'$HELM' template relay '$CHART' --namespace payments --kube-version '$KUBE_VERSION' -f '$ALL_ON' -f '$PODMON' > '$OUT/podmonitor.yaml'"
 run "helm template (ci/tables-values.yaml)" \
   bash -c "'$HELM' template relay '$CHART' --namespace payments --kube-version '$KUBE_VERSION' -f '$TABLES' > '$OUT/tables.yaml'"
 
@@ -130,31 +145,60 @@ run "refuses tables together with single-table settings" \
   must_refuse 'config.tableName is set per table' -f "$TABLES" --set config.tableName=orders
 run "refuses token secret together with a token file" \
   must_refuse 'not both' --set nakadiToken.existingSecret=tok --set config.nakadiTokenFile=/t
+run "refuses ServiceMonitor together with PodMonitor" \
+  must_refuse 'podMonitor.enabled or serviceMonitor.enabled, not both' --set serviceMonitor.enabled=true --set podMonitor.enabled=true
+run "refuses an unknown Job setting (schema)" \
+  must_refuse 'jobs|additional' --set jobs.snapshot.tabel=orders
 
 # ---- kubernetes-validate -------------------------------------------------------------------------
 # Strict: unknown fields fail. Only the prometheus-operator kinds have no schema there (WARN);
-# their structure is checked below (selectors, ports, promtool on the rules).
+# they are checked against the CRD schemas below, and their selectors, ports and rules after that.
 k8s_validate() {
   local file="$1" out rc
   for v in $K8S_VERSIONS; do
     out="$("$VENV/bin/kubernetes-validate" --strict -k "$v" "$file" 2>&1)"; rc=$?
     echo "$out"
     [[ $rc -eq 0 ]] || return 1
-    if grep -E '^(WARN|ERROR|FATAL)' <<<"$out" | grep -Ev 'for kind (ServiceMonitor|PrometheusRule) with api version monitoring.coreos.com/v1 '; then
+    if grep -E '^(WARN|ERROR|FATAL)' <<<"$out" | grep -Ev 'for kind (ServiceMonitor|PodMonitor|PrometheusRule) with api version monitoring.coreos.com/v1 '; then
       return 1
     fi
   done
 }
 run_with "$OUT/default.yaml" "kubernetes-validate --strict -k $K8S_VERSIONS (defaults)" k8s_validate "$OUT/default.yaml"
 run_with "$OUT/all-on.yaml" "kubernetes-validate --strict -k $K8S_VERSIONS (all-on)" k8s_validate "$OUT/all-on.yaml"
+run_with "$OUT/podmonitor.yaml" "kubernetes-validate --strict -k $K8S_VERSIONS (podmonitor)" k8s_validate "$OUT/podmonitor.yaml"
 run_with "$OUT/tables.yaml" "kubernetes-validate --strict -k $K8S_VERSIONS (tables)" k8s_validate "$OUT/tables.yaml"
+
+# ---- prometheus-operator objects against the CRD schemas -----------------------------------------
+run_with "$OUT/podmonitor.yaml" "ServiceMonitor, PodMonitor, PrometheusRule: CRD schemas" \
+  "$PY" "$ROOT/scripts/validate-crs.py" "$OUT/all-on.yaml" "$OUT/podmonitor.yaml"
+# The check fails on what the API server would refuse: a field the CRD does not have (pydantic
+# alone would drop it silently) and a value its pattern refuses.
+crd_check_must_fail() {
+  local bad="$OUT/crd-must-fail"
+  mkdir -p "$bad"
+  sed 's/^\( *\)scrapeTimeout:/\1scrapeTimout:/' "$OUT/podmonitor.yaml" >"$bad/typo.yaml"
+  sed 's/^\( *\)interval: 15s/\1interval: 15 seconds/' "$OUT/all-on.yaml" >"$bad/pattern.yaml"
+  crd_check_fails "$bad/typo.yaml" 'podMetricsEndpoints[0].scrapeTimout: not a field of the PodMonitor schema' || return 1
+  crd_check_fails "$bad/pattern.yaml" 'endpoints.0.interval: String should match pattern' || return 1
+}
+# crd_check_fails FILE TEXT: validate-crs.py must fail on FILE, naming TEXT.
+crd_check_fails() {
+  local log
+  if log="$("$PY" "$ROOT/scripts/validate-crs.py" "$1" 2>&1)"; then
+    echo "$log"; echo "passed, but should have failed on $1"; return 1
+  fi
+  echo "$log"
+  grep -qF "$2" <<<"$log" || { echo "failed, but without naming $2"; return 1; }
+}
+run_with "$OUT/podmonitor.yaml" "the CRD check fails on a typo, a bad interval (self-test)" crd_check_must_fail
 
 # ---- rendered manifests against the relay's own contract -----------------------------------------
 check_manifests() {
-  "$PY" - "$OUT/default.yaml" "$OUT/all-on.yaml" "$ROOT/src/config.rs" "$ALERTS" "$OUT/prometheusrule-spec.yaml" "$OUT/tables.yaml" "$TABLES" <<'PY'
+  "$PY" - "$OUT/default.yaml" "$OUT/all-on.yaml" "$ROOT/src/config.rs" "$ALERTS" "$OUT/prometheusrule-spec.yaml" "$OUT/tables.yaml" "$TABLES" "$OUT/podmonitor.yaml" <<'PY'
 import re, sys, tomllib, yaml
 
-default_file, all_on_file, config_rs, alerts_file, rule_spec_out, tables_file, tables_values = sys.argv[1:]
+default_file, all_on_file, config_rs, alerts_file, rule_spec_out, tables_file, tables_values, podmonitor_file = sys.argv[1:]
 errors = []
 def check(cond, msg):
     if not cond:
@@ -180,18 +224,23 @@ check(len(read_vars) >= 20, f"found only {len(read_vars)} RELAY_* variables in s
 def subset(sel, labels):
     return all(labels.get(k) == v for k, v in sel.items())
 
-for name, path in (("defaults", default_file), ("all-on", all_on_file)):
+for name, path in (("defaults", default_file), ("all-on", all_on_file), ("podmonitor", podmonitor_file)):
     k = load(path)
     kinds_ok = True
-    for kind in ("Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"):
+    for kind in ("Deployment", "Service", "PodDisruptionBudget"):
         if len(k.get(kind, [])) != 1:
             kinds_ok = False
             errors.append(f"{name}: expected one {kind}, got {len(k.get(kind, []))}")
     if not kinds_ok:
         continue
-    dep, svc, sa, pdb = k["Deployment"][0], k["Service"][0], k["ServiceAccount"][0], k["PodDisruptionBudget"][0]
+    dep, svc, pdb = k["Deployment"][0], k["Service"][0], k["PodDisruptionBudget"][0]
     pod = dep["spec"]["template"]
     spec = pod["spec"]
+    accounts = {a["metadata"]["name"]: a for a in k.get("ServiceAccount", [])}
+    if spec["serviceAccountName"] not in accounts:
+        errors.append(f"{name}: pods do not use the chart's ServiceAccount")
+        continue
+    sa = accounts[spec["serviceAccountName"]]
     labels = pod["metadata"]["labels"]
     (c,) = spec["containers"]
     env = c.get("env", [])
@@ -231,15 +280,85 @@ for name, path in (("defaults", default_file), ("all-on", all_on_file)):
     check(subset(svc["spec"]["selector"], labels), f"{name}: Service selector does not match the pods")
     check(subset(pdb["spec"]["selector"]["matchLabels"], labels), f"{name}: PDB selector does not match the pods")
     check(all(p["targetPort"] in ports for p in svc["spec"]["ports"]), f"{name}: Service targetPort not a container port")
-    check(spec["serviceAccountName"] == sa["metadata"]["name"], f"{name}: pods do not use the chart's ServiceAccount")
+    # The start-up probe must outlast the relay's start-up retries of AWS faults (60s).
+    sp = c.get("startupProbe", {})
+    check(sp.get("httpGet", {}).get("path") == "/health/live" and sp["httpGet"].get("port") in ports,
+          f"{name}: startup probe /health/live on a named port")
+    check(sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3) >= 90,
+          f"{name}: startup probe gives up before the relay's 60s of start-up retries (and the lease table's creation)")
+    # Zone spread, selecting the relay's pods (a constraint without selector counts nothing).
+    spread = spec.get("topologySpreadConstraints", [])
+    zone = [t for t in spread if t.get("topologyKey") == "topology.kubernetes.io/zone"]
+    check(zone and zone[0].get("whenUnsatisfiable") == "ScheduleAnyway", f"{name}: no zone spread with ScheduleAnyway")
+    for t in spread:
+        sel = t.get("labelSelector", {}).get("matchLabels", {})
+        check(sel and subset(sel, labels), f"{name}: spread over {t.get('topologyKey')} does not select the relay's pods")
+    # The one-off pods (Jobs, helm test) run the relay's binary as the relay does, and nothing
+    # that selects relay pods (Service, PDB, Deployment, PodMonitor, spread) selects them.
+    selectors = {"Deployment": dep["spec"]["selector"]["matchLabels"], "Service": svc["spec"]["selector"],
+                 "PodDisruptionBudget": pdb["spec"]["selector"]["matchLabels"]}
+    for pm in k.get("PodMonitor", []):
+        selectors["PodMonitor"] = pm["spec"]["selector"]["matchLabels"]
+    oneoff = [(f"Job {j['metadata']['name']}", j["spec"]["template"]) for j in k.get("Job", [])]
+    oneoff += [(f"Pod {p['metadata']['name']}", p) for p in k.get("Pod", [])]
+    for what, tmpl in oneoff:
+        ospec, olabels = tmpl["spec"], tmpl["metadata"].get("labels", {})
+        (oc,) = ospec["containers"]
+        for sel_kind, sel in selectors.items():
+            check(not subset(sel, olabels), f"{name}: {what}'s pod is selected by the {sel_kind}")
+        check(olabels.get("app.kubernetes.io/instance") == labels["app.kubernetes.io/instance"], f"{name}: {what}: no instance label")
+        check(oc["image"] == c["image"] and oc.get("imagePullPolicy") == c.get("imagePullPolicy"), f"{name}: {what}: not the relay's image")
+        check(oc.get("env") == c.get("env"), f"{name}: {what}: not the relay's environment")
+        check(oc.get("volumeMounts") == c.get("volumeMounts") and ospec.get("volumes") == spec.get("volumes"),
+              f"{name}: {what}: not the relay's volumes and mounts")
+        check(oc.get("securityContext") == csc and ospec.get("securityContext") == psc, f"{name}: {what}: not the relay's security context")
+        check(ospec.get("automountServiceAccountToken") is False, f"{name}: {what}: automountServiceAccountToken false")
+        for field in ("imagePullSecrets", "nodeSelector", "tolerations"):
+            check(ospec.get(field) == spec.get(field), f"{name}: {what}: {field} differs from the relay's")
+        check(ospec.get("restartPolicy") == "Never", f"{name}: {what}: restartPolicy Never")
+        check(oc.get("resources", {}).get("limits", {}).get("memory"), f"{name}: {what}: no memory limit")
+        check(ospec["serviceAccountName"] in accounts or not k.get("ServiceAccount"), f"{name}: {what}: runs as an account the chart did not create")
+    jobs = {j["metadata"]["labels"].get("app.kubernetes.io/component"): j for j in k.get("Job", [])}
+    for component, j in jobs.items():
+        rules = j["spec"].get("podFailurePolicy", {}).get("rules", [])
+        check(any(r["action"] == "FailJob" and r.get("onExitCodes", {}).get("values") == [2] for r in rules),
+              f"{name}: Job {component}: a configuration error (exit 2) must fail it without retries")
+    tests = [p for p in k.get("Pod", []) if p["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    check(len(tests) == 1 and tests[0]["spec"]["containers"][0].get("args") == ["check"]
+          and tests[0]["spec"]["serviceAccountName"] == spec["serviceAccountName"],
+          f"{name}: one helm test Pod running `check` as the relay's ServiceAccount")
+    if name == "defaults":
+        check(not jobs, "defaults: the Jobs must be opt-in")
+    if name == "all-on":
+        check(set(jobs) == {"snapshot", "redrive"}, f"all-on: Jobs {sorted(jobs)}, expected snapshot and redrive")
+        args = lambda c: c["spec"]["template"]["spec"]["containers"][0].get("args")
+        if "snapshot" in jobs:
+            snap = jobs["snapshot"]["spec"]["template"]["spec"]
+            check(args(jobs["snapshot"]) == ["snapshot", "--table", "orders", "--restart"], f"all-on: snapshot args {args(jobs['snapshot'])}")
+            own = accounts.get(snap["serviceAccountName"], {})
+            check(snap["serviceAccountName"] != spec["serviceAccountName"]
+                  and own.get("metadata", {}).get("annotations", {}).get("eks.amazonaws.com/role-arn", "").endswith("-snapshot"),
+                  "all-on: the snapshot Job runs as its own ServiceAccount with its own IRSA role")
+        if "redrive" in jobs:
+            check(args(jobs["redrive"]) == ["redrive", "--once"], f"all-on: redrive args {args(jobs['redrive'])}")
+            check(jobs["redrive"]["spec"]["template"]["spec"]["serviceAccountName"] == spec["serviceAccountName"],
+                  "all-on: the redrive Job runs as the relay's ServiceAccount")
     for sm in k.get("ServiceMonitor", []):
         check(subset(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]), f"{name}: ServiceMonitor selector does not match the Service")
         svc_ports = {p["name"] for p in svc["spec"]["ports"]}
         for ep in sm["spec"]["endpoints"]:
             check(ep.get("port") in svc_ports, f"{name}: ServiceMonitor port {ep.get('port')} not on the Service")
             check(ep.get("path") == "/metrics", f"{name}: ServiceMonitor path")
+    for pm in k.get("PodMonitor", []):
+        check(subset(pm["spec"]["selector"]["matchLabels"], labels), f"{name}: PodMonitor selector does not match the pods")
+        for ep in pm["spec"]["podMetricsEndpoints"]:
+            check(ep.get("port") in ports, f"{name}: PodMonitor port {ep.get('port')} is no container port")
+            check(ep.get("path") == "/metrics", f"{name}: PodMonitor path")
+    if name == "podmonitor":
+        check(len(k.get("PodMonitor", [])) == 1 and not k.get("ServiceMonitor"), "podmonitor: one PodMonitor and no ServiceMonitor expected")
     if name == "defaults":
-        check(not k.get("ServiceMonitor") and not k.get("PrometheusRule"), "defaults: ServiceMonitor/PrometheusRule must be opt-in")
+        check(not k.get("ServiceMonitor") and not k.get("PodMonitor") and not k.get("PrometheusRule"),
+              "defaults: ServiceMonitor/PodMonitor/PrometheusRule must be opt-in")
     if name == "all-on":
         # RELAY_TABLES_FILE replaces the single-table variables, so only the tables render sets it.
         missing = sorted(read_vars - set(names) - {"RELAY_TABLES_FILE"})
@@ -268,7 +387,8 @@ for name, path in (("defaults", default_file), ("all-on", all_on_file)):
                     check(r.get("labels", {}).get("team") == "payments", f"all-on: ruleLabels not applied to {r.get('alert')}")
                     check(r.get("annotations", {}).get("runbook_url", "").startswith("https://"), f"all-on: runbookBaseUrl not applied to {r.get('alert')}")
             yaml.safe_dump(got, open(rule_spec_out, "w"), sort_keys=False)
-    print(f"{name}: {len(k.get('Deployment', []))} Deployment, env {len(names)} variables, grace {grace}s > shutdown {shutdown}s")
+    print(f"{name}: {len(k.get('Deployment', []))} Deployment, env {len(names)} variables, grace {grace}s > shutdown {shutdown}s, "
+          f"Jobs {sorted(jobs)}, {len(tests)} helm test Pod, spread over {[t.get('topologyKey') for t in spread]}")
 
 # The tables render: the file the relay reads is .Values.tables, mounted where the variable points.
 k = load(tables_file)
@@ -297,7 +417,41 @@ for e in errors:
 sys.exit(1 if errors else 0)
 PY
 }
-run_with "$OUT/all-on.yaml" "rendered manifests: env 1:1, security, probes, selectors" check_manifests
+run_with "$OUT/podmonitor.yaml" "rendered manifests: env 1:1, security, probes, Jobs, test" check_manifests
+
+# ---- chart README --------------------------------------------------------------------------------
+run "chart README current, every value documented" \
+  "$PY" "$ROOT/scripts/chart-readme.py" --check --chart "$CHART"
+# The check fails on a value without a comment (top level and nested) and on a stale README.
+readme_check_must_fail() {
+  local copy="$OUT/readme-must-fail" log
+  readme_check_fails() {
+    local what="$1"
+    rm -rf "$copy" && cp -r "$CHART" "$copy"
+    "$PY" - "$copy/values.yaml" "$what" <<'PY' || return 1
+import sys
+path, what = sys.argv[1:]
+text = open(path).read()
+if what == "undocumentedValue":
+    text += "\nundocumentedValue: 1\n"
+elif what == "config.leaseTable":
+    text = text.replace("  # RELAY_LEASE_TABLE: lease table (required).\n", "", 1)
+elif what == "not current":
+    text = text.replace("# RELAY_LEASE_TABLE: lease table (required).", "# RELAY_LEASE_TABLE: the lease table (required).", 1)
+open(path, "w").write(text)
+PY
+    if log="$("$PY" "$ROOT/scripts/chart-readme.py" --check --chart "$copy" 2>&1)"; then
+      echo "$log"; echo "passed, but should have failed on: $what"; return 1
+    fi
+    echo "$log"
+    grep -qF "$what" <<<"$log" || { echo "failed, but without naming $what"; return 1; }
+  }
+  readme_check_fails undocumentedValue || return 1
+  readme_check_fails config.leaseTable || return 1
+  readme_check_fails "not current" || return 1
+  rm -rf "$copy"
+}
+run "the README check fails when undocumented (self-test)" readme_check_must_fail
 
 # ---- alert rules ---------------------------------------------------------------------------------
 run "promtool check rules files/alerts.yaml" promtool check rules "$ALERTS"
@@ -587,6 +741,59 @@ PY
 }
 run_with "$FRESH/metrics.txt" "the selector check fails on unexported series (self-test)" series_check_must_fail
 
+# ---- CloudFormation ------------------------------------------------------------------------------
+# cfn-lint: the resource schemas of every AWS resource type, intrinsic functions, references.
+run "cfn-lint cloudformation/*.yaml" "$VENV/bin/cfn-lint" cloudformation/*.yaml
+# What the relay itself needs of these resources. The IAM policy is checked against the
+# relay's source by tests/it/security.rs (cargo test), not here.
+check_cloudformation() {
+  "$PY" "$ROOT/scripts/cfn-to-json.py" cloudformation/relay.yaml >"$OUT/relay-template.json" || return 1
+  "$PY" - "$OUT/relay-template.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+r = t["Resources"]
+errors = []
+def check(cond, msg):
+    if not cond:
+        errors.append(msg)
+def of_type(kind):
+    return {n: v["Properties"] for n, v in r.items() if v["Type"] == kind}
+tables = of_type("AWS::DynamoDB::Table")
+check(len(tables) == 1, f"one lease table, got {sorted(tables)}")
+for n, p in tables.items():
+    check(p.get("KeySchema") == [{"AttributeName": "lease_key", "KeyType": "HASH"}], f"{n}: hash key lease_key only")
+    check({"AttributeName": "lease_key", "AttributeType": "S"} in p.get("AttributeDefinitions", []), f"{n}: lease_key is a string")
+    check(p.get("BillingMode") == "PAY_PER_REQUEST", f"{n}: on-demand billing")
+queues = of_type("AWS::SQS::Queue")
+dlq = [n for n, p in queues.items() if "RedrivePolicy" in p]
+check(len(dlq) == 1, f"one queue with a redrive policy (the DLQ), got {dlq}")
+for n in dlq:
+    target = queues[n]["RedrivePolicy"]["deadLetterTargetArn"]
+    parking = target.get("Fn::GetAtt", [None])[0]
+    check(parking in queues and parking != n, f"{n}: redrive policy to another queue of the template, got {target}")
+    check(not queues[n].get("FifoQueue"), f"{n}: the relay sends to a standard queue")
+    if parking in queues:
+        check(queues[parking].get("MessageRetentionPeriod", 345600) >= queues[n].get("MessageRetentionPeriod", 345600),
+              "the parking queue keeps messages at least as long as the DLQ (a moved message keeps its enqueue time)")
+        alarms = [p for p in of_type("AWS::CloudWatch::Alarm").values()
+                  if p.get("Namespace") == "AWS/SQS" and any(d.get("Value") == {"Fn::GetAtt": [parking, "QueueName"]} for d in p.get("Dimensions", []))]
+        check(alarms and alarms[0]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+              and alarms[0]["ComparisonOperator"] == "GreaterThanThreshold" and alarms[0]["Threshold"] == 0,
+              "an alarm on the parking queue's visible messages > 0")
+roles = of_type("AWS::IAM::Role")
+for n, p in roles.items():
+    trust = p["AssumeRolePolicyDocument"]
+    text = trust.get("Fn::Sub", "") if isinstance(trust, dict) else ""
+    check("sts:AssumeRoleWithWebIdentity" in text and ":sub" in text and "system:serviceaccount:" in text,
+          f"{n}: IRSA trust (AssumeRoleWithWebIdentity, restricted to one ServiceAccount)")
+print(f"lease table {sorted(tables)}, queues {sorted(queues)}, roles {sorted(roles)}")
+for e in errors:
+    print("ERROR", e)
+sys.exit(1 if errors else 0)
+PY
+}
+run "cloudformation: lease table, DLQ -> parking, alarm, IRSA" check_cloudformation
+
 # ---- Dockerfile ----------------------------------------------------------------------------------
 run "hadolint Dockerfile" "$VENV/bin/hadolint" Dockerfile
 dockerfile_pins() {
@@ -601,6 +808,12 @@ dockerfile_pins() {
 run "Dockerfile: digests, numeric USER, exec ENTRYPOINT" dockerfile_pins
 
 echo
+# What passing here does not prove, so that nobody reads more into it.
+echo "check-deploy: not checked here: the chart installed into a cluster (whether the Jobs and the"
+echo "  helm test Pod run, and what \`check\` says there); the prometheus-operator objects against"
+echo "  the CRDs of the operator you run (checked against v0.80.1's, from PyPI); the CloudFormation"
+echo "  template deployed (cfn-lint checks it against the resource schemas; its IAM policy is tested"
+echo "  against the relay's source by cargo test, tests/it/security.rs)"
 echo "check-deploy: took $((SECONDS - start))s; renders and logs in ${OUT#"$ROOT"/}/"
 if ((failed)); then
   printf 'check-deploy: FAILED: %s\n' "${failures[@]}"
