@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, StreamSource, TableConfig};
+use crate::config::{Config, TableConfig};
 use crate::coordinator::Coordinator;
 use crate::dlq::{DeadLetterQueue, Redrainer};
 use crate::fence::Fence;
@@ -197,10 +197,7 @@ async fn pipeline(
     dlq: DeadLetterQueue,
 ) -> Result<Pipeline, StartupError> {
     let source_var = table.source_variable(config.tables_from_file);
-    let stream_arn = StreamArn::new(match &table.source {
-        StreamSource::Arn(arn) => arn.clone(),
-        StreamSource::Table(name) => latest_stream(&aws.dynamodb, name, source_var).await?,
-    });
+    let stream_arn = crate::startup::stream_arn(config, table, aws).await?;
     let streams = StreamsClient::new(aws.streams.clone(), aws.records.clone());
     let info = streams.describe(&stream_arn).await.map_err(|e| {
         let message = format!("stream {stream_arn}: {e}");
@@ -266,40 +263,4 @@ async fn pipeline(
         idle_poll_interval: config.idle_poll_interval,
         checkpoint_interval: config.checkpoint_interval,
     })
-}
-
-async fn latest_stream(
-    dynamodb: &aws_sdk_dynamodb::Client,
-    table: &str,
-    variable: &'static str,
-) -> Result<String, StartupError> {
-    let out = dynamodb
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .map_err(|e| {
-            let message = format!(
-                "table {table}: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-            );
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_exception())
-            {
-                startup(variable, message)
-            } else {
-                transient(variable, message)
-            }
-        })?;
-    out.table()
-        .and_then(|t| t.latest_stream_arn())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            startup(
-                variable,
-                format!(
-                    "table {table} has no stream; enable one with view type NEW_AND_OLD_IMAGES"
-                ),
-            )
-        })
 }

@@ -29,12 +29,15 @@
 //! - [`dlq`]: the SQS dead-letter queue writer and the periodic re-drain loop.
 //! - [`event_type`]: the `event-type` subcommand: the Nakadi event type a table's events need,
 //!   from the configuration alone.
+//! - [`admin`]: the operator's `leases`, `rewind` and `skip` commands, which change leases only
+//!   through the lease protocol and leave an audit trail on them.
 //! - [`snapshot`]: the `snapshot` subcommand: a parallel, rate-limited, resumable Scan that
 //!   publishes the table's current state as `data_op: "S"` events.
 //! - [`http`], [`status`], [`metrics`]: probes, `/status`, Prometheus metrics.
 //! - [`retry`]: backoff with full jitter; [`shutdown`]: signals; [`telemetry`]: logs.
 //! - [`aws_requests`]: the interceptor counting every AWS request attempt by operation.
 
+pub mod admin;
 pub mod app;
 pub mod aws_requests;
 pub mod config;

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dynamodb_nakadi_relay::app::App;
 use dynamodb_nakadi_relay::config::Config;
-use dynamodb_nakadi_relay::event_type;
+use dynamodb_nakadi_relay::ids::ShardId;
 use dynamodb_nakadi_relay::snapshot::Snapshot;
 use dynamodb_nakadi_relay::startup::{self, AwsClients};
+use dynamodb_nakadi_relay::{admin, event_type};
 use dynamodb_nakadi_relay::{shutdown, telemetry};
 
 /// Relays every change of a DynamoDB table from its stream to Nakadi. Configured with RELAY_*
@@ -40,6 +41,8 @@ enum Command {
         #[arg(long)]
         table: Option<String>,
     },
+    #[command(flatten)]
+    Admin(AdminCommand),
     /// Print the Nakadi event type of a configured table as JSON, the body of
     /// `POST /event-types`. Reads only the configuration; calls no AWS API.
     EventType {
@@ -62,6 +65,117 @@ enum Command {
         #[arg(long = "label")]
         labels: Vec<String>,
     },
+}
+
+/// The operator's commands on a stream's leases.
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// List every shard of the stream with its lease: state, owner, checkpoint, parents, the
+    /// age of its last delivered record, and what operators asked of it.
+    Leases {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Publish again what the stream still holds from a point, with the same eids, through the
+    /// lease protocol: the pods pick the new checkpoints up without a restart.
+    Rewind {
+        /// TRIM_HORIZON, or an RFC 3339 time within the stream's 24 hours.
+        #[arg(long)]
+        to: String,
+        /// Only this shard (and its descendants).
+        #[arg(long)]
+        shard: Option<String>,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Send one record's event to the dead-letter queue instead of Nakadi, so a record Nakadi
+    /// refuses stops blocking its shard; re-drive the letter once the cause is fixed.
+    Skip {
+        #[arg(long)]
+        shard: String,
+        #[arg(long)]
+        sequence_number: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// The table, by name; needed when RELAY_TABLES_FILE names several.
+    #[arg(long)]
+    table: Option<String>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ChangeArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Why, for the lease's audit trail.
+    #[arg(long)]
+    reason: String,
+    /// Print what would change and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Runs an operator command against its table's stream and lease table.
+async fn admin(config: &Config, command: AdminCommand) -> ExitCode {
+    let aws = AwsClients::from_env(config.lease.call_timeout).await;
+    let target_args = match &command {
+        AdminCommand::Leases { target } => target,
+        AdminCommand::Rewind { change, .. } | AdminCommand::Skip { change, .. } => &change.target,
+    };
+    let json = target_args.json;
+    let result = match admin::Target::open(config, target_args.table.as_deref(), &aws).await {
+        Err(e) => Err(e),
+        Ok(target) => match command {
+            AdminCommand::Leases { .. } => admin::leases::run(&target, json).await,
+            AdminCommand::Rewind { to, shard, change } => {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+                match admin::rewind::To::parse(&to, now) {
+                    Ok(to) => {
+                        let shard = shard.map(ShardId::new);
+                        admin::rewind::run(
+                            &target,
+                            &to,
+                            shard.as_ref(),
+                            &change.reason,
+                            change.dry_run,
+                            json,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            AdminCommand::Skip {
+                shard,
+                sequence_number,
+                change,
+            } => {
+                admin::skip::run(
+                    &target,
+                    &ShardId::new(shard),
+                    &sequence_number,
+                    &change.reason,
+                    change.dry_run,
+                    json,
+                )
+                .await
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// Bad configuration, missing table, stream or queue: exit code 2, as DESIGN.md promises.
@@ -118,6 +232,7 @@ async fn main() -> ExitCode {
     }
     telemetry::init(config.log_format);
     match cli.command.unwrap_or(Command::Run) {
+        Command::Admin(command) => admin(&config, command).await,
         Command::Run => {
             let stop = shutdown::signal_received();
             tokio::pin!(stop);

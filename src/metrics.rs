@@ -259,6 +259,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "rejected",
         "retries_exhausted",
         "too_large",
+        "skipped",
         "malformed_record",
     ] {
         metrics.dlq_sent.with_label_values(&[reason]);

@@ -11,6 +11,7 @@
 //! What cuts a page short: the drain deadline and the self-fence stop new publish requests (the
 //! prefix that was delivered is still checkpointed, so whoever continues starts right after it);
 //! the lease being lost stops everything at once, without a checkpoint.
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use crate::filter::{Filter, Filtered};
 use crate::ids::{StreamArn, WorkerId};
 use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease, StreamStart};
 use crate::metrics::TableMetrics;
-use crate::nakadi::{Gate, Halt, PublishContext, Publisher};
+use crate::nakadi::{Failure, Gate, Halt, PublishContext, Publisher};
 use crate::retry::Backoff;
 use crate::stream::lineage::{ParentEnd, out_of_order};
 use crate::stream::page::RecordsPage;
@@ -113,8 +114,11 @@ static READS: Semaphore = Semaphore::const_new(READS_IN_FLIGHT);
 pub struct ShardWorker {
     pub pipeline: Arc<Pipeline>,
     pub lease: Arc<OwnedLease>,
-    /// Where the stream was first read: records before it are skipped.
+    /// Where the stream was first read, or where an operator's rewind asked to read this shard
+    /// from: records before it are skipped.
     pub start: StreamStart,
+    /// Records an operator asked to skip: their events are dead-lettered, not published.
+    pub skips: HashSet<String>,
     /// The parents read to their end whose last record is known, as the lease table showed them
     /// when this lease was taken: a shard that has not reached a record yet checks that its
     /// first comes after each of them.
@@ -266,7 +270,7 @@ impl ShardWorker {
             }
             if let Some(last) = &delivered.last {
                 position = Position::After(last.clone());
-                pending.delivered(last.clone());
+                pending.delivered(last.clone(), delivered.last_created_ms);
             }
             if let Some(halt) = delivered.halted {
                 // What was delivered is checkpointed now, so whoever continues starts right
@@ -383,6 +387,20 @@ impl ShardWorker {
         let mut before_start = 0u64;
         for raw in page.records() {
             match p.filter.apply(raw, &p.settings) {
+                Filtered::Event(event) if self.skips.contains(event.sequence_number()) => {
+                    warn!(
+                        sequence_number = event.sequence_number(),
+                        eid = %event.eid,
+                        "dead-lettering the record an operator asked to skip"
+                    );
+                    seqs.push(Seq::Record(event.sequence_number().to_owned()));
+                    entries.push(Entry::Letter(Box::new(DeadLetter::from_event(
+                        origin,
+                        p.publisher.event_type(),
+                        &event,
+                        &Failure::skipped(),
+                    ))));
+                }
                 Filtered::Event(event) if self.start.skips(event.created_at_ms) => {
                     before_start += 1;
                     seqs.push(Seq::Record(event.sequence_number().to_owned()));
@@ -426,7 +444,7 @@ impl ShardWorker {
         if before_start > 0 {
             info!(
                 records = before_start,
-                "skipped records written before the stream's first start"
+                "skipped records written before the stream's first start or the operator's rewind point"
             );
         }
         if check_parents {
@@ -460,13 +478,19 @@ impl ShardWorker {
         };
         p.metrics.delivered.inc_by(report.delivered);
         p.metrics.dead_lettered.inc_by(report.dead_lettered);
-        let last = seqs[..report.done].iter().rev().find_map(|seq| match seq {
+        let done = &seqs[..report.done];
+        let last = done.iter().rev().find_map(|seq| match seq {
             Seq::Event(i) => Some(events[*i].sequence_number().to_owned()),
             Seq::Record(seq) => Some(seq.clone()),
             Seq::Unknown => None,
         });
+        let last_created_ms = done.iter().rev().find_map(|seq| match seq {
+            Seq::Event(i) => Some(events[*i].created_at_ms),
+            _ => None,
+        });
         Ok(Delivered {
             last,
+            last_created_ms,
             halted: report.halted,
             lag_ms: newest_ms.map_or(0, |ms| now_ms() - ms),
         })
@@ -491,13 +515,17 @@ impl ShardWorker {
 
     /// Retries until the lease table has the checkpoint, or the lease is found lost. Conditioned
     /// on the lease's counter, so a pod that lost the lease can never move its checkpoint.
-    async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), ShardExit> {
+    async fn checkpoint(
+        &self,
+        checkpoint: &Checkpoint,
+        created_ms: Option<i64>,
+    ) -> Result<(), ShardExit> {
         let p = &self.pipeline;
         let mut attempt = 0;
         loop {
             match p
                 .leases
-                .checkpoint(&self.lease, &p.worker_id, checkpoint)
+                .checkpoint(&self.lease, &p.worker_id, checkpoint, created_ms)
                 .await
             {
                 Ok(()) => {
@@ -526,7 +554,7 @@ impl ShardWorker {
     /// The shard was read to its end: mark it so its children may start, and create their leases
     /// now rather than at the next full sync, so they start within one coordinator round.
     async fn finish(&self) -> ShardExit {
-        if let Err(exit) = self.checkpoint(&Checkpoint::ShardEnd).await {
+        if let Err(exit) = self.checkpoint(&Checkpoint::ShardEnd, None).await {
             return exit;
         }
         self.lease.set_lag_ms(0);
@@ -556,6 +584,8 @@ impl ShardWorker {
 struct Delivered {
     /// The last record of the done prefix: the checkpoint to write, if the prefix is not empty.
     last: Option<String>,
+    /// When the done prefix's newest event was written, if it has one.
+    last_created_ms: Option<i64>,
     /// Why delivery stopped before the page's end, if it did.
     halted: Option<Halt>,
     /// How far behind the stream the page's newest event was.
@@ -572,7 +602,8 @@ struct Pending<'a> {
     worker: &'a ShardWorker,
     interval: Duration,
     write: Option<BoxFuture<'a, Result<(), ShardExit>>>,
-    owed: Option<String>,
+    /// The sequence number, and when its page's newest delivered event was written.
+    owed: Option<(String, Option<i64>)>,
     last_write: Option<Instant>,
     failed: Option<ShardExit>,
 }
@@ -591,8 +622,10 @@ impl<'a> Pending<'a> {
 
     /// Records a delivered position; its write starts at once if nothing is in flight and the
     /// interval since the last write has passed.
-    fn delivered(&mut self, sequence_number: String) {
-        self.owed = Some(sequence_number);
+    fn delivered(&mut self, sequence_number: String, created_ms: Option<i64>) {
+        // A page without events (all filtered) keeps the time of the one before it.
+        let created_ms = created_ms.or(self.owed.as_ref().and_then(|(_, ms)| *ms));
+        self.owed = Some((sequence_number, created_ms));
         if self.failed.is_none() && self.write.is_none() && self.due() <= Instant::now() {
             self.start();
         }
@@ -609,12 +642,12 @@ impl<'a> Pending<'a> {
     }
 
     fn start(&mut self) {
-        if let Some(sequence_number) = self.owed.take() {
+        if let Some((sequence_number, created_ms)) = self.owed.take() {
             self.last_write = Some(Instant::now());
             let worker = self.worker;
             self.write = Some(Box::pin(async move {
                 worker
-                    .checkpoint(&Checkpoint::Sequence(sequence_number))
+                    .checkpoint(&Checkpoint::Sequence(sequence_number), created_ms)
                     .await
             }));
         }

@@ -10,8 +10,9 @@ use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 
 use crate::aws_requests::CountRequests;
-use crate::config::Config;
+use crate::config::{Config, StreamSource, TableConfig};
 use crate::dlq::{DeadLetterQueue, DlqError, Redrainer};
+use crate::ids::StreamArn;
 use crate::nakadi::{FailureMode, NakadiError, Publisher, PublisherConfig, TokenSource};
 use crate::stream::signed::RecordsReader;
 
@@ -54,6 +55,8 @@ pub struct AwsClients {
     pub sqs: aws_sdk_sqs::Client,
     /// Dead letters too large for the queue (RELAY_DLQ_S3_BUCKET).
     pub s3: aws_sdk_s3::Client,
+    /// Who runs an operator command, for the lease's audit trail.
+    pub sts: aws_sdk_sts::Client,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -97,6 +100,7 @@ impl AwsClients {
             leases: aws_sdk_dynamodb::Client::from_conf(leases),
             sqs: aws_sdk_sqs::Client::from_conf(sqs),
             s3: s3_client(&sdk),
+            sts: aws_sdk_sts::Client::new(&sdk),
         }
     }
 }
@@ -151,4 +155,53 @@ pub(crate) fn publisher(config: PublisherConfig) -> Result<Publisher, StartupErr
         NakadiError::InvalidUrl { .. } | NakadiError::Client(_) => startup("RELAY_NAKADI_URL", e),
         _ => startup(token_variable, e),
     })
+}
+
+/// The stream a table's events come from: the configured ARN, or the table's latest stream.
+pub async fn stream_arn(
+    config: &Config,
+    table: &TableConfig,
+    aws: &AwsClients,
+) -> Result<StreamArn, StartupError> {
+    let variable = table.source_variable(config.tables_from_file);
+    Ok(StreamArn::new(match &table.source {
+        StreamSource::Arn(arn) => arn.clone(),
+        StreamSource::Table(name) => latest_stream(&aws.dynamodb, name, variable).await?,
+    }))
+}
+
+async fn latest_stream(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    variable: &'static str,
+) -> Result<String, StartupError> {
+    let out = dynamodb
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| {
+            let message = format!(
+                "table {table}: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+            );
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception())
+            {
+                startup(variable, message)
+            } else {
+                transient(variable, message)
+            }
+        })?;
+    out.table()
+        .and_then(|t| t.latest_stream_arn())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            startup(
+                variable,
+                format!(
+                    "table {table} has no stream; enable one with view type NEW_AND_OLD_IMAGES"
+                ),
+            )
+        })
 }

@@ -30,7 +30,9 @@ use tracing::{error, info, warn};
 use crate::config::{InitialPosition, LeaseTiming};
 use crate::ids::ShardId;
 use crate::lease::table::Snapshot;
-use crate::lease::{Checkpoint, Lease, LeaseError, Liveness, OwnedLease, StreamStart};
+use crate::lease::{
+    Checkpoint, Lease, LeaseError, Liveness, OperatorMarks, OwnedLease, StreamStart,
+};
 use crate::metrics::SHARD_STATES;
 use crate::shard::{Pipeline, ShardExit, ShardWorker};
 use crate::status::{LiveShard, ShardStatus, StatusBoard};
@@ -236,7 +238,7 @@ impl Coordinator {
                         }
                     }
                     let parents = parent_ends(&snapshot, take.lease);
-                    self.start_worker(Arc::new(owned), parents);
+                    self.start_worker(Arc::new(owned), parents, &take.lease.operator);
                 }
                 Err(LeaseError::Lost(_)) => {
                     info!(shard_id = %take.lease.shard_id, "the lease changed or its owner beat again; not taken");
@@ -419,7 +421,19 @@ impl Coordinator {
         }
     }
 
-    fn start_worker(&mut self, lease: Arc<OwnedLease>, parents: Vec<ParentEnd>) {
+    fn start_worker(
+        &mut self,
+        lease: Arc<OwnedLease>,
+        parents: Vec<ParentEnd>,
+        operator: &OperatorMarks,
+    ) {
+        if let Some(last) = operator.audit.last() {
+            info!(shard_id = %lease.shard_id, action = %last.action, by = %last.by, reason = %last.reason, at = %last.at, change = %last.change, replay_from_ms = ?operator.replay_from_ms, skips = ?operator.skip_sequence_numbers, "reading the shard as an operator asked");
+        }
+        let start = self
+            .start
+            .as_ref()
+            .expect("leases are taken once the start is known");
         let running = Running {
             lease: lease.clone(),
             stop: self.shutdown.child_token(),
@@ -428,10 +442,8 @@ impl Coordinator {
         let worker = ShardWorker {
             pipeline: self.pipeline.clone(),
             lease: lease.clone(),
-            start: self
-                .start
-                .clone()
-                .expect("leases are taken once the start is known"),
+            start: operator.start(start),
+            skips: operator.skip_sequence_numbers.iter().cloned().collect(),
             parents,
             stop: running.stop.clone(),
             lost: running.lost.clone(),

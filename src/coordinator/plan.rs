@@ -212,6 +212,8 @@ mod tests {
             owner_switches: 0,
             handoff_to: None,
             last_sequence_number: None,
+            checkpoint_created_ms: None,
+            operator: Default::default(),
         }
     }
 

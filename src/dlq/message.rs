@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::nakadi::{Failure, FailureKind};
+use crate::nakadi::Failure;
 use crate::transform::{Event, TransformFailure};
 
 /// One message for the DLQ, its body already serialized.
@@ -190,14 +190,6 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).expect("UTC time formats as RFC 3339")
 }
 
-pub fn reason_label(kind: &FailureKind) -> &'static str {
-    match kind {
-        FailureKind::Rejected => "rejected",
-        FailureKind::RetriesExhausted => "retries_exhausted",
-        FailureKind::TooLarge => "too_large",
-    }
-}
-
 impl DeadLetter {
     /// An event Nakadi finally did not take.
     pub fn from_event(
@@ -223,7 +215,7 @@ impl DeadLetter {
         };
         DeadLetter {
             body: serde_json::to_string(&message).expect("message serializes"),
-            reason: reason_label(&failure.kind),
+            reason: failure.kind.label(),
             event_type: event_type.to_owned(),
             eid: Some(event.eid.to_string()),
             origin: origin.describe(Some(event.sequence_number())),
@@ -427,6 +419,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::nakadi::FailureKind;
 
     pub(super) fn stream(shard_id: &str) -> Origin<'_> {
         Origin::Stream {
@@ -665,6 +658,7 @@ mod properties {
 
     use super::tests::stream;
     use super::*;
+    use crate::nakadi::FailureKind;
 
     /// An event body as the transform writes it: `metadata.eid` and any data, numbers with
     /// their exact digits.
@@ -705,6 +699,7 @@ mod properties {
                 Just(FailureKind::Rejected),
                 Just(FailureKind::RetriesExhausted),
                 Just(FailureKind::TooLarge),
+                Just(FailureKind::Skipped),
             ],
             any::<String>(),
             prop::option::of(any::<u16>()),
@@ -765,7 +760,7 @@ mod properties {
             event_type in any::<String>(),
         ) {
             let letter = DeadLetter::from_event(stream(&shard), &event_type, &event, &failure);
-            prop_assert_eq!(letter.reason, reason_label(&failure.kind));
+            prop_assert_eq!(letter.reason, failure.kind.label());
             prop_assert_eq!(letter.eid, Some(event.eid.to_string()));
             let (back_type, back) = event_from_body(&letter.body).unwrap();
             prop_assert_eq!(back_type, event_type);

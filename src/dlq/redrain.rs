@@ -300,17 +300,12 @@ impl Redrainer {
         if messages.is_empty() {
             return Vec::new();
         }
-        let entries = messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(m.receipt_handle().unwrap_or_default())
-                    .build()
-                    .expect("id and handle are set")
-            })
-            .collect();
+        let entries = batch_entries(messages, |id, m| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(id)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .build()
+        });
         let result = self
             .dlq
             .client()
@@ -455,18 +450,13 @@ impl Redrainer {
         if messages.is_empty() {
             return;
         }
-        let entries = messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(m.receipt_handle().unwrap_or_default())
-                    .visibility_timeout(visibility(m).as_secs() as i32)
-                    .build()
-                    .expect("id and handle are set")
-            })
-            .collect();
+        let entries = batch_entries(messages, |id, m| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(id)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .visibility_timeout(visibility(m).as_secs() as i32)
+                .build()
+        });
         let result = self
             .dlq
             .client()
@@ -544,6 +534,19 @@ impl Redrainer {
             }
         }
     }
+}
+
+/// One entry per message of a batch call, its id the message's index in `messages`, which is
+/// how the call's answer names the entries that failed or succeeded.
+fn batch_entries<T, E: std::fmt::Debug>(
+    messages: &[&Message],
+    entry: impl Fn(String, &Message) -> Result<T, E>,
+) -> Vec<T> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| entry(i.to_string(), m).expect("id and handle are set"))
+        .collect()
 }
 
 /// A queue attribute that is a count.

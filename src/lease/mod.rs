@@ -89,6 +89,54 @@ pub struct Lease {
     /// for a shard without records or finished as trimmed, and on items of versions that did not
     /// write it: the children then skip the check.
     pub last_sequence_number: Option<String>,
+    /// When the newest event delivered up to the checkpoint was written (ms since the epoch):
+    /// how old the shard's delivered data is, and whether a finished shard holds records from
+    /// a rewind's time on. None before the first checkpoint of a version that writes it.
+    pub checkpoint_created_ms: Option<i64>,
+    /// What operators asked of this lease with `rewind` and `skip`.
+    pub operator: OperatorMarks,
+}
+
+/// The operator's requests on a lease. They are written with the fencing counter moved and the
+/// owner removed, so the pod reading the shard stops at once without a checkpoint, and whoever
+/// takes the lease next reads them with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorMarks {
+    /// Set by a rewind: records created before this instant (ms since the epoch, less
+    /// [`START_MARGIN_MS`]) are skipped while the shard is read again; 0 skips nothing. It
+    /// replaces the stream start's skip for this lease, which the operator chose to read again.
+    pub replay_from_ms: Option<i64>,
+    /// Records whose events go to the dead-letter queue instead of Nakadi.
+    pub skip_sequence_numbers: Vec<String>,
+    /// Who asked for what, oldest first.
+    pub audit: Vec<AuditEntry>,
+}
+
+/// One operator action on a lease, kept on the lease item.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// `rewind` or `skip`.
+    pub action: String,
+    /// The caller's identity (STS GetCallerIdentity's ARN).
+    pub by: String,
+    pub reason: String,
+    /// RFC 3339.
+    pub at: String,
+    /// What changed, in words: "checkpoint 4900… → TRIM_HORIZON, replay from 2026-12-07T05:00:00Z".
+    pub change: String,
+}
+
+impl OperatorMarks {
+    /// The stream start as this lease's reader applies it: a rewind's point replaces it.
+    pub fn start(&self, stream: &StreamStart) -> StreamStart {
+        match self.replay_from_ms {
+            Some(ms) => StreamStart {
+                position: "rewind".to_owned(),
+                skip_before_ms: (ms > 0).then_some(ms),
+            },
+            None => stream.clone(),
+        }
+    }
 }
 
 /// A worker's heartbeat item.

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
     ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TransactWriteItem,
@@ -21,7 +23,9 @@ use aws_smithy_types::config_bag::ConfigBag;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{Checkpoint, Heartbeat, Lease, Liveness, OwnedLease, StreamStart};
+use super::{
+    AuditEntry, Checkpoint, Heartbeat, Lease, Liveness, OperatorMarks, OwnedLease, StreamStart,
+};
 use crate::config::InitialPosition;
 use crate::ids::{ShardId, StreamArn};
 use crate::metrics;
@@ -60,7 +64,8 @@ impl LeaseError {
         R: std::fmt::Debug + Send + Sync + 'static,
     {
         let (kind, classified) = match err.code() {
-            Some("ConditionalCheckFailedException") => {
+            // A transaction is canceled when one of its conditions fails: the lease take's.
+            Some("ConditionalCheckFailedException" | "TransactionCanceledException") => {
                 ("lease_lost", LeaseError::Lost(key.to_owned()))
             }
             code => {
@@ -112,6 +117,13 @@ pub(crate) fn now() -> AttributeValue {
         .expect("UTC time formats as RFC 3339"))
 }
 
+/// The clauses an operator write adds to its fencing: each starts with its separator.
+struct Change<'a> {
+    set: &'a str,
+    remove: &'a str,
+    add: &'a str,
+}
+
 /// Everything read from the table in one scan.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -143,6 +155,51 @@ impl LeaseTable {
         tokio::time::timeout(self.call_timeout, call)
             .await
             .unwrap_or_else(|_| Err(LeaseError::timed_out(operation, self.call_timeout)))
+    }
+
+    /// A call whose every error is classified the same way, within the bound.
+    fn send<'a, T: 'a, E, R>(
+        &'a self,
+        operation: &'static str,
+        key: &'a str,
+        call: impl Future<Output = Result<T, SdkError<E, R>>> + 'a,
+    ) -> impl Future<Output = Result<T, LeaseError>> + 'a
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        // Boxed before anything wraps it: the SDK's futures are large, and each async layer
+        // around one holds it again, which overflows a test thread's stack in debug builds.
+        let call = Box::pin(call);
+        self.bounded(operation, async move {
+            call.await
+                .map_err(|e| LeaseError::from_sdk(operation, key, e))
+        })
+    }
+
+    /// A conditional write that counts as done when its condition failed on an item that
+    /// already shows this very write (`ours`): an earlier attempt committed and its answer was
+    /// lost, and the SDK's retry found the condition moved. `old` finds that item in the error.
+    fn write_once<'a, T: 'a, E, R>(
+        &'a self,
+        operation: &'static str,
+        key: &'a str,
+        call: impl Future<Output = Result<T, SdkError<E, R>>> + 'a,
+        old: fn(&E) -> Option<&Item>,
+        ours: impl FnOnce(&Item) -> bool + 'a,
+    ) -> impl Future<Output = Result<(), LeaseError>> + 'a
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        let call = Box::pin(call);
+        self.send(operation, key, async move {
+            match call.await {
+                Ok(_) => Ok(()),
+                Err(e) if e.as_service_error().and_then(old).is_some_and(ours) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn start_key(&self) -> String {
@@ -225,7 +282,7 @@ impl LeaseTable {
     /// a counter older than the last write it could have seen.
     pub async fn scan(&self) -> Result<Snapshot, LeaseError> {
         let mut snapshot = Snapshot::default();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        let mut start: Option<Item> = None;
         loop {
             let page = self
                 .client
@@ -236,12 +293,7 @@ impl LeaseTable {
                 .expression_attribute_values(":arn", s(self.stream_arn.as_str()))
                 .set_exclusive_start_key(start.take())
                 .send();
-            let out = self
-                .bounded("Scan", async {
-                    page.await
-                        .map_err(|e| LeaseError::from_sdk("Scan", &self.table, e))
-                })
-                .await?;
+            let out = self.send("Scan", &self.table, page).await?;
             for item in out.items() {
                 match get_s(item, "kind") {
                     Some(KIND_WORKER) => snapshot.workers.extend(parse_heartbeat(item)),
@@ -268,22 +320,7 @@ impl LeaseTable {
     ) -> Result<StreamStart, LeaseError> {
         let key = self.start_key();
         let date = ServiceDate::default();
-        let read = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(KEY, s(&key))
-            .consistent_read(true)
-            .customize()
-            .interceptor(date.clone())
-            .send();
-        let out = self
-            .bounded("GetItem", async {
-                read.await
-                    .map_err(|e| LeaseError::from_sdk("GetItem", &key, e))
-            })
-            .await?;
-        if let Some(start) = out.item.as_ref().and_then(parse_start) {
+        if let Some(start) = self.read_start(&key, &date).await? {
             return Ok(start);
         }
         let (position, skip_before_ms) = match configured {
@@ -309,15 +346,7 @@ impl LeaseTable {
             put = put.item("skip_before_ms", AttributeValue::N(ms.to_string()));
         }
         let put = put.send();
-        let decided = self
-            .bounded("PutItem", async {
-                match put.await {
-                    Ok(_) => Ok(true),
-                    Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
-                    Err(e) => Err(LeaseError::from_sdk("PutItem", &key, e)),
-                }
-            })
-            .await?;
+        let decided = self.send("PutItem", &key, condition_held(put)).await?;
         if decided {
             tracing::info!(stream_arn = %self.stream_arn, %position, ?skip_before_ms, "decided where this stream is first read");
             return Ok(StreamStart {
@@ -326,26 +355,31 @@ impl LeaseTable {
             });
         }
         // Another pod decided first: its decision counts.
-        let read = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(KEY, s(&key))
-            .consistent_read(true)
-            .send();
-        let out = self
-            .bounded("GetItem", async {
-                read.await
-                    .map_err(|e| LeaseError::from_sdk("GetItem", &key, e))
-            })
-            .await?;
-        out.item
-            .as_ref()
-            .and_then(parse_start)
+        self.read_start(&key, &date)
+            .await?
             .ok_or_else(|| LeaseError::Unavailable {
                 operation: "GetItem",
                 message: format!("the stream start item {key} is unreadable"),
             })
+    }
+
+    /// The stream start item, if there is one; `date` keeps the response's `Date` header.
+    async fn read_start(
+        &self,
+        key: &str,
+        date: &ServiceDate,
+    ) -> Result<Option<StreamStart>, LeaseError> {
+        let read = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY, s(key))
+            .consistent_read(true)
+            .customize()
+            .interceptor(date.clone())
+            .send();
+        let out = self.send("GetItem", key, read).await?;
+        Ok(out.item.as_ref().and_then(parse_start))
     }
 
     /// Creates a free lease for a newly found shard; false when it exists already (another pod,
@@ -368,14 +402,7 @@ impl LeaseTable {
             .item("updated_at", now())
             .condition_expression("attribute_not_exists(lease_key)")
             .send();
-        self.bounded("PutItem", async {
-            match put.await {
-                Ok(_) => Ok(true),
-                Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
-                Err(e) => Err(LeaseError::from_sdk("PutItem", &key, e)),
-            }
-        })
-        .await
+        self.send("PutItem", &key, condition_held(put)).await
     }
 
     /// Takes a lease that is free, or whose owner fell silent or exited: conditioned on the
@@ -435,29 +462,8 @@ impl LeaseTable {
             .transact_write_items()
             .set_transact_items(Some(items))
             .send();
-        self.bounded("TransactWriteItems", async {
-            match call.await {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    // A timed-out attempt may have committed before the retry that failed.
-                    let ours = e
-                        .as_service_error()
-                        .and_then(|s| match s {
-                            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => c.cancellation_reasons().first(),
-                            _ => None,
-                        })
-                        .and_then(|r| r.item())
-                        .is_some_and(|old| get_s(old, "take_token") == Some(token.as_str()));
-                    if ours {
-                        Ok(())
-                    } else if e.code() == Some("TransactionCanceledException") {
-                        metrics::aws_error("TransactWriteItems", "lease_lost");
-                        Err(LeaseError::Lost(key.clone()))
-                    } else {
-                        Err(LeaseError::from_sdk("TransactWriteItems", &key, e))
-                    }
-                }
-            }
+        self.write_once("TransactWriteItems", &key, call, canceled_item, |old| {
+            get_s(old, "take_token") == Some(token.as_str())
         })
         .await?;
         Ok(OwnedLease::new(
@@ -486,12 +492,7 @@ impl LeaseTable {
             .expression_attribute_values(":owner", s(lease.owner.as_deref().unwrap_or_default()))
             .expression_attribute_values(":seen", n(lease.counter))
             .send();
-        self.bounded("UpdateItem", async {
-            call.await
-                .map(|_| ())
-                .map_err(|e| LeaseError::from_sdk("UpdateItem", &key, e))
-        })
-        .await
+        self.send("UpdateItem", &key, call).await.map(|_| ())
     }
 
     /// One conditional write on an owned lease: `update` is the whole update expression. A
@@ -529,28 +530,16 @@ impl LeaseTable {
         }
         let call = req.send();
         let releasing = update.starts_with("REMOVE #owner");
-        self.bounded("UpdateItem", async {
-            match call.await {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    let ours = e
-                        .as_service_error()
-                        .and_then(|s| match s {
-                            aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item(),
-                            _ => None,
-                        })
-                        .is_some_and(|old| {
-                            get_n(old, "counter") == Some(next)
-                                && (releasing || get_s(old, "owner") == Some(me))
-                        });
-                    if ours {
-                        Ok(())
-                    } else {
-                        Err(LeaseError::from_sdk("UpdateItem", &lease.lease_key, e))
-                    }
-                }
-            }
-        })
+        self.write_once(
+            "UpdateItem",
+            &lease.lease_key,
+            call,
+            condition_item,
+            |old| {
+                get_n(old, "counter") == Some(next)
+                    && (releasing || get_s(old, "owner") == Some(me))
+            },
+        )
         .await?;
         state.counter = next;
         if let Some(cp) = checkpoint {
@@ -559,15 +548,17 @@ impl LeaseTable {
         Ok(())
     }
 
-    /// Moves the checkpoint. SHARD_END also keeps the checkpoint it replaces, the shard's last
-    /// record, as `last_sequence_number`, which the children's workers compare their first
-    /// record with; when the shard never reached a record there is none to keep. Versions that
-    /// do not know the attribute leave it alone.
+    /// Moves the checkpoint. A record's checkpoint keeps when its newest delivered event was
+    /// written (`created_ms`), if known. SHARD_END also keeps the checkpoint it replaces, the
+    /// shard's last record, as `last_sequence_number`, which the children's workers compare
+    /// their first record with; when the shard never reached a record there is none to keep.
+    /// Versions that do not know these attributes leave them alone.
     pub async fn checkpoint(
         &self,
         lease: &OwnedLease,
         me: &str,
         checkpoint: &Checkpoint,
+        created_ms: Option<i64>,
     ) -> Result<(), LeaseError> {
         let last = match checkpoint {
             Checkpoint::ShardEnd => match lease.checkpoint().await {
@@ -576,17 +567,104 @@ impl LeaseTable {
             },
             _ => None,
         };
-        let (update, extra) = match last {
-            Some(last) => (
-                "SET #counter = :next, checkpoint = :cp, last_sequence_number = :last, updated_at = :now",
-                vec![(":last", s(last))],
-            ),
-            None => (
-                "SET #counter = :next, checkpoint = :cp, updated_at = :now",
-                Vec::new(),
-            ),
-        };
-        self.write_owned(lease, me, update, Some(checkpoint), &extra)
+        let mut update = "SET #counter = :next, checkpoint = :cp, updated_at = :now".to_owned();
+        let mut extra = Vec::new();
+        if let Some(last) = last {
+            update.push_str(", last_sequence_number = :last");
+            extra.push((":last", s(last)));
+        }
+        if let Some(ms) = created_ms {
+            update.push_str(", checkpoint_created_ms = :created");
+            extra.push((":created", AttributeValue::N(ms.to_string())));
+        }
+        self.write_owned(lease, me, &update, Some(checkpoint), &extra)
+            .await
+    }
+
+    /// An operator's rewind: the lease reads its shard again from TRIM_HORIZON, skipping records
+    /// created before `replay_from_ms` (0: none). Like a take by the operator: the counter moves
+    /// and the owner is removed, so the pod reading the shard stops without a checkpoint (its
+    /// writes are conditioned on the counter) and any pod takes the lease afresh, once its
+    /// parents are finished again. False when the lease changed since `lease` was read.
+    pub async fn rewind(
+        &self,
+        lease: &Lease,
+        replay_from_ms: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, LeaseError> {
+        self.operator_write(
+            lease,
+            Change {
+                set: ", checkpoint = :cp, replay_from_ms = :from",
+                remove: ", last_sequence_number, checkpoint_created_ms",
+                add: "",
+            },
+            &[
+                (":cp", s(Checkpoint::TrimHorizon.as_str())),
+                (":from", AttributeValue::N(replay_from_ms.to_string())),
+            ],
+            audit,
+        )
+        .await
+    }
+
+    /// An operator's skip: the record's event goes to the dead-letter queue instead of Nakadi.
+    /// Written like [`Self::rewind`], so a worker blocked on that record stops and the next
+    /// owner reads the mark with the lease. False when the lease changed since it was read.
+    pub async fn skip(
+        &self,
+        lease: &Lease,
+        sequence_number: &str,
+        audit: &AuditEntry,
+    ) -> Result<bool, LeaseError> {
+        self.operator_write(
+            lease,
+            Change {
+                set: "",
+                remove: "",
+                add: " ADD skip_sequence_numbers :skip",
+            },
+            &[(
+                ":skip",
+                AttributeValue::Ss(vec![sequence_number.to_owned()]),
+            )],
+            audit,
+        )
+        .await
+    }
+
+    /// One operator write: `change` plus the fencing and the audit entry, conditioned on the
+    /// counter as read.
+    async fn operator_write(
+        &self,
+        lease: &Lease,
+        change: Change<'_>,
+        values: &[(&str, AttributeValue)],
+        audit: &AuditEntry,
+    ) -> Result<bool, LeaseError> {
+        let key = self.lease_key(&lease.shard_id);
+        let Change { set, remove, add } = change;
+        let update = format!(
+            "SET #counter = :next, updated_at = :now, audit = list_append(if_not_exists(audit, :none), :entry){set} REMOVE #owner, handoff_to{remove}{add}"
+        );
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(&key))
+            .update_expression(update)
+            .condition_expression("#counter = :seen")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#counter", "counter")
+            .expression_attribute_values(":next", n(lease.counter + 1))
+            .expression_attribute_values(":seen", n(lease.counter))
+            .expression_attribute_values(":now", now())
+            .expression_attribute_values(":none", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":entry", audit_value(audit));
+        for (name, value) in values {
+            req = req.expression_attribute_values(*name, value.clone());
+        }
+        self.send("UpdateItem", &key, condition_held(req.send()))
             .await
     }
 
@@ -639,12 +717,7 @@ impl LeaseTable {
             .expression_attribute_values(":now", now())
             .expression_attribute_values(":one", n(1))
             .send();
-        self.bounded("UpdateItem", async {
-            call.await
-                .map(|_| ())
-                .map_err(|e| LeaseError::from_sdk("UpdateItem", &key, e))
-        })
-        .await
+        self.send("UpdateItem", &key, call).await.map(|_| ())
     }
 
     /// Removes this pod's heartbeat on a clean exit, so the others rebalance at once.
@@ -656,16 +729,12 @@ impl LeaseTable {
             .table_name(&self.table)
             .key(KEY, s(&key))
             .send();
-        self.bounded("DeleteItem", async {
-            call.await
-                .map(|_| ())
-                .map_err(|e| LeaseError::from_sdk("DeleteItem", &key, e))
-        })
-        .await
+        self.send("DeleteItem", &key, call).await.map(|_| ())
     }
 
     /// Deletes the lease of a finished shard that the stream no longer lists; conditioned on the
-    /// counter so a lease somebody just wrote is kept.
+    /// counter and on the checkpoint, so a lease somebody just wrote, or an operator's rewind
+    /// sent back to reading, is kept.
     pub async fn delete(&self, lease: &Lease) -> Result<(), LeaseError> {
         let key = self.lease_key(&lease.shard_id);
         let call = self
@@ -673,18 +742,49 @@ impl LeaseTable {
             .delete_item()
             .table_name(&self.table)
             .key(KEY, s(&key))
-            .condition_expression("#counter = :seen")
-            .expression_attribute_names("#counter", "counter")
+            .expression_attribute_values(":end", s(Checkpoint::ShardEnd.as_str()))
             .expression_attribute_values(":seen", n(lease.counter))
+            .expression_attribute_names("#counter", "counter")
+            .condition_expression("checkpoint = :end AND #counter = :seen")
             .send();
-        self.bounded("DeleteItem", async {
-            match call.await {
-                Ok(_) => Ok(()),
-                Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
-                Err(e) => Err(LeaseError::from_sdk("DeleteItem", &key, e)),
-            }
-        })
-        .await
+        self.send("DeleteItem", &key, condition_held(call))
+            .await
+            .map(|_| ())
+    }
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The lease item as the failed condition of a take's transaction saw it.
+fn canceled_item(e: &TransactWriteItemsError) -> Option<&Item> {
+    match e {
+        TransactWriteItemsError::TransactionCanceledException(c) => {
+            c.cancellation_reasons().first()?.item()
+        }
+        _ => None,
+    }
+}
+
+/// The lease item as the failed condition of an update saw it.
+fn condition_item(e: &UpdateItemError) -> Option<&Item> {
+    match e {
+        UpdateItemError::ConditionalCheckFailedException(c) => c.item(),
+        _ => None,
+    }
+}
+
+/// A conditional call's failed condition as an answer rather than an error: whether the
+/// condition held and the write was made.
+fn condition_held<T, E: ProvideErrorMetadata, R>(
+    call: impl Future<Output = Result<T, SdkError<E, R>>>,
+) -> impl Future<Output = Result<bool, SdkError<E, R>>> {
+    let call = Box::pin(call);
+    async move {
+        match call.await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -730,19 +830,25 @@ impl Intercept for ServiceDate {
     }
 }
 
-pub(crate) fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
+pub(crate) fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name)
         .and_then(|v| v.as_s().ok())
         .map(String::as_str)
 }
 
-pub(crate) fn get_n(item: &HashMap<String, AttributeValue>, name: &str) -> Option<u64> {
+fn get_i(item: &Item, name: &str) -> Option<i64> {
     item.get(name)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
 }
 
-fn parse_lease(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
+pub(crate) fn get_n(item: &Item, name: &str) -> Option<u64> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn parse_lease(item: &Item) -> Option<Lease> {
     let parents = match item.get("parent_shard_ids") {
         Some(AttributeValue::L(list)) => list
             .iter()
@@ -760,10 +866,52 @@ fn parse_lease(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
         owner_switches: get_n(item, "owner_switches").unwrap_or(0),
         handoff_to: get_s(item, "handoff_to").map(str::to_owned),
         last_sequence_number: get_s(item, "last_sequence_number").map(str::to_owned),
+        checkpoint_created_ms: get_i(item, "checkpoint_created_ms"),
+        operator: OperatorMarks {
+            replay_from_ms: get_i(item, "replay_from_ms"),
+            skip_sequence_numbers: match item.get("skip_sequence_numbers") {
+                Some(AttributeValue::Ss(set)) => set.clone(),
+                _ => Vec::new(),
+            },
+            audit: match item.get("audit") {
+                Some(AttributeValue::L(list)) => list
+                    .iter()
+                    .filter_map(|v| v.as_m().ok())
+                    .filter_map(parse_audit)
+                    .collect(),
+                _ => Vec::new(),
+            },
+        },
     })
 }
 
-fn parse_heartbeat(item: &HashMap<String, AttributeValue>) -> Option<Heartbeat> {
+fn parse_audit(item: &Item) -> Option<AuditEntry> {
+    let field = |name| get_s(item, name).map(str::to_owned);
+    Some(AuditEntry {
+        action: field("action")?,
+        by: field("by")?,
+        reason: field("reason")?,
+        at: field("at")?,
+        change: field("change")?,
+    })
+}
+
+fn audit_value(entry: &AuditEntry) -> AttributeValue {
+    AttributeValue::L(vec![AttributeValue::M(
+        [
+            ("action", &entry.action),
+            ("by", &entry.by),
+            ("reason", &entry.reason),
+            ("at", &entry.at),
+            ("change", &entry.change),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), s(v)))
+        .collect(),
+    )])
+}
+
+fn parse_heartbeat(item: &Item) -> Option<Heartbeat> {
     Some(Heartbeat {
         worker_id: get_s(item, "worker_id")?.to_owned(),
         counter: get_n(item, "counter")?,
@@ -771,7 +919,7 @@ fn parse_heartbeat(item: &HashMap<String, AttributeValue>) -> Option<Heartbeat> 
     })
 }
 
-fn parse_start(item: &HashMap<String, AttributeValue>) -> Option<StreamStart> {
+fn parse_start(item: &Item) -> Option<StreamStart> {
     Some(StreamStart {
         position: get_s(item, "initial_position")?.to_owned(),
         skip_before_ms: item

@@ -169,6 +169,22 @@ pub struct Failure {
     pub last_failed_at: OffsetDateTime,
 }
 
+impl Failure {
+    /// The operator's skip, as the dead letter records it; the lease item's audit trail says
+    /// who asked and why.
+    pub fn skipped() -> Failure {
+        let now = OffsetDateTime::now_utc();
+        Failure {
+            kind: FailureKind::Skipped,
+            reason: "skipped by an operator (see the lease's audit trail)".to_owned(),
+            status: None,
+            attempts: 0,
+            first_failed_at: now,
+            last_failed_at: now,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     /// Nakadi refused it (422 item `failed`, 422 Problem, 400, 403, 404): retrying cannot help.
@@ -177,6 +193,9 @@ pub enum FailureKind {
     RetriesExhausted,
     /// Larger than `transform::MAX_EVENT_BYTES`: never sent, Nakadi would refuse it.
     TooLarge,
+    /// An operator asked for the record to be skipped (`dynamodb-nakadi-relay skip`): never
+    /// sent, kept in the dead-letter queue until it is re-driven.
+    Skipped,
 }
 
 impl FailureKind {
@@ -186,6 +205,7 @@ impl FailureKind {
             FailureKind::Rejected => "rejected",
             FailureKind::RetriesExhausted => "retries_exhausted",
             FailureKind::TooLarge => "too_large",
+            FailureKind::Skipped => "skipped",
         }
     }
 }

@@ -81,6 +81,8 @@ impl StreamError {
 pub enum Position {
     TrimHorizon,
     After(String),
+    /// The record itself: only the `skip` command reads from one, to check the shard holds it.
+    At(String),
 }
 
 #[derive(Clone)]
@@ -178,6 +180,9 @@ impl StreamsClient {
             Position::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
             Position::After(seq) => req
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .sequence_number(seq),
+            Position::At(seq) => req
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
                 .sequence_number(seq),
         };
         let out = req

@@ -1041,3 +1041,136 @@ async fn the_event_delay_counts_live_events_and_not_re_drained_ones() {
         4.0
     );
 }
+
+/// `skip` in `block` mode: a record Nakadi always refuses, in the middle of a page, holds its
+/// shard until an operator skips it; then its event goes to the DLQ, the records after it are
+/// published, and the lease's audit trail says who asked and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_unblocks_a_shard_in_block_mode_and_dead_letters_the_record() {
+    let test = "dlq_skip_in_block_mode";
+    let t = setup(test, &[]).await;
+    let mut env = t.env.clone();
+    env.insert("RELAY_ON_PUBLISH_FAILURE".into(), "block".into());
+    env.insert("RELAY_DLQ_REDRAIN_INTERVAL".into(), "1h".into());
+    // Written before the relay starts, so the first page holds all ten.
+    put(&t.moto, 0..10, &[]).await;
+    let records = stream_records(&t.moto, &t.stream_arn).await;
+    let (poison_event, poison_seq) = records[4].clone();
+    let poison = eid_for(&poison_event).to_string();
+    t.nakadi.fault(json!({"reject_eids": [poison]})).await;
+    let relay = Relay::start(test, "relay-1", &env);
+    relay.wait_ready().await;
+    wait_for(
+        "the page refused again and again",
+        Duration::from_secs(30),
+        || async {
+            let (_, m) = relay.get("/metrics").await?;
+            let retries = metric(&m, "relay_publish_retries_total{reason=\"rejected\"}");
+            (retries >= 3.0).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        t.nakadi.events().await.is_empty(),
+        "block mode published past the poison record"
+    );
+    let shard = {
+        let (code, out, err) = run_binary(&["leases", "--json"], &t.env);
+        assert_eq!(code, Some(0), "{out}{err}");
+        let report: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["shards"][0]["state"], "owned", "{report}");
+        assert_eq!(
+            report["shards"][0]["checkpoint"], "TRIM_HORIZON",
+            "{report}"
+        );
+        report["shards"][0]["shard_id"].as_str().unwrap().to_owned()
+    };
+
+    // Bad input changes nothing: an unknown shard is bad usage, a number the shard does not
+    // hold is refused naming the checkpoint, and a dry run only says what it would do.
+    let skip = |shard: &str, seq: &str, extra: &[&str]| {
+        let mut args = vec!["skip", "--shard", shard, "--sequence-number", seq];
+        args.extend(["--reason", "INC-42: Nakadi refuses the amount"]);
+        args.extend(extra);
+        run_binary(&args, &t.env)
+    };
+    let (code, _, err) = skip("shardId-unknown", &poison_seq, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = skip(&shard, "1", &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("TRIM_HORIZON"), "{err}");
+    let (code, out, err) = skip(&shard, &poison_seq, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("would skip"), "{out}");
+    assert!(t.nakadi.events().await.is_empty());
+
+    let (code, out, err) = skip(&shard, &poison_seq, &["--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["sequence_number"], poison_seq.as_str());
+    let last = records.last().unwrap().1.clone();
+    wait_for(
+        "the other nine published and the checkpoint at the end",
+        Duration::from_secs(60),
+        || async {
+            let n = t.nakadi.events().await.len();
+            (n == 9 && checkpoints(&t.moto, "relay-leases").await == vec![last.clone()])
+                .then_some(())
+        },
+    )
+    .await;
+    let published = eids(&t.nakadi.events().await);
+    assert!(!published.contains(&poison));
+    let order: Vec<u64> = t
+        .nakadi
+        .events()
+        .await
+        .iter()
+        .map(|e| e["data"]["item"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order, [0, 1, 2, 3, 5, 6, 7, 8, 9], "stream order");
+    let msgs = t
+        .moto
+        .sqs()
+        .await
+        .receive_message()
+        .queue_url(&t.dlq)
+        .max_number_of_messages(10)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap();
+    let msgs = msgs.messages();
+    assert_eq!(msgs.len(), 1);
+    let body: Value = serde_json::from_str(msgs[0].body().unwrap()).unwrap();
+    assert_eq!(body["event"]["metadata"]["eid"], poison.as_str());
+    assert_eq!(body["source"]["sequence_number"], poison_seq.as_str());
+    assert_eq!(
+        msgs[0].message_attributes().unwrap()["reason"].string_value(),
+        Some("skipped")
+    );
+
+    // The audit trail: on the lease, in `leases`, and in the log of the pod that acted on it.
+    let (code, out, err) = run_binary(&["leases", "--json"], &t.env);
+    assert_eq!(code, Some(0), "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let row = &report["shards"][0];
+    assert_eq!(row["skip_sequence_numbers"], json!([poison_seq]));
+    let audit = row["audit"].as_array().unwrap();
+    assert_eq!(audit.len(), 1, "{row}");
+    assert_eq!(audit[0]["action"], "skip");
+    assert_eq!(audit[0]["reason"], "INC-42: Nakadi refuses the amount");
+    assert!(
+        audit[0]["by"].as_str().unwrap().starts_with("arn:aws"),
+        "{row}"
+    );
+    assert!(
+        relay
+            .logs()
+            .contains("reading the shard as an operator asked")
+    );
+    // The record is passed now: a second skip is refused.
+    let (code, _, err) = skip(&shard, &poison_seq, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    drop(relay);
+}

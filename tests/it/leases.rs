@@ -57,20 +57,35 @@ async fn a_worker_that_lost_its_lease_cannot_checkpoint_or_release() {
     a.create(&shard, &[]).await.unwrap();
     let seen = a.scan().await.unwrap().leases.remove(0);
     let owned_a = a.take(&seen, "worker-a", None).await.unwrap();
-    a.checkpoint(&owned_a, "worker-a", &Checkpoint::Sequence("100".into()))
-        .await
-        .unwrap();
+    a.checkpoint(
+        &owned_a,
+        "worker-a",
+        &Checkpoint::Sequence("100".into()),
+        None,
+    )
+    .await
+    .unwrap();
 
     // B takes the lease over (as after A's heartbeat fell silent; A never wrote one here).
     let seen = b.scan().await.unwrap().leases.remove(0);
     let silent = ("worker-a".to_owned(), Liveness::Absent);
     let owned_b = b.take(&seen, "worker-b", Some(&silent)).await.unwrap();
-    b.checkpoint(&owned_b, "worker-b", &Checkpoint::Sequence("200".into()))
-        .await
-        .unwrap();
+    b.checkpoint(
+        &owned_b,
+        "worker-b",
+        &Checkpoint::Sequence("200".into()),
+        None,
+    )
+    .await
+    .unwrap();
 
     let late = a
-        .checkpoint(&owned_a, "worker-a", &Checkpoint::Sequence("150".into()))
+        .checkpoint(
+            &owned_a,
+            "worker-a",
+            &Checkpoint::Sequence("150".into()),
+            None,
+        )
         .await;
     assert!(matches!(late, Err(LeaseError::Lost(_))), "{late:?}");
     assert!(matches!(
