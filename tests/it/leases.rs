@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dynamodb_nakadi_relay::config::InitialPosition;
 use dynamodb_nakadi_relay::lease::Liveness;
-use dynamodb_nakadi_relay::lease::{Checkpoint, LeaseError, LeaseTable};
+use dynamodb_nakadi_relay::lease::{AuditEntry, Checkpoint, LeaseError, LeaseTable};
 use dynamodb_nakadi_relay::stream::ShardId;
 
 use crate::support::*;
@@ -183,4 +183,94 @@ async fn a_stream_with_leases_from_before_the_start_item_skips_nothing() {
     let start = a.stream_start(InitialPosition::Latest, true).await.unwrap();
     assert_eq!(start.position, "TRIM_HORIZON");
     assert_eq!(start.skip_before_ms, None);
+}
+
+/// Issue #24: an operator's rewind and skip fence the owner like a take. The owner's checkpoint,
+/// end marker and release all fail once either is written, so it cannot overwrite them, and a
+/// write conditioned on a counter the owner has since moved is refused, to be read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_rewind_or_skip_fences_the_owner_out() {
+    let moto = Moto::start("leases_operator_fence").await;
+    let (pod, operator) = (table(&moto).await, table(&moto).await);
+    let shard = ShardId::new("shard-1");
+    pod.create(&shard, &[]).await.unwrap();
+    let seen = pod.scan().await.unwrap().leases.remove(0);
+    let owned = pod.take(&seen, "worker-a", None).await.unwrap();
+    let stale = operator.scan().await.unwrap().leases.remove(0);
+    pod.checkpoint(
+        &owned,
+        "worker-a",
+        &Checkpoint::Sequence("100".into()),
+        Some(1_000),
+    )
+    .await
+    .unwrap();
+    let audit = AuditEntry {
+        action: "rewind".into(),
+        by: "arn:aws:iam::123456789012:user/oncall".into(),
+        reason: "test".into(),
+        at: "2026-12-07T06:00:00Z".into(),
+        change: "checkpoint 100 -> TRIM_HORIZON".into(),
+    };
+    assert!(
+        !operator.rewind(&stale, 0, &audit).await.unwrap(),
+        "a rewind of a lease read before the owner's checkpoint must be refused"
+    );
+    let fresh = operator.scan().await.unwrap().leases.remove(0);
+    assert_eq!(fresh.checkpoint_created_ms, Some(1_000));
+    assert!(operator.rewind(&fresh, 0, &audit).await.unwrap());
+    let late = pod
+        .checkpoint(
+            &owned,
+            "worker-a",
+            &Checkpoint::Sequence("150".into()),
+            None,
+        )
+        .await;
+    assert!(matches!(late, Err(LeaseError::Lost(_))), "{late:?}");
+    let end = pod
+        .checkpoint(&owned, "worker-a", &Checkpoint::ShardEnd, None)
+        .await;
+    assert!(matches!(end, Err(LeaseError::Lost(_))), "{end:?}");
+    // A release may take the moved counter for its own earlier attempt; either way it writes
+    // nothing, which the reads below show.
+    pod.release(&owned, "worker-a").await.ok();
+    let rewound = operator.scan().await.unwrap().leases.remove(0);
+    assert_eq!(rewound.checkpoint, Checkpoint::TrimHorizon);
+    assert_eq!(rewound.owner, None);
+    assert_eq!(rewound.operator.replay_from_ms, Some(0));
+    assert_eq!(rewound.checkpoint_created_ms, None);
+
+    // A skip works the same way on the lease the next owner takes.
+    let owned = pod.take(&rewound, "worker-b", None).await.unwrap();
+    let skip = AuditEntry {
+        action: "skip".into(),
+        ..audit.clone()
+    };
+    assert!(
+        operator
+            .skip(&rewound, "120", &skip)
+            .await
+            .is_ok_and(|w| !w)
+    );
+    let current = operator.scan().await.unwrap().leases.remove(0);
+    assert!(operator.skip(&current, "120", &skip).await.unwrap());
+    let late = pod
+        .checkpoint(
+            &owned,
+            "worker-b",
+            &Checkpoint::Sequence("130".into()),
+            None,
+        )
+        .await;
+    assert!(matches!(late, Err(LeaseError::Lost(_))), "{late:?}");
+    let marked = operator.scan().await.unwrap().leases.remove(0);
+    assert_eq!(marked.operator.skip_sequence_numbers, ["120"]);
+    let actions: Vec<&str> = marked
+        .operator
+        .audit
+        .iter()
+        .map(|a| a.action.as_str())
+        .collect();
+    assert_eq!(actions, ["rewind", "skip"]);
 }

@@ -1429,3 +1429,235 @@ async fn a_child_numbered_below_its_parent_is_counted_and_logged() {
         );
     }
 }
+
+/// How many times each eid arrived at Nakadi.
+fn arrivals(events: &[Value]) -> HashMap<String, usize> {
+    let mut count = HashMap::new();
+    for e in events {
+        *count
+            .entry(e["metadata"]["eid"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    count
+}
+
+/// Waits until every eid of `records` arrived `times` times, and returns all events.
+async fn arrived(nakadi: &Nakadi, records: &[Written], times: usize, what: &str) -> Vec<Value> {
+    wait_for_every(
+        what,
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || async {
+            let events = nakadi.events().await;
+            let count = arrivals(&events);
+            records
+                .iter()
+                .all(|w| count.get(&w.eid).copied().unwrap_or(0) >= times)
+                .then_some(events)
+        },
+    )
+    .await
+}
+
+/// Within the events that arrived after `from`, each key's first arrivals keep write order.
+fn replay_in_key_order(events: &[Value], from: usize) {
+    let (per_key, _) = per_key_sequences(&events[from..]);
+    for (key, seqs) in per_key {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{key}: the replay is out of order: {seqs:?}"
+        );
+    }
+}
+
+fn epoch_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Issue #24: `rewind` of a running 2-pod deployment, across a rollover on the Streams fault
+/// server, to a time and then to TRIM_HORIZON. Every record since the point arrives again with
+/// its eid, in per-key order within the replay; the finished parents read again before their
+/// children; no pod restarts; records written afterwards arrive too. `leases` shows the two pods
+/// and the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() {
+    let test = "lifecycle_rewind";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    let streams = StreamsFault::start(test);
+    let ctl = streams.ctl.clone();
+    let arn = ctl.create_stream(2, 100).await;
+    let dlq = moto.create_queue("relay-dlq", &[]).await;
+    let env = fault_env(&moto, &nakadi, &streams, &arn, &dlq);
+    let pods = [
+        Relay::start(test, "relay-1", &env),
+        Relay::start(test, "relay-2", &env),
+    ];
+    for pod in &pods {
+        pod.wait_ready().await;
+    }
+
+    // Before the point; then, with a margin over the one-second rounding of creation times,
+    // the point; after it, a rollover in the middle.
+    let writer = Writer::start(ctl.clone(), arn.clone(), KEYS, Duration::from_millis(50));
+    writes(&writer, 2 * KEYS).await;
+    let before = writer.finish().await;
+    let point_ms = wait_for(
+        "2.5 s after the last write",
+        Duration::from_secs(10),
+        || async {
+            let now = epoch_ms();
+            (now - epoch_ms_of(&before) >= 2500).then_some(now)
+        },
+    )
+    .await;
+    let first_seq = before.len() as u64 / KEYS as u64;
+    let writer = Writer::start_from(
+        ctl.clone(),
+        arn.clone(),
+        KEYS,
+        Duration::from_millis(50),
+        first_seq,
+    );
+    writes(&writer, 2 * KEYS).await;
+    ctl.call("split-all", json!({"stream_arn": arn, "children": 1}))
+        .await;
+    writes(&writer, 2 * KEYS).await;
+    let after = writer.finish().await;
+    let all: Vec<Written> = before.iter().chain(&after).cloned().collect();
+    arrived(&nakadi, &all, 1, "every record once").await;
+
+    let listing = wait_for("the parents finished", Duration::from_secs(30), || async {
+        let (code, out, _) = run_binary(&["leases", "--json"], &env);
+        assert_eq!(code, Some(0));
+        let report: Value = serde_json::from_str(&out).unwrap();
+        let shards = report["shards"].as_array().unwrap().clone();
+        (shards.len() == 4
+            && shards.iter().filter(|s| s["state"] == "finished").count() == 2
+            && shards.iter().filter(|s| s["state"] == "owned").count() == 2)
+            .then_some(shards)
+    })
+    .await;
+    let owners: HashSet<&str> = listing.iter().filter_map(|s| s["owner"].as_str()).collect();
+    assert!(
+        owners.iter().all(|o| ["relay-1", "relay-2"].contains(o)),
+        "{listing:?}"
+    );
+    assert!(
+        listing
+            .iter()
+            .all(|s| s["last_delivered_age_seconds"].as_i64().is_some()),
+        "{listing:?}"
+    );
+
+    // Bad input: a time in the future, or past the stream's retention.
+    for bad in ["2999-01-01T00:00:00Z", "2000-01-01T00:00:00Z"] {
+        let (code, _, err) = run_binary(&["rewind", "--to", bad, "--reason", "test"], &env);
+        assert_eq!(code, Some(2), "{bad}: {err}");
+    }
+
+    let point = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(point_ms) * 1_000_000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (code, out, err) = run_binary(
+        &[
+            "rewind",
+            "--to",
+            &point,
+            "--reason",
+            "INC-7: consumer lost data",
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("after newer ones"), "the warning: {err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["shards"].as_array().unwrap().len(), 4, "{report}");
+    let from = nakadi.events().await.len();
+    let events = arrived(&nakadi, &after, 2, "the records since the point again").await;
+    let count = arrivals(&events);
+    for w in &before {
+        assert_eq!(count[&w.eid], 1, "a record before the point was replayed");
+    }
+    replay_in_key_order(&events, from);
+
+    // Newer records are not lost, and TRIM_HORIZON replays everything the stream holds.
+    let writer = Writer::start_from(
+        ctl.clone(),
+        arn.clone(),
+        KEYS,
+        Duration::from_millis(50),
+        first_seq + after.len() as u64 / KEYS as u64,
+    );
+    writes(&writer, KEYS).await;
+    let newer = writer.finish().await;
+    arrived(&nakadi, &newer, 1, "the records written after the rewind").await;
+    let (code, out, err) = run_binary(
+        &[
+            "rewind",
+            "--to",
+            "TRIM_HORIZON",
+            "--reason",
+            "INC-8: replay all",
+        ],
+        &env,
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let from = nakadi.events().await.len();
+    let everything: Vec<Written> = all.iter().chain(&newer).cloned().collect();
+    let events = wait_for_every(
+        "every record once more",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || async {
+            let events = nakadi.events().await;
+            let replayed = arrivals(&events[from..]);
+            everything
+                .iter()
+                .all(|w| replayed.contains_key(&w.eid))
+                .then_some(events)
+        },
+    )
+    .await;
+    replay_in_key_order(&events, from);
+
+    let (_, out, _) = run_binary(&["leases", "--json"], &env);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    for shard in report["shards"].as_array().unwrap() {
+        let audit: Vec<&str> = shard["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            audit,
+            ["INC-7: consumer lost data", "INC-8: replay all"],
+            "{shard}"
+        );
+    }
+    for pod in &pods {
+        let logs = pod.logs();
+        assert_eq!(
+            logs.matches("\"relay started\"").count(),
+            1,
+            "a pod restarted"
+        );
+    }
+    assert!(
+        pods.iter()
+            .any(|p| p.logs().contains("reading the shard as an operator asked")),
+        "no pod logged the rewind it acted on"
+    );
+}
+
+/// The wall-clock time of the last record of `written`, from when its write call started.
+fn epoch_ms_of(written: &[Written]) -> i64 {
+    let last = written.last().unwrap().started;
+    epoch_ms() - last.elapsed().as_millis() as i64
+}
