@@ -302,6 +302,11 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* A Job's name: <fullname>-<component>-<revision>. Called with (dict "root" $ "component" NAME). */}}
+{{- define "relay.jobName" -}}
+{{- printf "%s-%s-%d" (include "relay.fullname" .root | trunc 42 | trimSuffix "-") .component (int .root.Release.Revision) }}
+{{- end }}
+
 {{/*
 A Job running one relay command. Called with (dict "root" $ "component" NAME "job" VALUES
 "args" LIST "serviceAccountName" NAME). Its name carries the release revision: a Job's pod
@@ -314,7 +319,7 @@ deletes the previous revision's).
 apiVersion: batch/v1
 kind: Job
 metadata:
-  name: {{ printf "%s-%s-%d" (include "relay.fullname" $root | trunc 42 | trimSuffix "-") .component (int $root.Release.Revision) }}
+  name: {{ include "relay.jobName" . }}
   labels:
     {{- include "relay.componentLabels" . | nindent 4 }}
 spec:
