@@ -4,7 +4,8 @@
 //!   letters or the lease table, and no panic happens on the way;
 //! - the relay writes nothing to disk, so the read-only root filesystem of the chart holds, and
 //!   the image and the chart agree on one numeric non-root user;
-//! - the IAM policy of the docs grants exactly the AWS actions the relay's source calls.
+//! - the IAM policies of the docs and of cloudformation/relay.yaml grant exactly the AWS actions
+//!   the relay's source calls.
 //!
 //! The rest of the hardening of the rendered chart (runAsNonRoot, readOnlyRootFilesystem,
 //! capabilities, seccomp, read-only mounts) is checked by scripts/check-deploy.sh; the
@@ -511,20 +512,85 @@ fn documented_policy() -> Value {
     policies.pop().unwrap()
 }
 
-#[test]
-fn the_documented_iam_policy_grants_exactly_the_actions_the_relay_calls() {
-    // The IAM prefix of each SDK: DynamoDB Streams' actions are dynamodb:*.
-    let sdks = [
-        ("aws-sdk-dynamodb", "dynamodb"),
-        ("aws-sdk-dynamodbstreams", "dynamodb"),
-        ("aws-sdk-sqs", "sqs"),
-        ("aws-sdk-s3", "s3"),
-    ];
-    let operations: Vec<(&str, BTreeSet<String>)> = sdks
+/// cloudformation/relay.yaml as JSON, its short-form tags (`!Sub`, `!GetAtt`) in their long
+/// form, read by the tools venv's PyYAML (scripts/cfn-to-json.py).
+fn cloudformation_template() -> Value {
+    let python = repo_root().join(".tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make check-deploy` (scripts/install-deploy-tools.sh installs it)",
+        python.display()
+    );
+    let out = Command::new(python)
+        .args(["scripts/cfn-to-json.py", "cloudformation/relay.yaml"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The IAM prefix of each AWS SDK crate the relay may call. DynamoDB Streams' actions are
+/// dynamodb:*.
+const SDK_IAM_PREFIXES: &[(&str, &str)] = &[
+    ("aws-sdk-dynamodb", "dynamodb"),
+    ("aws-sdk-dynamodbstreams", "dynamodb"),
+    ("aws-sdk-sqs", "sqs"),
+    ("aws-sdk-s3", "s3"),
+    ("aws-sdk-sts", "sts"),
+];
+
+/// Actions no policy needs to grant: AWS documents that every principal may call
+/// GetCallerIdentity, even under an explicit deny.
+const NEEDS_NO_PERMISSION: &[&str] = &["sts:GetCallerIdentity"];
+
+/// The AWS SDK crates the relay depends on (Cargo.toml's [dependencies]), with their IAM prefix.
+fn sdk_crates() -> Vec<(String, &'static str)> {
+    let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    let dependencies = manifest
+        .split("\n[dependencies]\n")
+        .nth(1)
+        .expect("Cargo.toml has [dependencies]")
+        .split("\n[")
+        .next()
+        .unwrap();
+    let crates: Vec<(String, &str)> = dependencies
+        .lines()
+        .filter_map(|l| l.split(['=', ' ']).next())
+        .filter(|name| name.starts_with("aws-sdk-"))
+        .map(|name| {
+            let prefix = SDK_IAM_PREFIXES
+                .iter()
+                .find(|(c, _)| *c == name)
+                .unwrap_or_else(|| panic!("{name}: add its IAM prefix to SDK_IAM_PREFIXES"))
+                .1;
+            (name.to_owned(), prefix)
+        })
+        .collect();
+    assert!(
+        crates.len() >= 4,
+        "the SDK crates of Cargo.toml: {crates:?}"
+    );
+    crates
+}
+
+/// The IAM actions of every AWS call in the relay's source, with the files that make it.
+struct CalledActions {
+    called: BTreeMap<String, BTreeSet<String>>,
+    /// The operations of DynamoDB Streams, whose actions belong on the stream's ARN.
+    streams_ops: BTreeSet<String>,
+}
+
+fn called_actions() -> CalledActions {
+    let operations: Vec<(&str, BTreeSet<String>)> = sdk_crates()
         .iter()
         .map(|(c, prefix)| (*prefix, sdk_operations(c)))
         .collect();
-    let streams_ops = &operations[1].1;
+    let streams_ops = sdk_operations("aws-sdk-dynamodbstreams");
     // (action, called from a stream module) for every SDK call in the source.
     let mut called: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut actions: Vec<(String, PathBuf)> = Vec::new();
@@ -578,50 +644,182 @@ fn the_documented_iam_policy_grants_exactly_the_actions_the_relay_calls() {
                 .extend(files.iter().cloned());
         }
     }
+    for action in NEEDS_NO_PERMISSION {
+        called.remove(*action);
+    }
     assert!(
         called.contains_key("dynamodb:GetRecords") && called.contains_key("sqs:SendMessage"),
         "the source scan found the relay's calls: {called:?}"
     );
+    CalledActions {
+        called,
+        streams_ops,
+    }
+}
 
-    let policy = documented_policy();
+/// A statement's Resource as text, one per resource: an ARN, or what stands for one in
+/// CloudFormation (the template of an `Fn::Sub`, `Resource.Attribute` of an `Fn::GetAtt`, the
+/// name of a `Ref`), so that wildcards and stream ARNs can be told apart in both.
+fn resource_texts(resource: &Value) -> Vec<String> {
+    match resource {
+        Value::String(arn) => vec![arn.clone()],
+        Value::Array(list) => list.iter().flat_map(resource_texts).collect(),
+        Value::Object(f) if f.len() == 1 => {
+            let (function, arg) = f.iter().next().unwrap();
+            match (function.as_str(), arg) {
+                ("Fn::Sub", Value::String(template)) => vec![template.clone()],
+                ("Fn::Sub", Value::Array(a)) => vec![a[0].as_str().unwrap().to_owned()],
+                ("Fn::GetAtt", Value::Array(a)) => vec![format!(
+                    "{}.{}",
+                    a[0].as_str().unwrap(),
+                    a[1].as_str().unwrap()
+                )],
+                ("Ref", Value::String(name)) => vec![name.clone()],
+                _ => panic!("a Resource this test cannot read: {resource}"),
+            }
+        }
+        other => panic!("Resource {other}"),
+    }
+}
+
+/// The actions a policy document grants, each with its resources: only Allow, no wildcard
+/// action or resource, stream actions on the stream and no others.
+fn granted_actions(
+    policy: &Value,
+    source: &str,
+    streams_ops: &BTreeSet<String>,
+) -> BTreeMap<String, Vec<String>> {
     let mut granted: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for statement in policy["Statement"].as_array().unwrap() {
-        assert_eq!(statement["Effect"], "Allow", "{statement}");
-        let resource = statement["Resource"].as_str().unwrap().to_owned();
-        assert!(
-            !resource.contains(":*:") && resource != "*",
-            "a wildcard resource: {statement}"
-        );
+        assert_eq!(statement["Effect"], "Allow", "{source}: {statement}");
+        let resources = resource_texts(&statement["Resource"]);
+        for resource in &resources {
+            assert!(
+                !resource.contains(":*:") && resource != "*",
+                "{source}: a wildcard resource: {statement}"
+            );
+        }
         let actions: Vec<String> = match &statement["Action"] {
             Value::String(a) => vec![a.clone()],
             Value::Array(a) => a.iter().map(|a| a.as_str().unwrap().to_owned()).collect(),
-            other => panic!("Action {other}"),
+            other => panic!("{source}: Action {other}"),
         };
         for action in actions {
-            assert!(!action.contains('*'), "a wildcard action: {action}");
+            assert!(
+                !action.contains('*'),
+                "{source}: a wildcard action: {action}"
+            );
             let op = action.split_once(':').unwrap().1;
             let is_stream_op = streams_ops.iter().any(|o| pascal(o) == op);
-            let on_stream = resource.contains("/stream/");
-            assert_eq!(
-                is_stream_op, on_stream,
-                "{action} granted on {resource}: stream actions belong on the stream, others not"
-            );
-            granted.entry(action).or_default().push(resource.clone());
+            for resource in &resources {
+                assert_eq!(
+                    is_stream_op,
+                    resource.contains("/stream/"),
+                    "{source}: {action} granted on {resource}: stream actions belong on the stream, others not"
+                );
+                granted
+                    .entry(action.clone())
+                    .or_default()
+                    .push(resource.clone());
+            }
         }
     }
+    granted
+}
 
+/// The policy grants every action the relay calls and nothing else, except `left_out`: actions
+/// the relay calls only in a setup this policy is not for, each with the reason.
+fn assert_grants_exactly(
+    policy: &Value,
+    source: &str,
+    relay: &CalledActions,
+    left_out: &[(&str, &str)],
+) {
+    let granted = granted_actions(policy, source, &relay.streams_ops);
+    let mut called = relay.called.clone();
+    for (action, why) in left_out {
+        assert!(
+            called.remove(*action).is_some(),
+            "{source}: {action} is left out ({why}), but the relay does not call it"
+        );
+        assert!(
+            !granted.contains_key(*action),
+            "{source}: {action} should be left out: {why}"
+        );
+    }
     let called_set: BTreeSet<&String> = called.keys().collect();
     let granted_set: BTreeSet<&String> = granted.keys().collect();
     let missing: Vec<_> = called_set.difference(&granted_set).collect();
     let unused: Vec<_> = granted_set.difference(&called_set).collect();
     assert!(
         missing.is_empty() && unused.is_empty(),
-        "called but not granted: {:?}\ngranted but never called: {unused:?}",
+        "{source}: called but not granted: {:?}\ngranted but never called: {unused:?}",
         missing
             .iter()
             .map(|a| (a, &called[**a]))
             .collect::<HashMap<_, _>>()
     );
+}
+
+#[test]
+fn the_documented_iam_policy_grants_exactly_the_actions_the_relay_calls() {
+    assert_grants_exactly(
+        &documented_policy(),
+        "docs/operating.md",
+        &called_actions(),
+        &[],
+    );
+}
+
+#[test]
+fn the_cloudformation_iam_policy_grants_exactly_the_actions_the_relay_calls() {
+    let template = cloudformation_template();
+    let resources = template["Resources"].as_object().unwrap();
+    let relay = called_actions();
+    let policy = |name: &str| {
+        let r = &resources[name];
+        assert_eq!(r["Type"], "AWS::IAM::ManagedPolicy", "{name}");
+        r["Properties"]["PolicyDocument"].clone()
+    };
+    assert_grants_exactly(
+        &policy("RelayPolicy"),
+        "cloudformation/relay.yaml RelayPolicy",
+        &relay,
+        &[(
+            "dynamodb:CreateTable",
+            "the template creates the lease table",
+        )],
+    );
+    // The snapshot role's addition: the Scan of the source table, which the relay's role lacks.
+    let scan = granted_actions(
+        &policy("SnapshotScanPolicy"),
+        "cloudformation/relay.yaml SnapshotScanPolicy",
+        &relay.streams_ops,
+    );
+    assert_eq!(
+        scan.keys().collect::<Vec<_>>(),
+        ["dynamodb:Scan"],
+        "SnapshotScanPolicy"
+    );
+    // Every policy of the template is one of these two, so no role gets more.
+    let policies: BTreeSet<&String> = resources
+        .iter()
+        .filter(|(_, r)| r["Type"] == "AWS::IAM::ManagedPolicy" || r["Type"] == "AWS::IAM::Policy")
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        policies,
+        BTreeSet::from([&"RelayPolicy".to_owned(), &"SnapshotScanPolicy".to_owned()]),
+        "the template's policies"
+    );
+    for (name, r) in resources {
+        if r["Type"] == "AWS::IAM::Role" {
+            assert!(
+                r["Properties"].get("Policies").is_none(),
+                "{name}: inline policies escape this test; attach a managed one"
+            );
+        }
+    }
 }
 
 /// A relay reading one shard of the Streams fault server through `edge`, with `env_changes`
