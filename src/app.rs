@@ -20,7 +20,7 @@ use crate::coordinator::Coordinator;
 use crate::dlq::{DeadLetterQueue, Redrainer};
 use crate::fence::Fence;
 use crate::ids::StreamArn;
-use crate::lease::{LeaseError, LeaseTable};
+use crate::lease::LeaseError;
 use crate::metrics::TableMetrics;
 use crate::retry::Backoff;
 use crate::shard::Pipeline;
@@ -244,12 +244,7 @@ async fn pipeline(
         .observing_delay(metrics.event_delay.clone());
     Ok(Pipeline {
         table: table.name().to_owned(),
-        leases: LeaseTable::new(
-            aws.leases.clone(),
-            config.lease_table.clone(),
-            stream_arn.clone(),
-            config.lease.call_timeout,
-        ),
+        leases: crate::startup::lease_table(config, aws, stream_arn.clone()),
         stream_arn,
         worker_id: config.worker_id.clone(),
         streams,

@@ -13,6 +13,7 @@ use crate::aws_requests::CountRequests;
 use crate::config::{Config, StreamSource, TableConfig};
 use crate::dlq::{DeadLetterQueue, DlqError, Redrainer};
 use crate::ids::StreamArn;
+use crate::lease::LeaseTable;
 use crate::nakadi::{FailureMode, NakadiError, Publisher, PublisherConfig, TokenSource};
 use crate::stream::signed::RecordsReader;
 
@@ -155,6 +156,16 @@ pub(crate) fn publisher(config: PublisherConfig) -> Result<Publisher, StartupErr
         NakadiError::InvalidUrl { .. } | NakadiError::Client(_) => startup("RELAY_NAKADI_URL", e),
         _ => startup(token_variable, e),
     })
+}
+
+/// The lease table of one stream, as the relay's pods use it.
+pub fn lease_table(config: &Config, aws: &AwsClients, stream_arn: StreamArn) -> LeaseTable {
+    LeaseTable::new(
+        aws.leases.clone(),
+        config.lease_table.clone(),
+        stream_arn,
+        config.lease.call_timeout,
+    )
 }
 
 /// The stream a table's events come from: the configured ARN, or the table's latest stream.

@@ -149,20 +149,11 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::OperatorMarks;
 
     fn lease(id: &str, owner: Option<&str>, checkpoint: &str, parents: &[&str]) -> Lease {
         Lease {
-            shard_id: ShardId::new(id),
-            owner: owner.map(str::to_owned),
-            counter: 3,
-            checkpoint: Checkpoint::parse(checkpoint),
-            parent_shard_ids: parents.iter().map(|p| ShardId::new(*p)).collect(),
-            owner_switches: 1,
-            handoff_to: None,
-            last_sequence_number: None,
             checkpoint_created_ms: Some(40_000),
-            operator: OperatorMarks::default(),
+            ..Lease::example(id, owner, checkpoint, parents)
         }
     }
 

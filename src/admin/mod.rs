@@ -77,12 +77,7 @@ impl Target {
         let stream_arn = startup::stream_arn(config, table, aws).await?;
         Ok(Target {
             table: table.name().to_owned(),
-            leases: LeaseTable::new(
-                aws.leases.clone(),
-                config.lease_table.clone(),
-                stream_arn.clone(),
-                config.lease.call_timeout,
-            ),
+            leases: startup::lease_table(config, aws, stream_arn.clone()),
             streams: StreamsClient::new(aws.streams.clone(), aws.records.clone()),
             stream_arn,
             sts: aws.sts.clone(),

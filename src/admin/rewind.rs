@@ -257,20 +257,11 @@ fn human(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::OperatorMarks;
 
     fn lease(id: &str, checkpoint: &str, created_ms: Option<i64>, parents: &[&str]) -> Lease {
         Lease {
-            shard_id: ShardId::new(id),
-            owner: None,
-            counter: 1,
-            checkpoint: Checkpoint::parse(checkpoint),
-            parent_shard_ids: parents.iter().map(|p| ShardId::new(*p)).collect(),
-            owner_switches: 0,
-            handoff_to: None,
-            last_sequence_number: None,
             checkpoint_created_ms: created_ms,
-            operator: OperatorMarks::default(),
+            ..Lease::example(id, None, checkpoint, parents)
         }
     }
 

@@ -145,21 +145,9 @@ const PAGES: usize = 5;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::OperatorMarks;
 
     fn lease(checkpoint: &str) -> Lease {
-        Lease {
-            shard_id: ShardId::new("s"),
-            owner: Some("pod-a".into()),
-            counter: 1,
-            checkpoint: Checkpoint::parse(checkpoint),
-            parent_shard_ids: Vec::new(),
-            owner_switches: 0,
-            handoff_to: None,
-            last_sequence_number: None,
-            checkpoint_created_ms: None,
-            operator: OperatorMarks::default(),
-        }
+        Lease::example("s", Some("pod-a"), checkpoint, &[])
     }
 
     #[test]

@@ -203,18 +203,7 @@ mod tests {
     use super::*;
 
     fn lease(shard: &str, owner: Option<&str>, checkpoint: &str, parents: &[&str]) -> Lease {
-        Lease {
-            shard_id: ShardId::new(shard),
-            owner: owner.map(str::to_owned),
-            counter: 1,
-            checkpoint: Checkpoint::parse(checkpoint),
-            parent_shard_ids: parents.iter().map(|p| ShardId::new(*p)).collect(),
-            owner_switches: 0,
-            handoff_to: None,
-            last_sequence_number: None,
-            checkpoint_created_ms: None,
-            operator: Default::default(),
-        }
+        Lease::example(shard, owner, checkpoint, parents)
     }
 
     fn hb(id: &str) -> Heartbeat {

@@ -97,6 +97,25 @@ pub struct Lease {
     pub operator: OperatorMarks,
 }
 
+#[cfg(test)]
+impl Lease {
+    /// A lease as a test describes it: counter 1, everything else unset.
+    pub fn example(shard: &str, owner: Option<&str>, checkpoint: &str, parents: &[&str]) -> Lease {
+        Lease {
+            shard_id: ShardId::new(shard),
+            owner: owner.map(str::to_owned),
+            counter: 1,
+            checkpoint: Checkpoint::parse(checkpoint),
+            parent_shard_ids: parents.iter().map(|p| ShardId::new(*p)).collect(),
+            owner_switches: 0,
+            handoff_to: None,
+            last_sequence_number: None,
+            checkpoint_created_ms: None,
+            operator: OperatorMarks::default(),
+        }
+    }
+}
+
 /// The operator's requests on a lease. They are written with the fencing counter moved and the
 /// owner removed, so the pod reading the shard stops at once without a checkpoint, and whoever
 /// takes the lease next reads them with it.

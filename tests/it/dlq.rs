@@ -61,6 +61,22 @@ async fn put(moto: &Moto, keys: std::ops::Range<usize>, extra: &[(&str, Attribut
     }
 }
 
+/// Up to 10 messages of the DLQ, with their attributes.
+async fn received(t: &Env) -> Vec<aws_sdk_sqs::types::Message> {
+    t.moto
+        .sqs()
+        .await
+        .receive_message()
+        .queue_url(&t.dlq)
+        .max_number_of_messages(10)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+}
+
 fn eids(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -163,18 +179,7 @@ async fn one_rejected_event_goes_to_the_dlq_with_its_reason_and_the_rest_flows()
     )
     .await;
     assert!(!eids(&t.nakadi.events().await).contains(&rejected));
-    let msgs = t
-        .moto
-        .sqs()
-        .await
-        .receive_message()
-        .queue_url(&t.dlq)
-        .max_number_of_messages(10)
-        .message_attribute_names("All")
-        .send()
-        .await
-        .unwrap();
-    let msgs = msgs.messages();
+    let msgs = received(&t).await;
     assert_eq!(msgs.len(), 1);
     let body: Value = serde_json::from_str(msgs[0].body().unwrap()).unwrap();
     assert_eq!(body["event"]["metadata"]["eid"], rejected.as_str());
@@ -1129,18 +1134,7 @@ async fn skip_unblocks_a_shard_in_block_mode_and_dead_letters_the_record() {
         .map(|e| e["data"]["item"]["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(order, [0, 1, 2, 3, 5, 6, 7, 8, 9], "stream order");
-    let msgs = t
-        .moto
-        .sqs()
-        .await
-        .receive_message()
-        .queue_url(&t.dlq)
-        .max_number_of_messages(10)
-        .message_attribute_names("All")
-        .send()
-        .await
-        .unwrap();
-    let msgs = msgs.messages();
+    let msgs = received(&t).await;
     assert_eq!(msgs.len(), 1);
     let body: Value = serde_json::from_str(msgs[0].body().unwrap()).unwrap();
     assert_eq!(body["event"]["metadata"]["eid"], poison.as_str());

@@ -1174,13 +1174,8 @@ async fn writes(writer: &Writer, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequence_numbers_grow_per_key_across_a_rollover_and_a_split() {
     let test = "lifecycle_sequence_numbers";
-    let moto = Moto::start(test).await;
-    let nakadi = Nakadi::start(test, &[]);
-    let streams = StreamsFault::start(test);
-    let ctl = streams.ctl.clone();
-    let arn = ctl.create_stream(2, 100).await;
-    let dlq = moto.create_queue("relay-dlq", &[]).await;
-    let env = fault_env(&moto, &nakadi, &streams, &arn, &dlq);
+    let s = FaultSetup::start(test, 2, 100).await;
+    let ctl = s.streams.ctl.clone();
 
     let (code, stdout, stderr) = run_binary(
         &[
@@ -1190,7 +1185,7 @@ async fn sequence_numbers_grow_per_key_across_a_rollover_and_a_split() {
             "--key",
             "pk",
         ],
-        &env,
+        &s.env,
     );
     assert_eq!(code, Some(0), "{stderr}");
     let event_type: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
@@ -1209,12 +1204,12 @@ async fn sequence_numbers_grow_per_key_across_a_rollover_and_a_split() {
     assert_eq!(order_by, ["data.sequence_number"]);
     assert_eq!(instance_by, ["data.item.pk"]);
 
-    let relay = Relay::start(test, "relay-1", &env);
+    let relay = Relay::start(test, "relay-1", &s.env);
     relay.wait_ready().await;
-    let writer = Writer::start(ctl.clone(), arn.clone(), KEYS, Duration::from_millis(50));
+    let writer = Writer::start(ctl.clone(), s.arn.clone(), KEYS, Duration::from_millis(50));
     writes(&writer, 3 * KEYS).await;
     let rollover = ctl
-        .call("split-all", json!({"stream_arn": arn, "children": 1}))
+        .call("split-all", json!({"stream_arn": s.arn, "children": 1}))
         .await;
     writes(&writer, 3 * KEYS).await;
     let rolled: Vec<String> = rollover["children"]
@@ -1226,7 +1221,7 @@ async fn sequence_numbers_grow_per_key_across_a_rollover_and_a_split() {
     let split = ctl
         .call(
             "split",
-            json!({"stream_arn": arn, "shard_id": rolled[0], "children": 2}),
+            json!({"stream_arn": s.arn, "shard_id": rolled[0], "children": 2}),
         )
         .await;
     writes(&writer, 3 * KEYS).await;
@@ -1244,7 +1239,7 @@ async fn sequence_numbers_grow_per_key_across_a_rollover_and_a_split() {
         Duration::from_secs(60),
         Duration::from_millis(250),
         || async {
-            let events = nakadi.events().await;
+            let events = s.nakadi.events().await;
             let got: HashSet<&str> = events
                 .iter()
                 .map(|e| e["metadata"]["eid"].as_str().unwrap())
@@ -1308,7 +1303,7 @@ async fn sequence_numbers_grow_per_key_across_a_rollover_and_a_split() {
         Duration::from_secs(30),
         Duration::from_millis(250),
         || async {
-            let ends = shard_ends(&moto).await;
+            let ends = shard_ends(&s.moto).await;
             (ends.iter().filter(|(_, cp, _)| cp == "SHARD_END").count() == 3).then_some(ends)
         },
     )
@@ -1337,14 +1332,9 @@ async fn sequence_numbers_grow_per_key_across_a_rollover_and_a_split() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_numbered_below_its_parent_is_counted_and_logged() {
     let test = "lifecycle_lineage_order_broken";
-    let moto = Moto::start(test).await;
-    let nakadi = Nakadi::start(test, &[]);
-    let streams = StreamsFault::start(test);
-    let ctl = streams.ctl.clone();
-    let arn = ctl.create_stream(1, 100).await;
-    let dlq = moto.create_queue("relay-dlq", &[]).await;
-    let env = fault_env(&moto, &nakadi, &streams, &arn, &dlq);
-    let relay = Relay::start(test, "relay-1", &env);
+    let s = FaultSetup::start(test, 1, 100).await;
+    let ctl = s.streams.ctl.clone();
+    let relay = Relay::start(test, "relay-1", &s.env);
     relay.wait_ready().await;
     let (_, m) = relay.get("/metrics").await.unwrap();
     assert_eq!(
@@ -1356,11 +1346,11 @@ async fn a_child_numbered_below_its_parent_is_counted_and_logged() {
     let round = |seq: u64| -> Vec<(String, u64)> {
         (0..KEYS).map(|k| (format!("key-{k:03}"), seq)).collect()
     };
-    let parent_writes = ctl.write(&arn, &round(0)).await;
+    let parent_writes = ctl.write(&s.arn, &round(0)).await;
     let parent = parent_writes[0].shard.clone();
     let parent_last = parent_writes.iter().map(|w| w.sequence).max().unwrap();
     let arrived = |n: usize| {
-        let nakadi = &nakadi;
+        let nakadi = &s.nakadi;
         async move { (nakadi.events().await.len() >= n).then_some(()) }
     };
     wait_for("the parent's records", Duration::from_secs(30), || {
@@ -1369,10 +1359,10 @@ async fn a_child_numbered_below_its_parent_is_counted_and_logged() {
     .await;
     ctl.call(
         "split",
-        json!({"stream_arn": arn, "shard_id": parent, "children": 2, "rewind": true}),
+        json!({"stream_arn": s.arn, "shard_id": parent, "children": 2, "rewind": true}),
     )
     .await;
-    let child_writes = ctl.write(&arn, &round(1)).await;
+    let child_writes = ctl.write(&s.arn, &round(1)).await;
     let mut child_first: HashMap<&str, u128> = HashMap::new();
     for w in &child_writes {
         assert_ne!(w.shard, parent);
@@ -1399,7 +1389,7 @@ async fn a_child_numbered_below_its_parent_is_counted_and_logged() {
     .await;
     assert_eq!(counted, child_first.len() as f64, "once per child");
     let parent_last = parent_last.to_string();
-    let ends = shard_ends(&moto).await;
+    let ends = shard_ends(&s.moto).await;
     assert!(
         ends.iter().any(|(s, cp, last)| s == &parent
             && cp == "SHARD_END"
@@ -1485,16 +1475,11 @@ fn epoch_ms() -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() {
     let test = "lifecycle_rewind";
-    let moto = Moto::start(test).await;
-    let nakadi = Nakadi::start(test, &[]);
-    let streams = StreamsFault::start(test);
-    let ctl = streams.ctl.clone();
-    let arn = ctl.create_stream(2, 100).await;
-    let dlq = moto.create_queue("relay-dlq", &[]).await;
-    let env = fault_env(&moto, &nakadi, &streams, &arn, &dlq);
+    let s = FaultSetup::start(test, 2, 100).await;
+    let ctl = s.streams.ctl.clone();
     let pods = [
-        Relay::start(test, "relay-1", &env),
-        Relay::start(test, "relay-2", &env),
+        Relay::start(test, "relay-1", &s.env),
+        Relay::start(test, "relay-2", &s.env),
     ];
     for pod in &pods {
         pod.wait_ready().await;
@@ -1502,7 +1487,7 @@ async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() 
 
     // Before the point; then, with a margin over the one-second rounding of creation times,
     // the point; after it, a rollover in the middle.
-    let writer = Writer::start(ctl.clone(), arn.clone(), KEYS, Duration::from_millis(50));
+    let writer = Writer::start(ctl.clone(), s.arn.clone(), KEYS, Duration::from_millis(50));
     writes(&writer, 2 * KEYS).await;
     let before = writer.finish().await;
     let point_ms = wait_for(
@@ -1517,21 +1502,21 @@ async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() 
     let first_seq = before.len() as u64 / KEYS as u64;
     let writer = Writer::start_from(
         ctl.clone(),
-        arn.clone(),
+        s.arn.clone(),
         KEYS,
         Duration::from_millis(50),
         first_seq,
     );
     writes(&writer, 2 * KEYS).await;
-    ctl.call("split-all", json!({"stream_arn": arn, "children": 1}))
+    ctl.call("split-all", json!({"stream_arn": s.arn, "children": 1}))
         .await;
     writes(&writer, 2 * KEYS).await;
     let after = writer.finish().await;
     let all: Vec<Written> = before.iter().chain(&after).cloned().collect();
-    arrived(&nakadi, &all, 1, "every record once").await;
+    arrived(&s.nakadi, &all, 1, "every record once").await;
 
     let listing = wait_for("the parents finished", Duration::from_secs(30), || async {
-        let (code, out, _) = run_binary(&["leases", "--json"], &env);
+        let (code, out, _) = run_binary(&["leases", "--json"], &s.env);
         assert_eq!(code, Some(0));
         let report: Value = serde_json::from_str(&out).unwrap();
         let shards = report["shards"].as_array().unwrap().clone();
@@ -1555,7 +1540,7 @@ async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() 
 
     // Bad input: a time in the future, or past the stream's retention.
     for bad in ["2999-01-01T00:00:00Z", "2000-01-01T00:00:00Z"] {
-        let (code, _, err) = run_binary(&["rewind", "--to", bad, "--reason", "test"], &env);
+        let (code, _, err) = run_binary(&["rewind", "--to", bad, "--reason", "test"], &s.env);
         assert_eq!(code, Some(2), "{bad}: {err}");
     }
 
@@ -1572,14 +1557,14 @@ async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() 
             "INC-7: consumer lost data",
             "--json",
         ],
-        &env,
+        &s.env,
     );
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(err.contains("after newer ones"), "the warning: {err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["shards"].as_array().unwrap().len(), 4, "{report}");
-    let from = nakadi.events().await.len();
-    let events = arrived(&nakadi, &after, 2, "the records since the point again").await;
+    let from = s.nakadi.events().await.len();
+    let events = arrived(&s.nakadi, &after, 2, "the records since the point again").await;
     let count = arrivals(&events);
     for w in &before {
         assert_eq!(count[&w.eid], 1, "a record before the point was replayed");
@@ -1589,14 +1574,14 @@ async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() 
     // Newer records are not lost, and TRIM_HORIZON replays everything the stream holds.
     let writer = Writer::start_from(
         ctl.clone(),
-        arn.clone(),
+        s.arn.clone(),
         KEYS,
         Duration::from_millis(50),
         first_seq + after.len() as u64 / KEYS as u64,
     );
     writes(&writer, KEYS).await;
     let newer = writer.finish().await;
-    arrived(&nakadi, &newer, 1, "the records written after the rewind").await;
+    arrived(&s.nakadi, &newer, 1, "the records written after the rewind").await;
     let (code, out, err) = run_binary(
         &[
             "rewind",
@@ -1605,17 +1590,17 @@ async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() 
             "--reason",
             "INC-8: replay all",
         ],
-        &env,
+        &s.env,
     );
     assert_eq!(code, Some(0), "{out}{err}");
-    let from = nakadi.events().await.len();
+    let from = s.nakadi.events().await.len();
     let everything: Vec<Written> = all.iter().chain(&newer).cloned().collect();
     let events = wait_for_every(
         "every record once more",
         Duration::from_secs(90),
         Duration::from_millis(250),
         || async {
-            let events = nakadi.events().await;
+            let events = s.nakadi.events().await;
             let replayed = arrivals(&events[from..]);
             everything
                 .iter()
@@ -1626,7 +1611,7 @@ async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() 
     .await;
     replay_in_key_order(&events, from);
 
-    let (_, out, _) = run_binary(&["leases", "--json"], &env);
+    let (_, out, _) = run_binary(&["leases", "--json"], &s.env);
     let report: Value = serde_json::from_str(&out).unwrap();
     for shard in report["shards"].as_array().unwrap() {
         let audit: Vec<&str> = shard["audit"]

@@ -82,29 +82,9 @@ fn assert_written_and_ordered(events: &[Value], expected: &HashSet<String>) {
     }
 }
 
-struct Setup {
-    moto: Moto,
-    nakadi: Nakadi,
-    streams: StreamsFault,
-    arn: String,
-    env: HashMap<String, String>,
-}
-
-async fn setup(test: &str, shards: usize) -> Setup {
-    let moto = Moto::start(test).await;
-    let nakadi = Nakadi::start(test, &[]);
-    let streams = StreamsFault::start(test);
-    // Pages of 5 shards: DescribeStream paging is exercised on every sync.
-    let arn = streams.ctl.create_stream(shards, 5).await;
-    let dlq = moto.create_queue("relay-dlq", &[]).await;
-    let env = fault_env(&moto, &nakadi, &streams, &arn, &dlq);
-    Setup {
-        moto,
-        nakadi,
-        streams,
-        arn,
-        env,
-    }
+/// DescribeStream pages of 5 shards: paging is exercised on every sync.
+async fn setup(test: &str, shards: usize) -> FaultSetup {
+    FaultSetup::start(test, shards, 5).await
 }
 
 /// Keys per write round in the fail-over tests. The fault server routes keys by md5 over equal
@@ -113,7 +93,7 @@ async fn setup(test: &str, shards: usize) -> Setup {
 const FAILOVER_KEYS: usize = 32;
 
 /// Starts continuous writes and waits until the relays are publishing them.
-async fn start_writing(s: &Setup, every: Duration) -> Writer {
+async fn start_writing(s: &FaultSetup, every: Duration) -> Writer {
     let writer = Writer::start(s.streams.ctl.clone(), s.arn.clone(), FAILOVER_KEYS, every);
     wait_for_every(
         "first events",
@@ -331,7 +311,7 @@ async fn splits_keep_per_key_order_across_parent_and_child() {
 }
 
 /// One relay on a 2-shard stream, with some records already delivered.
-async fn single_relay(test: &str) -> (Setup, Relay, Vec<Written>) {
+async fn single_relay(test: &str) -> (FaultSetup, Relay, Vec<Written>) {
     let s = setup(test, 2).await;
     let relay = Relay::start(test, "relay-1", &s.env);
     relay.wait_ready().await;
@@ -346,7 +326,7 @@ async fn single_relay(test: &str) -> (Setup, Relay, Vec<Written>) {
     (s, relay, written)
 }
 
-async fn write_some(s: &Setup, first_seq: u64, keys: usize) -> Vec<Written> {
+async fn write_some(s: &FaultSetup, first_seq: u64, keys: usize) -> Vec<Written> {
     let batch: Vec<(String, u64)> = (0..keys)
         .map(|k| (format!("key-{k:03}"), first_seq))
         .collect();

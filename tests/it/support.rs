@@ -921,6 +921,35 @@ pub fn fault_env(
     env
 }
 
+/// moto (lease table, DLQ), the Nakadi test server and the Streams fault server with one stream,
+/// and the relay's environment for them.
+pub struct FaultSetup {
+    pub moto: Moto,
+    pub nakadi: Nakadi,
+    pub streams: StreamsFault,
+    pub arn: String,
+    pub env: HashMap<String, String>,
+}
+
+impl FaultSetup {
+    /// A stream of `shards` open shards that DescribeStream lists `page_size` at a time.
+    pub async fn start(test: &str, shards: usize, page_size: usize) -> FaultSetup {
+        let moto = Moto::start(test).await;
+        let nakadi = Nakadi::start(test, &[]);
+        let streams = StreamsFault::start(test);
+        let arn = streams.ctl.create_stream(shards, page_size).await;
+        let dlq = moto.create_queue("relay-dlq", &[]).await;
+        let env = fault_env(&moto, &nakadi, &streams, &arn, &dlq);
+        FaultSetup {
+            moto,
+            nakadi,
+            streams,
+            arn,
+            env,
+        }
+    }
+}
+
 /// Per key, the `seq` values of the events in arrival order, first arrival of each eid only;
 /// and the set of eids.
 pub fn per_key_sequences(
