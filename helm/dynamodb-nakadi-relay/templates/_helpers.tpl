@@ -123,7 +123,12 @@ snapshotPageSize: RELAY_SNAPSHOT_PAGE_SIZE
 snapshotReadCapacity: RELAY_SNAPSHOT_READ_CAPACITY
 {{- end }}
 
-{{/* The tables file: .Values.tables as TOML [[table]] entries. */}}
+{{/*
+The tables file: .Values.tables as TOML [[table]] entries. toToml writes routes as
+[[table.route]] and each `when` as nested tables ([table.route.when], [[table.route.when.all]])
+where a person would write inline ones; TOML reads both alike, and check-deploy has the relay
+read the result.
+*/}}
 {{- define "relay.tablesToml" -}}
 {{- toToml (dict "table" .Values.tables) }}
 {{- end }}
