@@ -3,8 +3,8 @@
 #
 #   helm lint --strict               the chart, with defaults, ci/all-on-values.yaml (Jobs on)
 #                                    and ci/podmonitor-values.yaml on top of it
-#   helm template                    those renders and the tables one, plus renders that must be
-#                                    refused
+#   helm template                    those renders and the tables one (routes too), plus renders
+#                                    that must be refused
 #   kubernetes-validate --strict     the renders, against Kubernetes $K8S_VERSIONS
 #   prometheus-operator CRDs         ServiceMonitor, PodMonitor, PrometheusRule against the CRD
 #                                    schemas (scripts/validate-crs.py; self-test: a typo fails)
@@ -15,6 +15,10 @@
 #   chart README                     current with values.yaml's comments, every value documented
 #                                    (scripts/chart-readme.py; self-test: an undocumented value
 #                                    fails)
+#   tables file                      the relay (debug build) reads the tables render's file:
+#                                    `event-type` per table, one event type per route
+#                                    (scripts/check-tables-file.py; self-test: a route the relay
+#                                    refuses fails)
 #   cfn-lint                         cloudformation/*.yaml, and the template's queues, lease
 #                                    table and alarm against the relay's contract
 #   promtool check rules / test rules  files/alerts.yaml, the PrometheusRule render, unit tests
@@ -45,6 +49,7 @@ K8S_VERSIONS="${K8S_VERSIONS:-1.34.0}"
 HELM="$ROOT/.tools/bin/helm"
 VENV="$ROOT/.tools/venv"
 PY="$VENV/bin/python"
+RELAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/dynamodb-nakadi-relay"
 
 start=$SECONDS
 passed=0
@@ -149,6 +154,16 @@ run "refuses ServiceMonitor together with PodMonitor" \
   must_refuse 'podMonitor.enabled or serviceMonitor.enabled, not both' --set serviceMonitor.enabled=true --set podMonitor.enabled=true
 run "refuses an unknown Job setting (schema)" \
   must_refuse 'jobs|additional' --set jobs.snapshot.tabel=orders
+# Indexes are those of ci/tables-values.yaml: table 2 is shop (routes and a fallback), 3 inventory
+# (routes only). The nested case proves `not` and `all` are checked all the way down.
+run "refuses a nested condition with two operators (schema)" \
+  must_refuse "tables/2/route/1/when/all/1/not': additional properties 'equals' not allowed" -f "$TABLES" \
+  --set-json 'tables[2].route[1].when={"all":[{"attribute":"pk","begins_with":"CUSTOMER#"},{"not":{"attribute":"deleted_at","exists":true,"equals":"x"}}]}'
+run "refuses a route without event_type (schema)" \
+  must_refuse "tables/2/route/1': missing property 'event_type'" -f "$TABLES" \
+  --set-json 'tables[2].route[1]={"when":{"attribute":"pk","begins_with":"CUSTOMER#"}}'
+run "refuses a table without event_type or routes (schema)" \
+  must_refuse "tables/3': missing property 'event_type'" -f "$TABLES" --set-json 'tables[3].route=[]'
 
 # ---- kubernetes-validate -------------------------------------------------------------------------
 # Strict: unknown fields fail. Only the prometheus-operator kinds have no schema there (WARN);
@@ -407,9 +422,28 @@ if cm is not None:
     rendered = tomllib.loads(cm["data"]["tables.toml"])
     check(rendered == {"table": yaml.safe_load(open(tables_values))["tables"]},
           f"tables: tables.toml does not hold .Values.tables: {rendered}")
+    # toToml writes routes as [[table.route]] and conditions as nested tables and arrays of
+    # tables; the comparison above proves them only if the values nest every kind.
+    routes = [r for t in rendered["table"] for r in t.get("route", [])]
+    operators = set()
+    def walk(cond):
+        for op, arg in cond.items():
+            operators.add(op)
+            if op == "not":
+                walk(arg)
+            elif op == "all":
+                for c in arg:
+                    walk(c)
+    for r in routes:
+        walk(r.get("when", {}))
+    every = {"attribute", "equals", "equals_number", "begins_with", "exists", "any_of", "not", "all"}
+    check(operators == every, f"tables: {tables_values} should use every condition operator, missing {sorted(every - operators)}")
+    check(any("when" not in r for r in routes), f"tables: {tables_values} should have a route without when")
+    check(any("event_type" not in t and t.get("route") for t in rendered["table"]),
+          f"tables: {tables_values} should have a table of routes only")
 check("checksum/tables" in dep["spec"]["template"]["metadata"].get("annotations", {}),
       "tables: pods do not roll when the tables change")
-print(f"tables: {len(rendered['table']) if cm else 0} tables in {tables_path}")
+print(f"tables: {len(rendered['table']) if cm else 0} tables, {len(routes) if cm else 0} routes in {tables_path}")
 
 print(f"RELAY_* variables read by src/config.rs: {len(read_vars)}")
 for e in errors:
@@ -418,6 +452,29 @@ sys.exit(1 if errors else 0)
 PY
 }
 run_with "$OUT/podmonitor.yaml" "rendered manifests: env 1:1, security, probes, Jobs, test" check_manifests
+
+# ---- the relay reads the rendered tables file ----------------------------------------------------
+# The schema cannot know everything the relay refuses (a route after one without `when`, a key
+# attribute a route drops); the relay's `event-type` reads the file as the pods would, without AWS.
+relay_reads_tables() {
+  "${CARGO:-cargo}" build --locked --bin dynamodb-nakadi-relay || return 1
+  "$PY" "$ROOT/scripts/check-tables-file.py" --render "$1" --relay "$RELAY_BIN" --out "$2"
+}
+run_with "$OUT/tables.yaml" "the relay reads the tables file: an event type per route" \
+  relay_reads_tables "$OUT/tables.yaml" "$OUT/tables-file"
+# A render the schema accepts and the relay refuses: the check must fail on it, or it proves nothing.
+relay_check_must_fail() {
+  local bad="$OUT/tables-file-must-fail" log
+  mkdir -p "$bad"
+  "$HELM" template relay "$CHART" --namespace payments -f "$TABLES" \
+    --set-json 'tables[3].route[2]={"event_type":"inventory.never-reached"}' >"$bad/render.yaml" || return 1
+  if log="$(relay_reads_tables "$bad/render.yaml" "$bad" 2>&1)"; then
+    echo "$log"; echo "passed, but the relay should have refused a route after one without when"; return 1
+  fi
+  echo "$log"
+  grep -Eq 'inventory.*route 3' <<<"$log" || { echo "failed, but without naming inventory's route 3"; return 1; }
+}
+run_with "$OUT/tables.yaml" "tables-file check fails when the relay refuses (self-test)" relay_check_must_fail
 
 # ---- chart README --------------------------------------------------------------------------------
 run "chart README current, every value documented" \
@@ -621,7 +678,6 @@ run_with "$OUT/dashboard-queries.rules.yaml" "metric names in dashboards/ and al
 # panel or an alert can still query a series the relay does not export until its first event (or
 # never). This starts the relay (debug build) against moto and the Nakadi test server, scrapes
 # /metrics as soon as it is ready, and checks every selector of every query against that scrape.
-RELAY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/dynamodb-nakadi-relay"
 FRESH="$OUT/fresh-relay"
 fresh_relay_scrape() {
   "${CARGO:-cargo}" build --locked --bin dynamodb-nakadi-relay || return 1
