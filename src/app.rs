@@ -23,9 +23,10 @@ use crate::ids::StreamArn;
 use crate::lease::LeaseError;
 use crate::metrics::TableMetrics;
 use crate::retry::Backoff;
+use crate::route::{Lane, Routes};
 use crate::shard::Pipeline;
 use crate::startup::{AwsClients, StartupError, publisher, redrainer, startup, transient};
-use crate::status::StatusBoard;
+use crate::status::{RouteStatus, StatusBoard};
 use crate::stream::{StreamError, StreamsClient};
 use crate::transform::EventSettings;
 
@@ -109,6 +110,17 @@ impl App {
             .map(|p| (p.table.clone(), p.stream_arn.clone()))
             .collect();
         let status = Arc::new(StatusBoard::new(&config.worker_id, &slots));
+        for (slot, table) in config.tables.iter().enumerate() {
+            let routes = table
+                .routes
+                .iter()
+                .map(|r| RouteStatus {
+                    event_type: r.event_type.clone(),
+                    when: r.when.as_ref().map(|w| format!("{w:?}")),
+                })
+                .collect();
+            status.set_routes(slot, routes);
+        }
         Ok(App {
             config,
             pipelines,
@@ -215,47 +227,65 @@ async fn pipeline(
             ),
         ));
     }
-    let settings = EventSettings {
-        data_type: table.data_type.clone(),
-        compaction_key: table.compaction_key.then(|| info.key_attributes.clone()),
-    };
-    if let Some(key) = settings
-        .compaction_key
-        .iter()
-        .flatten()
-        .find(|k| table.filter.drop_attributes.contains(k))
-    {
-        let variable = if config.tables_from_file {
-            "RELAY_TABLES_FILE"
-        } else {
-            "RELAY_DROP_ATTRIBUTES"
+    let metrics = TableMetrics::new(
+        table.name(),
+        table.routes.iter().map(|r| r.event_type.as_str()),
+    );
+    let mut lanes = Vec::with_capacity(table.routes.len());
+    for (i, route) in table.routes.iter().enumerate() {
+        let settings = EventSettings {
+            data_type: route.data_type.clone(),
+            compaction_key: route.compaction_key.then(|| info.key_attributes.clone()),
         };
-        return Err(startup(
-            variable,
-            format!(
-                "table {} drops the key attribute {key:?}, which the compaction key needs",
-                table.name()
-            ),
-        ));
+        if let Some(key) = settings
+            .compaction_key
+            .iter()
+            .flatten()
+            .find(|k| route.filter.drop_attributes.contains(k))
+        {
+            let (variable, which) = if config.tables_from_file {
+                ("RELAY_TABLES_FILE", route_name(table, i))
+            } else {
+                ("RELAY_DROP_ATTRIBUTES", String::new())
+            };
+            return Err(startup(
+                variable,
+                format!(
+                    "table {}{which} drops the key attribute {key:?}, which the compaction key needs",
+                    table.name()
+                ),
+            ));
+        }
+        // The shard workers publish live stream events only: their delay is the table's.
+        let publisher = publisher(config.publisher(&route.event_type))?
+            .observing_delay(metrics.event_delay.clone());
+        lanes.push(Lane {
+            publisher,
+            settings,
+            filter: route.filter.clone(),
+        });
     }
-    let metrics = TableMetrics::new(table.name());
-    // The shard workers publish live stream events only: their delay is the table's.
-    let live = publisher(config.publisher(&table.event_type))?
-        .observing_delay(metrics.event_delay.clone());
+    let routes = Routes::new(lanes, table.routes.iter().map(|r| r.when.clone()).collect());
     Ok(Pipeline {
         table: table.name().to_owned(),
         leases: crate::startup::lease_table(config, aws, stream_arn.clone()),
         stream_arn,
         worker_id: config.worker_id.clone(),
         streams,
-        publisher: live,
+        routes,
         dlq,
-        settings,
-        filter: table.filter.clone(),
         metrics,
         fence: Arc::new(Fence::new(config.lease.duration)),
         fingerprint: table.fingerprint(),
         idle_poll_interval: config.idle_poll_interval,
         checkpoint_interval: config.checkpoint_interval,
     })
+}
+
+/// ", route N (event type)" of a table of several routes; nothing for a table of one.
+fn route_name(table: &TableConfig, index: usize) -> String {
+    if table.routes.len() == 1 {
+        return String::new();
+    }
+    format!(", route {} ({})", index + 1, table.routes[index].event_type)
 }

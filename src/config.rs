@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::filter::{EventNames, Filter, TtlDeletes};
 use crate::ids::WorkerId;
 use crate::nakadi::{FailureMode, PublisherConfig, TokenSource};
+use crate::route::Condition;
 
 /// Where the stream comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,15 +54,27 @@ pub struct LeaseTiming {
     pub shard_sync_interval: Duration,
 }
 
-/// One source table and what its events are.
+/// One source table and where its records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableConfig {
     pub source: StreamSource,
+    /// A record takes the first route whose condition holds on its images. Without
+    /// `[[table.route]]` there is one route, the table's own event type, without a condition;
+    /// with routes, the table's own event type, if it names one, comes last without a condition
+    /// (the fallback), and a record no route takes is filtered.
+    pub routes: Vec<Route>,
+}
+
+/// One event type a table's records go to, and what its events are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
     pub event_type: String,
     pub data_type: String,
     pub compaction_key: bool,
     /// Which records become events, and without which attributes.
     pub filter: Filter,
+    /// None: every record (the table's own event type, or a route without `when`).
+    pub when: Option<Condition>,
 }
 
 impl TableConfig {
@@ -82,10 +95,23 @@ impl TableConfig {
     /// on it, or they would split the stream's records between two configurations.
     pub fn fingerprint(&self) -> String {
         use sha1::Digest;
-        let described = format!(
-            "{}|{}|{}|{:?}",
-            self.event_type, self.data_type, self.compaction_key, self.filter
-        );
+        // A table of one route describes itself as versions before routes did, so a rolling
+        // deploy that does not change the configuration sees one configuration.
+        let described = self
+            .routes
+            .iter()
+            .map(|r| {
+                let route = format!(
+                    "{}|{}|{}|{:?}",
+                    r.event_type, r.data_type, r.compaction_key, r.filter
+                );
+                match &r.when {
+                    Some(when) => format!("{route}|when {when:?}"),
+                    None => route,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("||");
         let digest = sha1::Sha1::digest(described.as_bytes());
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -643,27 +669,71 @@ fn table_from_env(r: &mut Reader<'_>) -> TableConfig {
         .unwrap_or_else(|| event_type.clone());
     TableConfig {
         source,
-        event_type,
-        data_type,
-        compaction_key: r.bool("RELAY_COMPACTION_KEY", false),
-        filter: Filter {
-            ttl_deletes: r.parse("RELAY_TTL_DELETES", TtlDeletes::Publish, parse_ttl_deletes),
-            event_names: r.parse("RELAY_EVENT_NAMES", EventNames::ALL, EventNames::parse),
-            drop_attributes: r
-                .get("RELAY_DROP_ATTRIBUTES")
-                .map(comma_list)
-                .unwrap_or_default(),
-        },
+        routes: vec![Route {
+            event_type,
+            data_type,
+            compaction_key: r.bool("RELAY_COMPACTION_KEY", false),
+            filter: Filter {
+                ttl_deletes: r.parse("RELAY_TTL_DELETES", TtlDeletes::Publish, parse_ttl_deletes),
+                event_names: r.parse("RELAY_EVENT_NAMES", EventNames::ALL, EventNames::parse),
+                drop_attributes: r
+                    .get("RELAY_DROP_ATTRIBUTES")
+                    .map(comma_list)
+                    .unwrap_or_default(),
+            },
+            when: None,
+        }],
     }
 }
 
-/// One `[[table]]` of RELAY_TABLES_FILE; the keys mirror the single-table variables.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[table]]` of RELAY_TABLES_FILE; the keys mirror the single-table variables. Read key by
+/// key, so that each problem names its table and route.
 struct TableEntry {
     name: Option<String>,
     stream_arn: Option<String>,
-    event_type: String,
+    event_type: Option<String>,
+    options: RouteOptions,
+    route: Vec<toml::Table>,
+}
+
+impl TableEntry {
+    fn read(mut entry: toml::Table) -> Result<TableEntry, String> {
+        let name = take_string(&mut entry, "name")?;
+        let stream_arn = take_string(&mut entry, "stream_arn")?;
+        let event_type = take_string(&mut entry, "event_type")?;
+        let route = match entry.remove("route") {
+            None => Vec::new(),
+            Some(toml::Value::Array(routes)) => routes
+                .into_iter()
+                .map(|r| match r {
+                    toml::Value::Table(r) => Ok(r),
+                    _ => Err("route must be a list of tables ([[table.route]])".to_owned()),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err("route must be a list of tables ([[table.route]])".into()),
+        };
+        Ok(TableEntry {
+            name,
+            stream_arn,
+            event_type,
+            options: RouteOptions::read(entry)?,
+            route,
+        })
+    }
+}
+
+fn take_string(entry: &mut toml::Table, key: &str) -> Result<Option<String>, String> {
+    match entry.remove(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("{key} must be a string")),
+    }
+}
+
+/// What a table, and each of its routes, may set about its events.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteOptions {
     data_type: Option<String>,
     #[serde(default)]
     compaction_key: bool,
@@ -673,10 +743,85 @@ struct TableEntry {
     drop_attributes: Vec<String>,
 }
 
+impl RouteOptions {
+    /// The options among what is left of an entry once its own keys are taken: any other key
+    /// is unknown.
+    fn read(rest: toml::Table) -> Result<RouteOptions, String> {
+        use serde::Deserialize;
+        RouteOptions::deserialize(toml::Value::Table(rest)).map_err(|e| e.message().to_owned())
+    }
+
+    /// The route of these options to `event_type`; what is wrong goes to `problems`.
+    fn route(
+        self,
+        event_type: String,
+        when: Option<Condition>,
+        problems: &mut Vec<String>,
+    ) -> Route {
+        if event_type.trim().is_empty() {
+            problems.push("event_type is empty".into());
+        }
+        let ttl_deletes = match self.ttl_deletes.as_deref().map(parse_ttl_deletes) {
+            None => TtlDeletes::Publish,
+            Some(Ok(t)) => t,
+            Some(Err(p)) => {
+                problems.push(format!("ttl_deletes {p}"));
+                TtlDeletes::Publish
+            }
+        };
+        let event_names = match self
+            .event_names
+            .map(|names| EventNames::parse(&names.join(",")))
+        {
+            None => EventNames::ALL,
+            Some(Ok(n)) => n,
+            Some(Err(p)) => {
+                problems.push(format!("event_names: {p}"));
+                EventNames::ALL
+            }
+        };
+        Route {
+            data_type: self.data_type.unwrap_or_else(|| event_type.clone()),
+            event_type,
+            compaction_key: self.compaction_key,
+            filter: Filter {
+                ttl_deletes,
+                event_names,
+                drop_attributes: self.drop_attributes,
+            },
+            when,
+        }
+    }
+}
+
+/// One `[[table.route]]`: its options, its event type and its condition; problems in words.
+fn route_entry(
+    mut entry: toml::Table,
+) -> Result<(String, Option<Condition>, RouteOptions), String> {
+    let event_type = match entry.remove("event_type") {
+        Some(toml::Value::String(s)) => s,
+        Some(_) => return Err("event_type must be a string".into()),
+        None => return Err("has no event_type".into()),
+    };
+    let when = entry
+        .remove("when")
+        .map(|w| Condition::parse(&w).map_err(|e| format!("when: {e}")))
+        .transpose()?;
+    Ok((event_type, when, RouteOptions::read(entry)?))
+}
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TablesFile {
-    table: Vec<TableEntry>,
+    table: Vec<toml::Table>,
+}
+
+/// The earlier route that takes every record `route` would: one without a condition, or one
+/// with the same condition.
+fn unreachable_after(earlier: &[Route], route: &Route) -> Option<usize> {
+    earlier
+        .iter()
+        .position(|r| r.when.is_none() || r.when == route.when)
 }
 
 /// The tables of RELAY_TABLES_FILE (TOML, `[[table]]` entries; see the README). Every problem
@@ -706,7 +851,14 @@ fn tables_from_file(r: &mut Reader<'_>, path: &std::path::Path) -> Vec<TableConf
         r.fail(VAR, format!("{} has no [[table]]", path.display()));
     }
     let mut tables: Vec<TableConfig> = Vec::new();
-    for (i, entry) in file.table.into_iter().enumerate() {
+    for (i, raw) in file.table.into_iter().enumerate() {
+        let entry = match TableEntry::read(raw) {
+            Ok(entry) => entry,
+            Err(p) => {
+                r.fail(VAR, format!("[[table]] {}: {p}", i + 1));
+                continue;
+            }
+        };
         let mut problems = Vec::new();
         let source = match (entry.name, entry.stream_arn) {
             (_, Some(arn)) => {
@@ -721,39 +873,49 @@ fn tables_from_file(r: &mut Reader<'_>, path: &std::path::Path) -> Vec<TableConf
                 StreamSource::Table(String::new())
             }
         };
-        if entry.event_type.trim().is_empty() {
-            problems.push("event_type is empty".into());
+        let mut routes = Vec::new();
+        for (k, raw) in entry.route.into_iter().enumerate() {
+            let mut route_problems = Vec::new();
+            match route_entry(raw) {
+                Ok((event_type, when, options)) => {
+                    let route = options.route(event_type, when, &mut route_problems);
+                    if let Some(earlier) = unreachable_after(&routes, &route) {
+                        route_problems.push(format!(
+                            "no record can reach it: route {} before it takes {}",
+                            earlier + 1,
+                            if routes[earlier].when.is_none() {
+                                "every record (it has no when)"
+                            } else {
+                                "the same records (the same when)"
+                            }
+                        ));
+                    }
+                    routes.push(route);
+                }
+                Err(p) => route_problems.push(p),
+            }
+            problems.extend(
+                route_problems
+                    .into_iter()
+                    .map(|p| format!("route {}: {p}", k + 1)),
+            );
         }
-        let ttl_deletes = match entry.ttl_deletes.as_deref().map(parse_ttl_deletes) {
-            None => TtlDeletes::Publish,
-            Some(Ok(t)) => t,
-            Some(Err(p)) => {
-                problems.push(format!("ttl_deletes {p}"));
-                TtlDeletes::Publish
+        match entry.event_type {
+            Some(event_type) => {
+                let fallback = entry.options.route(event_type, None, &mut problems);
+                if let Some(earlier) = unreachable_after(&routes, &fallback) {
+                    problems.push(format!(
+                        "event_type {}: no record can reach it: route {} takes every record (it has no when)",
+                        fallback.event_type,
+                        earlier + 1
+                    ));
+                }
+                routes.push(fallback);
             }
-        };
-        let event_names = match entry
-            .event_names
-            .map(|names| EventNames::parse(&names.join(",")))
-        {
-            None => EventNames::ALL,
-            Some(Ok(n)) => n,
-            Some(Err(p)) => {
-                problems.push(format!("event_names: {p}"));
-                EventNames::ALL
-            }
-        };
-        let table = TableConfig {
-            data_type: entry.data_type.unwrap_or_else(|| entry.event_type.clone()),
-            event_type: entry.event_type,
-            source,
-            compaction_key: entry.compaction_key,
-            filter: Filter {
-                ttl_deletes,
-                event_names,
-                drop_attributes: entry.drop_attributes,
-            },
-        };
+            None if routes.is_empty() => problems.push("needs event_type".into()),
+            None => {}
+        }
+        let table = TableConfig { source, routes };
         // Two entries of one stream (by name and by ARN alike) would run two lease sets over the
         // same shards and take each other's leases.
         if tables.iter().any(|t| t.name() == table.name()) {
@@ -854,10 +1016,13 @@ mod tests {
             c.tables,
             vec![TableConfig {
                 source: StreamSource::Table("orders".into()),
-                event_type: "payments.order-changed".into(),
-                data_type: "payments.order-changed".into(),
-                compaction_key: false,
-                filter: Filter::default(),
+                routes: vec![Route {
+                    event_type: "payments.order-changed".into(),
+                    data_type: "payments.order-changed".into(),
+                    compaction_key: false,
+                    filter: Filter::default(),
+                    when: None,
+                }],
             }]
         );
         assert_eq!(
@@ -949,7 +1114,9 @@ mod tests {
         v.insert("RELAY_TTL_DELETES".into(), "mark".into());
         v.insert("RELAY_EVENT_NAMES".into(), "INSERT, REMOVE".into());
         v.insert("RELAY_DROP_ATTRIBUTES".into(), " email, ,iban ".into());
-        let f = Config::from_vars(&v).unwrap().tables[0].filter.clone();
+        let f = Config::from_vars(&v).unwrap().tables[0].routes[0]
+            .filter
+            .clone();
         assert_eq!(f.ttl_deletes, TtlDeletes::Mark);
         assert_eq!(
             f.event_names,
@@ -998,11 +1165,11 @@ mod tests {
         assert!(c.tables_from_file);
         let names: Vec<&str> = c.tables.iter().map(TableConfig::name).collect();
         assert_eq!(names, ["orders", "refunds"]);
-        assert_eq!(c.tables[0].data_type, "payments:order");
-        assert!(c.tables[0].compaction_key);
-        assert_eq!(c.tables[1].data_type, "payments.refund-changed");
+        assert_eq!(c.tables[0].routes[0].data_type, "payments:order");
+        assert!(c.tables[0].routes[0].compaction_key);
+        assert_eq!(c.tables[1].routes[0].data_type, "payments.refund-changed");
         assert_eq!(
-            c.tables[1].filter,
+            c.tables[1].routes[0].filter,
             Filter {
                 ttl_deletes: TtlDeletes::Skip,
                 event_names: EventNames {
@@ -1057,6 +1224,130 @@ mod tests {
             text.contains("[[table]] 3 (): needs name or stream_arn"),
             "{text}"
         );
+    }
+
+    const SHOP: &str = r#"
+        [[table]]
+        name = "shop"
+        event_type = "shop.other-changed"
+        drop_attributes = ["note"]
+
+        [[table.route]]
+        event_type = "shop.order-changed"
+        data_type = "shop:order"
+        compaction_key = true
+        when = { attribute = "entity", equals = "order" }
+
+        [[table.route]]
+        event_type = "shop.customer-changed"
+        drop_attributes = ["email"]
+        when = { attribute = "pk", begins_with = "CUSTOMER#" }
+        "#;
+
+    #[test]
+    fn routes_keep_their_order_and_the_table_s_own_event_type_comes_last() {
+        let (_dir, v) = with_tables_file(SHOP);
+        let c = Config::from_vars(&v).unwrap();
+        let routes = &c.tables[0].routes;
+        let types: Vec<&str> = routes.iter().map(|r| r.event_type.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "shop.order-changed",
+                "shop.customer-changed",
+                "shop.other-changed"
+            ]
+        );
+        assert_eq!(routes[0].data_type, "shop:order");
+        assert!(routes[0].compaction_key);
+        assert!(routes[0].when.is_some());
+        // A route's options are its own: the table's apply to the table's own event type.
+        assert_eq!(routes[1].data_type, "shop.customer-changed");
+        assert_eq!(routes[1].filter.drop_attributes, ["email"]);
+        assert_eq!(routes[2].filter.drop_attributes, ["note"]);
+        assert!(routes[2].when.is_none());
+
+        // Without the table's own event type, what no route takes is filtered: no fallback.
+        let (_dir, v) = with_tables_file(&SHOP.replace("event_type = \"shop.other-changed\"", ""));
+        let c = Config::from_vars(&v).unwrap();
+        assert_eq!(c.tables[0].routes.len(), 2);
+        assert!(c.tables[0].routes.iter().all(|r| r.when.is_some()));
+    }
+
+    #[test]
+    fn a_table_of_one_route_keeps_the_fingerprint_of_versions_before_routes() {
+        use sha1::Digest;
+        let c = Config::from_vars(&minimal()).unwrap();
+        let route = &c.tables[0].routes[0];
+        let before = format!(
+            "{}|{}|{}|{:?}",
+            route.event_type, route.data_type, route.compaction_key, route.filter
+        );
+        let digest = sha1::Sha1::digest(before.as_bytes());
+        let expected: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(c.tables[0].fingerprint(), expected);
+        let (_dir, v) = with_tables_file(SHOP);
+        let routed = Config::from_vars(&v).unwrap();
+        assert_ne!(routed.tables[0].fingerprint(), expected);
+    }
+
+    #[test]
+    fn route_problems_name_the_table_and_the_route() {
+        let cases = [
+            (
+                "event_type = \"x\"\n[[table.route]]\ndata_type = \"y\"",
+                "route 1: has no event_type",
+            ),
+            (
+                "event_type = \"x\"\n[[table.route]]\nevent_type = \"y\"\ntopic = \"z\"",
+                "route 1: unknown field `topic`",
+            ),
+            (
+                "[[table.route]]\nevent_type = \"a\"\n[[table.route]]\nevent_type = \"b\"\nwhen = { attribute = \"e\", exists = true }",
+                "route 2: no record can reach it: route 1 before it takes every record",
+            ),
+            (
+                "[[table.route]]\nevent_type = \"a\"\nwhen = { attribute = \"e\", exists = true }\n[[table.route]]\nevent_type = \"b\"\nwhen = { attribute = \"e\", exists = true }",
+                "route 2: no record can reach it: route 1 before it takes the same records",
+            ),
+            (
+                "event_type = \"x\"\n[[table.route]]\nevent_type = \"a\"",
+                "event_type x: no record can reach it: route 1 takes every record",
+            ),
+            ("data_type = \"x\"", "needs event_type"),
+            (
+                "[[table.route]]\nevent_type = \"a\"\nwhen = { attribute = \"e\", equals = \"x\", begins_with = \"y\" }",
+                "route 1: when: condition has two operators (equals, begins_with): give one",
+            ),
+            (
+                "[[table.route]]\nevent_type = \"a\"\nwhen = { attribute = \"e\" }",
+                "route 1: when: condition has no operator",
+            ),
+            (
+                "[[table.route]]\nevent_type = \"a\"\nwhen = { attribute = \"n\", equals_number = \"12,50\" }",
+                "route 1: when: equals_number \"12,50\" is not a decimal",
+            ),
+            (
+                "[[table.route]]\nevent_type = \"a\"\nwhen = { attribute = \"pk\", begins_with = \"\" }",
+                "route 1: when: begins_with must not be empty",
+            ),
+            (
+                "[[table.route]]\nevent_type = \"a\"\nwhen = { attribute = \"e\", any_of = [] }",
+                "route 1: when: any_of must list at least one string",
+            ),
+            (
+                "[[table.route]]\nevent_type = \"a\"\nwhen = { attribute = \"e\", equals = \"x\", regex = \"y\" }",
+                "route 1: when: unknown key \"regex\" in a condition",
+            ),
+        ];
+        for (entry, expected) in cases {
+            let (_dir, v) = with_tables_file(&format!("[[table]]\nname = \"shop\"\n{entry}\n"));
+            let text = Config::from_vars(&v).unwrap_err().to_string();
+            assert!(
+                text.contains(&format!("[[table]] 1 (shop): {expected}")),
+                "{entry}:\n{text}"
+            );
+        }
     }
 
     #[test]

@@ -94,8 +94,8 @@ pub fn pick<'a>(config: &'a Config, name: Option<&str>) -> Result<&'a TableConfi
     })
 }
 
-/// The event type of `table`'s events.
-pub fn build(table: &TableConfig, options: &Options) -> Result<EventType, Problem> {
+/// The event types of `table`'s events, one per route in route order.
+pub fn build(table: &TableConfig, options: &Options) -> Result<Vec<EventType>, Problem> {
     let key = &options.key;
     if key.is_empty() || key.len() > 2 {
         return Err(problem(
@@ -118,11 +118,16 @@ pub fn build(table: &TableConfig, options: &Options) -> Result<EventType, Proble
             ));
         }
         // Hash partitioning reads the key from `item`; a dropped key leaves nothing to hash.
-        if table.filter.drop_attributes.iter().any(|d| d == name) {
+        if let Some(route) = table
+            .routes
+            .iter()
+            .find(|r| r.filter.drop_attributes.iter().any(|d| d == name))
+        {
             return Err(problem(
                 "RELAY_DROP_ATTRIBUTES",
                 format!(
-                    "drops key attribute {name:?} of table {}, which hash partitioning needs in every event",
+                    "event type {} drops key attribute {name:?} of table {}, which hash partitioning needs in every event",
+                    route.event_type,
                     table.name()
                 ),
             ));
@@ -153,34 +158,38 @@ pub fn build(table: &TableConfig, options: &Options) -> Result<EventType, Proble
         labels.insert(k.to_owned(), Value::String(v.to_owned()));
     }
     let item_paths = |prefix: &str| key.iter().map(|k| format!("{prefix}{k}")).collect();
-    Ok(EventType {
-        name: table.event_type.clone(),
-        owning_application: options.owning_application.clone(),
-        category: "data",
-        enrichment_strategies: ["metadata_enrichment"],
-        partition_strategy: "hash",
-        // `compatible` would forbid every property the schema does not list, so a new table
-        // attribute would make Nakadi refuse the events.
-        compatibility_mode: "forward",
-        schema: Schema {
-            kind: "json_schema",
-            schema: data_schema(key).to_string(),
-        },
-        // Relative to `data` for data change events; relative to the whole event below.
-        partition_key_fields: item_paths("item."),
-        // Compaction keeps the last event per partition_compaction_key, which the relay sets
-        // only with RELAY_COMPACTION_KEY.
-        cleanup_policy: if table.compaction_key {
-            "compact"
-        } else {
-            "delete"
-        },
-        authorization,
-        labels,
-        ordering_key_fields: ["data.sequence_number"],
-        ordering_instance_ids: item_paths("data.item."),
-        audience: options.audience.clone(),
-    })
+    Ok(table
+        .routes
+        .iter()
+        .map(|route| EventType {
+            name: route.event_type.clone(),
+            owning_application: options.owning_application.clone(),
+            category: "data",
+            enrichment_strategies: ["metadata_enrichment"],
+            partition_strategy: "hash",
+            // `compatible` would forbid every property the schema does not list, so a new table
+            // attribute would make Nakadi refuse the events.
+            compatibility_mode: "forward",
+            schema: Schema {
+                kind: "json_schema",
+                schema: data_schema(key).to_string(),
+            },
+            // Relative to `data` for data change events; relative to the whole event below.
+            partition_key_fields: item_paths("item."),
+            // Compaction keeps the last event per partition_compaction_key, which the relay sets
+            // only with RELAY_COMPACTION_KEY.
+            cleanup_policy: if route.compaction_key {
+                "compact"
+            } else {
+                "delete"
+            },
+            authorization: authorization.clone(),
+            labels: labels.clone(),
+            ordering_key_fields: ["data.sequence_number"],
+            ordering_instance_ids: item_paths("data.item."),
+            audience: options.audience.clone(),
+        })
+        .collect())
 }
 
 /// The JSON Schema (draft 4, the one Nakadi reads) of an event's `data`. Open to properties it
@@ -264,7 +273,10 @@ mod tests {
     fn built(extra: &[(&str, &str)], options: &Options) -> Result<Value, Problem> {
         let config = config(extra);
         let table = pick(&config, None)?;
-        build(table, options).map(|e| serde_json::to_value(e).unwrap())
+        build(table, options).map(|types| {
+            assert_eq!(types.len(), 1, "a table without routes has one event type");
+            serde_json::to_value(&types[0]).unwrap()
+        })
     }
 
     #[test]

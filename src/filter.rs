@@ -111,17 +111,30 @@ impl Default for Filter {
 pub enum Skip {
     TtlDelete,
     EventName,
+    /// No route of its table takes it (`crate::route`).
+    NoRoute,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 2] = [Skip::TtlDelete, Skip::EventName];
+    pub const ALL: [Skip; 3] = [Skip::TtlDelete, Skip::EventName, Skip::NoRoute];
 
     pub fn label(self) -> &'static str {
         match self {
             Skip::TtlDelete => "ttl_delete",
             Skip::EventName => "event_name",
+            Skip::NoRoute => "no_route",
         }
     }
+}
+
+/// A record no route takes, skipped like a filtered one; None when its sequence number cannot
+/// be read, so that a transform dead-letters it with the precise reason.
+pub fn unrouted(raw: &str) -> Option<Filtered<'_>> {
+    let head = serde_json::from_str::<Head>(raw).ok()?;
+    Some(Filtered::Skipped {
+        sequence_number: head.dynamodb?.sequence_number?.into_owned(),
+        reason: Skip::NoRoute,
+    })
 }
 
 /// What became of one record.

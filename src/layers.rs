@@ -15,6 +15,8 @@ const LAYERS: &[&[&str]] = &[
     // Publish, dead-letter, report the done prefix: generic over where letters go, so the DLQ's
     // re-drain loop uses it too.
     &["delivery"],
+    // A table's routes: which event type each record goes to, and a publisher per route.
+    &["route"],
     &["config", "dlq"],
     &["telemetry", "lease", "event_type"],
     // One shard's loop; the HTTP endpoints.

@@ -11,15 +11,18 @@
 //!   (`coordinator::plan`, pure) which leases to take, ask for and hand over, and run the shard
 //!   workers.
 //! - [`shard`]: one shard's loop; a page's steps after GetRecords, in order:
-//!   GetRecords ([`stream::signed`]) → [`stream::page`] (the raw records) → [`filter`] →
+//!   GetRecords ([`stream::signed`]) → [`stream::page`] (the raw records) → [`route`] (which
+//!   event type each record goes to) → [`filter`] →
 //!   [`transform`] → [`delivery`] ([`nakadi`] publishes, [`dlq`] takes what finally failed) →
 //!   the checkpoint ([`lease::table`]).
 //! - [`stream`]: DynamoDB Streams calls with typed errors (GetRecords signed by the relay), raw
 //!   record pages, shard lineage.
 //! - [`lease`]: the lease table: conditional writes, fencing counter, checkpoints, heartbeats.
 //! - [`transform`]: pure; a stream record → the Nakadi event (item + JSON Patch).
-//! - `scan`: where a JSON value ends, found by SIMD scans; under both [`stream::page`] and
-//!   [`transform`].
+//! - `scan`: where a JSON value ends, found by SIMD scans; under [`stream::page`], [`transform`]
+//!   and [`route`].
+//! - [`route`]: a table's routes (single-table designs): the first route whose condition holds
+//!   on a record's images, the `D`/`C` of a record that changes route, a publisher per route.
 //! - [`filter`]: the configured filters in front of it (TTL deletions, event names, dropped
 //!   attributes).
 //! - [`ids`]: the identifiers passed between modules (shard, stream ARN, sequence number, worker).
@@ -53,6 +56,7 @@ pub mod lease;
 pub mod metrics;
 pub mod nakadi;
 pub mod retry;
+pub mod route;
 mod scan;
 pub mod shard;
 pub mod shutdown;

@@ -217,11 +217,14 @@ async fn main() -> ExitCode {
         let built = event_type::pick(&config, table.as_deref())
             .and_then(|table| event_type::build(table, &options));
         return match built {
-            Ok(definition) => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&definition).expect("the event type serializes")
-                );
+            Ok(definitions) => {
+                // A table of one route prints the one body, as before routes existed; a table
+                // of several prints a list of bodies, one per route.
+                let printed = match definitions.as_slice() {
+                    [one] => serde_json::to_string_pretty(one),
+                    all => serde_json::to_string_pretty(all),
+                };
+                println!("{}", printed.expect("the event type serializes"));
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -131,8 +131,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         events_published: counter_vec(
             "relay_events_published_total",
-            "Events of stream records whose publication ended, by outcome: delivered (Nakadi accepted it) or dead_lettered (sent to the DLQ).",
-            &["table", "outcome"],
+            "Events of stream records whose publication ended, by event type (a table's routes) and outcome: delivered (Nakadi accepted it) or dead_lettered (sent to the DLQ).",
+            &["table", "event_type", "outcome"],
         ),
         publish_duration,
         publish_retries: counter_vec(
@@ -342,8 +342,8 @@ pub const SHARD_STATES: [&str; 4] = ["owned", "unowned", "waiting_for_parent", "
 /// the configured tables (shards, which come and go, are never a label).
 pub struct TableMetrics {
     pub records_read: IntCounter,
-    pub delivered: IntCounter,
-    pub dead_lettered: IntCounter,
+    /// Per route, in route order: `relay_events_published_total` by outcome.
+    pub published: Vec<Published>,
     pub records_trimmed: IntCounter,
     pub checkpoints: IntCounter,
     pub stream_lag: Gauge,
@@ -359,9 +359,17 @@ pub struct TableMetrics {
     table: String,
 }
 
+/// One route's `relay_events_published_total`; its `event_type` label is bounded by the
+/// configured routes.
+pub struct Published {
+    pub delivered: IntCounter,
+    pub dead_lettered: IntCounter,
+}
+
 impl TableMetrics {
     /// Every series of the table starts at 0, so the first event of a kind shows in `rate()`.
-    pub fn new(table: &str) -> TableMetrics {
+    /// `event_types`: the table's routes, in order.
+    pub fn new<'a>(table: &str, event_types: impl IntoIterator<Item = &'a str>) -> TableMetrics {
         let m = &*METRICS;
         for skip in crate::filter::Skip::ALL {
             m.records_filtered.with_label_values(&[table, skip.label()]);
@@ -374,10 +382,21 @@ impl TableMetrics {
         }
         TableMetrics {
             records_read: m.records_read.with_label_values(&[table]),
-            delivered: m.events_published.with_label_values(&[table, "delivered"]),
-            dead_lettered: m
-                .events_published
-                .with_label_values(&[table, "dead_lettered"]),
+            published: event_types
+                .into_iter()
+                .map(|event_type| Published {
+                    delivered: m.events_published.with_label_values(&[
+                        table,
+                        event_type,
+                        "delivered",
+                    ]),
+                    dead_lettered: m.events_published.with_label_values(&[
+                        table,
+                        event_type,
+                        "dead_lettered",
+                    ]),
+                })
+                .collect(),
             records_trimmed: m.records_trimmed.with_label_values(&[table]),
             checkpoints: m.checkpoints.with_label_values(&[table]),
             stream_lag: m.stream_lag.with_label_values(&[table]),
@@ -525,7 +544,7 @@ mod tests {
 
     #[test]
     fn labelled_series_are_exported_before_their_first_event() {
-        let _ = TableMetrics::new("zero");
+        let _ = TableMetrics::new("zero", ["zero.changed"]);
         let text = render();
         for series in [
             "relay_aws_errors_total{kind=\"throttling\",operation=\"GetRecords\"} 0",

@@ -21,19 +21,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::delivery::{Delivery, Entry};
+use crate::delivery::{Delivery, Entry, Settled};
 use crate::dlq::{DeadLetter, DeadLetterQueue, Origin};
 use crate::fence::Fence;
-use crate::filter::{Filter, Filtered};
+use crate::filter::{self, Filtered};
 use crate::ids::{StreamArn, WorkerId};
 use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease, StreamStart};
 use crate::metrics::TableMetrics;
-use crate::nakadi::{Failure, Gate, Halt, PublishContext, Publisher};
+use crate::nakadi::{Failure, Gate, Halt, PublishContext};
 use crate::retry::Backoff;
+use crate::route::{self, Decision, Routes};
 use crate::stream::lineage::{ParentEnd, out_of_order};
 use crate::stream::page::RecordsPage;
 use crate::stream::{Position, StreamError, StreamsClient};
-use crate::transform::EventSettings;
+use crate::transform::Event;
 
 /// What every shard worker of this pod shares.
 pub struct Pipeline {
@@ -43,10 +44,9 @@ pub struct Pipeline {
     pub worker_id: WorkerId,
     pub streams: StreamsClient,
     pub leases: LeaseTable,
-    pub publisher: Publisher,
+    /// Where the table's records go: one route, or several by their images' values.
+    pub routes: Routes,
     pub dlq: DeadLetterQueue,
-    pub settings: EventSettings,
-    pub filter: Filter,
     pub metrics: TableMetrics,
     /// This pod's fence over the stream's leases, opened by the heartbeat.
     pub fence: Arc<Fence>,
@@ -369,78 +369,44 @@ impl ShardWorker {
         check_parents: bool,
     ) -> Result<Delivered, ShardExit> {
         let p = &self.pipeline;
-        let mut events = Vec::with_capacity(page.len());
-        let mut entries = Vec::with_capacity(page.len());
-        // Each entry's sequence number: an event's is taken from it only for the entry that is
-        // checkpointed.
-        enum Seq {
-            Event(usize),
-            Record(String),
-            Unknown,
-        }
-        let mut seqs = Vec::with_capacity(page.len());
         let origin = Origin::Stream {
             stream_arn: &p.stream_arn,
             shard_id: self.lease.shard_id.as_str(),
         };
-        let mut newest_ms = None;
-        let mut before_start = 0u64;
+        let mut out = Sorted::with_capacity(page.len());
         for raw in page.records() {
-            match p.filter.apply(raw, &p.settings) {
-                Filtered::Event(event) if self.skips.contains(event.sequence_number()) => {
-                    warn!(
-                        sequence_number = event.sequence_number(),
-                        eid = %event.eid,
-                        "dead-lettering the record an operator asked to skip"
-                    );
-                    seqs.push(Seq::Record(event.sequence_number().to_owned()));
-                    entries.push(Entry::Letter(Box::new(DeadLetter::from_event(
-                        origin,
-                        p.publisher.event_type(),
-                        &event,
-                        &Failure::skipped(),
-                    ))));
+            let lane = |route: usize| &p.routes.lanes[route];
+            match p.routes.decide(raw) {
+                Decision::One(route) => {
+                    let filtered = lane(route).filter.apply(raw, &lane(route).settings);
+                    self.sort(&mut out, route, filtered, origin);
                 }
-                Filtered::Event(event) if self.start.skips(event.created_at_ms) => {
-                    before_start += 1;
-                    seqs.push(Seq::Record(event.sequence_number().to_owned()));
-                    entries.push(Entry::Skipped);
+                Decision::Unrouted => {
+                    let filtered = filter::unrouted(raw)
+                        .unwrap_or_else(|| lane(0).filter.apply(raw, &lane(0).settings));
+                    self.sort(&mut out, 0, filtered, origin);
                 }
-                Filtered::Event(event) => {
-                    seqs.push(Seq::Event(events.len()));
-                    newest_ms = Some(event.created_at_ms);
-                    events.push(event);
-                    entries.push(Entry::Event);
-                }
-                Filtered::Skipped {
-                    sequence_number,
-                    reason,
-                } => {
-                    p.metrics.filtered(reason);
-                    seqs.push(Seq::Record(sequence_number));
-                    entries.push(Entry::Skipped);
-                }
-                Filtered::Failed { raw, failure } => {
-                    error!(
-                        sequence_number = failure.sequence_number.as_deref(),
-                        error = %failure.error,
-                        "stream record cannot become an event; dead-lettering it"
-                    );
-                    seqs.push(
-                        failure
-                            .sequence_number
-                            .clone()
-                            .map_or(Seq::Unknown, Seq::Record),
-                    );
-                    entries.push(Entry::Letter(Box::new(DeadLetter::malformed(
-                        origin,
-                        p.publisher.event_type(),
-                        &raw,
-                        &failure,
-                    ))));
+                Decision::Moved { from, to } => {
+                    // The old route's D first: a consumer of both types sees the entity leave
+                    // one before it arrives in the other.
+                    for (route, name) in [(from, "REMOVE"), (to, "INSERT")] {
+                        if let Some(route) = route {
+                            let record = route::moved_record(raw, name);
+                            let filtered = lane(route).filter.apply(&record, &lane(route).settings);
+                            self.sort(&mut out, route, filtered, origin);
+                        }
+                    }
                 }
             }
         }
+        let Sorted {
+            events,
+            entries,
+            routes,
+            seqs,
+            newest_ms,
+            before_start,
+        } = out;
         if before_start > 0 {
             info!(
                 records = before_start,
@@ -458,7 +424,7 @@ impl ShardWorker {
             }
         }
         let delivery = Delivery {
-            publisher: &p.publisher,
+            publisher: &p.routes,
             dlq: &p.dlq,
         };
         let ctx = PublishContext {
@@ -469,15 +435,26 @@ impl ShardWorker {
             fence: Some(&p.fence),
         };
         let letter = |event: &crate::transform::Event, failure: &crate::nakadi::Failure| {
-            DeadLetter::from_event(origin, p.publisher.event_type(), event, failure)
+            DeadLetter::from_event(
+                origin,
+                p.routes.lanes[event.route].event_type(),
+                event,
+                failure,
+            )
         };
         let report = tokio::select! {
             biased;
             _ = self.lost.cancelled() => return Err(ShardExit::LeaseLost),
             report = delivery.deliver(&events, &entries, letter, &ctx, &gate) => report,
         };
-        p.metrics.delivered.inc_by(report.delivered);
-        p.metrics.dead_lettered.inc_by(report.dead_lettered);
+        for (settled, &route) in report.entries[..report.done].iter().zip(&routes) {
+            let published = &p.metrics.published[route];
+            match settled {
+                Settled::Delivered => published.delivered.inc(),
+                Settled::DeadLettered => published.dead_lettered.inc(),
+                _ => {}
+            }
+        }
         let done = &seqs[..report.done];
         let last = done.iter().rev().find_map(|seq| match seq {
             Seq::Event(i) => Some(events[*i].sequence_number().to_owned()),
@@ -494,6 +471,71 @@ impl ShardWorker {
             halted: report.halted,
             lag_ms: newest_ms.map_or(0, |ms| now_ms() - ms),
         })
+    }
+
+    /// Files one record's outcome on `route` into the page's entries.
+    fn sort(&self, out: &mut Sorted, route: usize, filtered: Filtered<'_>, origin: Origin<'_>) {
+        let p = &self.pipeline;
+        out.routes.push(route);
+        let event_type = p.routes.lanes[route].event_type();
+        match filtered {
+            Filtered::Event(event) if self.skips.contains(event.sequence_number()) => {
+                warn!(
+                    sequence_number = event.sequence_number(),
+                    eid = %event.eid,
+                    event_type,
+                    "dead-lettering the record an operator asked to skip"
+                );
+                out.seqs
+                    .push(Seq::Record(event.sequence_number().to_owned()));
+                out.entries
+                    .push(Entry::Letter(Box::new(DeadLetter::from_event(
+                        origin,
+                        event_type,
+                        &event,
+                        &Failure::skipped(),
+                    ))));
+            }
+            Filtered::Event(event) if self.start.skips(event.created_at_ms) => {
+                out.before_start += 1;
+                out.seqs
+                    .push(Seq::Record(event.sequence_number().to_owned()));
+                out.entries.push(Entry::Skipped);
+            }
+            Filtered::Event(mut event) => {
+                event.route = route;
+                out.seqs.push(Seq::Event(out.events.len()));
+                out.newest_ms = Some(event.created_at_ms);
+                out.events.push(event);
+                out.entries.push(Entry::Event);
+            }
+            Filtered::Skipped {
+                sequence_number,
+                reason,
+            } => {
+                p.metrics.filtered(reason);
+                out.seqs.push(Seq::Record(sequence_number));
+                out.entries.push(Entry::Skipped);
+            }
+            Filtered::Failed { raw, failure } => {
+                error!(
+                    sequence_number = failure.sequence_number.as_deref(),
+                    error = %failure.error,
+                    event_type,
+                    "stream record cannot become an event; dead-lettering it"
+                );
+                out.seqs.push(
+                    failure
+                        .sequence_number
+                        .clone()
+                        .map_or(Seq::Unknown, Seq::Record),
+                );
+                out.entries
+                    .push(Entry::Letter(Box::new(DeadLetter::malformed(
+                        origin, event_type, &raw, &failure,
+                    ))));
+            }
+        }
     }
 
     /// AWS documents the order of sequence numbers within a shard only; consumers order a key's
@@ -577,6 +619,40 @@ impl ShardWorker {
             }
         }
         ShardExit::Finished
+    }
+}
+
+/// Each entry's sequence number: an event's is taken from it only for the entry that is
+/// checkpointed.
+enum Seq {
+    Event(usize),
+    Record(String),
+    Unknown,
+}
+
+/// A page's records sorted into events and entries, in page order.
+struct Sorted {
+    events: Vec<Event>,
+    entries: Vec<Entry<DeadLetter>>,
+    /// Each entry's route.
+    routes: Vec<usize>,
+    seqs: Vec<Seq>,
+    /// When the newest event was written.
+    newest_ms: Option<i64>,
+    /// Events skipped as older than the stream's start or the rewind point.
+    before_start: u64,
+}
+
+impl Sorted {
+    fn with_capacity(records: usize) -> Sorted {
+        Sorted {
+            events: Vec::with_capacity(records),
+            entries: Vec::with_capacity(records),
+            routes: Vec::with_capacity(records),
+            seqs: Vec::with_capacity(records),
+            newest_ms: None,
+            before_start: 0,
+        }
     }
 }
 

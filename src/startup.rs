@@ -132,10 +132,11 @@ pub async fn redrainer(config: &Config, aws: &AwsClients) -> Result<Redrainer, S
         })?
         .with_s3(aws.s3.clone(), config.dlq_s3_bucket.clone());
     let mut publishers = HashMap::new();
-    for table in &config.tables {
-        let mut nakadi = config.publisher(&table.event_type);
+    // Every route's letters are re-driven to the event type they name.
+    for route in config.tables.iter().flat_map(|t| &t.routes) {
+        let mut nakadi = config.publisher(&route.event_type);
         nakadi.on_failure = FailureMode::DeadLetter;
-        publishers.insert(table.event_type.clone(), publisher(nakadi)?);
+        publishers.insert(route.event_type.clone(), publisher(nakadi)?);
     }
     Ok(Redrainer {
         dlq,

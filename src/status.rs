@@ -50,8 +50,17 @@ pub struct TableStatus {
     /// Live workers reading this table's stream, this pod included.
     pub workers: usize,
     pub leases_owned: usize,
+    /// Where the table's records go, in the order they are tried.
+    pub routes: Vec<RouteStatus>,
     #[serde(skip)]
     last_round: Instant,
+}
+
+/// One route of a table: its event type and its condition in words (none: every record).
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteStatus {
+    pub event_type: String,
+    pub when: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +98,7 @@ impl StatusBoard {
                         synced: false,
                         workers: 0,
                         leases_owned: 0,
+                        routes: Vec::new(),
                         last_round: Instant::now(),
                     })
                     .collect(),
@@ -99,6 +109,10 @@ impl StatusBoard {
 
     fn with_table<T>(&self, table: usize, f: impl FnOnce(&mut TableStatus) -> T) -> T {
         f(&mut self.report.write().expect("status lock poisoned").tables[table])
+    }
+
+    pub fn set_routes(&self, table: usize, routes: Vec<RouteStatus>) {
+        self.with_table(table, |t| t.routes = routes);
     }
 
     pub fn set_synced(&self, table: usize) {

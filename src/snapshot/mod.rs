@@ -41,8 +41,9 @@ use crate::ids::{StreamArn, WorkerId};
 use crate::lease::LeaseTable;
 use crate::lease::table::LeaseError;
 use crate::metrics;
-use crate::nakadi::{Failure, Gate, Publisher, Publishing};
+use crate::nakadi::{Failure, Gate, Publishing};
 use crate::retry::Backoff;
+use crate::route::{Lane, Routes};
 use crate::startup::{AwsClients, StartupError, redrainer, startup};
 use crate::transform::{Event, EventSettings, TransformFailure, snapshot_event};
 
@@ -75,12 +76,12 @@ pub struct Snapshot {
     table_arn: String,
     /// Key attribute names, hash then range: the eid is made of their values.
     key_attributes: Vec<String>,
-    /// RELAY_DROP_ATTRIBUTES: removed from every item before its event is built, as the live
+    /// The table's routes, each with the re-drain loop's publisher of its event type. An item
+    /// takes the first route whose condition holds on it, as a live INSERT would; each route's
+    /// dropped attributes are removed from the item before its event is built, as the live
     /// stream removes them from its images.
-    drop_attributes: Vec<String>,
-    settings: EventSettings,
+    routes: Routes,
     progress: ProgressStore,
-    publisher: Publisher,
     dlq: DeadLetterQueue,
     limiter: CapacityLimiter,
     /// Read capacity units per second.
@@ -187,14 +188,19 @@ impl Snapshot {
             .iter()
             .map(|k| k.attribute_name().to_owned())
             .collect();
-        if let Some(key) = key_attributes
-            .iter()
-            .find(|k| source.filter.drop_attributes.contains(k))
-        {
-            return Err(startup(
-                "RELAY_DROP_ATTRIBUTES",
-                format!("drops the key attribute {key:?}, which the snapshot's eids are made of"),
-            ));
+        for route in &source.routes {
+            if let Some(key) = key_attributes
+                .iter()
+                .find(|k| route.filter.drop_attributes.contains(k))
+            {
+                return Err(startup(
+                    "RELAY_DROP_ATTRIBUTES",
+                    format!(
+                        "event type {} drops the key attribute {key:?}, which the snapshot's eids are made of",
+                        route.event_type
+                    ),
+                ));
+            }
         }
         let rate = match config.snapshot.read_capacity {
             ReadCapacity::UnitsPerSecond(units) => units,
@@ -229,22 +235,32 @@ impl Snapshot {
         // The re-drain loop's publisher: dead-letter mode whatever RELAY_ON_PUBLISH_FAILURE says,
         // since S events carry no order that blocking could keep.
         let mut parts = redrainer(config, aws).await?;
-        let publisher = parts
-            .publishers
-            .remove(&source.event_type)
-            .expect("the re-drain loop has a publisher for every table's event type");
+        let lanes = source
+            .routes
+            .iter()
+            .map(|route| Lane {
+                publisher: parts
+                    .publishers
+                    .remove(&route.event_type)
+                    .expect("the re-drain loop has a publisher for every route's event type"),
+                settings: EventSettings {
+                    data_type: route.data_type.clone(),
+                    compaction_key: route.compaction_key.then(|| key_attributes.clone()),
+                },
+                filter: route.filter.clone(),
+            })
+            .collect();
+        let routes = Routes::new(
+            lanes,
+            source.routes.iter().map(|r| r.when.clone()).collect(),
+        );
         Ok(Snapshot {
             dynamodb: aws.dynamodb.clone(),
             table_arn: description.table_arn().unwrap_or_default().to_owned(),
             table,
-            settings: EventSettings {
-                data_type: source.data_type.clone(),
-                compaction_key: source.compaction_key.then(|| key_attributes.clone()),
-            },
+            routes,
             key_attributes,
-            drop_attributes: source.filter.drop_attributes.clone(),
             progress: ProgressStore::new(aws.dynamodb.clone(), config.lease_table.clone()),
-            publisher,
             dlq: parts.dlq,
             limiter: CapacityLimiter::new(rate),
             rate,
@@ -519,26 +535,31 @@ impl Snapshot {
             table_arn: &self.table_arn,
             segment,
         };
-        let event_type = self.publisher.event_type();
         let scanned_at_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let mut events = Vec::with_capacity(items.len());
         let mut entries = Vec::with_capacity(items.len());
         for item in items {
-            let image: Map<String, Value> = item
+            let mut image: Map<String, Value> = item
                 .iter()
-                .filter(|(name, _)| !self.drop_attributes.contains(name))
                 .map(|(name, value)| (name.clone(), wire(value)))
                 .collect();
             let raw = serde_json::to_string(&image).expect("a Value serializes");
+            let Some(route) = self.routes.route_image(&raw) else {
+                entries.push(Entry::Skipped);
+                continue;
+            };
+            let lane = &self.routes.lanes[route];
+            image.retain(|name, _| !lane.filter.drop_attributes.contains(name));
             match snapshot_event(
                 &self.table,
                 image,
                 &self.key_attributes,
                 scanned_at_ms,
-                &self.settings,
+                &lane.settings,
                 &source,
             ) {
-                Ok(event) => {
+                Ok(mut event) => {
+                    event.route = route;
                     events.push(event);
                     entries.push(Entry::Event);
                 }
@@ -550,7 +571,10 @@ impl Snapshot {
                         error,
                     };
                     entries.push(Entry::Letter(Box::new(DeadLetter::malformed(
-                        origin, event_type, &raw, &failure,
+                        origin,
+                        lane.event_type(),
+                        &raw,
+                        &failure,
                     ))));
                 }
             }
@@ -560,11 +584,16 @@ impl Snapshot {
             fence: None,
         };
         let delivery = Delivery {
-            publisher: &self.publisher,
+            publisher: &self.routes,
             dlq: &self.dlq,
         };
         let letter = |event: &Event, failure: &Failure| {
-            DeadLetter::from_event(origin, event_type, event, failure)
+            DeadLetter::from_event(
+                origin,
+                self.routes.lanes[event.route].event_type(),
+                event,
+                failure,
+            )
         };
         let report = delivery
             .deliver(

@@ -24,12 +24,12 @@
 
 mod diff;
 mod event;
-mod number;
+pub(crate) mod number;
 mod reference;
 mod render;
 mod snapshot;
 mod timestamp;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -94,6 +94,9 @@ pub struct Event {
     event_id_len: u32,
     /// `ApproximateCreationDateTime` in milliseconds since the epoch (for lag).
     pub created_at_ms: i64,
+    /// Which of its table's routes the event goes to (`crate::route`); 0 for a table without
+    /// routes.
+    pub route: usize,
 }
 
 impl Event {
@@ -131,6 +134,7 @@ impl Event {
             body_len,
             event_id_len,
             created_at_ms,
+            route: 0,
         };
         debug_assert!(
             std::str::from_utf8(&event.data[body_len as usize..]).is_ok(),

@@ -1031,7 +1031,7 @@ async fn the_event_delay_counts_live_events_and_not_re_drained_ones() {
     assert_eq!(
         metric(
             &m,
-            "relay_events_published_total{outcome=\"delivered\",table=\"orders\"}"
+            "relay_events_published_total{event_type=\"payments.order-changed\",outcome=\"delivered\",table=\"orders\"}"
         ),
         4.0
     );

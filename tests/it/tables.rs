@@ -195,14 +195,14 @@ drop_attributes = ["iban"]
     assert_eq!(
         metric(
             &metrics,
-            "relay_events_published_total{outcome=\"dead_lettered\",table=\"refunds\"}"
+            "relay_events_published_total{event_type=\"payments.refund-changed\",outcome=\"dead_lettered\",table=\"refunds\"}"
         ),
         3.0
     );
     assert_eq!(
         metric(
             &metrics,
-            "relay_events_published_total{outcome=\"delivered\",table=\"orders\"}"
+            "relay_events_published_total{event_type=\"payments.order-changed\",outcome=\"delivered\",table=\"orders\"}"
         ),
         3.0
     );
@@ -466,4 +466,210 @@ fn an_event_type_that_cannot_work_exits_2_naming_the_setting() {
     let (code, _, stderr) = event_type(&["--owning-application", "a", "--key", "pk"], &wrong);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("  RELAY_COMPACTION_KEY: "), "{stderr}");
+}
+
+const SHOP_ROUTES: &str = r#"
+[[table]]
+name = "shop"
+
+[[table.route]]
+event_type = "shop.order-changed"
+data_type = "shop:order"
+when = { attribute = "entity", equals = "order" }
+
+[[table.route]]
+event_type = "shop.customer-changed"
+drop_attributes = ["email"]
+when = { attribute = "entity", equals = "customer" }
+
+[[table.route]]
+event_type = "shop.audit-changed"
+when = { all = [{ attribute = "pk", begins_with = "AUDIT#" }, { not = { attribute = "entity", exists = true } }] }
+"#;
+
+/// Issue #25, a single-table design end to end: every record arrives at exactly the event type
+/// its route names, an item whose `entity` changes from order to customer gives a `D` on the
+/// order type and a `C` on the customer type with the record's eid, a record no route takes is
+/// counted as filtered, each event type keeps per-key order, `/status` lists the routes, and
+/// `event-type` prints one definition per route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_send_each_entity_to_its_own_event_type() {
+    let test = "tables_routes";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    let _shop = moto.create_table("shop").await;
+    let dlq = moto.create_queue("relay-dlq", &[]).await;
+    let env = tables_env(test, &moto, &nakadi, &dlq, SHOP_ROUTES);
+    let relay = Relay::start(test, "relay-1", &env);
+    relay.wait_ready().await;
+
+    let ddb = moto.dynamodb().await;
+    let writes: &[&[(&str, &str)]] = &[
+        &[("pk", "ORDER#1"), ("entity", "order"), ("v", "1")],
+        &[
+            ("pk", "CUSTOMER#1"),
+            ("entity", "customer"),
+            ("email", "a@example.org"),
+        ],
+        &[("pk", "NOTE#1"), ("entity", "note")],
+        &[("pk", "ORDER#1"), ("entity", "order"), ("v", "2")],
+        &[("pk", "ORDER#2"), ("entity", "order"), ("v", "1")],
+        &[("pk", "AUDIT#1"), ("v", "1")],
+        &[("pk", "ORDER#2"), ("entity", "customer"), ("v", "2")],
+    ];
+    for item in writes {
+        put(&ddb, "shop", item).await;
+    }
+    ddb.delete_item()
+        .table_name("shop")
+        .key("pk", AttributeValue::S("CUSTOMER#1".into()))
+        .send()
+        .await
+        .unwrap();
+
+    // (pk, data_op) per event type, in arrival order.
+    let ops = |events: &[Value]| -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e["data"]["item"]["pk"].as_str().unwrap().to_owned(),
+                    e["data_op"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let expected_orders = [
+        ("ORDER#1", "C"),
+        ("ORDER#1", "U"),
+        ("ORDER#2", "C"),
+        ("ORDER#2", "D"),
+    ];
+    let expected_customers = [("CUSTOMER#1", "C"), ("ORDER#2", "C"), ("CUSTOMER#1", "D")];
+    let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    let (orders, customers, audits) =
+        wait_for("every routed event", Duration::from_secs(60), || async {
+            let orders = events_of(&nakadi, "shop.order-changed").await;
+            let customers = events_of(&nakadi, "shop.customer-changed").await;
+            let audits = events_of(&nakadi, "shop.audit-changed").await;
+            (orders.len() >= 4 && customers.len() >= 3 && !audits.is_empty())
+                .then_some((orders, customers, audits))
+        })
+        .await;
+    assert_eq!(ops(&orders), owned(&expected_orders));
+    assert_eq!(ops(&customers), owned(&expected_customers));
+    assert_eq!(ops(&audits), owned(&[("AUDIT#1", "C")]));
+    assert_eq!(
+        nakadi.events().await.len(),
+        8,
+        "an event went to two types or none"
+    );
+    // Each route's options: the order type's data_type, the customer type without email.
+    assert!(orders.iter().all(|e| e["data_type"] == "shop:order"));
+    assert!(
+        customers
+            .iter()
+            .all(|e| e["data"]["item"].get("email").is_none())
+    );
+    // The move: the D of the old image on the order type, the C of the new image on the
+    // customer type, both with the record's eid.
+    assert_eq!(orders[3]["data"]["item"]["entity"], "order");
+    assert_eq!(customers[1]["data"]["item"]["entity"], "customer");
+    assert_eq!(
+        orders[3]["metadata"]["eid"],
+        customers[1]["metadata"]["eid"]
+    );
+
+    let metrics = wait_for("the metrics", Duration::from_secs(10), || async {
+        relay.get("/metrics").await.map(|(_, m)| m)
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "relay_records_filtered_total{reason=\"no_route\",table=\"shop\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "relay_events_published_total{event_type=\"shop.order-changed\",outcome=\"delivered\",table=\"shop\"}"
+        ),
+        4.0
+    );
+    let (_, status) = relay.get("/status").await.unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let routes: Vec<&str> = status["tables"][0]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "shop.order-changed",
+            "shop.customer-changed",
+            "shop.audit-changed"
+        ]
+    );
+
+    let (code, out, err) = run_binary(
+        &["event-type", "--owning-application", "shop", "--key", "pk"],
+        &env,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let types: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = types
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, routes);
+}
+
+/// Issue #25's bad input, through the binary: a tables file with a bad route exits 2 naming the
+/// table, the route's number and the problem, before anything starts; a route that drops a key
+/// attribute its compaction key needs is refused at start, once the key schema is known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_routes_exit_2_naming_the_table_and_the_route() {
+    let test = "tables_bad_routes";
+    let moto = Moto::start(test).await;
+    let nakadi = Nakadi::start(test, &[]);
+    let _shop = moto.create_table("shop").await;
+    let dlq = moto.create_queue("relay-dlq", &[]).await;
+    let two_operators = SHOP_ROUTES.replace(
+        r#"when = { attribute = "entity", equals = "customer" }"#,
+        r#"when = { attribute = "entity", equals = "customer", begins_with = "c" }"#,
+    );
+    let env = tables_env(test, &moto, &nakadi, &dlq, &two_operators);
+    let (code, _, err) = run_binary(&["run"], &env);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "[[table]] 1 (shop): route 2: when: condition has two operators (equals, begins_with): give one"
+        ),
+        "{err}"
+    );
+
+    let drops_key = SHOP_ROUTES.replace(
+        r#"data_type = "shop:order""#,
+        "data_type = \"shop:order\"\ncompaction_key = true\ndrop_attributes = [\"pk\"]",
+    );
+    let env = tables_env(test, &moto, &nakadi, &dlq, &drops_key);
+    let (code, _, err) = run_binary(&["run"], &env);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "table shop, route 1 (shop.order-changed) drops the key attribute \"pk\", which the compaction key needs"
+        ),
+        "{err}"
+    );
 }
