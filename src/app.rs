@@ -24,7 +24,9 @@ use crate::lease::{LeaseError, LeaseTable};
 use crate::metrics::TableMetrics;
 use crate::retry::Backoff;
 use crate::shard::Pipeline;
-use crate::startup::{AwsClients, StartupError, publisher, redrainer, startup, transient};
+use crate::startup::{
+    AwsClients, StartupError, latest_stream, publisher, redrainer, startup, transient,
+};
 use crate::status::StatusBoard;
 use crate::stream::{StreamError, StreamsClient};
 use crate::transform::EventSettings;
@@ -209,15 +211,8 @@ async fn pipeline(
             _ => startup(source_var, message),
         }
     })?;
-    if info.view_type.as_deref() != Some("NEW_AND_OLD_IMAGES") {
-        return Err(startup(
-            source_var,
-            format!(
-                "stream {stream_arn} has view type {}, but the relay needs NEW_AND_OLD_IMAGES to build the item and its patch",
-                info.view_type.as_deref().unwrap_or("(none)")
-            ),
-        ));
-    }
+    info.check_view_type()
+        .map_err(|e| startup(source_var, format!("stream {stream_arn} {e}")))?;
     let settings = EventSettings {
         data_type: table.data_type.clone(),
         compaction_key: table.compaction_key.then(|| info.key_attributes.clone()),
@@ -266,40 +261,4 @@ async fn pipeline(
         idle_poll_interval: config.idle_poll_interval,
         checkpoint_interval: config.checkpoint_interval,
     })
-}
-
-async fn latest_stream(
-    dynamodb: &aws_sdk_dynamodb::Client,
-    table: &str,
-    variable: &'static str,
-) -> Result<String, StartupError> {
-    let out = dynamodb
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .map_err(|e| {
-            let message = format!(
-                "table {table}: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-            );
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_exception())
-            {
-                startup(variable, message)
-            } else {
-                transient(variable, message)
-            }
-        })?;
-    out.table()
-        .and_then(|t| t.latest_stream_arn())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            startup(
-                variable,
-                format!(
-                    "table {table} has no stream; enable one with view type NEW_AND_OLD_IMAGES"
-                ),
-            )
-        })
 }
