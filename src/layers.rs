@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     // One shard's loop; the HTTP endpoints.
     &["shard", "http"],
     &["coordinator", "startup"],
-    &["snapshot"],
+    &["snapshot", "check"],
     &["app"],
 ];
 

@@ -31,12 +31,15 @@
 //!   from the configuration alone.
 //! - [`snapshot`]: the `snapshot` subcommand: a parallel, rate-limited, resumable Scan that
 //!   publishes the table's current state as `data_op: "S"` events.
+//! - [`check`]: the `check` subcommand: the configuration tried against every outside system,
+//!   each check bounded in time, nothing written.
 //! - [`http`], [`status`], [`metrics`]: probes, `/status`, Prometheus metrics.
 //! - [`retry`]: backoff with full jitter; [`shutdown`]: signals; [`telemetry`]: logs.
 //! - [`aws_requests`]: the interceptor counting every AWS request attempt by operation.
 
 pub mod app;
 pub mod aws_requests;
+pub mod check;
 pub mod config;
 pub mod coordinator;
 pub mod delivery;
