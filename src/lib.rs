@@ -5,8 +5,8 @@
 //! The map (docs/DESIGN.md tells the design in full):
 //! - [`config`]: the `RELAY_*` variables, all checked at start, every problem reported at once.
 //! - [`app`]: builds the parts, checks the outside systems, owns the shutdown order.
-//! - [`startup`]: the AWS clients and the re-drain loop's parts that `app` and [`snapshot`] both
-//!   build, and the start-up error that names the wrong setting.
+//! - [`startup`]: the AWS clients, the re-drain loop's parts and the stream lookup that `app`,
+//!   [`snapshot`] and [`check`] share, and the start-up error that names the wrong setting.
 //! - [`coordinator`]: per stream, the heartbeat task and the rounds that sync shards, plan
 //!   (`coordinator::plan`, pure) which leases to take, ask for and hand over, and run the shard
 //!   workers.

@@ -1,6 +1,7 @@
-//! What both the relay and the `snapshot` command build at start, and how a start fails: the
-//! AWS clients, the re-drain loop's publishers and queue, and [`StartupError`], which names the
-//! setting behind a problem so that `main` exits with code 2 and a message an operator can act on.
+//! What the relay and the `snapshot` and `check` commands build or look up at start, and how a
+//! start fails: the AWS clients, the re-drain loop's publishers and queue, a table's latest
+//! stream, and [`StartupError`], which names the setting behind a problem so that `main` exits
+//! with code 2 and a message an operator can act on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
