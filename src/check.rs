@@ -34,7 +34,8 @@ use crate::transform::MAX_EVENT_BYTES;
 /// chain; short enough that an operator waiting at a terminal sees a verdict.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A key no lease has: the relay's keys all start with a stream ARN.
+/// The write probe's key: none of the relay's items has it (their keys start with a stream ARN
+/// or `snapshot|`), so even a table that ignored the probe's condition would touch no lease.
 const PROBE_KEY: &str = "dynamodb-nakadi-relay check: never written";
 
 /// SQS's default MessageRetentionPeriod, in seconds, where a queue does not say.
@@ -254,12 +255,12 @@ async fn source(
     let arn = match &table.source {
         // The relay calls no DescribeTable then, and its role may not allow it.
         StreamSource::Arn(arn) => Some(arn.clone()),
-        StreamSource::Table(table) => {
-            let (found, arn) = match bounded(latest_stream(&aws.dynamodb, table, variable)).await {
+        StreamSource::Table(_) => {
+            let (found, arn) = match bounded(latest_stream(&aws.dynamodb, name, variable)).await {
                 Ok(Ok(arn)) => (passed(format!("latest stream {arn}")), Some(arn)),
                 Ok(Err(e)) => (failed(e.to_string()), None),
                 Err(e) => (
-                    failed(format!("{variable}: DescribeTable {table}: {e}")),
+                    failed(format!("{variable}: DescribeTable {name}: {e}")),
                     None,
                 ),
             };
@@ -320,6 +321,14 @@ async fn lease_table(config: &Config, aws: &AwsClients) -> Vec<Line> {
             line("lease_write", table, write),
         ]
     };
+    let undescribed = |why: String| {
+        let unknown = "the table could not be described";
+        lines(
+            failed(format!("RELAY_LEASE_TABLE: DescribeTable: {why}")),
+            not_verifiable(unknown),
+            not_verifiable(unknown),
+        )
+    };
     let described = bounded(aws.dynamodb.describe_table().table_name(table).send()).await;
     let description = match described {
         Ok(Ok(out)) => out
@@ -331,7 +340,7 @@ async fn lease_table(config: &Config, aws: &AwsClients) -> Vec<Line> {
                     passed(
                         "does not exist yet: the relay creates it at start (RELAY_CREATE_LEASE_TABLE=true)",
                     ),
-                    passed(format!("the relay creates it with the hash key {KEY} (S)")),
+                    passed(format!("the relay creates it with {}", lease_key())),
                     not_verifiable(
                         "the table does not exist yet, and check creates nothing: CreateTable and the writes are proved when the relay starts",
                     ),
@@ -345,23 +354,8 @@ async fn lease_table(config: &Config, aws: &AwsClients) -> Vec<Line> {
                 )
             };
         }
-        Ok(Err(e)) => {
-            return lines(
-                failed(format!(
-                    "RELAY_LEASE_TABLE: DescribeTable: {}",
-                    aws_error(&e)
-                )),
-                not_verifiable("the table could not be described"),
-                not_verifiable("the table could not be described"),
-            );
-        }
-        Err(e) => {
-            return lines(
-                failed(format!("RELAY_LEASE_TABLE: DescribeTable: {e}")),
-                not_verifiable("the table could not be described"),
-                not_verifiable("the table could not be described"),
-            );
-        }
+        Ok(Err(e)) => return undescribed(aws_error(&e)),
+        Err(e) => return undescribed(e.to_string()),
     };
     let status = description
         .table_status()
@@ -375,6 +369,15 @@ async fn lease_table(config: &Config, aws: &AwsClients) -> Vec<Line> {
     lines(passed(format!("exists, {status}")), key, write)
 }
 
+/// The key the relay's leases are written under, in words.
+fn lease_key() -> String {
+    let (definition, _) = key_schema();
+    format!(
+        "the hash key {KEY} ({})",
+        definition.attribute_type().as_str()
+    )
+}
+
 /// Whether the table is keyed as the relay writes its leases.
 fn lease_key_schema(table: &TableDescription) -> Finding {
     let (definition, key) = key_schema();
@@ -385,10 +388,7 @@ fn lease_key_schema(table: &TableDescription) -> Finding {
             .find(|d| d.attribute_name() == name)
             .map(|d| d.attribute_type().clone())
     };
-    let wanted = format!(
-        "the hash key {KEY} ({})",
-        definition.attribute_type().as_str()
-    );
+    let wanted = lease_key();
     if table.key_schema() == [key] && type_of(KEY).as_ref() == Some(definition.attribute_type()) {
         return passed(wanted);
     }
