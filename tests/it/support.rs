@@ -290,19 +290,7 @@ impl Moto {
                 &[("MessageRetentionPeriod", FOURTEEN_DAYS)],
             )
             .await;
-        let arn = self
-            .sqs()
-            .await
-            .get_queue_attributes()
-            .queue_url(&parking)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .expect("reading the parking queue's ARN")
-            .attributes()
-            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
-            .expect("the parking queue has an ARN")
-            .clone();
+        let arn = self.queue_arn(&parking).await;
         let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": "10"});
         self.create_queue(
             name,
@@ -312,6 +300,23 @@ impl Moto {
             ],
         )
         .await
+    }
+
+    /// The queue's ARN, as a redrive policy names it.
+    pub async fn queue_arn(&self, url: &str) -> String {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        self.sqs()
+            .await
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .unwrap()
     }
 
     pub async fn create_queue(&self, name: &str, attributes: &[(&str, &str)]) -> String {
