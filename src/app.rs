@@ -218,15 +218,8 @@ async fn pipeline(
             _ => startup(source_var, message),
         }
     })?;
-    if info.view_type.as_deref() != Some("NEW_AND_OLD_IMAGES") {
-        return Err(startup(
-            source_var,
-            format!(
-                "stream {stream_arn} has view type {}, but the relay needs NEW_AND_OLD_IMAGES to build the item and its patch",
-                info.view_type.as_deref().unwrap_or("(none)")
-            ),
-        ));
-    }
+    info.check_view_type()
+        .map_err(|e| startup(source_var, format!("stream {stream_arn} {e}")))?;
     let metrics = TableMetrics::new(
         table.name(),
         table.routes.iter().map(|r| r.event_type.as_str()),

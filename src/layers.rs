@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     // One shard's loop; the HTTP endpoints.
     &["shard", "http"],
     &["coordinator", "startup"],
-    &["snapshot", "admin"],
+    &["snapshot", "admin", "check"],
     &["app"],
 ];
 

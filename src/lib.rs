@@ -5,8 +5,8 @@
 //! The map (docs/DESIGN.md tells the design in full):
 //! - [`config`]: the `RELAY_*` variables, all checked at start, every problem reported at once.
 //! - [`app`]: builds the parts, checks the outside systems, owns the shutdown order.
-//! - [`startup`]: the AWS clients and the re-drain loop's parts that `app` and [`snapshot`] both
-//!   build, and the start-up error that names the wrong setting.
+//! - [`startup`]: the AWS clients, the re-drain loop's parts and the stream lookup that `app`,
+//!   [`snapshot`] and [`check`] share, and the start-up error that names the wrong setting.
 //! - [`coordinator`]: per stream, the heartbeat task and the rounds that sync shards, plan
 //!   (`coordinator::plan`, pure) which leases to take, ask for and hand over, and run the shard
 //!   workers.
@@ -36,6 +36,8 @@
 //!   through the lease protocol and leave an audit trail on them.
 //! - [`snapshot`]: the `snapshot` subcommand: a parallel, rate-limited, resumable Scan that
 //!   publishes the table's current state as `data_op: "S"` events.
+//! - [`check`]: the `check` subcommand: the configuration tried against every outside system,
+//!   each check bounded in time, nothing written.
 //! - [`http`], [`status`], [`metrics`]: probes, `/status`, Prometheus metrics.
 //! - [`retry`]: backoff with full jitter; [`shutdown`]: signals; [`telemetry`]: logs.
 //! - [`aws_requests`]: the interceptor counting every AWS request attempt by operation.
@@ -43,6 +45,7 @@
 pub mod admin;
 pub mod app;
 pub mod aws_requests;
+pub mod check;
 pub mod config;
 pub mod coordinator;
 pub mod delivery;

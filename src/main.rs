@@ -8,7 +8,7 @@ use dynamodb_nakadi_relay::config::Config;
 use dynamodb_nakadi_relay::ids::ShardId;
 use dynamodb_nakadi_relay::snapshot::Snapshot;
 use dynamodb_nakadi_relay::startup::{self, AwsClients};
-use dynamodb_nakadi_relay::{admin, event_type};
+use dynamodb_nakadi_relay::{admin, check, event_type};
 use dynamodb_nakadi_relay::{shutdown, telemetry};
 
 /// Relays every change of a DynamoDB table from its stream to Nakadi. Configured with RELAY_*
@@ -40,6 +40,17 @@ enum Command {
         /// The table to snapshot, by name; needed when RELAY_TABLES_FILE names several.
         #[arg(long)]
         table: Option<String>,
+    },
+    /// Check the configuration against every outside system (the table's stream, the lease
+    /// table, the DLQ, the Nakadi token and event type), one line per check; writes nothing.
+    /// Exit 0 when no check failed, 1 when one did.
+    Check {
+        /// The table to check, by name; without it every configured table is checked.
+        #[arg(long)]
+        table: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     #[command(flatten)]
     Admin(AdminCommand),
@@ -233,6 +244,9 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Check { table, json }) = cli.command {
+        return check(&config, table.as_deref(), json).await;
+    }
     telemetry::init(config.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Admin(command) => admin(&config, command).await,
@@ -293,6 +307,34 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::EventType { .. } => unreachable!("printed above, before logging starts"),
+        Command::EventType { .. } | Command::Check { .. } => {
+            unreachable!("handled above, before logging starts")
+        }
+    }
+}
+
+/// `check`: its report is the output, so nothing is logged beside it.
+async fn check(config: &Config, table: Option<&str>, json: bool) -> ExitCode {
+    let tables = match check::tables(config, table) {
+        Ok(tables) => tables,
+        Err(e) => {
+            eprintln!("cannot check: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let aws = AwsClients::from_env(config.lease.call_timeout).await;
+    let report = check::run(config, &tables, &aws).await;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.json()).expect("the report serializes")
+        );
+    } else {
+        print!("{report}");
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

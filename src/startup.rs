@@ -1,6 +1,7 @@
-//! What both the relay and the `snapshot` command build at start, and how a start fails: the
-//! AWS clients, the re-drain loop's publishers and queue, and [`StartupError`], which names the
-//! setting behind a problem so that `main` exits with code 2 and a message an operator can act on.
+//! What the relay and the `snapshot` and `check` commands build or look up at start, and how a
+//! start fails: the AWS clients, the re-drain loop's publishers and queue, a table's latest
+//! stream, and [`StartupError`], which names the setting behind a problem so that `main` exits
+//! with code 2 and a message an operator can act on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,13 +9,16 @@ use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
 use crate::aws_requests::CountRequests;
 use crate::config::{Config, StreamSource, TableConfig};
 use crate::dlq::{DeadLetterQueue, DlqError, Redrainer};
 use crate::ids::StreamArn;
 use crate::lease::LeaseTable;
-use crate::nakadi::{FailureMode, NakadiError, Publisher, PublisherConfig, TokenSource};
+use crate::nakadi::{
+    FailureMode, NakadiError, Publisher, PublisherConfig, TokenSource, error_chain,
+};
 use crate::stream::signed::RecordsReader;
 
 /// A start-up failure, naming the setting that is wrong.
@@ -149,14 +153,69 @@ pub async fn redrainer(config: &Config, aws: &AwsClients) -> Result<Redrainer, S
 
 /// The publisher, with a start-up error naming the setting behind the problem.
 pub(crate) fn publisher(config: PublisherConfig) -> Result<Publisher, StartupError> {
-    let token_variable = match config.token {
+    let token = config.token.clone();
+    Publisher::new(config).map_err(|e| nakadi_problem(&token, e))
+}
+
+/// Why a Nakadi client cannot be built, naming the setting: the URL, or where the token is read.
+pub(crate) fn nakadi_problem(token: &TokenSource, e: NakadiError) -> StartupError {
+    let token_variable = match token {
         TokenSource::CredentialsDir { .. } => "RELAY_NAKADI_TOKEN_NAME",
         _ => "RELAY_NAKADI_TOKEN_FILE",
     };
-    Publisher::new(config).map_err(|e| match e {
+    match e {
         NakadiError::InvalidUrl { .. } | NakadiError::Client(_) => startup("RELAY_NAKADI_URL", e),
         _ => startup(token_variable, e),
-    })
+    }
+}
+
+/// The latest stream of `table`, which the relay reads when a table is configured by name: a
+/// missing table or stream is an error naming `variable`; other faults may pass.
+pub(crate) async fn latest_stream(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    variable: &'static str,
+) -> Result<String, StartupError> {
+    let out = dynamodb
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| {
+            let message = format!("table {table}: {}", aws_error(&e));
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception())
+            {
+                startup(variable, message)
+            } else {
+                transient(variable, message)
+            }
+        })?;
+    out.table()
+        .and_then(|t| t.latest_stream_arn())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            startup(
+                variable,
+                format!(
+                    "table {table} has no stream; enable one with view type NEW_AND_OLD_IMAGES"
+                ),
+            )
+        })
+}
+
+/// An AWS error on one line: the service's code and message when it answered, else the whole
+/// chain of what failed on the way (connection, credentials, timeout).
+pub(crate) fn aws_error<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => error_chain(e),
+    }
 }
 
 /// The lease table of one stream, as the relay's pods use it.
@@ -180,40 +239,4 @@ pub async fn stream_arn(
         StreamSource::Arn(arn) => arn.clone(),
         StreamSource::Table(name) => latest_stream(&aws.dynamodb, name, variable).await?,
     }))
-}
-
-async fn latest_stream(
-    dynamodb: &aws_sdk_dynamodb::Client,
-    table: &str,
-    variable: &'static str,
-) -> Result<String, StartupError> {
-    let out = dynamodb
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .map_err(|e| {
-            let message = format!(
-                "table {table}: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-            );
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_exception())
-            {
-                startup(variable, message)
-            } else {
-                transient(variable, message)
-            }
-        })?;
-    out.table()
-        .and_then(|t| t.latest_stream_arn())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            startup(
-                variable,
-                format!(
-                    "table {table} has no stream; enable one with view type NEW_AND_OLD_IMAGES"
-                ),
-            )
-        })
 }

@@ -558,13 +558,37 @@ fn count(
 }
 
 /// The `deadLetterTargetArn` of a queue's `RedrivePolicy` attribute (a JSON document).
-fn dead_letter_target(policy: &str) -> Option<String> {
+pub(crate) fn dead_letter_target(policy: &str) -> Option<String> {
     let policy: serde_json::Value = serde_json::from_str(policy).ok()?;
     policy
         .get("deadLetterTargetArn")?
         .as_str()
         .filter(|arn| !arn.is_empty())
         .map(str::to_owned)
+}
+
+/// The URL of the queue `arn` names, found with GetQueueUrl by the name and owner in the ARN:
+/// how the parking queue is found from the DLQ's redrive policy.
+pub(crate) async fn queue_url(client: &aws_sdk_sqs::Client, arn: &str) -> Result<String, String> {
+    // arn:<partition>:sqs:<region>:<account>:<name>
+    let parts: Vec<&str> = arn.split(':').collect();
+    let [_, _, "sqs", _, account, name] = parts[..] else {
+        return Err("the redrive policy's deadLetterTargetArn is no SQS queue ARN".into());
+    };
+    let out = client
+        .get_queue_url()
+        .queue_name(name)
+        .queue_owner_aws_account_id(account)
+        .send()
+        .await
+        .map_err(|e| {
+            metrics::aws_error("GetQueueUrl", "other");
+            DisplayErrorContext(&e).to_string()
+        })?;
+    Ok(out
+        .queue_url()
+        .ok_or("GetQueueUrl answered without a URL")?
+        .to_owned())
 }
 
 /// The parking queue as the re-drain loop last found it: the target of the DLQ's redrive
@@ -603,28 +627,7 @@ impl Parking {
         let url = match &self.url {
             Some(url) => url.clone(),
             None => {
-                // arn:<partition>:sqs:<region>:<account>:<name>
-                let parts: Vec<&str> = self.arn.split(':').collect();
-                let [_, _, "sqs", _, account, name] = parts[..] else {
-                    return Err(
-                        "the redrive policy's deadLetterTargetArn is no SQS queue ARN".into(),
-                    );
-                };
-                let out = dlq
-                    .client()
-                    .get_queue_url()
-                    .queue_name(name)
-                    .queue_owner_aws_account_id(account)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        metrics::aws_error("GetQueueUrl", "other");
-                        DisplayErrorContext(&e).to_string()
-                    })?;
-                let url = out
-                    .queue_url()
-                    .ok_or("GetQueueUrl answered without a URL")?
-                    .to_owned();
+                let url = queue_url(dlq.client(), &self.arn).await?;
                 self.url = Some(url.clone());
                 url
             }

@@ -5,6 +5,7 @@
 //! Library's pointer to it ([`S3Pointer`]); without a bucket it fails with
 //! [`DlqError::TooLarge`] and the shard waits.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -217,7 +218,7 @@ impl DeadLetterQueue {
         letter: &DeadLetter,
         max_bytes: usize,
     ) -> Result<(SendMessageBatchRequestEntry, usize), DlqError> {
-        let limit = max_bytes.saturating_sub(ATTRIBUTE_ROOM);
+        let limit = body_limit(max_bytes);
         let (mut entry, _) = with_attributes(letter);
         let body = if letter.body.len() <= limit {
             letter.body.clone()
@@ -382,10 +383,36 @@ fn with_attributes(letter: &DeadLetter) -> (SendMessageBatchRequestEntryBuilder,
 
 /// The queue's MaximumMessageSize (SQS's default when it does not say).
 async fn read_max_bytes(client: &Client, url: &str) -> Result<usize, DlqError> {
+    queue_attributes(client, url, &[QueueAttributeName::MaximumMessageSize])
+        .await
+        .map(|attributes| max_bytes_of(&attributes))
+}
+
+/// The queue's MaximumMessageSize among `attributes`, SQS's default when they do not say.
+pub(crate) fn max_bytes_of(attributes: &HashMap<QueueAttributeName, String>) -> usize {
+    attributes
+        .get(&QueueAttributeName::MaximumMessageSize)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(262_144)
+}
+
+/// The largest body that goes into a queue of MaximumMessageSize `max_bytes` as it is; a larger
+/// one is gzip-compressed first.
+pub(crate) fn body_limit(max_bytes: usize) -> usize {
+    max_bytes.saturating_sub(ATTRIBUTE_ROOM)
+}
+
+/// The queue's `names` attributes; a queue that does not exist is told apart from one that
+/// cannot be reached.
+pub(crate) async fn queue_attributes(
+    client: &Client,
+    url: &str,
+    names: &[QueueAttributeName],
+) -> Result<HashMap<QueueAttributeName, String>, DlqError> {
     let out = client
         .get_queue_attributes()
         .queue_url(url)
-        .attribute_names(QueueAttributeName::MaximumMessageSize)
+        .set_attribute_names(Some(names.to_vec()))
         .send()
         .await
         .map_err(|e| {
@@ -405,9 +432,5 @@ async fn read_max_bytes(client: &Client, url: &str) -> Result<usize, DlqError> {
                 }
             }
         })?;
-    Ok(out
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(262_144))
+    Ok(out.attributes.unwrap_or_default())
 }

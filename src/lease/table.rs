@@ -103,6 +103,22 @@ const KIND_SHARD: &str = "shard";
 const KIND_WORKER: &str = "worker";
 const KIND_START: &str = "stream_start";
 
+/// The lease table's key: [`KEY`], a string, the hash key and the only key.
+pub(crate) fn key_schema() -> (AttributeDefinition, KeySchemaElement) {
+    (
+        AttributeDefinition::builder()
+            .attribute_name(KEY)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .expect("complete attribute definition"),
+        KeySchemaElement::builder()
+            .attribute_name(KEY)
+            .key_type(KeyType::Hash)
+            .build()
+            .expect("complete key schema"),
+    )
+}
+
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -231,25 +247,14 @@ impl LeaseTable {
             }
             Err(e) => return Err(LeaseError::from_sdk("DescribeTable", &self.table, e)),
         }
+        let (definition, key) = key_schema();
         let created = self
             .client
             .create_table()
             .table_name(&self.table)
             .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(KEY)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .expect("complete attribute definition"),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(KEY)
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .expect("complete key schema"),
-            )
+            .attribute_definitions(definition)
+            .key_schema(key)
             .send()
             .await;
         match created {

@@ -6,6 +6,7 @@
 //! - [`batch`]: splitting events into requests and building the (optionally gzipped) body.
 //! - [`response`]: what each of Nakadi's answers means, the failure table of DESIGN.md.
 //! - [`publisher`]: the retry loop around one request: backoff, budgets, metrics and logs.
+//! - [`registry`]: an event type's definition (`GET /event-types/{name}`), for `check`.
 //!
 //! Why each answer gets the reaction it gets: resending an item Nakadi accepted makes a
 //! duplicate, retrying a 422 for ever blocks the shard, and ignoring a 207 loses events.
@@ -22,10 +23,13 @@ use crate::fence::Fence;
 
 mod batch;
 mod publisher;
+mod registry;
 mod response;
 mod token;
 
 pub use publisher::Publisher;
+pub(crate) use publisher::error_chain;
+pub use registry::{EventTypeDefinition, Registry, RegistryError};
 
 /// Where the bearer token comes from.
 #[derive(Debug, Clone)]

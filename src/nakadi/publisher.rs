@@ -43,7 +43,7 @@ use crate::transform::{Event, MAX_EVENT_BYTES};
 /// obeyed up to this, and a shorter wait only costs one more 429.
 pub(crate) const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(30);
 
-const FLOW_ID: HeaderName = HeaderName::from_static("x-flow-id");
+pub(super) const FLOW_ID: HeaderName = HeaderName::from_static("x-flow-id");
 
 /// One publishing request, as the publisher hands it to the transport.
 pub(crate) struct Request {
@@ -126,7 +126,7 @@ impl Transport for HttpTransport {
 
 /// Reads at most [`MAX_BODY_BYTES`]: a misbehaving proxy must not make the relay buffer
 /// without bound.
-async fn read_capped(response: &mut reqwest::Response) -> Body {
+pub(super) async fn read_capped(response: &mut reqwest::Response) -> Body {
     if response
         .content_length()
         .is_some_and(|len| len > MAX_BODY_BYTES as u64)
@@ -159,7 +159,7 @@ fn transport_error(e: reqwest::Error) -> TransportError {
 
 /// The error and its causes on one line: reqwest's own message alone ("error sending request")
 /// hides whether the connection was refused, reset or failed TLS.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -195,8 +195,8 @@ impl fmt::Debug for Publisher {
     }
 }
 
-/// `<base>/event-types/<name>/events`, the name percent-encoded as one path segment.
-fn events_url(base: &str, event_type: &str) -> Result<reqwest::Url, NakadiError> {
+/// `<base>/event-types/<name>`, the name percent-encoded as one path segment.
+pub(super) fn event_type_url(base: &str, event_type: &str) -> Result<reqwest::Url, NakadiError> {
     let invalid = |problem: &str| NakadiError::InvalidUrl {
         url: base.to_owned(),
         problem: problem.to_owned(),
@@ -208,8 +208,33 @@ fn events_url(base: &str, event_type: &str) -> Result<reqwest::Url, NakadiError>
     url.path_segments_mut()
         .map_err(|()| invalid("it cannot have a path"))?
         .pop_if_empty()
-        .extend(["event-types", event_type, "events"]);
+        .extend(["event-types", event_type]);
     Ok(url)
+}
+
+/// `<base>/event-types/<name>/events`, where events are published.
+fn events_url(base: &str, event_type: &str) -> Result<reqwest::Url, NakadiError> {
+    let mut url = event_type_url(base, event_type)?;
+    url.path_segments_mut()
+        .expect("event_type_url gives a URL that has a path")
+        .push("events");
+    Ok(url)
+}
+
+/// The HTTP client of every request to Nakadi, so that what one request proves (the TLS roots,
+/// the redirect policy, the timeouts) holds for the others.
+pub(super) fn http_client(config: &PublisherConfig) -> Result<reqwest::Client, NakadiError> {
+    reqwest::Client::builder()
+        // A redirect would turn the POST into a GET or replay the body elsewhere; Nakadi does
+        // not redirect, so one means a wrong URL, reported as such.
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.request_timeout)
+        // Load balancers drop idle connections silently; probes find them before a publish
+        // does.
+        .tcp_keepalive(Duration::from_secs(30))
+        .user_agent(concat!("dynamodb-nakadi-relay/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(NakadiError::Client)
 }
 
 impl Publisher {
@@ -220,17 +245,7 @@ impl Publisher {
     /// names the file, never the token); a base URL that is not http(s).
     pub fn new(config: PublisherConfig) -> Result<Publisher, NakadiError> {
         let url = events_url(&config.base_url, &config.event_type)?;
-        let client = reqwest::Client::builder()
-            // A redirect would turn the POST into a GET or replay the body elsewhere; Nakadi does
-            // not redirect, so one means a wrong URL, reported as such.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.request_timeout)
-            // Load balancers drop idle connections silently; probes find them before a publish
-            // does.
-            .tcp_keepalive(Duration::from_secs(30))
-            .user_agent(concat!("dynamodb-nakadi-relay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(NakadiError::Client)?;
+        let client = http_client(&config)?;
         Publisher::with_transport(config, Box::new(HttpTransport { client, url }))
     }
 

@@ -39,3 +39,26 @@ pub struct StreamInfo {
     pub key_attributes: Vec<String>,
     pub shards: Vec<Shard>,
 }
+
+/// The stream's records lack an image the relay needs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "has view type {}, but the relay needs NEW_AND_OLD_IMAGES to build the item and its patch",
+    found.as_deref().unwrap_or("(none)")
+)]
+pub struct WrongViewType {
+    pub found: Option<String>,
+}
+
+impl StreamInfo {
+    /// Both images in every record: the item comes from the new one (the old one for a
+    /// delete), the patch from the two.
+    pub fn check_view_type(&self) -> Result<(), WrongViewType> {
+        match self.view_type.as_deref() {
+            Some("NEW_AND_OLD_IMAGES") => Ok(()),
+            found => Err(WrongViewType {
+                found: found.map(str::to_owned),
+            }),
+        }
+    }
+}

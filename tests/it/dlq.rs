@@ -916,22 +916,6 @@ async fn the_relay_puts_a_letter_too_large_for_its_queue_to_s3_and_redrains_it()
     drop(relay);
 }
 
-/// The queue's ARN, as a redrive policy names it.
-async fn queue_arn(moto: &Moto, url: &str) -> String {
-    moto.sqs()
-        .await
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .cloned()
-        .unwrap()
-}
-
 /// Messages a pod received and hid count in the DLQ's depth (`state="in_flight"`): they are no
 /// less in the queue than visible ones, only for a while out of sight. A message parked by the
 /// DLQ's redrive policy counts in `relay_parking_depth`.
@@ -943,7 +927,7 @@ async fn the_dlq_depth_counts_messages_in_flight_and_the_parking_depth_parked_on
     let stream_arn = moto.create_table("orders").await;
     let parking = moto.create_queue("relay-parking", &[]).await;
     let policy = json!({
-        "deadLetterTargetArn": queue_arn(&moto, &parking).await,
+        "deadLetterTargetArn": moto.queue_arn(&parking).await,
         "maxReceiveCount": "10",
     })
     .to_string();

@@ -8,6 +8,7 @@ mod support;
 
 mod bad_input;
 mod chaos;
+mod check;
 mod dlq;
 mod filters;
 mod leases;

@@ -226,6 +226,17 @@ impl Moto {
         table: &str,
         key: &[(&str, ScalarAttributeType)],
     ) -> String {
+        self.create_table_viewing(table, key, StreamViewType::NewAndOldImages)
+            .await
+    }
+
+    /// A table with a stream of view type `view` and the given key; returns the stream ARN.
+    pub async fn create_table_viewing(
+        &self,
+        table: &str,
+        key: &[(&str, ScalarAttributeType)],
+        view: StreamViewType,
+    ) -> String {
         let mut req = self
             .dynamodb()
             .await
@@ -235,7 +246,7 @@ impl Moto {
             .stream_specification(
                 StreamSpecification::builder()
                     .stream_enabled(true)
-                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    .stream_view_type(view)
                     .build()
                     .unwrap(),
             );
@@ -267,6 +278,45 @@ impl Moto {
             .and_then(|t| t.latest_stream_arn())
             .expect("the table has a stream")
             .to_owned()
+    }
+
+    /// A DLQ set up as docs/operating.md does: its redrive policy moves a letter to the queue
+    /// `<name>-parking` after 10 receives, both keep messages 14 days. Returns the DLQ's URL.
+    pub async fn create_dlq_with_parking(&self, name: &str) -> String {
+        const FOURTEEN_DAYS: &str = "1209600";
+        let parking = self
+            .create_queue(
+                &format!("{name}-parking"),
+                &[("MessageRetentionPeriod", FOURTEEN_DAYS)],
+            )
+            .await;
+        let arn = self.queue_arn(&parking).await;
+        let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": "10"});
+        self.create_queue(
+            name,
+            &[
+                ("MessageRetentionPeriod", FOURTEEN_DAYS),
+                ("RedrivePolicy", &policy.to_string()),
+            ],
+        )
+        .await
+    }
+
+    /// The queue's ARN, as a redrive policy names it.
+    pub async fn queue_arn(&self, url: &str) -> String {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        self.sqs()
+            .await
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .unwrap()
     }
 
     pub async fn create_queue(&self, name: &str, attributes: &[(&str, &str)]) -> String {
@@ -364,6 +414,19 @@ impl Nakadi {
         assert!(r.status().is_success());
     }
 
+    /// Registers an event type's definition (the body of `POST /event-types`), which the server
+    /// serves from then on at `GET /event-types/{name}`.
+    pub async fn register_event_type(&self, definition: &Value) {
+        let r = self
+            .http
+            .post(format!("{}/_test/event-types", self.url))
+            .json(definition)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "registering {definition}: {r:?}");
+    }
+
     pub async fn clear_faults(&self) {
         self.http
             .delete(format!("{}/_test/faults", self.url))
@@ -409,6 +472,26 @@ pub fn base_env(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
+}
+
+/// The relay's variables with RELAY_TABLES_FILE (holding `toml`) instead of one table's.
+pub fn tables_env(
+    test: &str,
+    moto: &Moto,
+    nakadi: &Nakadi,
+    dlq: &str,
+    toml: &str,
+) -> HashMap<String, String> {
+    let tables_file = output_dir(test).join("tables.toml");
+    std::fs::write(&tables_file, toml).unwrap();
+    let mut env = base_env(moto, nakadi, "unused", "relay-leases", dlq);
+    env.remove("RELAY_STREAM_ARN");
+    env.remove("RELAY_EVENT_TYPE");
+    env.insert(
+        "RELAY_TABLES_FILE".into(),
+        tables_file.display().to_string(),
+    );
+    env
 }
 
 impl Relay {
@@ -713,6 +796,34 @@ impl FaultProxy {
 
     pub fn set_down(&self, down: bool) {
         self.down.send_replace(down);
+    }
+}
+
+/// A TCP endpoint that accepts connections and never answers, as a stalled load balancer or a
+/// proxy whose upstream hangs looks to a client. Stops on drop.
+pub struct Silent {
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Silent {
+    pub async fn start() -> Silent {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            // Held, never read nor closed: the client waits for an answer that never comes.
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        Silent { url, task }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

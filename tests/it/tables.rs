@@ -41,26 +41,6 @@ async fn put(ddb: &aws_sdk_dynamodb::Client, table: &str, item: &[(&str, &str)])
         .unwrap();
 }
 
-/// The relay's variables with RELAY_TABLES_FILE (holding `toml`) instead of one table's.
-fn tables_env(
-    test: &str,
-    moto: &Moto,
-    nakadi: &Nakadi,
-    dlq: &str,
-    toml: &str,
-) -> HashMap<String, String> {
-    let tables_file = output_dir(test).join("tables.toml");
-    std::fs::write(&tables_file, toml).unwrap();
-    let mut env = base_env(moto, nakadi, "unused", "relay-leases", dlq);
-    env.remove("RELAY_STREAM_ARN");
-    env.remove("RELAY_EVENT_TYPE");
-    env.insert(
-        "RELAY_TABLES_FILE".into(),
-        tables_file.display().to_string(),
-    );
-    env
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tables_reach_their_own_event_types_with_their_own_options() {
     let test = "tables_two";

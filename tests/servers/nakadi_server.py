@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Nakadi test server: the publishing endpoint of Nakadi, with scripted faults.
+"""Nakadi test server: the publishing endpoint of Nakadi, with scripted faults,
+and the event types tests register (read by the relay's `check` command).
 
 Why this exists: the relay's whole delivery contract (checkpoint on 200, re-send
 on 207, DLQ on 422 items, retries on 5xx/429/timeouts, token re-read on 401) is
@@ -35,6 +36,15 @@ Publishing (Nakadi semantics):
                   nothing of the batch is stored
     200 (empty)   every event stored
   Problems are `application/problem+json` {type, title, status, detail}.
+
+Event types (the schema registry, read only):
+  GET /event-types/{name}   200 with the definition a test registered, with
+                            Nakadi's defaults for what it left out
+                            (partition_strategy random, compatibility_mode
+                            forward, cleanup_policy delete); 404 Problem for
+                            a name never registered; 401 Problem when a token
+                            is configured and missing or wrong, as publishing.
+                            Fault rules do not apply. Other methods: 405.
 
 Scripted faults, checked per publishing request in order; the first rule that
 matches is applied and, if it has `times`, consumed (whatever the outcome).
@@ -73,7 +83,14 @@ Control API (JSON):
                            when no token is configured and one was sent; status
                            is null for dropped or hanging requests; ?event_type=X
   POST   /_test/token      {"token": "new"} or {"token": null} (no check)
-  POST   /_test/reset      forget events, requests and faults; seq restarts at 1
+  POST   /_test/event-types  an EventType definition (an object with at least
+                           `name`, matching the spec's pattern, and `category`
+                           undefined|data|business), served from then on by
+                           GET /event-types/{name}; registering a name again
+                           replaces it -> {"event_types": n}
+  DELETE /_test/event-types  forget every registered definition
+  POST   /_test/reset      forget events, requests, faults and registered
+                           event types; seq restarts at 1
   GET    /_test/health     200 {"status": "ok"}
 
 Standard library plus `jsonschema` (only needed without --no-validate).
@@ -102,6 +119,12 @@ DEFAULT_SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "data-chang
 # Nakadi's default `nakadi.event.max.bytes`.
 DEFAULT_MAX_EVENT_BYTES = 999_000
 PUBLISH_PATH = re.compile(r"^/event-types/([^/]+)/events$")
+EVENT_TYPE_PATH = re.compile(r"^/event-types/([^/]+)$")
+# EventType.name in the spec.
+EVENT_TYPE_NAME = re.compile(r"[a-zA-Z][-0-9a-zA-Z_]*(\.[0-9a-zA-Z][-0-9a-zA-Z_]*)*")
+EVENT_TYPE_CATEGORIES = ("undefined", "data", "business")
+# The spec's `default:` of EventType fields, which Nakadi fills in when a definition leaves them out.
+EVENT_TYPE_DEFAULTS = {"partition_strategy": "random", "compatibility_mode": "forward", "cleanup_policy": "delete"}
 # JSON's insignificant whitespace (RFC 8259 section 2), not Python's \s.
 JSON_WS = re.compile(r"[ \t\n\r]*")
 PROBLEM = "application/problem+json"
@@ -266,6 +289,8 @@ class State:
         self.events: list[tuple] = []
         self.requests: list[dict] = []
         self.faults: list[dict] = []
+        # name -> definition, as GET /event-types/{name} answers it
+        self.event_types: dict[str, dict] = {}
         # Hung requests wait on this; clearing faults sets it and swaps in a
         # fresh one, so later hang rules hang again.
         self.release = threading.Event()
@@ -371,6 +396,11 @@ class Handler(BaseHTTPRequestHandler):
                 if method != "POST":
                     return self.send_problem(405, "publishing is POST /event-types/{name}/events")
                 return self.publish(unquote(m.group(1)), body)
+            m = EVENT_TYPE_PATH.match(url.path)
+            if m:
+                if method != "GET":
+                    return self.send_problem(405, "this server only reads event types: GET /event-types/{name}")
+                return self.get_event_type(unquote(m.group(1)))
             route = CONTROL.get((method, url.path))
             if route is None:
                 return self.send_problem(404, f"no route for {method} {url.path}")
@@ -557,6 +587,19 @@ class Handler(BaseHTTPRequestHandler):
             return answer(207, json.dumps(response).encode(), JSON_TYPE)
         return answer(200)
 
+    # ---- event types ----------------------------------------------------
+
+    def get_event_type(self, name: str):
+        st = self.state
+        authorization = self.authorization()
+        if st.token is not None and authorization != "ok":
+            return self.send_problem(401, f"Bearer token {authorization}")
+        with st.lock:
+            definition = st.event_types.get(name)
+        if definition is None:
+            return self.send_problem(404, f"EventType \"{name}\" does not exist.")
+        self.send_json(200, definition)
+
     # ---- control API ----------------------------------------------------
 
     @staticmethod
@@ -623,12 +666,32 @@ class Handler(BaseHTTPRequestHandler):
             self.state.token = doc["token"]
         self.send_json(200, {"token_check": doc["token"] is not None})
 
+    def post_event_type(self, body, query):
+        definition = self.read_json(body)
+        if not isinstance(definition, dict):
+            raise ClientError("an event type definition is a JSON object")
+        name = definition.get("name")
+        if not (isinstance(name, str) and EVENT_TYPE_NAME.fullmatch(name)):
+            raise ClientError(f"name must match {EVENT_TYPE_NAME.pattern}, got {name!r}")
+        if definition.get("category") not in EVENT_TYPE_CATEGORIES:
+            raise ClientError(f"category must be one of {list(EVENT_TYPE_CATEGORIES)}, got {definition.get('category')!r}")
+        with self.state.lock:
+            self.state.event_types[name] = {**EVENT_TYPE_DEFAULTS, **definition}
+            n = len(self.state.event_types)
+        self.send_json(200, {"event_types": n})
+
+    def delete_event_types(self, body, query):
+        with self.state.lock:
+            self.state.event_types = {}
+        self.send_json(200, {"event_types": 0})
+
     def post_reset(self, body, query):
         st = self.state
         st.clear_faults()
         with st.lock:
             st.events = []
             st.requests = []
+            st.event_types = {}
             st.seq = 0
         self.send_json(200, {"reset": True})
 
@@ -643,6 +706,8 @@ CONTROL = {
     ("GET", "/_test/events"): Handler.get_events,
     ("GET", "/_test/requests"): Handler.get_requests,
     ("POST", "/_test/token"): Handler.post_token,
+    ("POST", "/_test/event-types"): Handler.post_event_type,
+    ("DELETE", "/_test/event-types"): Handler.delete_event_types,
     ("POST", "/_test/reset"): Handler.post_reset,
     ("GET", "/_test/health"): Handler.get_health,
 }

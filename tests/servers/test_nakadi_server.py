@@ -877,6 +877,8 @@ def unknown_routes_and_methods(ctx):
     expect_problem(status, headers, data, 404, "unknown path")
     status, headers, data = ctx.c.request("GET", f"/event-types/{ET}/events")
     expect_problem(status, headers, data, 405, "GET on the publishing path")
+    status, headers, data = ctx.c.request("PUT", f"/event-types/{ET}", b"{}")
+    expect_problem(status, headers, data, 405, "PUT of an event type")
     status, headers, data = ctx.c.request("POST", "/_test/token", b'{"tok": 1}')
     expect_problem(status, headers, data, 400, "bad token body")
 
@@ -952,6 +954,95 @@ def token_can_be_changed_and_disabled(ctx):
     eq([r["authorization"] for r in requests_of(a)], ["wrong", "ok", "missing", "unchecked"], "authorization")
     eq(a.json("POST", "/_test/token", {"token": TOKEN})[0], 200, "restore")
     eq(a.publish([event()])[0], 401, "checked again")
+
+
+# ---- event types -----------------------------------------------------------------
+
+
+def definition(name=ET, **fields):
+    return {
+        "name": name,
+        "owning_application": "stups_orders",
+        "category": "data",
+        "enrichment_strategies": ["metadata_enrichment"],
+        "schema": {"type": "json_schema", "schema": "{}"},
+        **fields,
+    }
+
+
+def register(client, body):
+    return client.json("POST", "/_test/event-types", body)
+
+
+@test
+def registered_event_types_are_served_with_nakadis_defaults(ctx):
+    c = ctx.c
+    eq(register(c, definition()), (200, {"event_types": 1}), "register")
+    status, body = c.json("GET", f"/event-types/{ET}")
+    eq(status, 200, "GET a registered event type")
+    eq(body, {**definition(), "partition_strategy": "random", "compatibility_mode": "forward",
+              "cleanup_policy": "delete"}, "definition with the spec's defaults")
+
+    hashed = definition(partition_strategy="hash", partition_key_fields=["item.pk"], cleanup_policy="compact")
+    eq(register(c, hashed), (200, {"event_types": 1}), "registering again replaces")
+    status, body = c.json("GET", f"/event-types/{ET}")
+    eq((body["partition_strategy"], body["partition_key_fields"], body["cleanup_policy"]),
+       ("hash", ["item.pk"], "compact"), "what the definition says wins over a default")
+
+    eq(register(c, definition("a-b_c.d-e"))[0], 200, "a name with every allowed character")
+    eq(c.json("GET", "/event-types/a%2Db_c.d-e")[0], 200, "a percent-encoded name")
+
+    status, headers, data = c.request("GET", "/event-types/payments.unknown")
+    problem = expect_problem(status, headers, data, 404, "an unknown event type")
+    check("payments.unknown" in problem["detail"], f"the detail names it: {problem}")
+
+    eq(c.json("DELETE", "/_test/event-types"), (200, {"event_types": 0}), "forget them")
+    eq(c.request("GET", f"/event-types/{ET}")[0], 404, "forgotten")
+    register(c, definition())
+    c.json("POST", "/_test/reset")
+    eq(c.request("GET", f"/event-types/{ET}")[0], 404, "reset forgets them too")
+
+
+@test
+def event_type_registration_is_checked(ctx):
+    for body, what in [
+        ([definition()], "not an object"),
+        ({"category": "data"}, "no name"),
+        (definition("1starts.with-a-digit"), "a name the spec's pattern refuses"),
+        (definition("has/slash"), "a slash in the name"),
+        ({"name": ET}, "no category"),
+        (definition(category="transactions"), "an unknown category"),
+    ]:
+        status, headers, data = ctx.c.request("POST", "/_test/event-types", body)
+        expect_problem(status, headers, data, 400, what)
+    eq(ctx.c.request("GET", f"/event-types/{ET}")[0], 404, "nothing registered")
+
+
+@test
+def reading_an_event_type_needs_the_token(ctx):
+    a = ctx.a
+    register(a, definition())
+    status, headers, data = a.request("GET", f"/event-types/{ET}")
+    problem = expect_problem(status, headers, data, 401, "no token")
+    check(TOKEN not in problem["detail"], "token not echoed")
+    status, headers, data = a.request("GET", f"/event-types/{ET}", headers={"Authorization": "Bearer wrong"})
+    expect_problem(status, headers, data, 401, "wrong token")
+    status, headers, data = a.request("GET", "/event-types/payments.unknown", headers={"Authorization": "Bearer wrong"})
+    expect_problem(status, headers, data, 401, "the token is checked before the name")
+    status, _, data = a.request("GET", f"/event-types/{ET}", headers={"Authorization": f"Bearer {TOKEN}"})
+    eq(status, 200, "right token")
+    eq(json.loads(data)["name"], ET, "the definition")
+    eq(a.request("GET", "/event-types/payments.unknown", headers={"Authorization": f"Bearer {TOKEN}"})[0], 404,
+       "an unknown name with the right token")
+    eq(requests_of(a), [], "reading event types is not a publishing request")
+
+
+@test
+def fault_rules_leave_reading_event_types_alone(ctx):
+    register(ctx.c, definition())
+    post_fault(ctx.c, {"status": 503})
+    eq(ctx.c.request("GET", f"/event-types/{ET}")[0], 200, "read despite a persistent 503 rule")
+    eq(ctx.c.json("GET", "/_test/faults")[1], [{"status": 503}], "the rule is not consumed")
 
 
 @test

@@ -979,6 +979,12 @@ fn events_url_appends_the_path_and_encodes_the_name() {
     );
     assert!(events_url("ftp://x", "t").is_err());
     assert!(events_url("not a url", "t").is_err());
+    // The event type itself, as `check` reads it.
+    let url = event_type_url("http://localhost:8080/nakadi/", "a b/c").unwrap();
+    assert_eq!(
+        url.as_str(),
+        "http://localhost:8080/nakadi/event-types/a%20b%2Fc"
+    );
 }
 
 #[test]
