@@ -749,7 +749,6 @@ fn cleanup_policy(route: &Route, definition: &EventTypeDefinition) -> Finding {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, KeySchemaElement, KeyType, ScalarAttributeType,
@@ -758,20 +757,7 @@ mod tests {
     use super::*;
 
     fn config(extra: &[(&str, &str)]) -> Config {
-        let mut vars: HashMap<String, String> = [
-            ("RELAY_TABLE_NAME", "orders"),
-            ("RELAY_EVENT_TYPE", "payments.order-changed"),
-            ("RELAY_LEASE_TABLE", "leases"),
-            ("RELAY_NAKADI_URL", "http://nakadi"),
-            ("RELAY_DLQ_URL", "http://sqs/1/dlq"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        for (k, v) in extra {
-            vars.insert(k.to_string(), v.to_string());
-        }
-        Config::from_vars(&vars).unwrap()
+        Config::example(extra)
     }
 
     fn definition(strategy: &str, fields: &[&str], cleanup: &str) -> EventTypeDefinition {

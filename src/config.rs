@@ -336,6 +336,28 @@ const DEFAULT_IDLE_POLL_INTERVAL: Duration = Duration::from_millis(600);
 /// of its events, which consumers drop by eid anyway.
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = SECOND;
 
+#[cfg(test)]
+impl Config {
+    /// One table `orders` to `payments.order-changed`, every other setting at its default,
+    /// then `extra`: the configuration other modules' tests start from.
+    pub(crate) fn example(extra: &[(&str, &str)]) -> Config {
+        let mut vars: HashMap<String, String> = [
+            ("RELAY_TABLE_NAME", "orders"),
+            ("RELAY_EVENT_TYPE", "payments.order-changed"),
+            ("RELAY_LEASE_TABLE", "leases"),
+            ("RELAY_NAKADI_URL", "http://nakadi"),
+            ("RELAY_DLQ_URL", "http://sqs/1/dlq"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        Config::from_vars(&vars).unwrap()
+    }
+}
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigErrors> {

@@ -241,25 +241,11 @@ pub fn data_schema(key: &[String]) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use super::*;
 
     fn config(extra: &[(&str, &str)]) -> Config {
-        let mut vars: HashMap<String, String> = [
-            ("RELAY_TABLE_NAME", "orders"),
-            ("RELAY_EVENT_TYPE", "payments.order-changed"),
-            ("RELAY_LEASE_TABLE", "leases"),
-            ("RELAY_NAKADI_URL", "http://nakadi"),
-            ("RELAY_DLQ_URL", "http://sqs/1/dlq"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        for (k, v) in extra {
-            vars.insert(k.to_string(), v.to_string());
-        }
-        Config::from_vars(&vars).unwrap()
+        Config::example(extra)
     }
 
     fn options(key: &[&str]) -> Options {
