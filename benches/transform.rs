@@ -3,11 +3,14 @@
 //!
 //! `cargo bench --bench transform`. Three records: a MODIFY of an order of about 1 KB (21
 //! attributes, a list of maps, a string set), the INSERT of that order, and a MODIFY of an
-//! order of about 100 KB. Each on the fast path and on the reference path.
+//! order of about 100 KB. Each on the fast path and on the reference path. And the 1 KB MODIFY
+//! routed among three routes (`routed`): both images' routes decided, then the transform, as
+//! the shard worker does for a table with `[[table.route]]`s.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use dynamodb_nakadi_relay::route::{Condition, Router, images};
 use dynamodb_nakadi_relay::transform::{EventSettings, transform, transform_reference};
 use serde_json::{Value, json};
 
@@ -69,6 +72,33 @@ fn bench(c: &mut Criterion) {
         });
         group.finish();
     }
+
+    // The last route takes the order; the first two look at attributes early in the image.
+    let router = Router::new(
+        [
+            r#"{ attribute = "currency", equals = "USD" }"#,
+            r#"{ attribute = "order_id", begins_with = "RET-" }"#,
+            r#"{ attribute = "status", any_of = ["PAID", "SHIPPED"] }"#,
+        ]
+        .iter()
+        .map(|text| {
+            let when: toml::Table = toml::from_str(&format!("when = {text}")).unwrap();
+            Some(Condition::parse(&when["when"]).unwrap())
+        })
+        .collect(),
+    );
+    let raw = MODIFY_1KB.trim_end();
+    let routed = |raw: &str| {
+        let found = images(raw).unwrap();
+        let new = found.new.and_then(|image| router.route(image));
+        let old = found.old.and_then(|image| router.route(image));
+        assert_eq!((new, old), (Some(2), Some(2)));
+        transform(raw, &settings).unwrap()
+    };
+    let mut group = c.benchmark_group("modify_1kb");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("routed", |b| b.iter(|| routed(black_box(raw))));
+    group.finish();
 }
 
 criterion_group!(benches, bench);
