@@ -101,6 +101,19 @@ async fn last_sequence(t: &Env) -> String {
         .clone()
 }
 
+/// Waits until Nakadi holds `events` events and the lease's checkpoint is `last`.
+async fn wait_published_and_checkpointed(t: &Env, events: usize, last: &str) {
+    wait_for(
+        "the events published and the checkpoint at the end",
+        Duration::from_secs(60),
+        || async {
+            let n = t.nakadi.events().await.len();
+            (n == events && checkpoints(&t.moto, "relay-leases").await == [last]).then_some(())
+        },
+    )
+    .await;
+}
+
 /// Waits until the DLQ holds `letters` messages and the lease's checkpoint is past the stream's
 /// last record: everything was dead-lettered, and only then checkpointed.
 async fn wait_dead_lettered_and_checkpointed(t: &Env, letters: usize) {
@@ -167,17 +180,7 @@ async fn one_rejected_event_goes_to_the_dlq_with_its_reason_and_the_rest_flows()
     env.insert("RELAY_DLQ_REDRAIN_INTERVAL".into(), "1h".into());
     let relay = Relay::start(test, "relay-1", &env);
     relay.wait_ready().await;
-    let last = records.last().unwrap().1.clone();
-    wait_for(
-        "19 events published and the checkpoint at the end",
-        Duration::from_secs(60),
-        || async {
-            let n = t.nakadi.events().await.len();
-            (n == 19 && checkpoints(&t.moto, "relay-leases").await == vec![last.clone()])
-                .then_some(())
-        },
-    )
-    .await;
+    wait_published_and_checkpointed(&t, 19, &records.last().unwrap().1).await;
     assert!(!eids(&t.nakadi.events().await).contains(&rejected));
     let msgs = received(&t).await;
     assert_eq!(msgs.len(), 1);
@@ -1097,17 +1100,7 @@ async fn skip_unblocks_a_shard_in_block_mode_and_dead_letters_the_record() {
     assert_eq!(code, Some(0), "{out}{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["sequence_number"], poison_seq.as_str());
-    let last = records.last().unwrap().1.clone();
-    wait_for(
-        "the other nine published and the checkpoint at the end",
-        Duration::from_secs(60),
-        || async {
-            let n = t.nakadi.events().await.len();
-            (n == 9 && checkpoints(&t.moto, "relay-leases").await == vec![last.clone()])
-                .then_some(())
-        },
-    )
-    .await;
+    wait_published_and_checkpointed(&t, 9, &records.last().unwrap().1).await;
     let published = eids(&t.nakadi.events().await);
     assert!(!published.contains(&poison));
     let order: Vec<u64> = t
