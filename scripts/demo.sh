@@ -41,22 +41,41 @@ NAKADI_PORT=$(port_of nakadi)
 
 export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=eu-central-1 AWS_DEFAULT_REGION=eu-central-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
 DLQ_URL=$("$PY" - <<'PY'
+import json
 import boto3
 ddb = boto3.client("dynamodb")
 ddb.create_table(TableName="orders", BillingMode="PAY_PER_REQUEST",
     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
     StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"})
-print(boto3.client("sqs").create_queue(QueueName="orders-relay-dlq")["QueueUrl"])
+sqs = boto3.client("sqs")
+# The parking queue, where letters wait for a human after 10 failed re-drains (docs/operating.md).
+parking = sqs.create_queue(QueueName="orders-relay-parking",
+    Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
+parking_arn = sqs.get_queue_attributes(QueueUrl=parking,
+    AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+print(sqs.create_queue(QueueName="orders-relay-dlq", Attributes={
+    "MessageRetentionPeriod": "1209600", "MaximumMessageSize": "1048576",
+    "RedrivePolicy": json.dumps({"deadLetterTargetArn": parking_arn, "maxReceiveCount": "10"}),
+})["QueueUrl"])
 PY
 )
 
 HTTP_PORT=$(free_port)
+export RELAY_TABLE_NAME=orders RELAY_LEASE_TABLE=orders-relay-leases RELAY_CREATE_LEASE_TABLE=true \
+  RELAY_NAKADI_URL="http://127.0.0.1:$NAKADI_PORT" RELAY_EVENT_TYPE=payments.order-changed \
+  RELAY_DATA_TYPE=payments:order RELAY_DLQ_URL="$DLQ_URL" RELAY_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
+  RELAY_LOG_FORMAT=text
+
+echo "== creating the event type in the local Nakadi, from what \`event-type\` prints"
+"$RELAY" event-type --owning-application demo --key pk \
+  | curl -fsS -X POST "http://127.0.0.1:$NAKADI_PORT/_test/event-types" -H 'Content-Type: application/json' --data @- >/dev/null
+
+echo "== checking the setup before the start (dynamodb-nakadi-relay check)"
+"$RELAY" check || { echo "check failed"; exit 1; }
+
 echo "== starting the relay (logs: $OUT/relay.log, metrics: http://127.0.0.1:$HTTP_PORT/metrics)"
-RELAY_TABLE_NAME=orders RELAY_LEASE_TABLE=orders-relay-leases RELAY_CREATE_LEASE_TABLE=true \
-RELAY_NAKADI_URL="http://127.0.0.1:$NAKADI_PORT" RELAY_EVENT_TYPE=payments.order-changed \
-RELAY_DATA_TYPE=payments:order RELAY_DLQ_URL="$DLQ_URL" RELAY_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
-RELAY_LOG_FORMAT=text "$RELAY" >"$OUT/relay.log" 2>&1 & pids+=($!)
+"$RELAY" >"$OUT/relay.log" 2>&1 & pids+=($!)
 for _ in $(seq 300); do curl -fs "http://127.0.0.1:$HTTP_PORT/health/ready" >/dev/null && break; sleep 0.1; done
 curl -fs "http://127.0.0.1:$HTTP_PORT/health/ready" >/dev/null || { echo "relay not ready; see $OUT/relay.log"; tail -20 "$OUT/relay.log"; exit 1; }
 
@@ -98,3 +117,5 @@ sys.exit(0 if [e["data_op"] for e in events] == ["C", "U", "D"] and exact else 1
 '
 echo "== relay status"
 curl -fs "http://127.0.0.1:$HTTP_PORT/status"; echo
+echo "== the stream's leases, from the lease table (dynamodb-nakadi-relay leases)"
+"$RELAY" leases

@@ -470,8 +470,9 @@ when = { all = [{ attribute = "pk", begins_with = "AUDIT#" }, { not = { attribut
 /// Issue #25, a single-table design end to end: every record arrives at exactly the event type
 /// its route names, an item whose `entity` changes from order to customer gives a `D` on the
 /// order type and a `C` on the customer type with the record's eid, a record no route takes is
-/// counted as filtered, each event type keeps per-key order, `/status` lists the routes, and
-/// `event-type` prints one definition per route.
+/// counted as filtered, each event type keeps per-key order, a route's dead letter is re-drained
+/// to its own event type, `/status` lists the routes, and `event-type` prints one definition per
+/// route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_send_each_entity_to_its_own_event_type() {
     let test = "tables_routes";
@@ -480,6 +481,11 @@ async fn routes_send_each_entity_to_its_own_event_type() {
     let _shop = moto.create_table("shop").await;
     let dlq = moto.create_queue("relay-dlq", &[]).await;
     let env = tables_env(test, &moto, &nakadi, &dlq, SHOP_ROUTES);
+    // The audit route's first publish is refused: its event is dead-lettered, and the re-drain
+    // loop sends it back to the audit type, not to the table's other types.
+    nakadi
+        .fault(json!({"event_type": "shop.audit-changed", "status": 422, "times": 1}))
+        .await;
     let relay = Relay::start(test, "relay-1", &env);
     relay.wait_ready().await;
 
@@ -582,6 +588,13 @@ async fn routes_send_each_entity_to_its_own_event_type() {
             "relay_events_published_total{event_type=\"shop.order-changed\",outcome=\"delivered\",table=\"shop\"}"
         ),
         4.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "relay_events_published_total{event_type=\"shop.audit-changed\",outcome=\"dead_lettered\",table=\"shop\"}"
+        ),
+        1.0
     );
     let (_, status) = relay.get("/status").await.unwrap();
     let status: Value = serde_json::from_str(&status).unwrap();
