@@ -223,11 +223,8 @@ impl Chaos {
             leases.len(),
             in_flight.len()
         );
-        self.bound.in_flight += in_flight.len();
-        self.in_flight_eids.extend(in_flight);
         self.kills += 1;
-        let pause = Duration::from_millis(self.rng.random_range(300..4000));
-        self.slots[slot].restart_at = Some(Instant::now() + pause);
+        self.stopped(slot, in_flight, 300..4000);
     }
 
     async fn sigterm(&mut self, moto: &Moto, writer: &Writer) {
@@ -259,10 +256,16 @@ impl Chaos {
             "{status} (ready: {ready}): {}",
             relay.logs()
         );
+        self.sigterms += 1;
+        self.stopped(slot, in_flight, 300..3000);
+    }
+
+    /// A pod was stopped: what it may publish again counts towards the bound, and its slot
+    /// restarts after a pause drawn from `pause_ms`.
+    fn stopped(&mut self, slot: usize, in_flight: Vec<String>, pause_ms: std::ops::Range<u64>) {
         self.bound.in_flight += in_flight.len();
         self.in_flight_eids.extend(in_flight);
-        self.sigterms += 1;
-        let pause = Duration::from_millis(self.rng.random_range(300..3000));
+        let pause = Duration::from_millis(self.rng.random_range(pause_ms));
         self.slots[slot].restart_at = Some(Instant::now() + pause);
     }
 }

@@ -101,6 +101,15 @@ async fn last_sequence(t: &Env) -> String {
         .clone()
 }
 
+/// A queue made with `attributes`, and the relay's handle on it.
+async fn dlq_on(moto: &Moto, name: &str, attributes: &[(&str, &str)]) -> (String, DeadLetterQueue) {
+    let url = moto.create_queue(name, attributes).await;
+    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
+        .await
+        .unwrap();
+    (url, dlq)
+}
+
 /// Waits until Nakadi holds `events` events and the lease's checkpoint is `last`.
 async fn wait_published_and_checkpointed(t: &Env, events: usize, last: &str) {
     wait_for(
@@ -427,12 +436,7 @@ async fn set_max_message_size(moto: &Moto, url: &str, bytes: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_letter_too_large_for_the_queue_goes_once_its_limit_is_raised_without_a_restart() {
     let moto = Moto::start("dlq_too_large_then_raised").await;
-    let url = moto
-        .create_queue("small-dlq", &[("MaximumMessageSize", "1024")])
-        .await;
-    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
-        .await
-        .unwrap();
+    let (url, dlq) = dlq_on(&moto, "small-dlq", &[("MaximumMessageSize", "1024")]).await;
     // Shared with every shard's delivery: a clone made now sees the limit read later.
     let shard_copy = dlq.clone();
     assert_eq!(dlq.max_bytes(), 1024);
@@ -555,10 +559,7 @@ async fn redrain_keeps_messages_invisible_while_a_slow_publish_retries_then_dele
     let test = "dlq_redrain_visibility";
     let moto = Moto::start(test).await;
     let nakadi = Nakadi::start(test, &[]);
-    let url = moto.create_queue("relay-dlq", &[]).await;
-    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
-        .await
-        .unwrap();
+    let (url, dlq) = dlq_on(&moto, "relay-dlq", &[]).await;
     let letters: Vec<DeadLetter> = (0..5).map(|i| letter_with(i, "x")).collect();
     dlq.send(&letters).await.unwrap();
 
@@ -619,10 +620,7 @@ async fn a_failed_visibility_extension_is_counted_and_the_publish_goes_on() {
     let test = "dlq_redrain_extension_fails";
     let moto = Moto::start(test).await;
     let nakadi = Nakadi::start(test, &[]);
-    let url = moto.create_queue("relay-dlq", &[]).await;
-    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
-        .await
-        .unwrap();
+    let (url, dlq) = dlq_on(&moto, "relay-dlq", &[]).await;
     let letters: Vec<DeadLetter> = (0..2).map(|i| letter_with(i, "x")).collect();
     dlq.send(&letters).await.unwrap();
     let series =
@@ -724,13 +722,8 @@ async fn a_letter_too_large_even_gzipped_goes_to_s3_and_the_queue_gets_the_exten
 {
     let moto = Moto::start("dlq_s3_offload").await;
     moto.create_bucket(BUCKET).await;
-    let url = moto
-        .create_queue("small-dlq", &[("MaximumMessageSize", "1024")])
-        .await;
-    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
-        .await
-        .unwrap()
-        .with_s3(moto.s3().await, Some(BUCKET.into()));
+    let (url, dlq) = dlq_on(&moto, "small-dlq", &[("MaximumMessageSize", "1024")]).await;
+    let dlq = dlq.with_s3(moto.s3().await, Some(BUCKET.into()));
     let letter = letter_with(7, &incompressible(6000, 0x9e37_79b9_7f4a_7c15));
     assert!(
         encode_gzip(&letter.body).len() > 6000,
@@ -766,13 +759,13 @@ async fn with_bucket(
     let moto = Moto::start(test).await;
     let nakadi = Nakadi::start(test, &[]);
     moto.create_bucket(BUCKET).await;
-    let url = moto
-        .create_queue("relay-dlq", &[("MaximumMessageSize", max_message_size)])
-        .await;
-    let dlq = DeadLetterQueue::connect(moto.sqs().await, url.clone())
-        .await
-        .unwrap()
-        .with_s3(moto.s3().await, Some(BUCKET.into()));
+    let (url, dlq) = dlq_on(
+        &moto,
+        "relay-dlq",
+        &[("MaximumMessageSize", max_message_size)],
+    )
+    .await;
+    let dlq = dlq.with_s3(moto.s3().await, Some(BUCKET.into()));
     (moto, nakadi, url, dlq)
 }
 
