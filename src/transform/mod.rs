@@ -43,9 +43,9 @@ pub const SEQUENCE_NUMBER_DIGITS: usize = 40;
 
 /// How many zeros go before the stream record's sequence number in `data.sequence_number`, so
 /// that comparing two as text compares them as numbers: DynamoDB's are decimal numbers of 21 to
-/// [`SEQUENCE_NUMBER_DIGITS`] digits. `None` when it is not a number: it is then published as it
-/// came (so is a longer number, with no zeros), since an odd sequence number must not cost the
-/// record.
+/// [`SEQUENCE_NUMBER_DIGITS`] digits (a longer one gets no zeros). `None` when it is not a
+/// decimal number: the record is then malformed, since the event type's schema (which
+/// `event-type` registers) would refuse its event, and the transform says why more plainly.
 pub(crate) fn sequence_number_padding(seq: &str) -> Option<usize> {
     let digits = seq.as_bytes();
     (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
@@ -53,11 +53,8 @@ pub(crate) fn sequence_number_padding(seq: &str) -> Option<usize> {
 }
 
 /// `data.sequence_number` for the stream record's sequence number ([`sequence_number_padding`]).
-pub(crate) fn padded_sequence_number(seq: &str) -> std::borrow::Cow<'_, str> {
-    match sequence_number_padding(seq) {
-        Some(zeros) if zeros > 0 => format!("{}{seq}", "0".repeat(zeros)).into(),
-        _ => seq.into(),
-    }
+pub(crate) fn padded_sequence_number(seq: &str) -> Option<String> {
+    sequence_number_padding(seq).map(|zeros| format!("{}{seq}", "0".repeat(zeros)))
 }
 
 /// Nakadi's limit for one event's serialized size, in bytes.

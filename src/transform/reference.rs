@@ -93,7 +93,12 @@ fn build(
     let event_id = event_id.ok_or_else(|| malformed("no eventID string"))?;
     let sequence_number =
         sequence_number.ok_or_else(|| malformed("no dynamodb.SequenceNumber string"))?;
-    let padded = super::padded_sequence_number(sequence_number);
+    let padded = super::padded_sequence_number(sequence_number).ok_or_else(|| {
+        TransformError::Malformed(format!(
+            "dynamodb.SequenceNumber {} is not a decimal number",
+            serde_json::Value::from(sequence_number)
+        ))
+    })?;
     let dynamodb = record
         .get("dynamodb")
         .and_then(Value::as_object)

@@ -1117,7 +1117,7 @@ proptest! {
 }
 
 /// `data.sequence_number` as each kind of sequence number gives it: DynamoDB's numbers padded to
-/// 40 digits on both paths; anything else as it came, on the reference path.
+/// 40 digits on both paths; anything else is a malformed record.
 #[test]
 fn sequence_numbers_are_padded_so_text_order_is_number_order() {
     let with_seq = |seq: &str| {
@@ -1146,22 +1146,34 @@ fn sequence_numbers_are_padded_so_text_order_is_number_order() {
             "the checkpoint keeps the record's own"
         );
     }
-    // Not a number: nothing to pad, published as it came rather than costing the record.
-    let raw = with_seq("shard-7/\"42\"");
-    assert!(
-        event::build(&raw, &settings()).is_none(),
-        "the fast path leaves it"
-    );
-    let e = transform(&raw, &settings()).unwrap();
-    let body: Value = serde_json::from_slice(e.body()).unwrap();
-    assert_eq!(body["data"]["sequence_number"], "shard-7/\"42\"");
+    // Not a decimal number: the event type's schema would refuse the event, so the record is
+    // malformed, with the reason in its dead letter and its sequence number kept for the source.
+    for (seq, reason) in [
+        (
+            "shard-7/\"42\"",
+            r#"dynamodb.SequenceNumber "shard-7/\"42\"" is not a decimal number"#,
+        ),
+        ("", r#"dynamodb.SequenceNumber "" is not a decimal number"#),
+    ] {
+        let raw = with_seq(seq);
+        assert!(
+            event::build(&raw, &settings()).is_none(),
+            "the fast path leaves {seq:?}"
+        );
+        let failure = transform(&raw, &settings()).expect_err(seq);
+        assert_eq!(
+            failure.error.to_string(),
+            format!("malformed record: {reason}")
+        );
+        assert_eq!(failure.sequence_number.as_deref(), Some(seq));
+    }
 }
 
 proptest! {
     #[test]
     fn padded_sequence_numbers_compare_as_their_numbers(a in 1u128..u128::MAX, b in 1u128..u128::MAX) {
         let (a_text, b_text) = (a.to_string(), b.to_string());
-        let (pa, pb) = (padded_sequence_number(&a_text), padded_sequence_number(&b_text));
+        let (pa, pb) = (padded_sequence_number(&a_text).unwrap(), padded_sequence_number(&b_text).unwrap());
         prop_assert_eq!(pa.len(), SEQUENCE_NUMBER_DIGITS);
         prop_assert_eq!(pa.cmp(&pb), a.cmp(&b));
     }
