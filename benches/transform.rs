@@ -4,14 +4,16 @@
 //! `cargo bench --bench transform`. Three records: a MODIFY of an order of about 1 KB (21
 //! attributes, a list of maps, a string set), the INSERT of that order, and a MODIFY of an
 //! order of about 100 KB. Each on the fast path and on the reference path. And the 1 KB MODIFY
-//! routed among three routes (`routed`): both images' routes decided, then the transform, as
+//! routed among three routes (`routed`): both images routed while the transform reads them, as
 //! the shard worker does for a table with `[[table.route]]`s.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dynamodb_nakadi_relay::route::{Condition, Router, images};
-use dynamodb_nakadi_relay::transform::{EventSettings, transform, transform_reference};
+use dynamodb_nakadi_relay::route::{Condition, Router};
+use dynamodb_nakadi_relay::transform::{
+    EventSettings, Routed, transform, transform_reference, transform_routed,
+};
 use serde_json::{Value, json};
 
 const MODIFY_1KB: &str = include_str!("../tests/fixtures/transform/order-modify.json");
@@ -88,13 +90,11 @@ fn bench(c: &mut Criterion) {
         .collect(),
     );
     let raw = MODIFY_1KB.trim_end();
-    let routed = |raw: &str| {
-        let found = images(raw).unwrap();
-        let new = found.new.and_then(|image| router.route(image));
-        let old = found.old.and_then(|image| router.route(image));
-        assert_eq!((new, old), (Some(2), Some(2)));
-        transform(raw, &settings).unwrap()
+    let routed = |raw: &str| match transform_routed(raw, &router, |_| &settings) {
+        Routed::Event(event) => event,
+        other => panic!("the order takes the third route: {other:?}"),
     };
+    assert_eq!(routed(raw).route, 2);
     let mut group = c.benchmark_group("modify_1kb");
     group.throughput(Throughput::Elements(1));
     group.bench_function("routed", |b| b.iter(|| routed(black_box(raw))));

@@ -12,8 +12,8 @@
 //!   workers.
 //! - [`shard`]: one shard's loop; a page's steps after GetRecords, in order:
 //!   GetRecords ([`stream::signed`]) → [`stream::page`] (the raw records) → [`route`] (which
-//!   event type each record goes to) → [`filter`] →
-//!   [`transform`] → [`delivery`] ([`nakadi`] publishes, [`dlq`] takes what finally failed) →
+//!   event type each record goes to; decided inside the transform when no route filters) →
+//!   [`filter`] → [`transform`] → [`delivery`] ([`nakadi`] publishes, [`dlq`] takes what finally failed) →
 //!   the checkpoint ([`lease::table`]).
 //! - [`stream`]: DynamoDB Streams calls with typed errors (GetRecords signed by the relay), raw
 //!   record pages, shard lineage.

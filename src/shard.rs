@@ -24,13 +24,13 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::delivery::{Delivery, Entry, Settled};
 use crate::dlq::{DeadLetter, DeadLetterQueue, Origin};
 use crate::fence::Fence;
-use crate::filter::{self, Filtered};
+use crate::filter::Filtered;
 use crate::ids::{StreamArn, WorkerId};
 use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease, StreamStart};
 use crate::metrics::TableMetrics;
 use crate::nakadi::{Failure, Gate, Halt, PublishContext};
 use crate::retry::Backoff;
-use crate::route::{self, Decision, Routes};
+use crate::route::Routes;
 use crate::stream::lineage::{ParentEnd, out_of_order};
 use crate::stream::page::RecordsPage;
 use crate::stream::{Position, StreamError, StreamsClient};
@@ -375,29 +375,9 @@ impl ShardWorker {
         };
         let mut out = Sorted::with_capacity(page.len());
         for raw in page.records() {
-            let lane = |route: usize| &p.routes.lanes[route];
-            match p.routes.decide(raw) {
-                Decision::One(route) => {
-                    let filtered = lane(route).filter.apply(raw, &lane(route).settings);
-                    self.sort(&mut out, route, filtered, origin);
-                }
-                Decision::Unrouted => {
-                    let filtered = filter::unrouted(raw)
-                        .unwrap_or_else(|| lane(0).filter.apply(raw, &lane(0).settings));
-                    self.sort(&mut out, 0, filtered, origin);
-                }
-                Decision::Moved { from, to } => {
-                    // The old route's D first: a consumer of both types sees the entity leave
-                    // one before it arrives in the other.
-                    for (route, name) in [(from, "REMOVE"), (to, "INSERT")] {
-                        if let Some(route) = route {
-                            let record = route::moved_record(raw, name);
-                            let filtered = lane(route).filter.apply(&record, &lane(route).settings);
-                            self.sort(&mut out, route, filtered, origin);
-                        }
-                    }
-                }
-            }
+            p.routes.apply(raw, |route, filtered| {
+                self.sort(&mut out, route, filtered, origin)
+            });
         }
         let Sorted {
             events,

@@ -1,5 +1,5 @@
 //! A table's routes at run time: which event type each record goes to, and a publisher per
-//! route ([`condition`] has the conditions and the decision on raw images).
+//! route (`transform::condition` has the conditions and their evaluation).
 //!
 //! A record takes the first route whose condition holds on its images: new and old for a
 //! MODIFY, the new one for an INSERT, the old one for a REMOVE. A MODIFY whose two images route
@@ -11,19 +11,18 @@
 //! One route without a condition (every table without `[[table.route]]`) decides nothing and
 //! publishes as before routes existed.
 
-pub mod condition;
-
 use std::borrow::Cow;
 
 use futures::future::join_all;
 use serde_json::Value;
 
-pub use condition::{Condition, Router, images};
+use crate::transform::condition::images;
+pub use crate::transform::condition::{Condition, Router};
 
 use crate::delivery::Publish;
-use crate::filter::Filter;
+use crate::filter::{self, Filter, Filtered, Skip};
 use crate::nakadi::{Gate, Outcome, Publisher, Publishing};
-use crate::transform::{Event, EventSettings};
+use crate::transform::{Event, EventSettings, Routed, transform_routed};
 
 /// One route's event type and what its events are.
 pub struct Lane {
@@ -36,6 +35,11 @@ impl Lane {
     pub fn event_type(&self) -> &str {
         self.publisher.event_type()
     }
+
+    /// The record filtered and transformed as this route's.
+    fn apply<'r>(&self, raw: &'r str) -> Filtered<'r> {
+        self.filter.apply(raw, &self.settings)
+    }
 }
 
 /// A table's routes, in order.
@@ -43,11 +47,15 @@ pub struct Routes {
     pub lanes: Vec<Lane>,
     /// None for a single route without a condition: every record takes it.
     router: Option<Router>,
+    /// No route filters or drops anything: records are routed while the transform reads them
+    /// ([`transform_routed`]). A filter reads the record before the transform does, so a table
+    /// with one routes first, on the record's text.
+    in_transform: bool,
 }
 
 /// Where one record's events go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+enum Decision {
     /// Its event goes to this route.
     One(usize),
     /// No route takes it: filtered.
@@ -68,10 +76,54 @@ impl Routes {
             [None] => None,
             _ => Some(Router::new(conditions)),
         };
-        Routes { lanes, router }
+        let in_transform = lanes.iter().all(|lane| lane.filter.is_pass_through());
+        Routes {
+            lanes,
+            router,
+            in_transform,
+        }
     }
 
-    pub fn decide(&self, raw: &str) -> Decision {
+    /// What becomes of one record, given to `each` with its route: one event, or a moved
+    /// record's two (the old route's `D` first, so that a consumer of both event types sees
+    /// the entity leave one before it arrives in the other).
+    pub fn apply(&self, raw: &str, mut each: impl FnMut(usize, Filtered<'_>)) {
+        if let (Some(router), true) = (&self.router, self.in_transform) {
+            match transform_routed(raw, router, |route| &self.lanes[route].settings) {
+                Routed::Event(event) => return each(event.route, Filtered::Event(event)),
+                Routed::Unrouted { sequence_number } => {
+                    return each(
+                        0,
+                        Filtered::Skipped {
+                            sequence_number,
+                            reason: Skip::NoRoute,
+                        },
+                    );
+                }
+                Routed::Undecided => {}
+            }
+        }
+        let lane = |route: usize| &self.lanes[route];
+        match self.decide(raw) {
+            Decision::One(route) => each(route, lane(route).apply(raw)),
+            Decision::Unrouted => {
+                each(
+                    0,
+                    filter::unrouted(raw).unwrap_or_else(|| lane(0).apply(raw)),
+                );
+            }
+            Decision::Moved { from, to } => {
+                for (route, name) in [(from, "REMOVE"), (to, "INSERT")] {
+                    if let Some(route) = route {
+                        each(route, lane(route).apply(&moved_record(raw, name)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where `raw`'s events go, decided on its text.
+    fn decide(&self, raw: &str) -> Decision {
         let Some(router) = &self.router else {
             return Decision::One(0);
         };

@@ -16,6 +16,8 @@
 
 use std::borrow::Cow;
 
+use bumpalo::Bump;
+
 use crate::scan::{string_end, value_end};
 use crate::transform::number;
 use crate::transform::render::{Image, Member, Renderer, escape, recycle};
@@ -34,6 +36,22 @@ pub(crate) struct Patch {
     olds: Vec<Old>,
     /// A map's operations put in name order.
     ordered: Vec<u8>,
+    /// What the old image holds for each top-level member of the new one, kept once the patch
+    /// is written: the routes read the old image through it ([`Patch::old_value_at`]).
+    top: Vec<Old>,
+    /// The old image's top-level members the new one lacks: where each one's name and value
+    /// start in the record.
+    top_gone: Vec<(u32, u32)>,
+}
+
+/// What the old image holds for a top-level member of the new one ([`Patch::old_value`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum OldValue {
+    Missing,
+    /// The same text as the new one.
+    Same,
+    /// Another value, which starts here in the record.
+    At(usize),
 }
 
 /// What the old map holds for a member of the new one.
@@ -43,8 +61,9 @@ enum Old {
     Missing,
     /// The same text.
     Same,
-    /// Another value: the operations at this range of `ops` turn it into the new one.
-    Changed(u32, u32),
+    /// Another value, which starts at `old_at` in the record: the operations at `ops` turn it
+    /// into the new one.
+    Changed { ops: (u32, u32), old_at: u32 },
 }
 
 impl Patch {
@@ -59,6 +78,8 @@ impl Patch {
             values: recycle(self.values),
             olds: recycle(self.olds),
             ordered: recycle(self.ordered),
+            top: recycle(self.top),
+            top_gone: recycle(self.top_gone),
         }
     }
 
@@ -110,7 +131,8 @@ impl Patch {
         let base = self.ops.len();
         let olds = self.olds.len();
         self.olds.resize(olds + new.members.len(), Old::Missing);
-        let mut gone: Vec<Name<'a>> = Vec::new();
+        // With where each one's name and value start.
+        let mut gone: Vec<(Name<'a>, u32, u32)> = Vec::new();
         // The new member, in wire order, the next old member is compared with first.
         let mut next = 0;
         p.expect(b'{')?;
@@ -129,6 +151,7 @@ impl Patch {
                     }
                     next += same;
                 } else {
+                    let name_at = p.at as u32;
                     let name = Name::new(p.string()?);
                     p.expect(b':')?;
                     p.whitespace();
@@ -143,6 +166,7 @@ impl Patch {
                         Some(i) => {
                             next = i + 1;
                             let member = &new.members[i];
+                            let old_at = p.at as u32;
                             self.olds[olds + i] = if p.skip_same(member.wire_value(record)) {
                                 Old::Same
                             } else {
@@ -151,12 +175,16 @@ impl Patch {
                                 let json = json.map(|json| member.json(json));
                                 self.value(p, r, member.value_at as usize, json)?;
                                 self.path.truncate(path);
-                                Old::Changed(start, self.ops.len() as u32)
+                                Old::Changed {
+                                    ops: (start, self.ops.len() as u32),
+                                    old_at,
+                                }
                             };
                         }
                         None => {
+                            let value_at = p.at as u32;
                             self.check(p, r)?;
-                            gone.push(name);
+                            gone.push((name, name_at, value_at));
                         }
                     }
                 }
@@ -166,8 +194,8 @@ impl Patch {
             }
         }
         p.leave();
-        gone.sort_unstable();
-        if gone.windows(2).any(|w| w[0] == w[1]) {
+        gone.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if gone.windows(2).any(|w| w[0].0 == w[1].0) {
             return None;
         }
         let mut ordered = std::mem::take(&mut self.ordered);
@@ -175,7 +203,9 @@ impl Patch {
         for (i, member) in new.by_name() {
             match self.olds[olds + i] {
                 Old::Same => {}
-                Old::Changed(start, end) => {
+                Old::Changed {
+                    ops: (start, end), ..
+                } => {
                     ordered.extend_from_slice(&self.ops[start as usize..end as usize]);
                 }
                 Old::Missing => {
@@ -193,7 +223,7 @@ impl Patch {
                 }
             }
         }
-        for name in &gone {
+        for (name, ..) in &gone {
             let path = self.push_text(&name.text);
             op(&mut ordered, &self.path, Op::Remove, None);
             self.path.truncate(path);
@@ -201,8 +231,38 @@ impl Patch {
         self.ops.truncate(base);
         self.ops.extend_from_slice(&ordered);
         self.ordered = ordered;
-        self.olds.truncate(olds);
+        if olds == 0 {
+            // The image's own map: kept for the routes, and the stack left empty.
+            std::mem::swap(&mut self.top, &mut self.olds);
+            self.olds.clear();
+            self.top_gone.clear();
+            self.top_gone.extend(
+                gone.iter()
+                    .map(|&(_, name_at, value_at)| (name_at, value_at)),
+            );
+        } else {
+            self.olds.truncate(olds);
+        }
         Some(())
+    }
+
+    /// What the old image holds for the new image's top-level member `i`, after
+    /// [`Patch::old_against_new`] read the one against the other.
+    pub(crate) fn old_value(&self, i: usize) -> OldValue {
+        match self.top[i] {
+            Old::Missing => OldValue::Missing,
+            Old::Same => OldValue::Same,
+            Old::Changed { old_at, .. } => OldValue::At(old_at as usize),
+        }
+    }
+
+    /// Where the value of the old image's top-level attribute `name`, which the new image
+    /// lacks, starts in the record; `None` when the old image lacks it too.
+    pub(crate) fn gone_value_at(&self, name: &Name<'_>, raw: &str, arena: &Bump) -> Option<usize> {
+        self.top_gone.iter().find_map(|&(name_at, value_at)| {
+            let mut p = Parser::new(raw, arena, name_at as usize, 2);
+            (Name::new(p.string()?) == *name).then_some(value_at as usize)
+        })
     }
 
     /// The old list at `p` against the new list whose `[` is at `new_at` in the same text.

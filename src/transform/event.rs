@@ -9,16 +9,31 @@ use bumpalo::Bump;
 use bytes::{BufMut as _, Bytes, BytesMut};
 use uuid::Uuid;
 
-use crate::transform::diff::Patch;
+use crate::transform::condition::{Attribute, Router, SLOTS, attribute_at};
+use crate::transform::diff::{OldValue, Patch};
 use crate::transform::number::Decimal;
 use crate::transform::render::{Image, Renderer, escape, recycle, write_string};
 use crate::transform::wire::{Name, Parser, Text};
-use crate::transform::{Event, EventSettings, eid_for, timestamp};
+use crate::transform::{Event, EventSettings, Routed, eid_for, timestamp};
 
 /// The event for `raw`, or `None` when the record is not one the fast path takes: the caller
 /// then asks the reference path, which explains what is wrong with it.
 pub(crate) fn build(raw: &str, settings: &EventSettings) -> Option<Event> {
-    BUFFERS.with_borrow_mut(|buffers| build_with(raw, settings, buffers))
+    match BUFFERS.with_borrow_mut(|buffers| build_with(raw, None, &|_| settings, buffers)) {
+        Some(Routed::Event(event)) => Some(event),
+        _ => None,
+    }
+}
+
+/// [`build`] for a table with routes: the route decided on the images as they are read, and
+/// the event built with its route's `settings`. `None` when the fast path does not take the
+/// record, or its images route apart (a move, which the caller makes two records of).
+pub(crate) fn build_routed<'s>(
+    raw: &str,
+    router: &Router,
+    settings: impl Fn(usize) -> &'s EventSettings,
+) -> Option<Routed> {
+    BUFFERS.with_borrow_mut(|buffers| build_with(raw, Some(router), &settings, buffers))
 }
 
 /// What a thread reuses from record to record: the item's buffer, the renderer's scratch space
@@ -40,7 +55,14 @@ thread_local! {
     static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
 }
 
-fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Option<Event> {
+/// One function for both, not one per kind of `settings`: a table with routes runs the same
+/// code as one without, besides deciding the route.
+fn build_with<'s>(
+    raw: &str,
+    router: Option<&Router>,
+    settings: &dyn Fn(usize) -> &'s EventSettings,
+    buffers: &mut Buffers,
+) -> Option<Routed> {
     // Offsets are u32; a record is at most some 400 KB.
     u32::try_from(raw.len()).ok()?;
     // Escaped strings, rare, are decoded into this; an arena allocates nothing until used.
@@ -88,7 +110,7 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
         ..
     } = record;
     let ((event_id, eid), sequence_number) = (event_id?, sequence_number?);
-    // Only a number is written here: anything else needs escaping, which the reference does.
+    // Anything but a decimal number is malformed: the reference says so.
     let zeros = super::sequence_number_padding(sequence_number)?;
     if let (Some(image), Some(_), Some(at)) = (&new.image, &old.image, old_at) {
         // The old image came first and was written on its own: now it is read again, against
@@ -110,6 +132,19 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     };
     let item_image = item.image.as_ref()?;
     let created_at_ms = created?.millis()?;
+    let route = match router {
+        None => 0,
+        Some(router) => match route(router, raw, &arena, (&new, &old, old_present), &patch)? {
+            Some(route) => route,
+            None => {
+                give_back(buffers, r, patch, new, old);
+                return Some(Routed::Unrouted {
+                    sequence_number: sequence_number.to_owned(),
+                });
+            }
+        },
+    };
+    let settings = settings(route);
 
     let out = &mut buffers.head;
     out.clear();
@@ -158,6 +193,20 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
         data.put_slice(sequence_number.as_bytes());
     });
 
+    give_back(buffers, r, patch, new, old);
+    let mut event = Event::from_parts(eid, data, body_len, event_id.len(), created_at_ms);
+    event.route = route;
+    Some(Routed::Event(event))
+}
+
+/// What a record's build reuses, kept for the next record.
+fn give_back<'a>(
+    buffers: &mut Buffers,
+    mut r: Renderer<'a>,
+    patch: Patch,
+    new: Written<'a>,
+    old: Written<'a>,
+) {
     if let Some(image) = new.image {
         r.give_back(image);
     }
@@ -167,13 +216,73 @@ fn build_with(raw: &str, settings: &EventSettings, buffers: &mut Buffers) -> Opt
     buffers.renderer = Some(r.recycle());
     buffers.patch = patch;
     buffers.item = recycle(new.json);
-    Some(Event::from_parts(
-        eid,
-        data,
-        body_len,
-        event_id.len(),
-        created_at_ms,
-    ))
+}
+
+/// The route that takes the record read into `new`, `old` and `patch`: `Some(None)` when none
+/// does, `None` when its images route apart or the routes test more attributes than it looks
+/// up on the stack. Each image present is routed, as [`crate::route::Routes::apply`] routes the
+/// record's text otherwise. An old image read against the new one is read through the patch:
+/// an attribute the diff found the same is the new one's, already read.
+fn route<'a>(
+    router: &Router,
+    raw: &'a str,
+    arena: &'a Bump,
+    (new, old, old_present): (&Written<'_>, &Written<'_>, bool),
+    patch: &Patch,
+) -> Option<Option<usize>> {
+    let n = router.names().len();
+    if n > SLOTS {
+        return None;
+    }
+    // Per name: its member in the new image, and its value in each image.
+    let mut at_new = [None; SLOTS];
+    let (mut in_new, mut in_old) = ([None; SLOTS], [None; SLOTS]);
+    let read = |image: &Image<'_>,
+                found: &mut [Option<Attribute<'a>>],
+                at: &mut [Option<usize>]| {
+        for ((name, found), at) in router.names().zip(found).zip(at) {
+            *at = image.scan(&name);
+            *found = at.and_then(|i| attribute_at(raw, arena, image.members[i].value_at as usize));
+        }
+    };
+    let to = new.image.as_ref().map(|image| {
+        read(image, &mut in_new, &mut at_new);
+        router.route_found(&in_new[..n])
+    });
+    let from = match (&old.image, &new.image) {
+        (Some(image), _) => {
+            read(image, &mut in_old, &mut [None; SLOTS]);
+            Some(router.route_found(&in_old[..n]))
+        }
+        (None, Some(_)) if old_present => {
+            let mut same = true;
+            for (k, name) in router.names().enumerate() {
+                let value_at = match at_new[k].map(|i| patch.old_value(i)) {
+                    Some(OldValue::Same) => {
+                        in_old[k] = in_new[k];
+                        continue;
+                    }
+                    Some(OldValue::At(at)) => Some(at),
+                    Some(OldValue::Missing) => None,
+                    None => patch.gone_value_at(&name, raw, arena),
+                };
+                same &= at_new[k].is_none() && value_at.is_none();
+                in_old[k] = value_at.and_then(|at| attribute_at(raw, arena, at));
+            }
+            // Every attribute the routes test is as it was: so is the route.
+            Some(if same {
+                to?
+            } else {
+                router.route_found(&in_old[..n])
+            })
+        }
+        _ => None,
+    };
+    match (to, from) {
+        (Some(to), Some(from)) => (to == from).then_some(to),
+        (Some(only), None) | (None, Some(only)) => Some(only),
+        (None, None) => None,
+    }
 }
 
 /// Where a thread writes its events, each its body, eventID and sequence number: slices of

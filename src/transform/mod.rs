@@ -22,8 +22,9 @@
 //! every value checked and copied, every map's members put in name order. Of the old image only
 //! what changed is read; the rest is compared with the new image's text as runs of bytes.
 
+pub mod condition;
 mod diff;
-mod event;
+pub(crate) mod event;
 pub(crate) mod number;
 mod reference;
 mod render;
@@ -255,6 +256,28 @@ pub fn eid_for(event_id: &str) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_sha1_bytes(bytes).into_uuid()
+}
+
+/// What the fast path made of a record of a table with routes ([`transform_routed`]).
+#[derive(Debug)]
+pub enum Routed {
+    /// The event, of the route that takes the record ([`Event::route`]).
+    Event(Event),
+    /// No route takes the record.
+    Unrouted { sequence_number: String },
+    /// Not decided here: the fast path does not take the record, or its images take different
+    /// routes. [`crate::route::Routes::apply`] then routes it on its text.
+    Undecided,
+}
+
+/// The record routed and transformed in one reading ([`crate::route`]): its images are routed
+/// as they are read, and the event is written with its route's `settings`.
+pub fn transform_routed<'s>(
+    raw: &str,
+    router: &condition::Router,
+    settings: impl Fn(usize) -> &'s EventSettings,
+) -> Routed {
+    event::build_routed(raw, router, settings).unwrap_or(Routed::Undecided)
 }
 
 /// `raw` is one element of the `Records` array of a DynamoDB Streams GetRecords response, as the

@@ -1,17 +1,24 @@
 //! Which of a table's routes a record takes: the conditions of the tables file's
-//! `[[table.route]]` entries, and their evaluation on the raw stream record.
+//! `[[table.route]]` entries, and their evaluation on the raw stream record. `crate::route`
+//! uses them; they live here because the fast transform evaluates them.
 //!
-//! Routing runs for every record in front of the transform, so it reads the record's text as
-//! GetRecords returned it and builds no tree: [`images`] finds where the two images are, and a
-//! condition looks up, in one image's text, only the top-level attributes it names, stepping
-//! over the others' values with the page's bracket scan (`scan::skip`). A [`Router`] gathers
-//! the names all of its routes test, so that one walk over an image serves every route.
+//! Routing builds no tree, and reads a record in one of two ways:
+//!
+//! - **While the transform reads it** (`transform_routed`, for tables whose routes filter and
+//!   drop nothing): the transform has located every member of the new image, and the old
+//!   image's as it compared it with the new one, so a route looks up its attributes there
+//!   ([`Router::route_found`], [`attribute_at`]). This costs a few lookups per record.
+//! - **On its text** ([`Router::route`], for the rest, and for records the fast transform does
+//!   not take): [`images`] finds where the two images are, and one walk over an image looks up
+//!   the top-level attributes all the routes name, stepping over the others' values with the
+//!   page's bracket scan (`scan::skip`).
 //!
 //! The text is located, not checked: the transform checks the record after the route is
 //! chosen, and dead-letters a malformed one, so routing only needs to be deterministic on it.
 //! An image is read up to the first thing that cannot be read; attributes not found by then
 //! count as missing. A name that appears twice in an image, which DynamoDB never sends, counts
-//! as its first appearance: the walk stops as soon as it has found every name it looks for.
+//! as its first appearance: the walk stops as soon as it has found every name it looks for
+//! (the fast transform refuses such an image).
 
 use std::ops::Range;
 
@@ -19,43 +26,46 @@ use bumpalo::Bump;
 
 use crate::scan;
 use crate::transform::number::Decimal;
-use crate::transform::wire::{self, Parser};
+use crate::transform::wire::{self, Name, Parser, Text};
 
 /// A route's `when`: a test of an image's top-level attributes. Attribute names are literal
 /// names, never paths: they are what a table's schema names.
 ///
 /// Equality (for finding a route identical to an earlier one) is as written, except that
 /// numbers are equal by value.
+///
+/// `A` is how an attribute is named: as written, or (in a [`Router`]) by the index of its
+/// slot among the router's names, so that evaluating looks up no name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Condition {
+pub enum Condition<A = String> {
     /// `equals`: a string (`S`) attribute with exactly this text.
     Equals {
-        attribute: String,
+        attribute: A,
         value: String,
     },
     /// `equals_number`: a number (`N`) attribute of this value.
     EqualsNumber {
-        attribute: String,
+        attribute: A,
         value: Number,
     },
     /// `begins_with`: a string (`S`) attribute that begins with this text.
     BeginsWith {
-        attribute: String,
+        attribute: A,
         prefix: String,
     },
     /// `exists`: the attribute is there (`present`), of any type, `NULL` too; or is not.
     Exists {
-        attribute: String,
+        attribute: A,
         present: bool,
     },
     /// `any_of`: a string (`S`) attribute equal to one of these.
     AnyOf {
-        attribute: String,
+        attribute: A,
         values: Vec<String>,
     },
-    Not(Box<Condition>),
+    Not(Box<Condition<A>>),
     /// Every one of them holds.
-    All(Vec<Condition>),
+    All(Vec<Condition<A>>),
 }
 
 /// A decimal number as configured, kept as its text: DynamoDB numbers have up to 38 digits,
@@ -176,18 +186,47 @@ impl Condition {
     /// Whether the condition holds for `image`, an image object's text as the record has it
     /// (`{"entity":{"S":"order"},…}`).
     pub fn holds(&self, image: &str) -> bool {
-        // Escaped strings are decoded into this; it allocates nothing until one comes.
-        let arena = Bump::new();
-        self.eval(&mut |name| {
-            let mut found = [None];
-            walk(image, &arena, &[name], &mut found);
-            found[0]
-        })
+        Router::new(vec![Some(self.clone())]).route(image).is_some()
     }
+}
 
-    /// Evaluated with `find`, which gives an attribute's value by name, `None` when the image
-    /// has no such attribute.
-    fn eval<'a>(&self, find: &mut impl FnMut(&str) -> Option<Attribute<'a>>) -> bool {
+impl<A> Condition<A> {
+    /// The condition with each attribute named by `name` instead.
+    fn renamed<B>(&self, name: &mut impl FnMut(&A) -> B) -> Condition<B> {
+        match self {
+            Condition::Equals { attribute, value } => Condition::Equals {
+                attribute: name(attribute),
+                value: value.clone(),
+            },
+            Condition::EqualsNumber { attribute, value } => Condition::EqualsNumber {
+                attribute: name(attribute),
+                value: value.clone(),
+            },
+            Condition::BeginsWith { attribute, prefix } => Condition::BeginsWith {
+                attribute: name(attribute),
+                prefix: prefix.clone(),
+            },
+            Condition::Exists { attribute, present } => Condition::Exists {
+                attribute: name(attribute),
+                present: *present,
+            },
+            Condition::AnyOf { attribute, values } => Condition::AnyOf {
+                attribute: name(attribute),
+                values: values.clone(),
+            },
+            Condition::Not(condition) => Condition::Not(Box::new(condition.renamed(name))),
+            Condition::All(conditions) => {
+                Condition::All(conditions.iter().map(|c| c.renamed(name)).collect())
+            }
+        }
+    }
+}
+
+impl Condition<usize> {
+    /// Evaluated on `found`, the value of each slot's attribute, `None` when the image has no
+    /// such attribute.
+    fn eval(&self, found: &[Option<Attribute<'_>>]) -> bool {
+        let find = |slot: &usize| found[*slot];
         match self {
             Condition::Equals { attribute, value } => {
                 matches!(find(attribute), Some(Attribute::String(s)) if s == value.as_bytes())
@@ -206,25 +245,8 @@ impl Condition {
                 Some(Attribute::String(s)) => values.iter().any(|v| s == v.as_bytes()),
                 _ => false,
             },
-            Condition::Not(condition) => !condition.eval(find),
-            Condition::All(conditions) => conditions.iter().all(|c| c.eval(find)),
-        }
-    }
-
-    /// The attribute names the condition tests, each once, appended to `names`.
-    fn names<'c>(&'c self, names: &mut Vec<&'c str>) {
-        match self {
-            Condition::Equals { attribute, .. }
-            | Condition::EqualsNumber { attribute, .. }
-            | Condition::BeginsWith { attribute, .. }
-            | Condition::Exists { attribute, .. }
-            | Condition::AnyOf { attribute, .. } => {
-                if !names.contains(&attribute.as_str()) {
-                    names.push(attribute);
-                }
-            }
-            Condition::Not(condition) => condition.names(names),
-            Condition::All(conditions) => conditions.iter().for_each(|c| c.names(names)),
+            Condition::Not(condition) => !condition.eval(found),
+            Condition::All(conditions) => conditions.iter().all(|c| c.eval(found)),
         }
     }
 }
@@ -306,29 +328,39 @@ fn kind(value: &toml::Value) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct Router {
     /// In route order; `None` always holds (a route without `when`, the table's fallback).
-    conditions: Vec<Option<Condition>>,
-    /// Every name the conditions test, once: one walk over an image finds them all.
+    conditions: Vec<Option<Condition<usize>>>,
+    /// Every name the conditions test, once, by slot: one walk over an image finds them all.
     names: Vec<String>,
 }
 
 /// How many attributes a route decision looks up without allocating; routes mostly test one
 /// or two (an entity type, a key prefix).
-const SLOTS: usize = 8;
+pub(crate) const SLOTS: usize = 8;
 
 impl Router {
     pub fn new(conditions: Vec<Option<Condition>>) -> Router {
-        let mut names = Vec::new();
-        conditions
+        let mut names: Vec<String> = Vec::new();
+        let mut slot = |name: &String| match names.iter().position(|n| n == name) {
+            Some(slot) => slot,
+            None => {
+                names.push(name.clone());
+                names.len() - 1
+            }
+        };
+        let conditions = conditions
             .iter()
-            .flatten()
-            .for_each(|c| c.names(&mut names));
-        let names = names.into_iter().map(String::from).collect();
+            .map(|c| c.as_ref().map(|c| c.renamed(&mut slot)))
+            .collect();
         Router { conditions, names }
     }
 
     /// The index of the first route whose condition holds for `image` (an image object's
     /// text), `None` when none does.
     pub fn route(&self, image: &str) -> Option<usize> {
+        // A first route without a condition needs nothing of the image.
+        if let Some(None) = self.conditions.first() {
+            return Some(0);
+        }
         let arena = Bump::new();
         let mut stack = [None; SLOTS];
         let mut heap = Vec::new();
@@ -339,25 +371,39 @@ impl Router {
                 &mut heap[..]
             }
         };
-        // Walked when a condition first asks: a first route without a condition needs nothing
-        // of the image.
-        let mut walked = false;
-        let mut find = |name: &str| {
-            if !walked {
-                walk(image, &arena, &self.names, found);
-                walked = true;
-            }
-            found[self.names.iter().position(|n| n == name)?]
-        };
+        walk(image, &arena, &self.names, found);
+        self.route_found(found)
+    }
+
+    /// Every name the conditions test, once, by slot ([`Router::route_found`]).
+    pub(crate) fn names(&self) -> impl ExactSizeIterator<Item = Name<'_>> {
+        self.names.iter().map(|name| Name::new(Text::Decoded(name)))
+    }
+
+    /// The route of an image whose attributes have been found otherwise: `found[k]` is the
+    /// value of the `k`th of [`Router::names`].
+    pub(crate) fn route_found(&self, found: &[Option<Attribute<'_>>]) -> Option<usize> {
         self.conditions
             .iter()
-            .position(|c| c.as_ref().is_none_or(|c| c.eval(&mut find)))
+            .position(|c| c.as_ref().is_none_or(|c| c.eval(found)))
+    }
+}
+
+/// An attribute's value as far as a condition looks at it, read at `at` in `raw`, where an
+/// attribute value starts. `None` when there is none to read.
+pub(crate) fn attribute_at<'a>(raw: &'a str, arena: &'a Bump, at: usize) -> Option<Attribute<'a>> {
+    let mut p = Parser::new(raw, arena, at, 2);
+    // Most are `{"S":"…"}` or `{"N":"…"}` as DynamoDB spells them, read in one step.
+    match p.plain_value() {
+        Some((b'S', text)) => Some(Attribute::String(&p.bytes[text])),
+        Some((_, text)) => Some(Attribute::Number(raw.get(text)?)),
+        None => attribute(&mut p),
     }
 }
 
 /// An attribute's value as far as a condition looks at it.
 #[derive(Debug, Clone, Copy)]
-enum Attribute<'a> {
+pub(crate) enum Attribute<'a> {
     /// `S`: its text, unescaped.
     String(&'a [u8]),
     /// `N`: its text, unescaped (perhaps not a number at all).
