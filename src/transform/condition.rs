@@ -331,6 +331,8 @@ pub struct Router {
     conditions: Vec<Option<Condition<usize>>>,
     /// Every name the conditions test, once, by slot: one walk over an image finds them all.
     names: Vec<String>,
+    /// Their keys for comparing ([`Name`]), taken once.
+    keys: Vec<(u64, u64)>,
 }
 
 /// How many attributes a route decision looks up without allocating; routes mostly test one
@@ -351,7 +353,15 @@ impl Router {
             .iter()
             .map(|c| c.as_ref().map(|c| c.renamed(&mut slot)))
             .collect();
-        Router { conditions, names }
+        let keys = names
+            .iter()
+            .map(|name| Name::new(Text::Decoded(name)).key)
+            .collect();
+        Router {
+            conditions,
+            names,
+            keys,
+        }
     }
 
     /// The index of the first route whose condition holds for `image` (an image object's
@@ -377,7 +387,10 @@ impl Router {
 
     /// Every name the conditions test, once, by slot ([`Router::route_found`]).
     pub(crate) fn names(&self) -> impl ExactSizeIterator<Item = Name<'_>> {
-        self.names.iter().map(|name| Name::new(Text::Decoded(name)))
+        self.names.iter().zip(&self.keys).map(|(name, &key)| Name {
+            key,
+            text: Text::Decoded(name),
+        })
     }
 
     /// The route of an image whose attributes have been found otherwise: `found[k]` is the
