@@ -182,12 +182,6 @@ impl Condition {
             )),
         }
     }
-
-    /// Whether the condition holds for `image`, an image object's text as the record has it
-    /// (`{"entity":{"S":"order"},…}`).
-    pub fn holds(&self, image: &str) -> bool {
-        Router::new(vec![Some(self.clone())]).route(image).is_some()
-    }
 }
 
 impl<A> Condition<A> {
@@ -408,8 +402,7 @@ pub(crate) fn attribute_at<'a>(raw: &'a str, arena: &'a Bump, at: usize) -> Opti
     let mut p = Parser::new(raw, arena, at, 2);
     // Most are `{"S":"…"}` or `{"N":"…"}` as DynamoDB spells them, read in one step.
     match p.plain_value() {
-        Some((b'S', text)) => Some(Attribute::String(&p.bytes[text])),
-        Some((_, text)) => Some(Attribute::Number(raw.get(text)?)),
+        Some((tag, text)) => Attribute::plain(raw, tag, text),
         None => attribute(&mut p),
     }
 }
@@ -424,6 +417,17 @@ pub(crate) enum Attribute<'a> {
     /// Any other type, or no attribute value at all (not an object of one member): present,
     /// and equal to nothing.
     Other,
+}
+
+impl<'a> Attribute<'a> {
+    /// A plain value of `text`, as `Parser::plain_value` found it: its tag (`S` or `N`) and
+    /// where its text is.
+    fn plain(text: &'a str, tag: u8, at: Range<usize>) -> Option<Attribute<'a>> {
+        Some(match tag {
+            b'S' => Attribute::String(text.as_bytes().get(at)?),
+            _ => Attribute::Number(text.get(at)?),
+        })
+    }
 }
 
 /// Notes in `found` the values of the top-level attributes of `image` named in `names` (the same
@@ -461,11 +465,7 @@ fn walk<'a>(
             // Most members are `"name":{"S":"…"}` or `{"N":"…"}` as DynamoDB spells them,
             // read in one step.
             if let Some((name, tag, value)) = p.plain_member() {
-                let value = match tag {
-                    b'S' => Attribute::String(&p.bytes[value]),
-                    _ => Attribute::Number(p.text.get(value)?),
-                };
-                if note(name, value) {
+                if note(name, Attribute::plain(image, tag, value)?) {
                     return Some(());
                 }
             } else {

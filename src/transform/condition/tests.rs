@@ -17,6 +17,12 @@ fn when(inline: &str) -> Condition {
 }
 
 impl Condition {
+    /// Whether the condition holds for `image`, an image object's text as the record has it
+    /// (`{"entity":{"S":"order"},…}`).
+    fn holds(&self, image: &str) -> bool {
+        Router::new(vec![Some(self.clone())]).route(image).is_some()
+    }
+
     /// The plain reference: the image as a tree, and the rules as the docs state them.
     fn holds_plain(&self, image: &Value) -> bool {
         // The text of an attribute of type `tag`: an attribute value is an object of one member,
