@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
@@ -76,8 +77,14 @@ impl AwsClients {
             .operation_attempt_timeout(ATTEMPT_TIMEOUT)
             .operation_timeout(Duration::from_secs(30))
             .build();
+        // Stalled-stream protection is for large bodies: it wakes every call in flight ten times a
+        // second to measure its throughput, which for a heartbeat queued behind a slow page or a
+        // long-polled ReceiveMessage costs more CPU than the call. DynamoDB, Streams and SQS
+        // bodies are small, and the attempt timeouts above already cut a hung call; S3, which
+        // carries large dead letters, keeps it (`s3_client`).
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(timeouts)
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .load()
             .await;
         let lease_timeouts = TimeoutConfig::builder()
@@ -121,6 +128,7 @@ pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     let s3_endpoint = std::env::var_os("AWS_ENDPOINT_URL_S3").is_some_and(|v| !v.is_empty());
     let config = aws_sdk_s3::config::Builder::from(sdk)
         .force_path_style(sdk.endpoint_url().is_some() || s3_endpoint)
+        .stalled_stream_protection(StalledStreamProtectionConfig::enabled().build())
         .interceptor(CountRequests)
         .build();
     aws_sdk_s3::Client::from_conf(config)
