@@ -5,6 +5,7 @@ pub mod client;
 pub mod lineage;
 pub mod page;
 pub mod signed;
+mod sigv4;
 
 pub use crate::ids::ShardId;
 pub use client::{Position, StreamError, StreamsClient};

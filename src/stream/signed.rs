@@ -11,8 +11,9 @@
 //!   dual-stack), so it is the URL the SDK would call;
 //! - credentials come from the SDK's default chain (environment, profile, web identity,
 //!   container and instance credentials), cached here until shortly before they expire;
-//! - the request is signed by `aws-sigv4`, the SDK's own signer, with the clock corrected by the
-//!   skew the last response's `Date` showed, as the SDK does;
+//! - the request is signed with SigV4 by [`super::sigv4`], built on `aws-sigv4`'s primitives for
+//!   this one request shape, with the clock corrected by the skew the last response's `Date`
+//!   showed, as the SDK does;
 //! - one reqwest client keeps connections alive, with proxies from `HTTPS_PROXY`/`HTTP_PROXY`/
 //!   `NO_PROXY` and trust anchors from the system store (`SSL_CERT_FILE` replaces it), as the
 //!   SDK's HTTPS client reads them;
@@ -27,32 +28,51 @@ use std::time::{Duration, SystemTime};
 use aws_config::SdkConfig;
 use aws_sdk_dynamodbstreams::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
 use aws_sdk_dynamodbstreams::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_smithy_runtime_api::client::identity::Identity;
 use aws_types::service_config::ServiceConfigKey;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderMap};
+use reqwest::Url;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Mutex;
 use tracing::warn;
 
 use super::StreamError;
 use super::page::{RecordsPage, page_buffer};
+use super::sigv4::Signer;
 use crate::metrics;
 
 const TARGET: &str = "DynamoDBStreams_20120810.GetRecords";
 const JSON_1_0: &str = "application/x-amz-json-1.0";
+const X_AMZ_TARGET: HeaderName = HeaderName::from_static("x-amz-target");
+const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
+const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
+/// The headers every GetRecords call sends and signs besides `host` and the signature's own.
+const SIGNED_HEADERS: &[(&str, &str)] = &[("content-type", JSON_1_0), ("x-amz-target", TARGET)];
 /// The signing name of DynamoDB Streams (it shares DynamoDB's).
 const SIGNING_NAME: &str = "dynamodb";
 /// Credentials are renewed this long before they expire, so a request signed with them is
 /// not refused while in flight; the SDK's identity cache keeps the same margin.
 const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(10);
 
+/// Where GetRecords calls go, and their signer.
+struct Endpoint {
+    url: Url,
+    signer: Signer,
+}
+
+/// The body of a GetRecords call.
+#[derive(serde::Serialize)]
+struct GetRecordsInput<'a> {
+    #[serde(rename = "ShardIterator")]
+    shard_iterator: &'a str,
+    #[serde(rename = "Limit")]
+    limit: u32,
+}
+
 /// Sends GetRecords calls. One per process, shared by every shard worker.
 pub struct RecordsReader {
     http: reqwest::Client,
     /// The resolved endpoint, or why there is none (no region): reported by every call, after
     /// the start-up's DescribeStream (on the SDK) has already reported it.
-    endpoint: Result<String, String>,
-    region: String,
+    endpoint: Result<Endpoint, String>,
     credentials: CredentialsCache,
     /// Server time minus local time in milliseconds, from the last response's `Date`.
     skew_ms: AtomicI64,
@@ -68,7 +88,12 @@ impl RecordsReader {
     ) -> RecordsReader {
         let region = sdk.region().map(|r| r.to_string());
         let endpoint = match &region {
-            Some(region) => resolve_endpoint(sdk, region).await,
+            Some(region) => resolve_endpoint(sdk, region).await.and_then(|url| {
+                let url = Url::parse(&url)
+                    .map_err(|e| format!("DynamoDB Streams endpoint {url:?}: {e}"))?;
+                let signer = Signer::new(&url, region, SIGNING_NAME, SIGNED_HEADERS);
+                Ok(Endpoint { url, signer })
+            }),
             None => Err("no AWS region is configured (AWS_REGION)".to_owned()),
         };
         let http = reqwest::Client::builder()
@@ -76,12 +101,14 @@ impl RecordsReader {
             .timeout(attempt_timeout)
             // DynamoDB Streams speaks HTTP/1.1, as the SDK's client does with it.
             .http1_only()
+            // Neither answers a GetRecords call; every caller retries by the failure's class.
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never())
             .build()
             .expect("the TLS backend initializes");
         RecordsReader {
             http,
             endpoint,
-            region: region.unwrap_or_default(),
             credentials: CredentialsCache {
                 provider: sdk.credentials_provider(),
                 current: Mutex::new(None),
@@ -100,26 +127,36 @@ impl RecordsReader {
     }
 
     async fn call(&self, iterator: &str) -> Result<RecordsPage, StreamError> {
-        let url = self
+        let endpoint = self
             .endpoint
-            .as_deref()
+            .as_ref()
             .map_err(|e| StreamError::Other(e.clone()))?;
         let credentials = self.credentials.get().await?;
-        let body = serde_json::to_vec(&serde_json::json!({
-            "ShardIterator": iterator,
-            "Limit": 1000,
-        }))
-        .expect("a string serializes");
-        let signature = self.sign(url, &body, credentials)?;
+        let body = bytes::Bytes::from(
+            serde_json::to_vec(&GetRecordsInput {
+                shard_iterator: iterator,
+                limit: 1000,
+            })
+            .expect("a string serializes"),
+        );
+        let signature = endpoint
+            .signer
+            .sign(&credentials, self.now(), &body)
+            .map_err(|e| StreamError::Other(format!("signing GetRecords: {e}")))?;
         let mut attempt = 0;
         let mut response = loop {
             let mut request = self
                 .http
-                .post(url)
-                .header(CONTENT_TYPE, JSON_1_0)
-                .header("x-amz-target", TARGET);
-            for (name, value) in &signature {
-                request = request.header(*name, value);
+                .post(endpoint.url.clone())
+                .header(CONTENT_TYPE, HeaderValue::from_static(JSON_1_0))
+                .header(X_AMZ_TARGET, HeaderValue::from_static(TARGET))
+                .header(X_AMZ_DATE, signature.amz_date.clone())
+                .header(
+                    reqwest::header::AUTHORIZATION,
+                    signature.authorization.clone(),
+                );
+            if let Some(token) = &signature.security_token {
+                request = request.header(X_AMZ_SECURITY_TOKEN, token.clone());
             }
             metrics::aws_request("GetRecords");
             match request.body(body.clone()).send().await {
@@ -169,41 +206,15 @@ impl RecordsReader {
         })
     }
 
-    /// The signature's headers (`authorization`, `x-amz-date`, `x-amz-security-token`).
-    fn sign(
-        &self,
-        url: &str,
-        body: &[u8],
-        credentials: Credentials,
-    ) -> Result<Vec<(&'static str, String)>, StreamError> {
-        let identity = Identity::from(credentials);
+    /// Now by the server's clock, as far as the last response's `Date` showed it.
+    fn now(&self) -> SystemTime {
         let skew = self.skew_ms.load(Ordering::Relaxed);
         let now = SystemTime::now();
-        let time = if skew >= 0 {
+        if skew >= 0 {
             now + Duration::from_millis(skew as u64)
         } else {
             now - Duration::from_millis(skew.unsigned_abs())
-        };
-        let params = aws_sigv4::sign::v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name(SIGNING_NAME)
-            .time(time)
-            .settings(SigningSettings::default())
-            .build()
-            .expect("every signing parameter is set")
-            .into();
-        let headers = [("content-type", JSON_1_0), ("x-amz-target", TARGET)];
-        let signable =
-            SignableRequest::new("POST", url, headers.into_iter(), SignableBody::Bytes(body))
-                .and_then(|request| sign(request, &params))
-                .map_err(|e| StreamError::Other(format!("signing GetRecords: {e}")))?;
-        let (instructions, _) = signable.into_parts();
-        let (headers, _) = instructions.into_parts();
-        Ok(headers
-            .into_iter()
-            .map(|h| (h.name(), h.value().to_owned()))
-            .collect())
+        }
     }
 
     /// Keeps the skew between the server's clock and ours, so a pod whose clock drifted still
@@ -434,8 +445,8 @@ mod tests {
             .build();
         let reader = RecordsReader::new(&sdk, Duration::from_secs(1), Duration::from_secs(1)).await;
         assert_eq!(
-            reader.endpoint.as_deref(),
-            Ok("https://streams.dynamodb.eu-central-1.amazonaws.com")
+            reader.endpoint.as_ref().map(|e| e.url.as_str()),
+            Ok("https://streams.dynamodb.eu-central-1.amazonaws.com/")
         );
         let an_hour_ahead = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
         reader.observe_clock(&headers(&[("date", &an_hour_ahead)]));
