@@ -157,6 +157,12 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// How long SIGTERM may take: the batch in flight, its checkpoint and the lease release.
     pub shutdown_timeout: Duration,
+    /// RELAY_WORKER_THREADS: the threads that run the relay's tasks. One by default: the relay
+    /// scales by pods (one lease per shard), one thread transforms more than a pod's shards
+    /// usually write, and each more thread costs every idle poll a wake-up of a sibling thread
+    /// (docs/performance.md). The runtime's own default, one per core of the node, ignores the
+    /// pod's CPU request.
+    pub worker_threads: usize,
     /// The `snapshot` subcommand's settings.
     pub snapshot: SnapshotConfig,
 }
@@ -485,6 +491,7 @@ impl Config {
             Duration::ZERO,
             60 * SECOND,
         );
+        let worker_threads = r.number("RELAY_WORKER_THREADS", 1, 1, 256);
         let lease = LeaseTiming {
             duration: r.duration("RELAY_LEASE_DURATION", 6 * SECOND, SECOND, 10 * 60 * SECOND),
             renew_interval: r.duration(
@@ -570,6 +577,7 @@ impl Config {
             idle_poll_interval,
             checkpoint_interval,
             shutdown_timeout,
+            worker_threads,
             snapshot,
         })
     }
@@ -1061,6 +1069,7 @@ mod tests {
         assert_eq!(c.nakadi.batch_size, 500);
         assert_eq!(c.idle_poll_interval, Duration::from_millis(600));
         assert_eq!(c.checkpoint_interval, Duration::from_secs(1));
+        assert_eq!(c.worker_threads, 1);
         assert!(!c.worker_id.is_empty());
     }
 
@@ -1074,6 +1083,17 @@ mod tests {
         );
         v.insert("RELAY_CHECKPOINT_INTERVAL".into(), "2m".into());
         assert_eq!(problems(&v), vec!["RELAY_CHECKPOINT_INTERVAL"]);
+    }
+
+    #[test]
+    fn worker_threads_are_between_one_and_256() {
+        let mut v = minimal();
+        v.insert("RELAY_WORKER_THREADS".into(), "4".into());
+        assert_eq!(Config::from_vars(&v).unwrap().worker_threads, 4);
+        for bad in ["0", "257", "two"] {
+            v.insert("RELAY_WORKER_THREADS".into(), bad.into());
+            assert_eq!(problems(&v), vec!["RELAY_WORKER_THREADS"], "{bad}");
+        }
     }
 
     #[test]

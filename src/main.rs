@@ -199,8 +199,7 @@ fn cannot_start(e: &startup::StartupError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -209,6 +208,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .build()
+        .expect("the runtime starts")
+        .block_on(run(cli, config))
+}
+
+async fn run(cli: Cli, config: Config) -> ExitCode {
     if let Some(Command::EventType {
         owning_application,
         key,
