@@ -101,7 +101,8 @@ impl RecordsReader {
             .timeout(attempt_timeout)
             // DynamoDB Streams speaks HTTP/1.1, as the SDK's client does with it.
             .http1_only()
-            // Neither answers a GetRecords call; every caller retries by the failure's class.
+            // GetRecords is never redirected, and a failure goes back to the shard loop, which
+            // retries by its class: neither reqwest layer has work here.
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())
             .build()

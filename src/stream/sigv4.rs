@@ -2,7 +2,7 @@
 //!
 //! `aws-sigv4`'s general signer takes any request, so every call parses the URL, collects and
 //! sorts the headers, builds each canonical string in fresh allocations and derives the signing
-//! key again with four HMACs; for an idle shard's poll that was a tenth of the relay's CPU
+//! key again with four HMACs, a large share of what an idle shard's poll cost the relay
 //! (docs/performance.md). Here the request's method, path, headers and scope are fixed when the
 //! endpoint is known, the signing key is kept until the credentials or the day change, and
 //! `aws-sigv4`'s own primitives derive the key and compute the signature. The test below holds
