@@ -82,24 +82,32 @@ pub enum ShardExit {
 /// A poll that returned records is followed at once by the next.
 const IDLE_POLL_MIN: Duration = Duration::from_millis(25);
 
-/// Idle polls of all shards fall on common ticks of this length: the polls due within one tick
-/// are sent in one wake-up of the runtime instead of one wake-up each, which for idle shards
-/// costs more CPU than the request. Deadlines are rounded to the nearest tick, so on average a
-/// shard waits as long as before; the short first waits after records are not rounded.
+/// Idle polls of all shards fall on common ticks of about this length: the polls due within one
+/// tick are sent in one wake-up of the runtime instead of one wake-up each, which for idle
+/// shards costs more CPU than the request. The short first waits after records are not put on
+/// ticks.
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
-/// When a shard that waits `wait` from now polls again.
-fn idle_deadline(now: Instant, wait: Duration) -> Instant {
+/// The tick for an idle-poll interval: the one nearest to [`IDLE_TICK`] that divides it, so a
+/// shard that stays idle polls once per interval, not once per interval rounded to a tick.
+fn idle_tick(interval: Duration) -> Duration {
+    let ticks = (interval.as_nanos() + IDLE_TICK.as_nanos() / 2) / IDLE_TICK.as_nanos();
+    interval / ticks.clamp(1, u32::MAX as u128) as u32
+}
+
+/// When a shard that waits at most `wait` from `now` polls again: the last tick before
+/// `now + wait`. Rounding down keeps the interval the longest wait; and since a shard's polls
+/// start on ticks, a poll that returns within a tick waits whole ticks, the interval exactly.
+fn idle_deadline(now: Instant, wait: Duration, tick: Duration) -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let deadline = now + wait;
-    if wait < 2 * IDLE_TICK {
+    if wait < 2 * tick {
         return deadline;
     }
     let epoch = *EPOCH.get_or_init(Instant::now);
-    let tick = IDLE_TICK.as_micros();
-    let since = deadline.saturating_duration_since(epoch).as_micros();
-    let rounded = (since + tick / 2) / tick * tick;
-    epoch + Duration::from_micros(rounded as u64)
+    let tick = tick.as_nanos();
+    let since = deadline.saturating_duration_since(epoch).as_nanos();
+    epoch + Duration::from_nanos((since / tick * tick) as u64)
 }
 
 /// Most GetRecords calls of a pod in flight at once. Each call in flight holds an HTTP/1.1
@@ -219,7 +227,11 @@ impl ShardWorker {
                 iterator = Some(next);
                 self.lease.set_lag_ms(0);
                 // A checkpoint still owed is written during the wait, when it is due.
-                let wait = tokio::time::sleep_until(idle_deadline(Instant::now(), idle));
+                let wait = tokio::time::sleep_until(idle_deadline(
+                    Instant::now(),
+                    idle,
+                    idle_tick(p.idle_poll_interval),
+                ));
                 tokio::pin!(wait);
                 loop {
                     tokio::select! {
@@ -768,28 +780,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn idle_polls_fall_on_common_ticks_and_wait_as_long_on_average() {
-        let now = Instant::now();
-        let wait = Duration::from_millis(600);
-        let mut total = Duration::ZERO;
-        let mut deadlines = std::collections::BTreeSet::new();
-        for ms in 0..1000 {
-            let start = now + Duration::from_millis(ms);
-            let deadline = idle_deadline(start, wait);
-            let waited = deadline - start;
+    fn an_idle_shard_polls_once_per_interval_on_ticks_every_shard_shares() {
+        let origin = Instant::now();
+        for ms in [250, 600, 650, 1000, 1050, 2500] {
+            let interval = Duration::from_millis(ms);
+            let tick = idle_tick(interval);
             assert!(
-                waited.abs_diff(wait) <= IDLE_TICK / 2,
-                "{waited:?} for {wait:?}"
+                tick.abs_diff(IDLE_TICK) <= IDLE_TICK / 3,
+                "{tick:?} for {interval:?}"
             );
-            total += waited;
-            deadlines.insert(deadline);
+            let mut instants = std::collections::BTreeSet::new();
+            // A thousand shards that went idle about a millisecond apart, with polls that return
+            // at once, in a few milliseconds, or just within a tick.
+            for shard in 0..1000u64 {
+                for call in [Duration::ZERO, Duration::from_millis(3), tick * 9 / 10] {
+                    let mut end = origin + Duration::from_micros(shard * 997) + call;
+                    let mut next = idle_deadline(end, interval, tick);
+                    for _ in 0..5 {
+                        assert!(next > end && next <= end + interval, "{interval:?}");
+                        let start = next;
+                        end = start + call;
+                        next = idle_deadline(end, interval, tick);
+                        // Whole ticks: the interval to within the nanoseconds of the division.
+                        let gap = next - start;
+                        assert!(
+                            gap <= interval && interval - gap < Duration::from_micros(1),
+                            "{gap:?} between polls for {interval:?} with calls of {call:?}"
+                        );
+                    }
+                    instants.insert(next);
+                }
+            }
+            // They poll on the instants of about ten ticks a second, not on a thousand.
+            let span = (interval + Duration::from_secs(1)).as_nanos() / tick.as_nanos() + 2;
+            assert!(
+                instants.len() as u128 <= span,
+                "{} instants for {interval:?}",
+                instants.len()
+            );
         }
-        // A thousand shards that went idle a millisecond apart poll on ten instants a second.
-        assert!(deadlines.len() <= 11, "{} instants", deadlines.len());
-        let mean = total / 1000;
-        assert!(mean.abs_diff(wait) <= Duration::from_millis(2), "{mean:?}");
         // The short waits right after records are kept as they are.
         let short = Duration::from_millis(50);
-        assert_eq!(idle_deadline(now, short), now + short);
+        assert_eq!(idle_deadline(origin, short, IDLE_TICK), origin + short);
     }
 }
