@@ -4,9 +4,10 @@
 The lease table's and DescribeStream's request rates are AWS cost, and the issue asks for them
 per pod. moto keeps no counts, so this wraps the tests' serialized moto application and counts
 every AWS JSON request to DynamoDB and DynamoDB Streams by (client, operation, table). The client
-is "relay" for the Rust SDK (its User-Agent names `aws-sdk-rust`) and "python" for boto3, so the
-relay's calls are told apart from the baseline's and the load generator's on one server. A
-transaction has no table of its own; it is counted under its first item's table.
+is "relay" for the Rust SDK (its User-Agent names `aws-sdk-rust`) and for the relay's own
+GetRecords (`dynamodb-nakadi-relay/<version>`), "python" for boto3, so the relay's calls are told
+apart from the baseline's and the load generator's on one server. A transaction has no table of
+its own; it is counted under its first item's table.
 
 It also adds up the request units each call would be billed on an on-demand table (the cost
 part prices them), by DynamoDB's published rules:
@@ -148,7 +149,8 @@ def counting_app():
             request = {}
         target = environ["HTTP_X_AMZ_TARGET"]
         table = table_of(request)
-        client = "relay" if "aws-sdk-rust" in environ.get("HTTP_USER_AGENT", "") else "python"
+        agent = environ.get("HTTP_USER_AGENT", "")
+        client = "relay" if "aws-sdk-rust" in agent or "dynamodb-nakadi-relay" in agent else "python"
         key = f"{client} {target} {table}"
         with calls_lock:
             calls[key] += 1

@@ -97,6 +97,9 @@ impl RecordsReader {
             None => Err("no AWS region is configured (AWS_REGION)".to_owned()),
         };
         let http = reqwest::Client::builder()
+            // Names the caller in AWS's request logs and support cases, as the SDK's own
+            // User-Agent does for the other calls.
+            .user_agent(concat!("dynamodb-nakadi-relay/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(connect_timeout)
             .timeout(attempt_timeout)
             // DynamoDB Streams speaks HTTP/1.1, as the SDK's client does with it.
