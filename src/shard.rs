@@ -169,6 +169,7 @@ impl ShardWorker {
         // The checkpoints of delivered pages not yet in the lease table.
         let mut pending = Pending::new(self, p.checkpoint_interval);
         let mut idle = IDLE_POLL_MIN;
+        let tick = idle_tick(p.idle_poll_interval);
         let mut failures = 0u32;
         loop {
             let page = match fetched.take() {
@@ -227,11 +228,7 @@ impl ShardWorker {
                 iterator = Some(next);
                 self.lease.set_lag_ms(0);
                 // A checkpoint still owed is written during the wait, when it is due.
-                let wait = tokio::time::sleep_until(idle_deadline(
-                    Instant::now(),
-                    idle,
-                    idle_tick(p.idle_poll_interval),
-                ));
+                let wait = tokio::time::sleep_until(idle_deadline(Instant::now(), idle, tick));
                 tokio::pin!(wait);
                 loop {
                     tokio::select! {

@@ -41,11 +41,13 @@ use crate::metrics;
 
 const TARGET: &str = "DynamoDBStreams_20120810.GetRecords";
 const JSON_1_0: &str = "application/x-amz-json-1.0";
-const X_AMZ_TARGET: HeaderName = HeaderName::from_static("x-amz-target");
 const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
 const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
 /// The headers every GetRecords call sends and signs besides `host` and the signature's own.
-const SIGNED_HEADERS: &[(&str, &str)] = &[("content-type", JSON_1_0), ("x-amz-target", TARGET)];
+static SIGNED_HEADERS: [(HeaderName, &str); 2] = [
+    (CONTENT_TYPE, JSON_1_0),
+    (HeaderName::from_static("x-amz-target"), TARGET),
+];
 /// The signing name of DynamoDB Streams (it shares DynamoDB's).
 const SIGNING_NAME: &str = "dynamodb";
 /// Credentials are renewed this long before they expire, so a request signed with them is
@@ -91,7 +93,10 @@ impl RecordsReader {
             Some(region) => resolve_endpoint(sdk, region).await.and_then(|url| {
                 let url = Url::parse(&url)
                     .map_err(|e| format!("DynamoDB Streams endpoint {url:?}: {e}"))?;
-                let signer = Signer::new(&url, region, SIGNING_NAME, SIGNED_HEADERS);
+                let signed = SIGNED_HEADERS
+                    .each_ref()
+                    .map(|(name, value)| (name.as_str(), *value));
+                let signer = Signer::new(&url, region, SIGNING_NAME, &signed);
                 Ok(Endpoint { url, signer })
             }),
             None => Err("no AWS region is configured (AWS_REGION)".to_owned()),
@@ -149,11 +154,11 @@ impl RecordsReader {
             .map_err(|e| StreamError::Other(format!("signing GetRecords: {e}")))?;
         let mut attempt = 0;
         let mut response = loop {
-            let mut request = self
-                .http
-                .post(endpoint.url.clone())
-                .header(CONTENT_TYPE, HeaderValue::from_static(JSON_1_0))
-                .header(X_AMZ_TARGET, HeaderValue::from_static(TARGET))
+            let mut request = self.http.post(endpoint.url.clone());
+            for (name, value) in &SIGNED_HEADERS {
+                request = request.header(name.clone(), HeaderValue::from_static(value));
+            }
+            request = request
                 .header(X_AMZ_DATE, signature.amz_date.clone())
                 .header(
                     reqwest::header::AUTHORIZATION,
