@@ -26,6 +26,9 @@ const TOKEN_A: &str = "tok-A-7f3c91d2e8b4a6051c";
 const TOKEN_B: &str = "tok-B-2b9e04f7a1c3d58e6f";
 /// Written with a byte no header may hold: the relay must refuse it without quoting it.
 const TOKEN_BAD: &str = "tok-BAD-5d1a8c7e3f90b246";
+/// Longer than steps 1-3 of the token test take, with a wide margin for a loaded machine.
+const REDRAIN_INTERVAL: Duration = Duration::from_secs(30);
+const REDRAIN_INTERVAL_TEXT: &str = "30s";
 
 fn replace_file(path: &Path, content: &[u8]) {
     // As Kubernetes rotates a mounted secret: a new file renamed over the old one.
@@ -139,10 +142,13 @@ async fn the_token_never_leaves_the_process_and_nothing_is_written_to_disk() {
     // Every crate at debug: what an operator hunting a problem turns on.
     env.insert("RUST_LOG".into(), "debug".into());
     env.insert("RELAY_NAKADI_MAX_ATTEMPTS".into(), "3".into());
-    // The re-drain loop's first round comes after this: until then the dead letters stay
-    // visible for the test to read. Once it has failed on them, their back-off and its own
-    // doubling pause end together, and it receives them the moment they are visible again.
-    env.insert("RELAY_DLQ_REDRAIN_INTERVAL".into(), "20s".into());
+    // The re-drain loop's first round comes after steps 1-3, so it receives the dead letters
+    // once the token file is right (step 4) and never fails on them. A failed round would hide
+    // them for its back-off, which doubles with each receive, the test's own read included.
+    env.insert(
+        "RELAY_DLQ_REDRAIN_INTERVAL".into(),
+        REDRAIN_INTERVAL_TEXT.into(),
+    );
     env.insert("TMPDIR".into(), tmp.path().display().to_string());
     env.insert("HOME".into(), home.path().display().to_string());
     let mut relay = Relay::start_in(test, "relay-1", &env, cwd.path());
@@ -176,46 +182,46 @@ async fn the_token_never_leaves_the_process_and_nothing_is_written_to_disk() {
         },
     )
     .await;
-    // The relay's re-drain loop also receives them (and, refused again, leaves them to come
-    // back when their visibility times out), so one receive can find the queue empty.
-    let letters = wait_for(
-        "the dead letters received",
-        Duration::from_secs(60),
-        || async {
-            let letters = dead_letters(&moto, &dlq).await;
-            (!letters.is_empty()).then_some(letters)
-        },
-    )
-    .await;
+    let letters = dead_letters(&moto, &dlq).await;
     assert!(!letters.is_empty(), "the dead letters are read");
     written_to.extend(files_open_for_writing(pid, &relay.log));
 
-    // 3. A token file that cannot be a header: refused, the old token kept, nothing quoted.
+    // 3. A token file that cannot be a header: the next publish refuses it without quoting it,
+    //    keeps the old token and, refused with that, dead-letters its event too.
     let mut bad = TOKEN_BAD.as_bytes().to_vec();
     bad.push(0x07);
     replace_file(&token_file, &bad);
+    put_orders(&moto, 10..11).await;
     wait_for(
-        "the unusable token file refused",
-        Duration::from_secs(30),
+        "the unusable token file refused and its event dead-lettered",
+        Duration::from_secs(60),
         || async {
-            relay
-                .logs()
-                .contains("re-reading the Nakadi token failed")
+            let (_, m) = relay.get("/metrics").await?;
+            (relay.logs().contains("re-reading the Nakadi token failed")
+                && metric_total(&m, "relay_dlq_sent_total") >= 6.0)
                 .then_some(())
         },
     )
     .await;
+    let (_, m) = relay.get("/metrics").await.expect("/metrics");
+    assert_eq!(
+        metric_total(&m, "relay_dlq_redrained_total"),
+        0.0,
+        "steps 1-3 took longer than the re-drain interval ({REDRAIN_INTERVAL_TEXT}): a round \
+         failed on the dead letters and hid them for its back-off"
+    );
 
-    // 4. The file catches up: the re-drain publishes the dead letters.
+    // 4. The file catches up: the re-drain loop's first round publishes the dead letters.
     replace_file(&token_file, TOKEN_B.as_bytes());
     let records = stream_records(&moto, &arn).await;
     let expected: HashSet<String> = records
         .iter()
         .map(|(id, _)| eid_for(id).to_string())
         .collect();
+    assert_eq!(expected.len(), 11);
     wait_for(
         "every event at Nakadi and the DLQ empty",
-        Duration::from_secs(60),
+        REDRAIN_INTERVAL + Duration::from_secs(60),
         || async {
             let got = nakadi.eids().await;
             (got == expected && queue_depth(&moto, &dlq).await == 0).then_some(())
