@@ -28,7 +28,6 @@ const TOKEN_B: &str = "tok-B-2b9e04f7a1c3d58e6f";
 const TOKEN_BAD: &str = "tok-BAD-5d1a8c7e3f90b246";
 /// Longer than steps 1-3 of the token test take, with a wide margin for a loaded machine.
 const REDRAIN_INTERVAL: Duration = Duration::from_secs(30);
-const REDRAIN_INTERVAL_TEXT: &str = "30s";
 
 fn replace_file(path: &Path, content: &[u8]) {
     // As Kubernetes rotates a mounted secret: a new file renamed over the old one.
@@ -145,9 +144,10 @@ async fn the_token_never_leaves_the_process_and_nothing_is_written_to_disk() {
     // The re-drain loop's first round comes after steps 1-3, so it receives the dead letters
     // once the token file is right (step 4) and never fails on them. A failed round would hide
     // them for its back-off, which doubles with each receive, the test's own read included.
+    let redrain_interval = humantime::format_duration(REDRAIN_INTERVAL).to_string();
     env.insert(
         "RELAY_DLQ_REDRAIN_INTERVAL".into(),
-        REDRAIN_INTERVAL_TEXT.into(),
+        redrain_interval.clone(),
     );
     env.insert("TMPDIR".into(), tmp.path().display().to_string());
     env.insert("HOME".into(), home.path().display().to_string());
@@ -207,7 +207,7 @@ async fn the_token_never_leaves_the_process_and_nothing_is_written_to_disk() {
     assert_eq!(
         metric_total(&m, "relay_dlq_redrained_total"),
         0.0,
-        "steps 1-3 took longer than the re-drain interval ({REDRAIN_INTERVAL_TEXT}): a round \
+        "steps 1-3 took longer than the re-drain interval ({redrain_interval}): a round \
          failed on the dead letters and hid them for its back-off"
     );
 
