@@ -10,7 +10,7 @@
 
 # ---- build -------------------------------------------------------------------------------------
 # The image's toolchain is the pin (rustc 1.95, Debian 12). It already has gcc and libc6-dev,
-# which aws-lc-sys needs; nothing else is installed, so no apt pins to keep up to date.
+# which aws-lc-sys and mimalloc need; nothing else is installed, so no apt pins to keep up to date.
 FROM rust:1.95-slim-bookworm@sha256:d7482085ff5b415f84dba5647ae71606650bdef00db7aeb69f4b3d170c3e4082 AS build
 WORKDIR /src
 # .dockerignore lets in only Cargo.toml, Cargo.lock, src/, benches/ and tests/ (cargo resolves

@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: test demo venv lint unit servers-selftest integration lifecycle check-deploy bench bench-smoke chaos deny clean
+.PHONY: test demo venv lint unit servers-selftest integration lifecycle check-deploy bench bench-instructions bench-smoke chaos deny clean
 
 $(VENV)/.installed: tests/requirements.txt
 	python3 -m venv $(VENV)
@@ -45,6 +45,13 @@ check-deploy: venv
 bench: $(VENV)/.bench-installed
 	$(CARGO) build --release --locked
 	$(PY) benches/run.py --relay $${CARGO_TARGET_DIR:-target}/release/dynamodb-nakadi-relay
+
+## bench-instructions: instructions per idle GetRecords call under callgrind, which a noisy
+## machine does not move as it moves CPU time (benches/instructions.py); installs valgrind
+bench-instructions: $(VENV)/.bench-installed
+	command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(CARGO) build --release --locked
+	$(PY) benches/instructions.py --relay $${CARGO_TARGET_DIR:-target}/release/dynamodb-nakadi-relay
 
 ## bench-smoke: every part of the bench briefly, on the debug build: proves the scripts work
 bench-smoke: $(VENV)/.bench-installed

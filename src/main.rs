@@ -11,6 +11,12 @@ use dynamodb_nakadi_relay::startup::{self, AwsClients};
 use dynamodb_nakadi_relay::{admin, check, event_type};
 use dynamodb_nakadi_relay::{shutdown, telemetry};
 
+/// mimalloc's v2 line: an idle poll allocates and frees a few hundred small blocks, a visible
+/// share of its CPU under glibc's malloc, and v3 keeps its arenas committed, which held a pod
+/// with a thousand shards above its memory budget (docs/DESIGN.md, "GetRecords without the SDK").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Relays every change of a DynamoDB table from its stream to Nakadi. Configured with RELAY_*
 /// environment variables (see the README).
 #[derive(Parser)]
@@ -208,8 +214,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
+    // One thread, the default, is the current-thread scheduler: the same single thread running
+    // every task, without the work-stealing scheduler's bookkeeping on each wake-up, which an
+    // idle poll pays several times (docs/performance.md).
+    let mut runtime = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.worker_threads);
+        builder
+    };
+    runtime
         .enable_all()
         .build()
         .expect("the runtime starts")

@@ -5,14 +5,17 @@
 //! key again with four HMACs, a large share of what an idle shard's poll cost the relay
 //! (docs/performance.md). Here the request's method, path, headers and scope are fixed when the
 //! endpoint is known, the signing key is kept until the credentials or the day change, and
-//! `aws-sigv4`'s own primitives derive the key and compute the signature. The test below holds
-//! the result byte for byte to the general signer's.
+//! `aws-sigv4`'s own primitive derives the key. The signature is the HMAC that `aws-sigv4`
+//! computes, hex-encoded into a buffer: `hex::encode` builds its string one `char` at a time,
+//! and a call encodes three digests. The test below holds the result byte for byte to the
+//! general signer's.
 
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use aws_sdk_dynamodbstreams::config::Credentials;
-use aws_sigv4::sign::v4::{calculate_signature, generate_signing_key};
+use aws_sigv4::sign::v4::generate_signing_key;
+use hmac::{Hmac, KeyInit, Mac};
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 use sha2::{Digest, Sha256};
@@ -128,13 +131,11 @@ impl Signer {
         canonical.push('\n');
         canonical.push_str(signed_headers);
         canonical.push('\n');
-        canonical.push_str(&hex::encode(Sha256::digest(body)));
+        push_hex(&mut canonical, &Sha256::digest(body));
 
         let scope = format!("{day}/{}/{}/aws4_request", self.region, self.service);
-        let string_to_sign = format!(
-            "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-            hex::encode(Sha256::digest(canonical.as_bytes()))
-        );
+        let mut string_to_sign = format!("{ALGORITHM}\n{amz_date}\n{scope}\n");
+        push_hex(&mut string_to_sign, &Sha256::digest(canonical.as_bytes()));
         let signature = {
             let mut cached = self.key.lock().expect("no signer panics holding the key");
             let secret = credentials.secret_access_key();
@@ -151,7 +152,12 @@ impl Signer {
                 });
             }
             let key = &cached.as_ref().expect("set above").key;
-            calculate_signature(key, string_to_sign.as_bytes())
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+            mac.update(string_to_sign.as_bytes());
+            let mut signature = String::with_capacity(64);
+            push_hex(&mut signature, &mac.finalize().into_bytes());
+            signature
         };
         let authorization = format!(
             "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
@@ -169,6 +175,13 @@ impl Signer {
                 .map_err(|_| invalid("session token"))?,
         })
     }
+}
+
+/// Appends a SHA-256 digest in lowercase hex.
+fn push_hex(out: &mut String, digest: &[u8]) {
+    let mut buf = [0u8; 64];
+    hex::encode_to_slice(digest, &mut buf).expect("a SHA-256 digest is 32 bytes");
+    out.push_str(std::str::from_utf8(&buf).expect("hex digits are ASCII"));
 }
 
 /// The path as SigV4 canonicalizes it for every service but S3: the URL's (already
