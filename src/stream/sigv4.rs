@@ -155,14 +155,13 @@ impl Signer {
             let mut mac =
                 Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
             mac.update(string_to_sign.as_bytes());
-            let mut signature = String::with_capacity(64);
-            push_hex(&mut signature, &mac.finalize().into_bytes());
-            signature
+            mac.finalize().into_bytes()
         };
-        let authorization = format!(
-            "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+        let mut authorization = format!(
+            "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature=",
             credentials.access_key_id()
         );
+        push_hex(&mut authorization, &signature);
         let invalid =
             |what: &str| format!("the AWS credentials' {what} is not a valid header value");
         Ok(Signature {

@@ -218,7 +218,11 @@ async fn sigterm_halfway_and_restart_loses_and_repeats_nothing() {
     t.nakadi.fault(json!({"latency_ms": 50})).await;
     let mut env = t.env.clone();
     env.insert("RELAY_NAKADI_BATCH_SIZE".into(), "20".into());
-    let mut first = Relay::start(test, "relay-1", &env);
+    // The first relay runs on two threads (Tokio's work-stealing scheduler), the second on the
+    // default one (the current-thread scheduler): the drain and the restart hold on both.
+    let mut two_threads = env.clone();
+    two_threads.insert("RELAY_WORKER_THREADS".into(), "2".into());
+    let mut first = Relay::start(test, "relay-1", &two_threads);
     first.wait_ready().await;
     wait_for("some events to arrive", Duration::from_secs(60), || async {
         (t.nakadi.events().await.len() >= 100).then_some(())
