@@ -61,16 +61,8 @@ def main() -> None:
                        f'{Path(args.relay).resolve()} "$@"\n')
     wrapper.chmod(0o755)
     try:
-        moto = procs.server("moto", "benches/counting_moto.py")
-        fault = procs.server("streams", "tests/servers/streams_fault_server.py")
-        sink = procs.server("sink", "benches/sink.py", "--arrivals")
-        dlq = run.aws(moto, "sqs").create_queue(QueueName="dlq")["QueueUrl"]
-        created = run.post_json(f"{fault}/_test/streams", {
-            "table": "orders", "shards": args.shards,
-            "key_schema": [{"AttributeName": "order_id", "KeyType": "HASH"}]})
-        relay, http = run.start_relay(procs, str(wrapper), moto, sink, created["stream_arn"], dlq,
-                                      {"AWS_ENDPOINT_URL_DYNAMODB_STREAMS": fault})
-        run.wait_owned(http, args.shards, 600)
+        pod = run.idle_pod(procs, str(wrapper), args.shards, {}, 600)
+        relay, fault = pod.relay, pod.fault
         # Past the takes' writes and the first polls' back-off, as the cost part waits.
         time.sleep(10)
         subprocess.run(["callgrind_control", "--zero", str(relay.pid)], check=True, capture_output=True)

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -502,6 +503,34 @@ MOTO_1000_TIMING = {"RELAY_LEASE_RENEW_INTERVAL": "5s", "RELAY_LEASE_DURATION": 
                     "RELAY_LEASE_CALL_TIMEOUT": "4s", "RELAY_IDLE_POLL_INTERVAL": "5s"}
 
 
+@dataclass
+class IdlePod:
+    moto: str
+    fault: str
+    sink: str
+    relay: subprocess.Popen
+    http: str
+    stream_arn: str
+    shard_ids: list
+
+
+def idle_pod(procs: Procs, relay_bin: str, shards: int, extra: dict, own_timeout: float) -> IdlePod:
+    """Moto, a sink and the Streams fault server with `shards` shards that never had a record,
+    and one relay that owns them all once this returns (the cost part's setup)."""
+    moto = procs.server("moto", "benches/counting_moto.py")
+    fault = procs.server("streams", "tests/servers/streams_fault_server.py")
+    sink = procs.server("sink", "benches/sink.py", "--arrivals")
+    dlq = aws(moto, "sqs").create_queue(QueueName="dlq")["QueueUrl"]
+    created = post_json(f"{fault}/_test/streams", {
+        "table": "orders", "shards": shards,
+        "key_schema": [{"AttributeName": "order_id", "KeyType": "HASH"}],
+    })
+    relay, http = start_relay(procs, relay_bin, moto, sink, created["stream_arn"], dlq,
+                              {"AWS_ENDPOINT_URL_DYNAMODB_STREAMS": fault, **extra})
+    wait_owned(http, shards, own_timeout)
+    return IdlePod(moto, fault, sink, relay, http, created["stream_arn"], created["shard_ids"])
+
+
 def cost(relay_bin: str, shards: int, idle_seconds: float, quiet_seconds: float, samples: int,
          spread_seconds: float, idle_poll: str | None = None, settle: float = 5,
          timing: dict | None = None) -> dict:
@@ -511,22 +540,14 @@ def cost(relay_bin: str, shards: int, idle_seconds: float, quiet_seconds: float,
     records go to as many distinct shards at random times over `spread_seconds`."""
     procs = Procs(f"cost-{shards}" + (f"-{idle_poll}" if idle_poll else "") + ("-slow-rounds" if timing else ""))
     try:
-        moto = procs.server("moto", "benches/counting_moto.py")
-        fault = procs.server("streams", "tests/servers/streams_fault_server.py")
-        sink = procs.server("sink", "benches/sink.py", "--arrivals")
-        dlq = aws(moto, "sqs").create_queue(QueueName="dlq")["QueueUrl"]
-        created = post_json(f"{fault}/_test/streams", {
-            "table": "orders", "shards": shards,
-            "key_schema": [{"AttributeName": "order_id", "KeyType": "HASH"}],
-        })
-        arn, shard_ids = created["stream_arn"], created["shard_ids"]
         # Default lease timing unless told: the heartbeat protocol's lease-table writes do not
         # grow with the leases owned, so moto keeps up with 100 and the figures are production's.
-        extra = {"AWS_ENDPOINT_URL_DYNAMODB_STREAMS": fault, **(timing or {})}
+        extra = dict(timing or {})
         if idle_poll:
             extra["RELAY_IDLE_POLL_INTERVAL"] = idle_poll
-        relay, http = start_relay(procs, relay_bin, moto, sink, arn, dlq, extra)
-        wait_owned(http, shards, 300)
+        pod = idle_pod(procs, relay_bin, shards, extra, 300)
+        moto, fault, sink, relay, http = pod.moto, pod.fault, pod.sink, pod.relay, pod.http
+        arn, shard_ids = pod.stream_arn, pod.shard_ids
         t_owned = time.time()
         time.sleep(settle)
 
