@@ -8,7 +8,7 @@ use dynamodb_nakadi_relay::config::Config;
 use dynamodb_nakadi_relay::ids::ShardId;
 use dynamodb_nakadi_relay::snapshot::Snapshot;
 use dynamodb_nakadi_relay::startup::{self, AwsClients};
-use dynamodb_nakadi_relay::{admin, check, event_type};
+use dynamodb_nakadi_relay::{admin, check, event_type, lease};
 use dynamodb_nakadi_relay::{shutdown, telemetry};
 
 /// mimalloc's v2 line: an idle poll allocates and frees a few hundred small blocks, a visible
@@ -152,8 +152,7 @@ async fn admin(config: &Config, command: AdminCommand) -> ExitCode {
         Ok(target) => match command {
             AdminCommand::Leases { .. } => admin::leases::run(&target, json).await,
             AdminCommand::Rewind { to, shard, change } => {
-                let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-                match admin::rewind::To::parse(&to, now) {
+                match admin::rewind::To::parse(&to, lease::now_ms()) {
                     Ok(to) => {
                         let shard = shard.map(ShardId::new);
                         admin::rewind::run(

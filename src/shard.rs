@@ -26,7 +26,7 @@ use crate::dlq::{DeadLetter, DeadLetterQueue, Origin};
 use crate::fence::Fence;
 use crate::filter::Filtered;
 use crate::ids::{StreamArn, WorkerId};
-use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease, StreamStart};
+use crate::lease::{Checkpoint, LeaseError, LeaseTable, OwnedLease, StreamStart, now_ms};
 use crate::metrics::TableMetrics;
 use crate::nakadi::{Failure, Gate, Halt, PublishContext};
 use crate::retry::Backoff;
@@ -766,10 +766,6 @@ impl<'a> Pending<'a> {
             Err(exit) => exit,
         }
     }
-}
-
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 #[cfg(test)]

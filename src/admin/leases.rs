@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{AdminError, Target, print, table};
 use crate::ids::ShardId;
-use crate::lease::{AuditEntry, Checkpoint, Lease};
+use crate::lease::{AuditEntry, Checkpoint, Lease, now_ms};
 use crate::stream::Shard;
 use crate::stream::lineage::Lineage;
 
@@ -140,10 +140,6 @@ fn human(report: &Report) -> String {
             ],
             &rows,
         )
-}
-
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 #[cfg(test)]

@@ -18,6 +18,13 @@ use crate::stream::Position;
 
 pub use table::{LeaseError, LeaseTable};
 
+/// Wall-clock milliseconds since the epoch: the unit of record creation times, checkpoints'
+/// `checkpoint_created_ms` and a rewind's `replay_from_ms`. Milliseconds, not seconds, so a time
+/// given to the millisecond compares correctly with the present.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 /// Where a shard's reading stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checkpoint {

@@ -27,7 +27,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -535,7 +534,7 @@ impl Snapshot {
             table_arn: &self.table_arn,
             segment,
         };
-        let scanned_at_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let scanned_at_ms = crate::lease::now_ms();
         let mut events = Vec::with_capacity(items.len());
         let mut entries = Vec::with_capacity(items.len());
         for item in items {

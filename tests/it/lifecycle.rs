@@ -1543,6 +1543,23 @@ async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() 
         let (code, _, err) = run_binary(&["rewind", "--to", bad, "--reason", "test"], &s.env);
         assert_eq!(code, Some(2), "{bad}: {err}");
     }
+    // A time a moment ago, to the millisecond, is in the past however the second is rounded.
+    let moment_ago = time::OffsetDateTime::now_utc() - time::Duration::milliseconds(1);
+    let moment_ago = moment_ago
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (code, _, err) = run_binary(
+        &[
+            "rewind",
+            "--to",
+            &moment_ago,
+            "--reason",
+            "test",
+            "--dry-run",
+        ],
+        &s.env,
+    );
+    assert_eq!(code, Some(0), "{moment_ago}: {err}");
 
     let point = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(point_ms) * 1_000_000)
         .unwrap()
