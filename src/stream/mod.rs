@@ -2,6 +2,7 @@
 //! the relay (`signed`), raw record pages (`page`), and which shard may be read when (`lineage`).
 
 pub mod client;
+mod connection;
 pub mod lineage;
 pub mod page;
 pub mod signed;

@@ -14,9 +14,9 @@
 //! - the request is signed with SigV4 by [`super::sigv4`], built on `aws-sigv4`'s primitives for
 //!   this one request shape, with the clock corrected by the skew the last response's `Date`
 //!   showed, as the SDK does;
-//! - one reqwest client keeps connections alive, with proxies from `HTTPS_PROXY`/`HTTP_PROXY`/
-//!   `NO_PROXY` and trust anchors from the system store (`SSL_CERT_FILE` replaces it), as the
-//!   SDK's HTTPS client reads them;
+//! - one hyper client ([`super::connection`]) keeps connections alive, with proxies from
+//!   `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` and trust anchors from the system store
+//!   (`SSL_CERT_FILE` replaces it), as the SDK's HTTPS client reads them;
 //! - errors are classified by [`StreamError::classify`], the same function the SDK's errors go
 //!   through. There is no retry here: every caller already backs off and retries by that class.
 //!
@@ -29,14 +29,21 @@ use aws_config::SdkConfig;
 use aws_sdk_dynamodbstreams::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
 use aws_sdk_dynamodbstreams::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
 use aws_types::service_config::ServiceConfigKey;
+use bytes::Bytes;
+use http::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderMap, HeaderName, HeaderValue,
+    USER_AGENT,
+};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
 use reqwest::Url;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Mutex;
 use tracing::warn;
 
 use super::StreamError;
+use super::connection::HttpClient;
 use super::page::{RecordsPage, page_buffer};
-use super::sigv4::Signer;
+use super::sigv4::{Signature, Signer};
 use crate::metrics;
 
 const TARGET: &str = "DynamoDBStreams_20120810.GetRecords";
@@ -54,10 +61,15 @@ const SIGNING_NAME: &str = "dynamodb";
 /// not refused while in flight; the SDK's identity cache keeps the same margin.
 const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(10);
 
-/// Where GetRecords calls go, and their signer.
+/// Names the caller in AWS's request logs and support cases, as the SDK's own User-Agent
+/// does for the other calls.
+const USER_AGENT_VALUE: &str = concat!("dynamodb-nakadi-relay/", env!("CARGO_PKG_VERSION"));
+
+/// Where GetRecords calls go, their signer and the client that sends them.
 struct Endpoint {
-    url: Url,
+    uri: Uri,
     signer: Signer,
+    http: HttpClient,
 }
 
 /// The body of a GetRecords call.
@@ -71,13 +83,15 @@ struct GetRecordsInput<'a> {
 
 /// Sends GetRecords calls. One per process, shared by every shard worker.
 pub struct RecordsReader {
-    http: reqwest::Client,
     /// The resolved endpoint, or why there is none (no region): reported by every call, after
     /// the start-up's DescribeStream (on the SDK) has already reported it.
     endpoint: Result<Endpoint, String>,
     credentials: CredentialsCache,
     /// Server time minus local time in milliseconds, from the last response's `Date`.
     skew_ms: AtomicI64,
+    /// Cuts an attempt (connection, request and the whole body) that hangs, as the SDK's
+    /// attempt timeout does.
+    attempt_timeout: Duration,
 }
 
 impl RecordsReader {
@@ -97,32 +111,24 @@ impl RecordsReader {
                     .each_ref()
                     .map(|(name, value)| (name.as_str(), *value));
                 let signer = Signer::new(&url, region, SIGNING_NAME, &signed);
-                Ok(Endpoint { url, signer })
+                let uri: Uri = url
+                    .as_str()
+                    .parse()
+                    .map_err(|e| format!("DynamoDB Streams endpoint {url}: {e}"))?;
+                // DynamoDB Streams speaks HTTP/1.1, as the SDK's client does with it.
+                let http = HttpClient::new(&uri, connect_timeout);
+                Ok(Endpoint { uri, signer, http })
             }),
             None => Err("no AWS region is configured (AWS_REGION)".to_owned()),
         };
-        let http = reqwest::Client::builder()
-            // Names the caller in AWS's request logs and support cases, as the SDK's own
-            // User-Agent does for the other calls.
-            .user_agent(concat!("dynamodb-nakadi-relay/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(connect_timeout)
-            .timeout(attempt_timeout)
-            // DynamoDB Streams speaks HTTP/1.1, as the SDK's client does with it.
-            .http1_only()
-            // GetRecords is never redirected, and a failure goes back to the shard loop, which
-            // retries by its class: neither reqwest layer has work here.
-            .redirect(reqwest::redirect::Policy::none())
-            .retry(reqwest::retry::never())
-            .build()
-            .expect("the TLS backend initializes");
         RecordsReader {
-            http,
             endpoint,
             credentials: CredentialsCache {
                 provider: sdk.credentials_provider(),
                 current: Mutex::new(None),
             },
             skew_ms: AtomicI64::new(0),
+            attempt_timeout,
         }
     }
 
@@ -141,7 +147,7 @@ impl RecordsReader {
             .as_ref()
             .map_err(|e| StreamError::Other(e.clone()))?;
         let credentials = self.credentials.get().await?;
-        let body = bytes::Bytes::from(
+        let body = Bytes::from(
             serde_json::to_vec(&GetRecordsInput {
                 shard_iterator: iterator,
                 limit: 1000,
@@ -152,28 +158,48 @@ impl RecordsReader {
             .signer
             .sign(&credentials, self.now(), &body)
             .map_err(|e| StreamError::Other(format!("signing GetRecords: {e}")))?;
+        tokio::time::timeout(
+            self.attempt_timeout,
+            self.exchange(endpoint, &signature, body),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(StreamError::Other(format!(
+                "GetRecords: no answer within {:?}",
+                self.attempt_timeout
+            )))
+        })
+    }
+
+    /// The request and its whole answer.
+    async fn exchange(
+        &self,
+        endpoint: &Endpoint,
+        signature: &Signature,
+        body: Bytes,
+    ) -> Result<RecordsPage, StreamError> {
         let mut attempt = 0;
-        let mut response = loop {
-            let mut request = self.http.post(endpoint.url.clone());
+        let response = loop {
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.method_mut() = Method::POST;
+            *request.uri_mut() = endpoint.uri.clone();
+            let headers = request.headers_mut();
+            headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
             for (name, value) in &SIGNED_HEADERS {
-                request = request.header(name.clone(), HeaderValue::from_static(value));
+                headers.insert(name.clone(), HeaderValue::from_static(value));
             }
-            request = request
-                .header(X_AMZ_DATE, signature.amz_date.clone())
-                .header(
-                    reqwest::header::AUTHORIZATION,
-                    signature.authorization.clone(),
-                );
+            headers.insert(X_AMZ_DATE, signature.amz_date.clone());
+            headers.insert(AUTHORIZATION, signature.authorization.clone());
             if let Some(token) = &signature.security_token {
-                request = request.header(X_AMZ_SECURITY_TOKEN, token.clone());
+                headers.insert(X_AMZ_SECURITY_TOKEN, token.clone());
             }
             metrics::aws_request("GetRecords");
-            match request.body(body.clone()).send().await {
+            match endpoint.http.send(request).await {
                 Ok(response) => break response,
                 // A kept-alive connection the server closed just as the request went out: sent
                 // again at once on a new one, as the SDK does. GetRecords only reads, so a
-                // request that did arrive is harmless to repeat; a timeout is not retried here.
-                Err(e) if attempt == 0 && !e.is_timeout() => attempt += 1,
+                // request that did arrive is harmless to repeat.
+                Err(_) if attempt == 0 => attempt += 1,
                 Err(e) => {
                     return Err(StreamError::Other(format!(
                         "GetRecords: {}",
@@ -182,28 +208,30 @@ impl RecordsReader {
                 }
             }
         };
-        self.observe_clock(response.headers());
-        let status = response.status();
-        if status != reqwest::StatusCode::OK {
-            let headers = response.headers().clone();
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(classify_failure(status, &headers, &body));
-        }
+        let (parts, mut incoming) = response.into_parts();
+        self.observe_clock(&parts.headers);
         // Sized from Content-Length up front: growing a megabyte page by doubling copies it
         // several times.
-        let expected = response
-            .headers()
+        let expected = parts
+            .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
             .unwrap_or(0);
         let mut buf = page_buffer(expected);
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| StreamError::Other(format!("GetRecords body: {}", error_chain(&e))))?
-        {
-            buf.extend_from_slice(&chunk);
+        let read = async {
+            while let Some(frame) = incoming.frame().await {
+                if let Some(data) = frame?.data_ref() {
+                    buf.extend_from_slice(data);
+                }
+            }
+            Ok::<(), hyper::Error>(())
         }
+        .await;
+        // A refusal is classified by its code even if its body broke off.
+        if parts.status != StatusCode::OK {
+            return Err(classify_failure(parts.status, &parts.headers, &buf));
+        }
+        read.map_err(|e| StreamError::Other(format!("GetRecords body: {}", error_chain(&e))))?;
         let text = String::from_utf8(buf).map_err(|_| {
             StreamError::Other("GetRecords answered with a body that is not UTF-8".into())
         })?;
@@ -325,7 +353,7 @@ async fn resolve_endpoint(sdk: &SdkConfig, region: &str) -> Result<String, Strin
 /// A non-200 answer as the SDK reads it: the error code from `x-amzn-ErrorType` or the body's
 /// `__type` (both may carry a namespace before `#` and details after `:`), the message from
 /// the body.
-fn classify_failure(status: reqwest::StatusCode, headers: &HeaderMap, body: &[u8]) -> StreamError {
+fn classify_failure(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> StreamError {
     #[derive(serde::Deserialize)]
     struct ErrorBody {
         #[serde(rename = "__type")]
@@ -429,7 +457,7 @@ mod tests {
             ),
         ];
         for (status, hs, body, kind) in table {
-            let status = reqwest::StatusCode::from_u16(*status).unwrap();
+            let status = StatusCode::from_u16(*status).unwrap();
             let e = classify_failure(status, &headers(hs), body.as_bytes());
             assert_eq!(e.kind(), *kind, "{status} {body}: {e}");
         }
@@ -438,7 +466,7 @@ mod tests {
     #[test]
     fn the_message_names_the_code_and_the_service_message() {
         let e = classify_failure(
-            reqwest::StatusCode::BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
             &HeaderMap::new(),
             br#"{"__type":"x#ResourceNotFoundException","message":"Requested resource not found"}"#,
         );
@@ -454,8 +482,8 @@ mod tests {
             .build();
         let reader = RecordsReader::new(&sdk, Duration::from_secs(1), Duration::from_secs(1)).await;
         assert_eq!(
-            reader.endpoint.as_ref().map(|e| e.url.as_str()),
-            Ok("https://streams.dynamodb.eu-central-1.amazonaws.com/")
+            reader.endpoint.as_ref().map(|e| e.uri.to_string()),
+            Ok("https://streams.dynamodb.eu-central-1.amazonaws.com/".to_owned())
         );
         let an_hour_ahead = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
         reader.observe_clock(&headers(&[("date", &an_hour_ahead)]));

@@ -978,19 +978,92 @@ async fn get_records_renews_expiring_credentials_and_follows_the_server_clock() 
     );
 }
 
-/// GetRecords goes through the proxy that `HTTP_PROXY` names, as every other HTTP client in
-/// the process does.
+/// GetRecords to an HTTP endpoint goes through the proxy that `HTTP_PROXY` names, in absolute
+/// form, with the URL's user and password as `Proxy-Authorization`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_records_goes_through_the_configured_proxy() {
     let test = "security_edge_proxy";
     let mut s = edge_setup(test).await;
     let proxy = Edge::start(test, "", &[]);
-    s.env.insert("HTTP_PROXY".into(), proxy.url.clone());
+    s.env.insert(
+        "HTTP_PROXY".into(),
+        proxy.url.replace("http://", "http://relay:s3cret@"),
+    );
     let _relay = relay_two_records(test, &s, "records read through the proxy").await;
     let stats = proxy.stats().await;
     assert!(
         stats["proxied_get_records"].as_u64().unwrap() > 0,
         "no GetRecords went through the proxy: {stats}"
+    );
+    assert!(
+        stats["proxy_authorizations"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(PROXY_BASIC_AUTH)),
+        "the proxy's credentials: {stats}"
+    );
+}
+
+/// `Proxy-Authorization` of user `relay`, password `s3cret`.
+const PROXY_BASIC_AUTH: &str = "Basic cmVsYXk6czNjcmV0";
+
+/// GetRecords to an HTTPS endpoint goes through a CONNECT tunnel of the proxy that
+/// `HTTPS_PROXY` names, authenticated, with TLS end to end under the CA of `SSL_CERT_FILE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_records_tunnels_through_the_configured_proxy_to_an_https_endpoint() {
+    let test = "security_edge_tunnel";
+    let mut s = edge_setup(test).await;
+    let edge = Edge::start(
+        test,
+        &s.streams.ctl.url,
+        &["--tls", "--static-key", "test:test"],
+    );
+    let proxy = Edge::start(test, "", &[]);
+    s.env
+        .insert("AWS_ENDPOINT_URL_DYNAMODB_STREAMS".into(), edge.url.clone());
+    s.env.insert(
+        "SSL_CERT_FILE".into(),
+        edge.ca.as_ref().unwrap().display().to_string(),
+    );
+    s.env.insert(
+        "HTTPS_PROXY".into(),
+        proxy.url.replace("http://", "http://relay:s3cret@"),
+    );
+    let _relay = relay_two_records(test, &s, "records read through the tunnel").await;
+    let tunnels = proxy.stats().await;
+    let stats = edge.stats().await;
+    // The SDK's calls (DescribeStream, GetShardIterator) take tunnels of their own; the edge
+    // tells which connection GetRecords came by from the port each tunnel left from.
+    let tunnel_ports: Vec<&Value> = tunnels["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["from_port"])
+        .collect();
+    let port = edge.url.rsplit(':').next().unwrap();
+    assert!(
+        tunnels["tunnels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["to"] == format!("localhost:{port}")),
+        "tunnels to the endpoint only: {tunnels}"
+    );
+    let from = stats["get_records_from_ports"].as_array().unwrap();
+    assert!(
+        !from.is_empty() && from.iter().all(|p| tunnel_ports.contains(&p)),
+        "every GetRecords through a tunnel: {stats} {tunnels}"
+    );
+    assert!(
+        tunnels["proxy_authorizations"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(PROXY_BASIC_AUTH)),
+        "the proxy's credentials: {tunnels}"
+    );
+    assert!(
+        get_records_keys(&stats) == 1 && stats["refused"].as_array().unwrap().is_empty(),
+        "GetRecords over TLS, signed with the static key: {stats}"
     );
 }
 

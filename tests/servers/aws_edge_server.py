@@ -8,8 +8,12 @@ One loopback server that plays, as a test asks:
     signature against the keys it issued (or --static-key), refuses an expired or unknown key and
     a signature off its clock by more than 5 minutes as AWS does, answers with its own `Date`,
     and passes the rest to the upstream;
-  * an HTTP forward proxy (a request line with an absolute URL), counting what it carried;
+  * an HTTP forward proxy (a request line with an absolute URL) and a CONNECT tunnel, counting
+    what it carried and keeping each Proxy-Authorization it was sent;
   * TLS with a CA of its own (--tls-dir: writes ca.pem there), for custom trust anchors.
+
+Stats name the client ports GetRecords came from and the port each tunnel left from, so a test
+can tell a call that came through a tunnel from one that did not.
 
 Control: POST /_edge/clock {"offset_s": N} shifts its clock; GET /_edge/stats reports what it saw.
 The first stdout line is exactly `LISTENING <port>`.
@@ -24,6 +28,7 @@ import hmac
 import http.client
 import json
 import os
+import socket
 import ssl
 import sys
 import threading
@@ -48,7 +53,10 @@ class Edge:
             "creds_issued": 0,
             "proxied": 0,
             "proxied_get_records": 0,
+            "tunnels": [],
+            "proxy_authorizations": [],
             "get_records_by_key": {},
+            "get_records_from_ports": [],
             "accepted": 0,
             "refused": [],
         }
@@ -141,6 +149,49 @@ def make_handler(edge: Edge):
         def do_POST(self):
             self.handle_any()
 
+        def note_proxy_authorization(self):
+            auth = self.headers.get("Proxy-Authorization")
+            if auth is not None:
+                with edge.lock:
+                    if auth not in edge.stats["proxy_authorizations"]:
+                        edge.stats["proxy_authorizations"].append(auth)
+
+        def do_CONNECT(self):
+            """A tunnel to host:port: bytes both ways until either side closes."""
+            self.note_proxy_authorization()
+            host, port = self.path.rsplit(":", 1)
+            try:
+                upstream = socket.create_connection((host, int(port)), timeout=30)
+            except OSError as e:
+                return self.reply(502, str(e).encode())
+            # The tunnel's own port, which the server at its end sees as the client's.
+            with edge.lock:
+                edge.stats["tunnels"].append({"to": self.path, "from_port": upstream.getsockname()[1]})
+            upstream.settimeout(None)
+            self.send_response(200, "Connection established")
+            self.end_headers()
+            self.wfile.flush()
+            client = self.connection
+
+            def pump(src, dst):
+                try:
+                    while data := src.recv(65536):
+                        dst.sendall(data)
+                except OSError:
+                    pass
+                for sock in (src, dst):
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+            back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+            back.start()
+            pump(client, upstream)
+            back.join()
+            upstream.close()
+            self.close_connection = True
+
         def handle_any(self):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
@@ -154,6 +205,7 @@ def make_handler(edge: Edge):
                 return self.reply_json(200, {"offset_s": edge.offset_s})
             target = self.headers.get("X-Amz-Target", "")
             if self.path.startswith("http://"):
+                self.note_proxy_authorization()
                 with edge.lock:
                     edge.stats["proxied"] += 1
                     if target.endswith(".GetRecords"):
@@ -172,6 +224,9 @@ def make_handler(edge: Edge):
                 if target.endswith(".GetRecords"):
                     by_key = edge.stats["get_records_by_key"]
                     by_key[key] = by_key.get(key, 0) + 1
+                    port = self.client_address[1]
+                    if port not in edge.stats["get_records_from_ports"]:
+                        edge.stats["get_records_from_ports"].append(port)
             return self.forward(edge.upstream._replace(path=self.path), body)
 
         def forward(self, url, body: bytes):

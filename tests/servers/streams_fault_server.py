@@ -1266,8 +1266,12 @@ class Handler(BaseHTTPRequestHandler):
     # Keep-alive: the SDK's connection pool reuses connections; every response
     # carries Content-Length.
     protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; without TCP_NODELAY, Nagle plus
-    # delayed ACKs would add ~40 ms to every response.
+    # A buffered writer, flushed once the handler returns, so a response goes out
+    # in one write as DynamoDB's does: a small one in one segment, read by one
+    # recv. Unbuffered, headers and body went out in two writes, and a client
+    # woke twice per response. TCP_NODELAY still matters for responses larger
+    # than the buffer: Nagle plus delayed ACKs would add ~40 ms to each.
+    wbufsize = 1 << 16
     disable_nagle_algorithm = True
     server_version = "StreamsFaultServer/1"
     sys_version = ""
