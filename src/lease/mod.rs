@@ -5,6 +5,7 @@
 //! shards, renews, takes and balances leases and runs a shard worker per owned lease.
 
 pub mod table;
+mod wire;
 
 use std::fmt;
 use std::sync::RwLock;

@@ -23,9 +23,8 @@ use aws_smithy_types::config_bag::ConfigBag;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{
-    AuditEntry, Checkpoint, Heartbeat, Lease, Liveness, OperatorMarks, OwnedLease, StreamStart,
-};
+use super::wire::RawScan;
+use super::{AuditEntry, Checkpoint, Heartbeat, Lease, Liveness, OwnedLease, StreamStart};
 use crate::config::InitialPosition;
 use crate::ids::{ShardId, StreamArn};
 use crate::metrics;
@@ -289,6 +288,9 @@ impl LeaseTable {
         let mut snapshot = Snapshot::default();
         let mut start: Option<Item> = None;
         loop {
+            // Its items are read by `wire`, not by the SDK (why: `wire`'s header). A per-call
+            // interceptor costs the SDK a configuration override, once a round, not per poll.
+            let raw = RawScan::default();
             let page = self
                 .client
                 .scan()
@@ -297,12 +299,21 @@ impl LeaseTable {
                 .filter_expression("stream_arn = :arn")
                 .expression_attribute_values(":arn", s(self.stream_arn.as_str()))
                 .set_exclusive_start_key(start.take())
+                .customize()
+                .interceptor(raw.clone())
                 .send();
             let out = self.send("Scan", &self.table, page).await?;
-            for item in out.items() {
-                match get_s(item, "kind") {
-                    Some(KIND_WORKER) => snapshot.workers.extend(parse_heartbeat(item)),
-                    Some(KIND_SHARD) => snapshot.leases.extend(parse_lease(item)),
+            let items = raw
+                .items()
+                .unwrap_or_else(|| Err("a Scan answer without a body".to_owned()))
+                .map_err(|message| LeaseError::Unavailable {
+                    operation: "Scan",
+                    message,
+                })?;
+            for item in &items {
+                match item.kind() {
+                    Some(KIND_WORKER) => snapshot.workers.extend(item.heartbeat()),
+                    Some(KIND_SHARD) => snapshot.leases.extend(item.lease()),
                     _ => {}
                 }
             }
@@ -841,64 +852,10 @@ pub(crate) fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-fn get_i(item: &Item, name: &str) -> Option<i64> {
-    item.get(name)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 pub(crate) fn get_n(item: &Item, name: &str) -> Option<u64> {
     item.get(name)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
-}
-
-fn parse_lease(item: &Item) -> Option<Lease> {
-    let parents = match item.get("parent_shard_ids") {
-        Some(AttributeValue::L(list)) => list
-            .iter()
-            .filter_map(|v| v.as_s().ok())
-            .map(ShardId::new)
-            .collect(),
-        _ => Vec::new(),
-    };
-    Some(Lease {
-        shard_id: ShardId::new(get_s(item, "shard_id")?),
-        owner: get_s(item, "owner").map(str::to_owned),
-        counter: get_n(item, "counter")?,
-        checkpoint: Checkpoint::parse(get_s(item, "checkpoint")?),
-        parent_shard_ids: parents,
-        owner_switches: get_n(item, "owner_switches").unwrap_or(0),
-        handoff_to: get_s(item, "handoff_to").map(str::to_owned),
-        last_sequence_number: get_s(item, "last_sequence_number").map(str::to_owned),
-        checkpoint_created_ms: get_i(item, "checkpoint_created_ms"),
-        operator: OperatorMarks {
-            replay_from_ms: get_i(item, "replay_from_ms"),
-            skip_sequence_numbers: match item.get("skip_sequence_numbers") {
-                Some(AttributeValue::Ss(set)) => set.clone(),
-                _ => Vec::new(),
-            },
-            audit: match item.get("audit") {
-                Some(AttributeValue::L(list)) => list
-                    .iter()
-                    .filter_map(|v| v.as_m().ok())
-                    .filter_map(parse_audit)
-                    .collect(),
-                _ => Vec::new(),
-            },
-        },
-    })
-}
-
-fn parse_audit(item: &Item) -> Option<AuditEntry> {
-    let field = |name| get_s(item, name).map(str::to_owned);
-    Some(AuditEntry {
-        action: field("action")?,
-        by: field("by")?,
-        reason: field("reason")?,
-        at: field("at")?,
-        change: field("change")?,
-    })
 }
 
 fn audit_value(entry: &AuditEntry) -> AttributeValue {
@@ -914,14 +871,6 @@ fn audit_value(entry: &AuditEntry) -> AttributeValue {
         .map(|(k, v)| (k.to_owned(), s(v)))
         .collect(),
     )])
-}
-
-fn parse_heartbeat(item: &Item) -> Option<Heartbeat> {
-    Some(Heartbeat {
-        worker_id: get_s(item, "worker_id")?.to_owned(),
-        counter: get_n(item, "counter")?,
-        fingerprint: get_s(item, "fingerprint").map(str::to_owned),
-    })
 }
 
 fn parse_start(item: &Item) -> Option<StreamStart> {
