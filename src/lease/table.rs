@@ -98,8 +98,8 @@ pub struct LeaseTable {
 }
 
 pub(crate) const KEY: &str = "lease_key";
-const KIND_SHARD: &str = "shard";
-const KIND_WORKER: &str = "worker";
+pub(super) const KIND_SHARD: &str = "shard";
+pub(super) const KIND_WORKER: &str = "worker";
 const KIND_START: &str = "stream_start";
 
 /// The lease table's key: [`KEY`], a string, the hash key and the only key.
@@ -303,20 +303,15 @@ impl LeaseTable {
                 .interceptor(raw.clone())
                 .send();
             let out = self.send("Scan", &self.table, page).await?;
-            let items = raw
-                .items()
+            let page = raw
+                .page()
                 .unwrap_or_else(|| Err("a Scan answer without a body".to_owned()))
                 .map_err(|message| LeaseError::Unavailable {
                     operation: "Scan",
                     message,
                 })?;
-            for item in &items {
-                match item.kind() {
-                    Some(KIND_WORKER) => snapshot.workers.extend(item.heartbeat()),
-                    Some(KIND_SHARD) => snapshot.leases.extend(item.lease()),
-                    _ => {}
-                }
-            }
+            snapshot.leases.extend(page.leases);
+            snapshot.workers.extend(page.workers);
             match out.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
                 _ => return Ok(snapshot),

@@ -4,12 +4,14 @@
 //! costs grows with leases × pods. The SDK's deserializer builds a map of `AttributeValue`s for
 //! every item, each name and value in a fresh allocation, which under callgrind cost several
 //! times what the rest of an idle pod's round did (docs/performance.md); serde reads the same
-//! item straight into the few fields a lease has. So [`RawScan`], a per-call interceptor, takes
-//! a successful answer's body, reads its items here, and hands the SDK only
-//! `LastEvaluatedKey`. The SDK still signs, retries and decodes errors (an answer with another
+//! item straight into the few fields a lease has, each item turned into its lease or heartbeat
+//! as it is read, so a page of a thousand leases is never held twice. So [`RawScan`], a
+//! per-call interceptor, takes a successful answer's body, reads its items here, and hands the
+//! SDK only `LastEvaluatedKey`. The SDK still signs, retries and decodes errors (an answer with another
 //! status passes untouched), so the failure table's classes stay as they were.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -24,22 +26,25 @@ use aws_smithy_types::config_bag::ConfigBag;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::table::{KIND_SHARD, KIND_WORKER, Snapshot};
 use super::{AuditEntry, Checkpoint, Heartbeat, Lease, OperatorMarks};
 use crate::ids::ShardId;
 
-/// The items of the last successful answer the interceptor read, or why they could not be.
-type Slot = Arc<Mutex<Option<Result<Vec<Item>, String>>>>;
+/// The leases and heartbeats of the last successful answer the interceptor read, or why they
+/// could not be read.
+type Slot = Arc<Mutex<Option<Result<Snapshot, String>>>>;
 
 /// One Scan call's interceptor; [`RawScan::items`] gives what it read.
 #[derive(Debug, Clone, Default)]
 pub(super) struct RawScan(Slot);
 
 impl RawScan {
-    /// The items of the call's successful answer; an error names what could not be read.
-    /// None when the call did not succeed.
-    pub(super) fn items(&self) -> Option<Result<Vec<Item>, String>> {
+    /// The leases and heartbeats of the call's successful answer; an error names what could
+    /// not be read. None when the call did not succeed.
+    pub(super) fn page(&self) -> Option<Result<Snapshot, String>> {
         self.0.lock().expect("scan slot poisoned").take()
     }
 }
@@ -60,15 +65,22 @@ impl Intercept for RawScan {
             return Ok(());
         }
         let inner = response.take_body();
+        // Sized from Content-Length up front, so a page of a thousand leases is not copied
+        // while it grows.
+        let expected = usize::try_from(inner.size_hint().lower()).unwrap_or(0);
         *response.body_mut() = SdkBody::from_body_1_x(ReadItems {
             inner,
-            buf: Vec::new(),
+            buf: Vec::with_capacity(expected.min(MAX_RESERVE)),
             slot: self.0.clone(),
             done: false,
         });
         Ok(())
     }
 }
+
+/// A Scan answer is at most 1 MB of items plus their JSON framing; a wrong Content-Length
+/// reserves no more than this.
+const MAX_RESERVE: usize = 2 << 20;
 
 /// The answer's body, read to its end; the SDK is given only `LastEvaluatedKey`.
 struct ReadItems {
@@ -105,7 +117,7 @@ impl Body for ReadItems {
                                 Some(key) => format!(r#"{{"LastEvaluatedKey":{}}}"#, key.get()),
                                 None => "{}".to_owned(),
                             };
-                            (Ok(page.items), rest)
+                            (Ok(page.items.0), rest)
                         }
                         Err(e) => (
                             Err(format!("a Scan answer the relay cannot read: {e}")),
@@ -131,9 +143,40 @@ impl Body for ReadItems {
 #[derive(Deserialize)]
 struct Page<'a> {
     #[serde(rename = "Items", default)]
-    items: Vec<Item>,
+    items: Items,
     #[serde(rename = "LastEvaluatedKey", borrow)]
     last_evaluated_key: Option<&'a RawValue>,
+}
+
+/// `Items`, each turned into a lease or a heartbeat as soon as it is read; items of other
+/// kinds (the stream's start) and items missing what their kind needs are left out.
+#[derive(Default)]
+struct Items(Snapshot);
+
+impl<'de> Deserialize<'de> for Items {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Items, D::Error> {
+        struct Each;
+        impl<'de> Visitor<'de> for Each {
+            type Value = Items;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of items")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Items, A::Error> {
+                let mut read = Snapshot::default();
+                while let Some(item) = seq.next_element::<Item>()? {
+                    match item.kind.s() {
+                        Some(KIND_WORKER) => read.workers.extend(item.heartbeat()),
+                        Some(KIND_SHARD) => read.leases.extend(item.lease()),
+                        _ => {}
+                    }
+                }
+                Ok(Items(read))
+            }
+        }
+        deserializer.deserialize_seq(Each)
+    }
 }
 
 /// An attribute as DynamoDB's JSON writes it: the types lease items use; any other reads as
@@ -169,7 +212,7 @@ impl Attr {
 /// A lease, heartbeat or stream-start item: the attributes the relay reads, any other skipped.
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
-pub(super) struct Item {
+struct Item {
     kind: Attr,
     shard_id: Attr,
     owner: Attr,
@@ -188,11 +231,7 @@ pub(super) struct Item {
 }
 
 impl Item {
-    pub(super) fn kind(&self) -> Option<&str> {
-        self.kind.s()
-    }
-
-    pub(super) fn lease(&self) -> Option<Lease> {
+    fn lease(&self) -> Option<Lease> {
         Some(Lease {
             shard_id: ShardId::new(self.shard_id.s()?),
             owner: self.owner.owned(),
@@ -224,7 +263,7 @@ impl Item {
         })
     }
 
-    pub(super) fn heartbeat(&self) -> Option<Heartbeat> {
+    fn heartbeat(&self) -> Option<Heartbeat> {
         Some(Heartbeat {
             worker_id: self.worker_id.owned()?,
             counter: self.counter.n()?,
@@ -248,8 +287,8 @@ fn audit_entry(fields: &HashMap<String, Attr>) -> Option<AuditEntry> {
 mod tests {
     use super::*;
 
-    fn items(json: &str) -> Vec<Item> {
-        serde_json::from_str::<Page>(json).unwrap().items
+    fn read(json: &str) -> Snapshot {
+        serde_json::from_str::<Page>(json).unwrap().items.0
     }
 
     #[test]
@@ -267,12 +306,11 @@ mod tests {
                 "at":{"S":"2026-12-07T05:00:00Z"},"change":{"S":"4900 → TRIM_HORIZON"}}},
                 {"M":{"action":{"S":"skip"}}}]},
             "updated_at":{"S":"2026-12-07T05:00:00Z"},"extra":{"BOOL":true}}]}"#;
-        let items = items(page);
-        assert_eq!(items[0].kind(), Some("shard"));
-        let lease = items[0].lease().unwrap();
+        let read = read(page);
+        assert!(read.workers.is_empty());
         assert_eq!(
-            lease,
-            Lease {
+            read.leases,
+            vec![Lease {
                 shard_id: ShardId::new("shardId-2"),
                 owner: Some("pod-a".into()),
                 counter: 17,
@@ -293,17 +331,17 @@ mod tests {
                         change: "4900 → TRIM_HORIZON".into(),
                     }],
                 },
-            }
+            }]
         );
     }
 
     #[test]
     fn a_free_lease_of_an_earlier_version_reads_with_defaults() {
-        let items = items(
+        let read = read(
             r#"{"Items":[{"kind":{"S":"shard"},"shard_id":{"S":"shardId-1"},
             "counter":{"N":"0"},"checkpoint":{"S":"TRIM_HORIZON"},"owner":{"NULL":true}}]}"#,
         );
-        let lease = items[0].lease().unwrap();
+        let lease = &read.leases[0];
         assert_eq!(lease.owner, None);
         assert_eq!(lease.checkpoint, Checkpoint::TrimHorizon);
         assert!(lease.parent_shard_ids.is_empty());
@@ -312,28 +350,27 @@ mod tests {
     }
 
     #[test]
-    fn items_without_what_a_lease_or_heartbeat_needs_are_none() {
-        let items = items(
+    fn items_without_what_their_kind_needs_and_other_kinds_are_left_out() {
+        let read = read(
             r#"{"Items":[
             {"kind":{"S":"shard"},"shard_id":{"S":"shardId-1"},"checkpoint":{"S":"TRIM_HORIZON"}},
             {"kind":{"S":"shard"},"shard_id":{"S":"shardId-1"},"counter":{"S":"1"},"checkpoint":{"S":"x"}},
             {"kind":{"S":"worker"},"counter":{"N":"4"}},
+            {"kind":{"S":"stream_start"},"initial_position":{"S":"LATEST"}},
             {"kind":{"S":"worker"},"worker_id":{"S":"pod-a"},"counter":{"N":"4"},"fingerprint":{"S":"f"}}]}"#,
         );
-        assert_eq!(items[0].lease(), None);
-        assert_eq!(items[1].lease(), None, "a counter of the wrong type");
-        assert_eq!(items[2].heartbeat(), None);
+        assert!(read.leases.is_empty(), "{:?}", read.leases);
         assert_eq!(
-            items[3].heartbeat(),
-            Some(Heartbeat {
+            read.workers,
+            vec![Heartbeat {
                 worker_id: "pod-a".into(),
                 counter: 4,
                 fingerprint: Some("f".into()),
-            })
+            }]
         );
     }
 
-    async fn read(body: &'static str) -> (Bytes, Option<Result<Vec<Item>, String>>) {
+    async fn body(body: &'static str) -> (Bytes, Option<Result<Snapshot, String>>) {
         let scan = RawScan::default();
         let body = ReadItems {
             inner: SdkBody::from(body),
@@ -345,26 +382,27 @@ mod tests {
             .await
             .unwrap()
             .to_bytes();
-        (rest, scan.items())
+        (rest, scan.page())
     }
 
     #[tokio::test]
     async fn the_sdk_is_handed_only_the_last_evaluated_key() {
-        let (rest, items) = read(
-            r#"{"Items":[{"kind":{"S":"worker"}}],"LastEvaluatedKey":{"lease_key":{"S":"a|b"}},"Count":1}"#,
+        let (rest, page) = body(
+            r#"{"Items":[{"kind":{"S":"worker"},"worker_id":{"S":"a"},"counter":{"N":"1"}}],"LastEvaluatedKey":{"lease_key":{"S":"a|b"}},"Count":1}"#,
         )
         .await;
         assert_eq!(rest, r#"{"LastEvaluatedKey":{"lease_key":{"S":"a|b"}}}"#);
-        assert_eq!(items.unwrap().unwrap().len(), 1);
-        let (rest, items) = read(r#"{"Items":[],"Count":0}"#).await;
+        assert_eq!(page.unwrap().unwrap().workers.len(), 1);
+        let (rest, page) = body(r#"{"Items":[],"Count":0}"#).await;
         assert_eq!(rest, "{}");
-        assert!(items.unwrap().unwrap().is_empty());
+        let page = page.unwrap().unwrap();
+        assert!(page.leases.is_empty() && page.workers.is_empty());
     }
 
     #[tokio::test]
     async fn an_answer_that_is_not_a_page_is_an_error_naming_it() {
-        let (_, items) = read(r#"{"Items":{"not":"a list"}}"#).await;
-        let error = items.unwrap().unwrap_err();
+        let (_, page) = body(r#"{"Items":{"not":"a list"}}"#).await;
+        let error = page.unwrap().unwrap_err();
         assert!(
             error.contains("a Scan answer the relay cannot read"),
             "{error}"
