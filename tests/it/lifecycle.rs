@@ -1467,6 +1467,13 @@ fn epoch_ms() -> i64 {
         .as_millis() as i64
 }
 
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
 /// Issue #24: `rewind` of a running 2-pod deployment, across a rollover on the Streams fault
 /// server, to a time and then to TRIM_HORIZON. Every record since the point arrives again with
 /// its eid, in per-key order within the replay; the finished parents read again before their
@@ -1544,10 +1551,7 @@ async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() 
         assert_eq!(code, Some(2), "{bad}: {err}");
     }
     // A time a moment ago, to the millisecond, is in the past however the second is rounded.
-    let moment_ago = time::OffsetDateTime::now_utc() - time::Duration::milliseconds(1);
-    let moment_ago = moment_ago
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let moment_ago = rfc3339_ms(epoch_ms() - 1);
     let (code, _, err) = run_binary(
         &[
             "rewind",
@@ -1561,10 +1565,7 @@ async fn rewind_to_a_time_and_to_trim_horizon_across_a_rollover_with_two_pods() 
     );
     assert_eq!(code, Some(0), "{moment_ago}: {err}");
 
-    let point = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(point_ms) * 1_000_000)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let point = rfc3339_ms(point_ms);
     let (code, out, err) = run_binary(
         &[
             "rewind",

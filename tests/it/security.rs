@@ -985,27 +985,55 @@ async fn get_records_goes_through_the_configured_proxy() {
     let test = "security_edge_proxy";
     let mut s = edge_setup(test).await;
     let proxy = Edge::start(test, "", &[]);
-    s.env.insert(
-        "HTTP_PROXY".into(),
-        proxy.url.replace("http://", "http://relay:s3cret@"),
-    );
+    s.env.insert("HTTP_PROXY".into(), with_credentials(&proxy));
     let _relay = relay_two_records(test, &s, "records read through the proxy").await;
     let stats = proxy.stats().await;
     assert!(
         stats["proxied_get_records"].as_u64().unwrap() > 0,
         "no GetRecords went through the proxy: {stats}"
     );
+    assert_proxy_credentials(&stats);
+}
+
+/// The proxy's URL with user `relay` and password `s3cret`.
+fn with_credentials(proxy: &Edge) -> String {
+    proxy.url.replace("http://", "http://relay:s3cret@")
+}
+
+/// The proxy was sent the credentials of [`with_credentials`].
+fn assert_proxy_credentials(stats: &Value) {
     assert!(
         stats["proxy_authorizations"]
             .as_array()
             .unwrap()
-            .contains(&json!(PROXY_BASIC_AUTH)),
+            .contains(&json!("Basic cmVsYXk6czNjcmV0")),
         "the proxy's credentials: {stats}"
     );
 }
 
-/// `Proxy-Authorization` of user `relay`, password `s3cret`.
-const PROXY_BASIC_AUTH: &str = "Basic cmVsYXk6czNjcmV0";
+/// An edge with TLS under its own CA in front of the Streams fault server, accepting the
+/// static test key, as the relay's Streams endpoint, its CA in `SSL_CERT_FILE`.
+fn tls_endpoint(test: &str, s: &mut EdgeSetup) -> Edge {
+    let edge = Edge::start(
+        test,
+        &s.streams.ctl.url,
+        &["--tls", "--static-key", "test:test"],
+    );
+    s.env
+        .insert("AWS_ENDPOINT_URL_DYNAMODB_STREAMS".into(), edge.url.clone());
+    s.env.insert(
+        "SSL_CERT_FILE".into(),
+        edge.ca.as_ref().unwrap().display().to_string(),
+    );
+    edge
+}
+
+fn assert_signed_with_the_static_key(stats: &Value) {
+    assert!(
+        get_records_keys(stats) == 1 && stats["refused"].as_array().unwrap().is_empty(),
+        "GetRecords over TLS, signed with the static key: {stats}"
+    );
+}
 
 /// GetRecords to an HTTPS endpoint goes through a CONNECT tunnel of the proxy that
 /// `HTTPS_PROXY` names, authenticated, with TLS end to end under the CA of `SSL_CERT_FILE`.
@@ -1013,22 +1041,9 @@ const PROXY_BASIC_AUTH: &str = "Basic cmVsYXk6czNjcmV0";
 async fn get_records_tunnels_through_the_configured_proxy_to_an_https_endpoint() {
     let test = "security_edge_tunnel";
     let mut s = edge_setup(test).await;
-    let edge = Edge::start(
-        test,
-        &s.streams.ctl.url,
-        &["--tls", "--static-key", "test:test"],
-    );
+    let edge = tls_endpoint(test, &mut s);
     let proxy = Edge::start(test, "", &[]);
-    s.env
-        .insert("AWS_ENDPOINT_URL_DYNAMODB_STREAMS".into(), edge.url.clone());
-    s.env.insert(
-        "SSL_CERT_FILE".into(),
-        edge.ca.as_ref().unwrap().display().to_string(),
-    );
-    s.env.insert(
-        "HTTPS_PROXY".into(),
-        proxy.url.replace("http://", "http://relay:s3cret@"),
-    );
+    s.env.insert("HTTPS_PROXY".into(), with_credentials(&proxy));
     let _relay = relay_two_records(test, &s, "records read through the tunnel").await;
     let tunnels = proxy.stats().await;
     let stats = edge.stats().await;
@@ -1054,17 +1069,8 @@ async fn get_records_tunnels_through_the_configured_proxy_to_an_https_endpoint()
         !from.is_empty() && from.iter().all(|p| tunnel_ports.contains(&p)),
         "every GetRecords through a tunnel: {stats} {tunnels}"
     );
-    assert!(
-        tunnels["proxy_authorizations"]
-            .as_array()
-            .unwrap()
-            .contains(&json!(PROXY_BASIC_AUTH)),
-        "the proxy's credentials: {tunnels}"
-    );
-    assert!(
-        get_records_keys(&stats) == 1 && stats["refused"].as_array().unwrap().is_empty(),
-        "GetRecords over TLS, signed with the static key: {stats}"
-    );
+    assert_proxy_credentials(&tunnels);
+    assert_signed_with_the_static_key(&stats);
 }
 
 /// A Streams endpoint whose certificate a private CA signed is trusted once `SSL_CERT_FILE`
@@ -1073,21 +1079,8 @@ async fn get_records_tunnels_through_the_configured_proxy_to_an_https_endpoint()
 async fn get_records_trusts_the_ca_bundle_in_ssl_cert_file() {
     let test = "security_edge_tls";
     let mut s = edge_setup(test).await;
-    let edge = Edge::start(
-        test,
-        &s.streams.ctl.url,
-        &["--tls", "--static-key", "test:test"],
-    );
-    s.env
-        .insert("AWS_ENDPOINT_URL_DYNAMODB_STREAMS".into(), edge.url.clone());
-    s.env.insert(
-        "SSL_CERT_FILE".into(),
-        edge.ca.as_ref().unwrap().display().to_string(),
-    );
+    let edge = tls_endpoint(test, &mut s);
     let _relay = relay_two_records(test, &s, "records read over TLS").await;
     let stats = edge.stats().await;
-    assert!(
-        get_records_keys(&stats) == 1 && stats["refused"].as_array().unwrap().is_empty(),
-        "GetRecords over TLS, signed with the static key: {stats}"
-    );
+    assert_signed_with_the_static_key(&stats);
 }
